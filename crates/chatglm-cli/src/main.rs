@@ -1,0 +1,60 @@
+//! The `chatglm` binary: a thin main that dispatches to one module per subcommand.
+
+use clap::{Parser, Subcommand};
+
+mod commands;
+
+/// ChatGLM without Python: data preparation, evaluation, inference, tuning and serving.
+#[derive(Debug, Parser)]
+#[command(name = "chatglm", version, about, long_about = None)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Convert spreadsheets / CSV / JSON lines into training records, or export them back.
+    #[command(subcommand)]
+    Data(commands::data::Args),
+    /// Score predictions against labels with BLEU-4 and ROUGE-1/2/L.
+    Metrics(commands::metrics::Args),
+    /// Encode text into token ids with a model folder's tokenizer (prints a JSON array).
+    Tokenize(commands::tokenize::Args),
+    /// Decode token ids back into text with a model folder's tokenizer.
+    Detokenize(commands::detokenize::Args),
+    /// Serve the model over HTTP: api.py's route, an OpenAI-compatible API and a web page.
+    Serve(commands::serve::Args),
+    /// Export or import per-user chat history (the `T, Q, A` workbook layout).
+    #[command(subcommand)]
+    History(commands::history::Args),
+}
+
+fn main() -> std::process::ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Data(args) => commands::data::run(args),
+        Command::Metrics(args) => commands::metrics::run(args),
+        Command::Tokenize(args) => commands::tokenize::run(args),
+        Command::Detokenize(args) => commands::detokenize::run(args),
+        Command::Serve(args) => commands::serve::run(args),
+        Command::History(args) => commands::history::run(args),
+    };
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(err) => {
+            #[allow(clippy::print_stderr)]
+            {
+                eprintln!("error: {err:#}");
+            }
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
