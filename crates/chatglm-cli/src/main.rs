@@ -28,6 +28,18 @@ enum Command {
     /// Export or import per-user chat history (the `T, Q, A` workbook layout).
     #[command(subcommand)]
     History(commands::history::Args),
+    /// Generate from a text prompt or raw ids (`--json` prints the new ids and text).
+    Generate(commands::generate::Args),
+    /// Save the full [seq, vocab] logits of one forward pass as safetensors (key `logits`).
+    Logits(commands::logits::Args),
+    /// Chat with the model in the terminal (`clear` empties the history, `stop` exits).
+    Chat(commands::chat::Args),
+    /// P-Tuning v2: train a prefix for a frozen model (official main.py flag names).
+    Train(commands::train::Args),
+    /// Generate for a test file and score BLEU-4 / ROUGE (official --do_predict outputs).
+    Eval(commands::eval::Args),
+    /// The whole workflow with no download: convert, score, P-tune, score, answer.
+    Demo(commands::demo::Args),
 }
 
 fn main() -> std::process::ExitCode {
@@ -46,6 +58,12 @@ fn main() -> std::process::ExitCode {
         Command::Detokenize(args) => commands::detokenize::run(args),
         Command::Serve(args) => commands::serve::run(args),
         Command::History(args) => commands::history::run(args),
+        Command::Generate(args) => commands::generate::run(args),
+        Command::Logits(args) => commands::logits::run(args),
+        Command::Chat(args) => commands::chat::run(args),
+        Command::Train(args) => commands::train::run(args),
+        Command::Eval(args) => commands::eval::run(args),
+        Command::Demo(args) => commands::demo::run(args),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

@@ -1,8 +1,14 @@
 //! One module per subcommand. Each exposes `Args` (clap) and `run(Args) -> anyhow::Result<()>`.
 
 pub mod data;
+pub mod demo;
 pub mod detokenize;
+pub mod eval;
+pub mod chat;
+pub mod generate;
 pub mod history;
+pub mod logits;
 pub mod metrics;
 pub mod serve;
 pub mod tokenize;
+pub mod train;

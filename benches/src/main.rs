@@ -1,0 +1,218 @@
+//! `chatglm-bench`: speed of the ChatGLM-6B engine on a model of the real 6B shape with random
+//! weights built directly on the device (no file needed). Prints one JSON object: load time,
+//! prefill tok/s per prompt length, time to first token, decode tok/s per batch size and peak
+//! GPU memory (sampled with `nvidia-smi`).
+//!
+//! Every shape is run once untimed first: burn compiles (and on CUDA autotunes) kernels per
+//! shape, which takes seconds to tens of seconds and is reported separately as `warmup_s`.
+
+use std::ops::ControlFlow;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use burn::tensor::backend::Backend;
+use chatglm_model::generation::generate::CachedDecoder;
+use chatglm_model::load::RandomSource;
+use chatglm_model::{ComputeDtype, Decoder, DeviceSpec, GenerationConfig, GlmConfig, GlmModel, SamplingConfig, SpecialIds, generate};
+use clap::Parser;
+use serde_json::{Value, json};
+
+/// Benchmark options.
+#[derive(Debug, Parser)]
+#[command(name = "chatglm-bench", about = "ChatGLM-6B speed on random weights of the real shape")]
+struct Opts {
+    /// cpu, cuda or cuda:N.
+    #[arg(long, default_value = "cuda")]
+    device: DeviceSpec,
+    /// f32, f16 or bf16 (CPU: f32 only).
+    #[arg(long, default_value = "f16")]
+    dtype: ComputeDtype,
+    /// Transformer blocks (28 in the real model; fewer for a quick CPU smoke run).
+    #[arg(long, default_value_t = 28)]
+    layers: usize,
+    /// Shrink hidden/inner/vocab by this factor (1 = the real shape; for CPU smoke runs).
+    #[arg(long, default_value_t = 1)]
+    shrink: usize,
+    /// Prompt lengths of the prefill measurements.
+    #[arg(long, value_delimiter = ',', default_value = "128,1024,2048")]
+    prefill: Vec<usize>,
+    /// Batch sizes of the decode measurements.
+    #[arg(long, value_delimiter = ',', default_value = "1,8")]
+    batches: Vec<usize>,
+    /// Tokens generated per decode measurement.
+    #[arg(long, default_value_t = 256)]
+    decode_tokens: usize,
+    /// Prompt length of the decode and time-to-first-token measurements.
+    #[arg(long, default_value_t = 128)]
+    prompt: usize,
+}
+
+/// Samples the GPU's used memory (MiB) with nvidia-smi until stopped.
+struct MemSampler {
+    stop: Arc<AtomicBool>,
+    peak: Arc<AtomicU64>,
+    baseline: u64,
+    handle: Option<std::thread::JoinHandle<()>>,
+}
+
+fn gpu_used_mib(index: usize) -> Option<u64> {
+    let out = std::process::Command::new("nvidia-smi")
+        .args(["--query-gpu=memory.used", "--format=csv,noheader,nounits", "-i", &index.to_string()])
+        .output()
+        .ok()?;
+    String::from_utf8(out.stdout).ok()?.trim().parse().ok()
+}
+
+impl MemSampler {
+    fn start(index: usize) -> Option<Self> {
+        let baseline = gpu_used_mib(index)?;
+        let stop = Arc::new(AtomicBool::new(false));
+        let peak = Arc::new(AtomicU64::new(baseline));
+        let (s, p) = (stop.clone(), peak.clone());
+        let handle = std::thread::spawn(move || {
+            while !s.load(Ordering::Relaxed) {
+                if let Some(v) = gpu_used_mib(index) {
+                    p.fetch_max(v, Ordering::Relaxed);
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        });
+        Some(Self { stop, peak, baseline, handle: Some(handle) })
+    }
+
+    fn finish(mut self) -> (u64, u64) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(h) = self.handle.take() {
+            let _ = h.join();
+        }
+        (self.baseline, self.peak.load(Ordering::Relaxed))
+    }
+}
+
+fn prompt_ids(cfg: &GlmConfig, len: usize, salt: usize) -> Vec<u32> {
+    let body = (0..len.saturating_sub(2)).map(|i| (((i * 7919 + salt * 104729) % 20000) + 10) as u32 % cfg.vocab_size as u32);
+    body.chain([cfg.gmask_token_id, cfg.bos_token_id]).collect()
+}
+
+fn secs(d: Duration) -> f64 {
+    d.as_secs_f64()
+}
+
+fn run<B: Backend>(opts: &Opts, device: B::Device) -> anyhow::Result<Value> {
+    let mut cfg = GlmConfig::chatglm_6b();
+    cfg.num_layers = opts.layers;
+    if opts.shrink > 1 {
+        cfg.hidden_size /= opts.shrink;
+        cfg.inner_hidden_size /= opts.shrink;
+        cfg.vocab_size /= opts.shrink;
+        cfg.num_heads = (cfg.num_heads / opts.shrink).max(1);
+        cfg.gmask_token_id = cfg.vocab_size as u32 - 2;
+        cfg.bos_token_id = cfg.vocab_size as u32 - 1;
+    }
+    let special = SpecialIds { bos: cfg.bos_token_id, mask: cfg.mask_token_id, gmask: cfg.gmask_token_id };
+    let sampler = match opts.device {
+        DeviceSpec::Cuda(i) => MemSampler::start(i),
+        DeviceSpec::Cpu => None,
+    };
+
+    let t = Instant::now();
+    let model = GlmModel::<B>::build(&cfg, &mut RandomSource::new(&device, 0.02))?;
+    B::sync(&device).map_err(|e| anyhow::anyhow!("{e:?}"))?;
+    let load_s = secs(t.elapsed());
+    let params: usize = {
+        let (h, i, l, v) = (cfg.hidden_size, cfg.inner_hidden_size, cfg.num_layers, cfg.vocab_size);
+        v * h + l * (4 * h * h + 2 * h * i + 9 * h + i) + 2 * h
+    };
+
+    let mut prefill = serde_json::Map::new();
+    let mut warmup = serde_json::Map::new();
+    for &len in &opts.prefill {
+        let prompt = vec![prompt_ids(&cfg, len, 1)];
+        let mut times = Vec::new();
+        for _ in 0..3 {
+            let mut dec = CachedDecoder::new(&model, None, special, cfg.pad_token_id, &device);
+            let t = Instant::now();
+            dec.prefill(&prompt, 1)?;
+            times.push(secs(t.elapsed()));
+        }
+        warmup.insert(format!("prefill_{len}"), json!(times[0]));
+        let best = times[1..].iter().copied().fold(f64::INFINITY, f64::min);
+        prefill.insert(len.to_string(), json!({ "seconds": best, "tok_per_s": len as f64 / best }));
+    }
+
+    let mut decode = serde_json::Map::new();
+    let mut ttft = None;
+    for &batch in &opts.batches {
+        let prompts: Vec<Vec<u32>> = (0..batch).map(|b| prompt_ids(&cfg, opts.prompt, b + 2)).collect();
+        let config = GenerationConfig {
+            max_new_tokens: Some(opts.decode_tokens),
+            sampling: SamplingConfig::greedy(),
+            ..Default::default()
+        };
+        let mut measure = || -> anyhow::Result<(f64, f64, usize)> {
+            let mut dec = CachedDecoder::new(&model, None, special, cfg.pad_token_id, &device);
+            let start = Instant::now();
+            let mut first = None;
+            let mut last = start;
+            let mut steps = 0usize;
+            generate(&mut dec, &prompts, &config, |e| {
+                if e.row == 0 {
+                    let now = Instant::now();
+                    first.get_or_insert(now);
+                    last = now;
+                    steps += 1;
+                }
+                ControlFlow::Continue(())
+            })?;
+            let first = first.unwrap_or(start);
+            Ok((secs(first - start), secs(last - first), steps))
+        };
+        let t = Instant::now();
+        measure()?;
+        warmup.insert(format!("decode_batch_{batch}"), json!(secs(t.elapsed())));
+        let (first, rest, steps) = measure()?;
+        let per_row = (steps.saturating_sub(1)) as f64 / rest;
+        if batch == 1 {
+            ttft = Some(first);
+        }
+        decode.insert(
+            batch.to_string(),
+            json!({ "tokens_per_row": steps, "decode_seconds": rest, "tok_per_s_per_row": per_row,
+                    "tok_per_s_total": per_row * batch as f64, "ms_per_step": 1000.0 * rest / (steps.max(2) - 1) as f64,
+                    "first_token_s": first }),
+        );
+    }
+
+    let memory = sampler.map(|s| {
+        let (base, peak) = s.finish();
+        json!({ "baseline_mib": base, "peak_mib": peak, "peak_gib_over_baseline": (peak - base) as f64 / 1024.0 })
+    });
+    Ok(json!({
+        "device": opts.device.to_string(), "dtype": opts.dtype.to_string(), "backend": B::name(&device),
+        "layers": cfg.num_layers, "hidden": cfg.hidden_size, "vocab": cfg.vocab_size, "params": params,
+        "load_s": load_s, "prefill": prefill, "decode": decode,
+        "time_to_first_token_s": ttft, "prompt_len": opts.prompt, "warmup_s": warmup, "gpu_memory": memory,
+    }))
+}
+
+fn main() -> anyhow::Result<()> {
+    let opts = Opts::parse();
+    chatglm_model::device::check_supported(opts.device, opts.dtype)?;
+    let result = match (opts.device, opts.dtype) {
+        (DeviceSpec::Cpu, _) => run::<burn::backend::NdArray<f32>>(&opts, Default::default())?,
+        #[cfg(feature = "cuda")]
+        (DeviceSpec::Cuda(i), dtype) => {
+            let dev = burn::backend::cuda::CudaDevice::new(i);
+            match dtype {
+                ComputeDtype::F32 => run::<burn::backend::Cuda<f32, i32>>(&opts, dev)?,
+                ComputeDtype::F16 => run::<burn::backend::Cuda<half::f16, i32>>(&opts, dev)?,
+                ComputeDtype::Bf16 => run::<burn::backend::Cuda<half::bf16, i32>>(&opts, dev)?,
+            }
+        }
+        #[cfg(not(feature = "cuda"))]
+        (DeviceSpec::Cuda(_), _) => anyhow::bail!("built without the cuda feature"),
+    };
+    println!("{}", serde_json::to_string_pretty(&result)?);
+    Ok(())
+}

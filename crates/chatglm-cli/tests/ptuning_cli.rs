@@ -1,0 +1,181 @@
+//! `chatglm train` / `eval` / `demo` end to end on the embedded demo model (CPU).
+
+use std::path::Path;
+use std::process::Command;
+
+fn chatglm(args: &[&str], cache: &Path, envs: &[(&str, &str)]) -> (bool, String, String) {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_chatglm"));
+    cmd.args(args).env("CHATGLM_CACHE_DIR", cache);
+    for (k, v) in envs {
+        cmd.env(k, v);
+    }
+    let out = cmd.output().unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+const ROWS: &[(&str, &str)] = &[
+    ("请记住你是智能助手小白白", "好的，我记住了"),
+    ("你是谁?", "我是一个智能助手小白白，我可以回答您的问题。"),
+    ("请优先根据我们的聊天记录来回答问题", "好的，我明白了"),
+];
+
+fn write_train_file(path: &Path) {
+    let mut text = String::new();
+    for (q, a) in ROWS {
+        text.push_str(&serde_json::json!({"q": q, "a": a}).to_string());
+        text.push('\n');
+    }
+    std::fs::write(path, text).unwrap();
+}
+
+fn complete_checkpoints(dir: &Path) -> Vec<String> {
+    let mut v: Vec<String> = std::fs::read_dir(dir)
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with("checkpoint-"))
+        .collect();
+    v.sort();
+    v
+}
+
+#[test]
+fn killed_during_save_leaves_complete_checkpoints_and_resume_is_exact() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cache = tmp.path().join("cache");
+    let data = tmp.path().join("train.json");
+    write_train_file(&data);
+    let data_s = data.to_str().unwrap();
+    // The official flag names (snake_case), as pasted from train.sh.
+    let common = |out: &str| -> Vec<String> {
+        [
+            "train", "--do_train", "--train_file", data_s, "--prompt_column", "q",
+            "--response_column", "a", "--pre_seq_len", "4", "--max_source_length", "16",
+            "--max_target_length", "24", "--per_device_train_batch_size", "2",
+            "--gradient_accumulation_steps", "1", "--max_steps", "4", "--logging_steps", "1",
+            "--save_steps", "2", "--learning_rate", "0.1", "--output_dir", out, "--json",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect()
+    };
+    let killed = tmp.path().join("killed");
+    let args = common(killed.to_str().unwrap());
+    let argv: Vec<&str> = args.iter().map(String::as_str).collect();
+    let (ok, _, _) = chatglm(&argv, &cache, &[("CHATGLM_PTUNING_ABORT_DURING_SAVE", "4")]);
+    assert!(!ok, "the process should have been aborted during the save of step 4");
+    assert_eq!(complete_checkpoints(&killed), vec!["checkpoint-2"]);
+    let leftovers: Vec<_> = std::fs::read_dir(&killed)
+        .unwrap()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().starts_with(".checkpoint-4"))
+        .collect();
+    assert_eq!(leftovers.len(), 1, "the interrupted save stays hidden under a temp name");
+
+    // Resume with kebab-case flags and `latest`.
+    let mut resume = args.clone();
+    resume.extend(["--resume-from-checkpoint".to_string(), "latest".to_string()]);
+    let argv: Vec<&str> = resume.iter().map(String::as_str).collect();
+    let (ok, stdout, stderr) = chatglm(&argv, &cache, &[]);
+    assert!(ok, "{stderr}");
+    let steps: Vec<u64> = stdout
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter_map(|v| v["step"].as_u64())
+        .collect();
+    assert_eq!(steps, vec![3, 4], "the resumed run logs steps 3 and 4 only");
+    assert_eq!(complete_checkpoints(&killed), vec!["checkpoint-2", "checkpoint-4"]);
+    assert!(
+        !std::fs::read_dir(&killed)
+            .unwrap()
+            .flatten()
+            .any(|e| e.file_name().to_string_lossy().starts_with(".checkpoint-")),
+        "temporary folders are cleaned on start"
+    );
+    let png = std::fs::read(killed.join("loss_curve.png")).unwrap();
+    assert_eq!(&png[..8], b"\x89PNG\r\n\x1a\n");
+    let log = std::fs::read_to_string(killed.join("train_log.jsonl")).unwrap();
+    assert_eq!(log.lines().count(), 4);
+
+    // The same run without interruption, settings from a TOML file.
+    let straight = tmp.path().join("straight");
+    let toml = tmp.path().join("train.toml");
+    std::fs::write(
+        &toml,
+        format!(
+            "train_file = {:?}\nprompt_column = \"q\"\nresponse_column = \"a\"\npre_seq_len = 4\n\
+             max_source_length = 16\nmax_target_length = 24\nper_device_train_batch_size = 2\n\
+             gradient_accumulation_steps = 1\nmax_steps = 4\nlogging_steps = 1\nsave_steps = 2\n\
+             learning_rate = 0.5\noutput_dir = {:?}\n",
+            data_s,
+            straight.to_str().unwrap()
+        ),
+    )
+    .unwrap();
+    let (ok, stdout, stderr) = chatglm(
+        &["train", "--config", toml.to_str().unwrap(), "--learning-rate", "0.1"],
+        &cache,
+        &[],
+    );
+    assert!(ok, "{stderr}");
+    assert!(stdout.contains("checkpoint-4"), "{stdout}");
+    let a = std::fs::read(straight.join("checkpoint-4/model.safetensors")).unwrap();
+    let b = std::fs::read(killed.join("checkpoint-4/model.safetensors")).unwrap();
+    assert_eq!(a, b, "killed + resumed run must equal the straight run bit for bit");
+
+    // Evaluate with the trained prefix: the reference's two files.
+    let eval_dir = tmp.path().join("eval");
+    let (ok, _, stderr) = chatglm(
+        &[
+            "eval", "--test_file", data_s, "--prompt_column", "q", "--response_column", "a",
+            "--prefix", straight.join("checkpoint-4").to_str().unwrap(), "--greedy",
+            "--max_source_length", "16", "--max_target_length", "24",
+            "--output_dir", eval_dir.to_str().unwrap(),
+        ],
+        &cache,
+        &[],
+    );
+    assert!(ok, "{stderr}");
+    let preds = std::fs::read_to_string(eval_dir.join("generated_predictions.txt")).unwrap();
+    assert_eq!(preds.lines().count(), ROWS.len());
+    for line in preds.lines() {
+        assert!(line.starts_with("{\"labels\": \""), "{line}");
+        let v: serde_json::Value = serde_json::from_str(line).unwrap();
+        assert!(v["predict"].is_string());
+    }
+    let res: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(eval_dir.join("predict_results.json")).unwrap(),
+    )
+    .unwrap();
+    for k in ["predict_bleu-4", "predict_rouge-1", "predict_rouge-2", "predict_rouge-l", "predict_runtime", "predict_samples_per_second"] {
+        assert!(res[k].is_number(), "{k} missing in {res}");
+    }
+    assert_eq!(res["predict_samples"], 3);
+}
+
+#[test]
+fn shortened_demo_runs_the_whole_workflow() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("demo");
+    let (ok, stdout, stderr) = chatglm(
+        &["demo", "--output-dir", out.to_str().unwrap(), "--max-steps", "3"],
+        &tmp.path().join("cache"),
+        &[],
+    );
+    assert!(ok, "{stderr}");
+    assert!(stdout.contains("问：你是谁?"), "{stdout}");
+    assert!(stdout.contains("loss curve"), "{stdout}");
+    let train = std::fs::read_to_string(out.join("data/train.json")).unwrap();
+    assert_eq!(train.lines().count(), 5);
+    assert!(out.join("ptuning/checkpoint-3/model.safetensors").is_file());
+    assert!(out.join("ptuning/loss_curve.png").is_file());
+    for d in ["eval-before", "eval-after"] {
+        let p = std::fs::read_to_string(out.join(d).join("generated_predictions.txt")).unwrap();
+        assert_eq!(p.lines().count(), 5);
+        assert!(out.join(d).join("predict_results.json").is_file());
+    }
+}

@@ -1,0 +1,29 @@
+//! ChatGLM-6B on burn: config, checkpoint loading, the KV-cached forward pass with 2D rotary
+//! positions, the P-Tuning v2 prefix, generation (greedy / sampling / streaming) and chat.
+//!
+//! The model code is generic over burn's `Backend`: CPU runs on `NdArray<f32>`, NVIDIA GPUs on
+//! `Cuda<F>` with fusion (feature `cuda`, on by default). [`ChatGlm`] is the one entry point that
+//! picks the backend at run time.
+
+pub mod config;
+pub mod device;
+pub mod engine;
+pub mod generation;
+pub mod glm;
+pub mod kv_cache;
+pub mod load;
+pub mod modules;
+pub mod positions;
+pub mod prefix;
+
+pub use config::{ConfigError, GlmConfig, ModelArch, RawConfig};
+pub use device::{ComputeDtype, DeviceError, DeviceSpec};
+pub use engine::{ChatGlm, EngineError};
+pub use generation::generate::{
+    Decoder, FinishReason, GenerateError, GenerationConfig, GenerationOutput, TokenEvent, generate,
+};
+pub use generation::sampling::{LogitsProcessor, SamplingConfig};
+pub use glm::{ForwardInputs, GlmModel};
+pub use load::{LoadError, WeightSource};
+pub use positions::SpecialIds;
+pub use prefix::{PrefixEncoder, PrefixKv};

@@ -1,0 +1,76 @@
+//! Self-attention of ChatGLM-6B: one fused QKV projection with rows grouped per head, 2D rotary on
+//! q and k, optional past keys/values (P-Tuning v2 prefix or KV cache), softmax attention and the
+//! output projection.
+
+use burn::module::Module;
+use burn::tensor::Tensor;
+use burn::tensor::activation::softmax;
+use burn::tensor::backend::Backend;
+
+use super::linear::Linear;
+use super::rotary::Rope;
+use crate::kv_cache::LayerKv;
+
+/// Value the original writes into masked attention scores (before the layer coefficient).
+pub const MASK_VALUE: f32 = -10000.0;
+
+/// Where the keys and values of one attention call come from.
+#[derive(Debug)]
+pub enum KvInput<'a, B: Backend> {
+    /// No cache: attend to `past` (e.g. the prefix keys/values, `[batch, heads, past, head_dim]`)
+    /// followed by this call's keys. The mask's last dimension is `past + seq`.
+    Fresh(Option<(Tensor<B, 4>, Tensor<B, 4>)>),
+    /// Write this call's keys/values into the layer cache at slot `offset` and attend over the
+    /// whole cache capacity (unused slots are masked), so shapes do not change while decoding.
+    /// The mask's last dimension is the capacity.
+    Cache {
+        /// The layer's cache.
+        layer: &'a mut LayerKv<B>,
+        /// First slot written.
+        offset: usize,
+    },
+}
+
+/// Multi-head self-attention.
+#[derive(Module, Debug)]
+pub struct Attention<B: Backend> {
+    /// `[3 * hidden, hidden]`, output rows grouped per head as `[q | k | v]`.
+    pub query_key_value: Linear<B>,
+    /// `[hidden, hidden]`.
+    pub dense: Linear<B>,
+    /// Number of heads.
+    pub num_heads: usize,
+    /// The original's `layer_id + 1`: scores are computed divided by it and multiplied back after
+    /// subtracting the row maximum, which keeps float16 from overflowing.
+    pub coeff: usize,
+}
+
+impl<B: Backend> Attention<B> {
+    /// Attention over `x`.
+    ///
+    /// # Shapes
+    /// - `x`: `[batch, seq, hidden]`
+    /// - `mask`: additive, `[batch, 1, seq, keys]` (0 visible, [`MASK_VALUE`] hidden)
+    /// - output: `[batch, seq, hidden]`
+    pub fn forward(&self, x: Tensor<B, 3>, rope: &Rope<B>, mask: Tensor<B, 4>, kv: KvInput<'_, B>) -> Tensor<B, 3> {
+        let [b, s, hidden] = x.dims();
+        let nh = self.num_heads;
+        let hd = hidden / nh;
+        let mixed = self.query_key_value.forward(x).reshape([b, s, nh, 3 * hd]).swap_dims(1, 2);
+        let q = rope.apply(mixed.clone().narrow(3, 0, hd));
+        let k = rope.apply(mixed.clone().narrow(3, hd, hd));
+        let v = mixed.narrow(3, 2 * hd, hd);
+        let (keys, values) = match kv {
+            KvInput::Fresh(None) => (k, v),
+            KvInput::Fresh(Some((pk, pv))) => (Tensor::cat(vec![pk, k], 2), Tensor::cat(vec![pv, v], 2)),
+            KvInput::Cache { layer, offset } => layer.write(offset, k, v),
+        };
+        let coeff = self.coeff as f64;
+        let q = q * (1.0 / ((hd as f64).sqrt() * coeff));
+        let scores = q.matmul(keys.swap_dims(2, 3)) + mask;
+        let max = scores.clone().max_dim(3);
+        let probs = softmax((scores - max) * coeff, 3);
+        let ctx = probs.matmul(values).swap_dims(1, 2).reshape([b, s, hidden]);
+        self.dense.forward(ctx)
+    }
+}

@@ -1,0 +1,84 @@
+//! Linear and embedding layers holding their weights in the checkpoint's `[out, in]` layout.
+//!
+//! Keeping `[out, in]` and multiplying through a transposed view is what makes burn's GEMV fast on
+//! the GPU (3.4 TB/s against 0.9 TB/s after a physical transpose), and it means loading copies the
+//! checkpoint bytes as they are.
+
+use burn::module::{Module, Param};
+use burn::tensor::backend::Backend;
+use burn::tensor::{Int, Tensor};
+
+/// `y = x W^T + b` with `W` stored `[out, in]`.
+#[derive(Module, Debug)]
+pub struct Linear<B: Backend> {
+    /// `[out, in]`.
+    pub weight: Param<Tensor<B, 2>>,
+    /// `[out]`, when the layer has a bias.
+    pub bias: Option<Param<Tensor<B, 1>>>,
+}
+
+impl<B: Backend> Linear<B> {
+    /// Builds a layer from its tensors.
+    pub fn new(weight: Tensor<B, 2>, bias: Option<Tensor<B, 1>>) -> Self {
+        Self { weight: Param::from_tensor(weight), bias: bias.map(Param::from_tensor) }
+    }
+
+    /// Output features.
+    pub fn out_features(&self) -> usize {
+        self.weight.shape().as_slice()[0]
+    }
+
+    /// Applies the layer to the last dimension.
+    ///
+    /// # Shapes
+    /// - `x`: `[..., in]` -> `[..., out]`
+    pub fn forward<const D: usize>(&self, x: Tensor<B, D>) -> Tensor<B, D> {
+        let dims = x.dims();
+        let input = dims[D - 1];
+        let rows: usize = dims[..D - 1].iter().product();
+        let out = self.out_features();
+        let x2: Tensor<B, 2> = x.reshape([rows, input]);
+        let mut y = x2.matmul(self.weight.val().transpose());
+        if let Some(bias) = &self.bias {
+            y = y + bias.val().unsqueeze::<2>();
+        }
+        let mut shape = dims;
+        shape[D - 1] = out;
+        y.reshape(shape)
+    }
+}
+
+/// Token embedding `[vocab, hidden]`, also used as the tied output projection.
+#[derive(Module, Debug)]
+pub struct Embedding<B: Backend> {
+    /// `[vocab, hidden]`.
+    pub weight: Param<Tensor<B, 2>>,
+}
+
+impl<B: Backend> Embedding<B> {
+    /// Builds the embedding from its table.
+    pub fn new(weight: Tensor<B, 2>) -> Self {
+        Self { weight: Param::from_tensor(weight) }
+    }
+
+    /// Looks ids up.
+    ///
+    /// # Shapes
+    /// - `ids`: `[batch, seq]` -> `[batch, seq, hidden]`
+    pub fn forward(&self, ids: Tensor<B, 2, Int>) -> Tensor<B, 3> {
+        let [b, s] = ids.dims();
+        let hidden = self.weight.shape().as_slice()[1];
+        let flat = ids.reshape([b * s]);
+        self.weight.val().select(0, flat).reshape([b, s, hidden])
+    }
+
+    /// Projects hidden states onto the vocabulary with the same table (tied lm_head).
+    ///
+    /// # Shapes
+    /// - `x`: `[batch, seq, hidden]` -> `[batch, seq, vocab]`
+    pub fn attend(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
+        let [b, s, h] = x.dims();
+        let vocab = self.weight.shape().as_slice()[0];
+        x.reshape([b * s, h]).matmul(self.weight.val().transpose()).reshape([b, s, vocab])
+    }
+}

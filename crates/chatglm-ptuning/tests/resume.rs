@@ -1,0 +1,187 @@
+//! Exact resume: N steps straight against N/2 steps, stop, resume for the rest — identical
+//! prefix weights and logs (dropout on, batches crossing epochs, gradient accumulation).
+//! Its own test binary: the dropout masks come from the backend's global RNG.
+
+use std::ops::ControlFlow;
+use std::path::{Path, PathBuf};
+
+use burn::backend::{Autodiff, NdArray};
+use chatglm_checkpoint::Checkpoint;
+use chatglm_model::config::GlmConfig;
+use chatglm_model::glm::GlmModel;
+use chatglm_model::load::CheckpointSource;
+use chatglm_model::positions::SpecialIds;
+use chatglm_ptuning::checkpoint::{list_checkpoints, load_checkpoint};
+use chatglm_ptuning::data::TrainFeature;
+use chatglm_ptuning::train::{Base, TrainEvent, TrainOptions, freeze, train};
+
+type Ad = Autodiff<NdArray<f32>>;
+
+fn dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tiny-glm6b")
+}
+
+/// Hand-made rows in the training layout (context, [gMASK]=291, <sop>=294, answer, <eop>=295,
+/// right padding with 3 and -100 labels).
+fn features() -> Vec<TrainFeature> {
+    let rows: [(&[u32], &[u32]); 3] = [
+        (&[5, 17, 42], &[30, 31, 32]),
+        (&[99, 123, 7, 8], &[40, 41]),
+        (&[11, 12], &[50, 51, 52, 53]),
+    ];
+    let width = 12;
+    rows.iter()
+        .map(|(ctx, ans)| {
+            let mut ids: Vec<u32> = ctx.to_vec();
+            ids.extend([291, 294]);
+            ids.extend(ans.iter());
+            ids.push(295);
+            let context_length = ctx.len() + 1;
+            let mut labels: Vec<i64> = vec![-100; context_length];
+            labels.extend(ids[context_length..].iter().map(|&t| i64::from(t)));
+            let length = ids.len();
+            ids.resize(width, 3);
+            labels.resize(width, -100);
+            TrainFeature {
+                input_ids: ids,
+                labels,
+                context_length,
+                length,
+            }
+        })
+        .collect()
+}
+
+fn tiny_model() -> (GlmModel<Ad>, GlmConfig) {
+    let cfg = GlmConfig::from_file(dir().join("config.json")).unwrap();
+    let device = burn::backend::ndarray::NdArrayDevice::Cpu;
+    let ckpt = Checkpoint::open(dir().join("model.safetensors")).unwrap();
+    let model: GlmModel<Ad> =
+        freeze(GlmModel::build(&cfg, &mut CheckpointSource::new(&ckpt, &device)).unwrap());
+    (model, cfg)
+}
+
+#[test]
+fn non_finite_loss_stops_training_naming_the_step() {
+    let (model, cfg) = tiny_model();
+    let device = burn::backend::ndarray::NdArrayDevice::Cpu;
+    let base = Base {
+        model: &model,
+        config_json: serde_json::json!({}),
+        special: SpecialIds {
+            bos: cfg.bos_token_id,
+            mask: cfg.mask_token_id,
+            gmask: cfg.gmask_token_id,
+        },
+        pad: cfg.pad_token_id,
+    };
+    // An absurd learning rate blows the prefix up after the first update.
+    let opts = TrainOptions {
+        pre_seq_len: 2,
+        learning_rate: 1e38,
+        per_device_train_batch_size: 3,
+        gradient_accumulation_steps: 1,
+        max_steps: 5,
+        save_steps: 1,
+        max_grad_norm: 0.0,
+        prefix_dropout: 0.0,
+        ..TrainOptions::default()
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    let err = train(&base, &features(), &opts, tmp.path(), None, &device, &mut |_| {
+        ControlFlow::Continue(())
+    })
+    .unwrap_err();
+    let msg = err.to_string();
+    assert!(msg.contains("at step 2"), "{msg}");
+    assert!(msg.contains("checkpoint-1"), "the last good checkpoint is named: {msg}");
+    let steps: Vec<u64> = list_checkpoints(tmp.path()).iter().map(|c| c.0).collect();
+    assert_eq!(steps, vec![1], "nothing is saved after the bad step");
+}
+
+#[test]
+fn resumed_run_equals_straight_run() {
+    let (model, cfg) = tiny_model();
+    let device = burn::backend::ndarray::NdArrayDevice::Cpu;
+    let base = Base {
+        model: &model,
+        config_json: serde_json::json!({"model_type": "chatglm", "num_layers": cfg.num_layers}),
+        special: SpecialIds {
+            bos: cfg.bos_token_id,
+            mask: cfg.mask_token_id,
+            gmask: cfg.gmask_token_id,
+        },
+        pad: cfg.pad_token_id,
+    };
+    let opts = TrainOptions {
+        pre_seq_len: 3,
+        prefix_projection: true,
+        learning_rate: 1e-2,
+        per_device_train_batch_size: 2,
+        gradient_accumulation_steps: 2,
+        max_steps: 6,
+        warmup_steps: 1,
+        logging_steps: 1,
+        save_steps: 2,
+        prefix_dropout: 0.1,
+        ..TrainOptions::default()
+    };
+    let feats = features();
+    let tmp = tempfile::tempdir().unwrap();
+    let straight = tmp.path().join("straight");
+    let a = train(&base, &feats, &opts, &straight, None, &device, &mut |_| {
+        ControlFlow::Continue(())
+    })
+    .unwrap();
+    assert_eq!(a.log_history.len(), 6);
+    assert!(a.log_history.iter().all(|e| e.loss.is_finite() && e.grad_norm > 0.0));
+    let steps: Vec<u64> = list_checkpoints(&straight).iter().map(|c| c.0).collect();
+    assert_eq!(steps, vec![2, 4, 6]);
+
+    // Stop after step 3 (a checkpoint is written there), then resume.
+    let split = tmp.path().join("split");
+    let first = train(&base, &feats, &opts, &split, None, &device, &mut |e| match e {
+        TrainEvent::Step { step: 3, .. } => ControlFlow::Break(()),
+        _ => ControlFlow::Continue(()),
+    })
+    .unwrap();
+    assert_eq!(first.last_checkpoint, split.join("checkpoint-3"));
+    assert_eq!(first.log_history.len(), 3);
+    let b = train(
+        &base,
+        &feats,
+        &opts,
+        &split,
+        Some(&split.join("checkpoint-3")),
+        &device,
+        &mut |_| ControlFlow::Continue(()),
+    )
+    .unwrap();
+    assert_eq!(a.prefix, b.prefix, "resumed prefix differs from the straight run");
+    let la: Vec<(u64, u64)> = a.log_history.iter().map(|e| (e.step, e.loss.to_bits())).collect();
+    let lb: Vec<(u64, u64)> = b.log_history.iter().map(|e| (e.step, e.loss.to_bits())).collect();
+    assert_eq!(la, lb);
+    let ca = load_checkpoint(&straight.join("checkpoint-6")).unwrap();
+    let cb = load_checkpoint(&split.join("checkpoint-6")).unwrap();
+    assert_eq!(ca.optimizer, cb.optimizer);
+    assert_eq!(ca.state.samples_seen, cb.state.samples_seen);
+    // 12 micro-batches over epochs of 3 rows: 2 rows then the partial batch of 1.
+    assert_eq!(ca.state.samples_seen, 18);
+
+    // A different setting cannot resume from that checkpoint.
+    let other = TrainOptions {
+        learning_rate: 2e-2,
+        ..opts.clone()
+    };
+    let err = train(
+        &base,
+        &feats,
+        &other,
+        &split,
+        Some(&split.join("checkpoint-4")),
+        &device,
+        &mut |_| ControlFlow::Continue(()),
+    )
+    .unwrap_err();
+    assert!(err.to_string().contains("settings differ"), "{err}");
+}
