@@ -5,6 +5,7 @@
 //!
 //! Every shape is run once untimed first: burn compiles (and on CUDA autotunes) kernels per
 //! shape, which takes seconds to tens of seconds and is reported separately as `warmup_s`.
+#![allow(clippy::print_stdout, clippy::print_stderr)] // a binary: its JSON report goes to stdout
 
 use std::ops::ControlFlow;
 use std::sync::Arc;
@@ -14,13 +15,19 @@ use std::time::{Duration, Instant};
 use burn::tensor::backend::Backend;
 use chatglm_model::generation::generate::CachedDecoder;
 use chatglm_model::load::RandomSource;
-use chatglm_model::{ComputeDtype, Decoder, DeviceSpec, GenerationConfig, GlmConfig, GlmModel, SamplingConfig, SpecialIds, generate};
+use chatglm_model::{
+    ComputeDtype, Decoder, DeviceSpec, GenerationConfig, GlmConfig, GlmModel, SamplingConfig,
+    SpecialIds, generate,
+};
 use clap::Parser;
 use serde_json::{Value, json};
 
 /// Benchmark options.
 #[derive(Debug, Parser)]
-#[command(name = "chatglm-bench", about = "ChatGLM-6B speed on random weights of the real shape")]
+#[command(
+    name = "chatglm-bench",
+    about = "ChatGLM-6B speed on random weights of the real shape"
+)]
 struct Opts {
     /// cpu, cuda or cuda:N.
     #[arg(long, default_value = "cuda")]
@@ -58,7 +65,12 @@ struct MemSampler {
 
 fn gpu_used_mib(index: usize) -> Option<u64> {
     let out = std::process::Command::new("nvidia-smi")
-        .args(["--query-gpu=memory.used", "--format=csv,noheader,nounits", "-i", &index.to_string()])
+        .args([
+            "--query-gpu=memory.used",
+            "--format=csv,noheader,nounits",
+            "-i",
+            &index.to_string(),
+        ])
         .output()
         .ok()?;
     String::from_utf8(out.stdout).ok()?.trim().parse().ok()
@@ -78,7 +90,12 @@ impl MemSampler {
                 std::thread::sleep(Duration::from_millis(100));
             }
         });
-        Some(Self { stop, peak, baseline, handle: Some(handle) })
+        Some(Self {
+            stop,
+            peak,
+            baseline,
+            handle: Some(handle),
+        })
     }
 
     fn finish(mut self) -> (u64, u64) {
@@ -91,7 +108,8 @@ impl MemSampler {
 }
 
 fn prompt_ids(cfg: &GlmConfig, len: usize, salt: usize) -> Vec<u32> {
-    let body = (0..len.saturating_sub(2)).map(|i| (((i * 7919 + salt * 104729) % 20000) + 10) as u32 % cfg.vocab_size as u32);
+    let body = (0..len.saturating_sub(2))
+        .map(|i| (((i * 7919 + salt * 104729) % 20000) + 10) as u32 % cfg.vocab_size as u32);
     body.chain([cfg.gmask_token_id, cfg.bos_token_id]).collect()
 }
 
@@ -110,7 +128,11 @@ fn run<B: Backend>(opts: &Opts, device: B::Device) -> anyhow::Result<Value> {
         cfg.gmask_token_id = cfg.vocab_size as u32 - 2;
         cfg.bos_token_id = cfg.vocab_size as u32 - 1;
     }
-    let special = SpecialIds { bos: cfg.bos_token_id, mask: cfg.mask_token_id, gmask: cfg.gmask_token_id };
+    let special = SpecialIds {
+        bos: cfg.bos_token_id,
+        mask: cfg.mask_token_id,
+        gmask: cfg.gmask_token_id,
+    };
     let sampler = match opts.device {
         DeviceSpec::Cuda(i) => MemSampler::start(i),
         DeviceSpec::Cpu => None,
@@ -121,7 +143,12 @@ fn run<B: Backend>(opts: &Opts, device: B::Device) -> anyhow::Result<Value> {
     B::sync(&device).map_err(|e| anyhow::anyhow!("{e:?}"))?;
     let load_s = secs(t.elapsed());
     let params: usize = {
-        let (h, i, l, v) = (cfg.hidden_size, cfg.inner_hidden_size, cfg.num_layers, cfg.vocab_size);
+        let (h, i, l, v) = (
+            cfg.hidden_size,
+            cfg.inner_hidden_size,
+            cfg.num_layers,
+            cfg.vocab_size,
+        );
         v * h + l * (4 * h * h + 2 * h * i + 9 * h + i) + 2 * h
     };
 
@@ -138,19 +165,24 @@ fn run<B: Backend>(opts: &Opts, device: B::Device) -> anyhow::Result<Value> {
         }
         warmup.insert(format!("prefill_{len}"), json!(times[0]));
         let best = times[1..].iter().copied().fold(f64::INFINITY, f64::min);
-        prefill.insert(len.to_string(), json!({ "seconds": best, "tok_per_s": len as f64 / best }));
+        prefill.insert(
+            len.to_string(),
+            json!({ "seconds": best, "tok_per_s": len as f64 / best }),
+        );
     }
 
     let mut decode = serde_json::Map::new();
     let mut ttft = None;
     for &batch in &opts.batches {
-        let prompts: Vec<Vec<u32>> = (0..batch).map(|b| prompt_ids(&cfg, opts.prompt, b + 2)).collect();
+        let prompts: Vec<Vec<u32>> = (0..batch)
+            .map(|b| prompt_ids(&cfg, opts.prompt, b + 2))
+            .collect();
         let config = GenerationConfig {
             max_new_tokens: Some(opts.decode_tokens),
             sampling: SamplingConfig::greedy(),
             ..Default::default()
         };
-        let mut measure = || -> anyhow::Result<(f64, f64, usize)> {
+        let measure = || -> anyhow::Result<(f64, f64, usize)> {
             let mut dec = CachedDecoder::new(&model, None, special, cfg.pad_token_id, &device);
             let start = Instant::now();
             let mut first = None;

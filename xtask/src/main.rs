@@ -2,20 +2,56 @@
 
 use std::process::{Command, ExitCode};
 
-/// The checks CI runs, in order. `.ci/run` runs the same list through `cargo xtask ci`.
-const CI_STEPS: &[&[&str]] = &[
-    &["fmt", "--all", "--check"],
-    &["clippy", "--workspace", "--all-targets", "--locked", "--", "-D", "warnings"],
-    &["test", "--workspace", "--locked"],
+/// One CI step: a program and its arguments, run from the workspace root.
+struct Step {
+    program: &'static str,
+    args: &'static [&'static str],
+}
+
+/// The checks CI runs, in order: formatting, lints, the README's test command, then the serve
+/// end-to-end test with real clients (the `openai` Python package and headless Chromium).
+const CI_STEPS: &[Step] = &[
+    Step {
+        program: "cargo",
+        args: &["fmt", "--all", "--check"],
+    },
+    Step {
+        program: "cargo",
+        args: &[
+            "clippy",
+            "--workspace",
+            "--all-targets",
+            "--",
+            "-D",
+            "warnings",
+        ],
+    },
+    Step {
+        program: "cargo",
+        args: &["test", "--workspace"],
+    },
+    Step {
+        program: "bash",
+        args: &["crates/chatglm-serve/e2e/run.sh"],
+    },
 ];
 
-fn cargo(args: &[&str]) -> bool {
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
+fn run(step: &Step) -> bool {
+    let program = match step.program {
+        "cargo" => std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned()),
+        other => other.to_owned(),
+    };
     #[allow(clippy::print_stderr)]
     {
-        eprintln!("xtask: cargo {}", args.join(" "));
+        eprintln!("xtask: {} {}", step.program, step.args.join(" "));
     }
-    Command::new(cargo).args(args).status().map(|s| s.success()).unwrap_or(false)
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    Command::new(program)
+        .args(step.args)
+        .current_dir(root)
+        .status()
+        .map(|s| s.success())
+        .unwrap_or(false)
 }
 
 fn main() -> ExitCode {
@@ -23,7 +59,7 @@ fn main() -> ExitCode {
     match args.first().map(String::as_str) {
         Some("ci") => {
             for step in CI_STEPS {
-                if !cargo(step) {
+                if !run(step) {
                     return ExitCode::FAILURE;
                 }
             }
@@ -32,7 +68,9 @@ fn main() -> ExitCode {
         _ => {
             #[allow(clippy::print_stderr)]
             {
-                eprintln!("usage: cargo xtask ci    # fmt check, clippy -D warnings, the README's tests");
+                eprintln!(
+                    "usage: cargo xtask ci    # fmt check, clippy -D warnings, cargo test --workspace, serve e2e"
+                );
             }
             ExitCode::from(2)
         }

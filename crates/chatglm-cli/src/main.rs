@@ -1,4 +1,7 @@
 //! The `chatglm` binary: a thin main that dispatches to one module per subcommand.
+//!
+//! This is the one crate that talks to the terminal: printing is its job.
+#![allow(clippy::print_stdout, clippy::print_stderr)]
 
 use clap::{Parser, Subcommand};
 
@@ -35,9 +38,9 @@ enum Command {
     /// Chat with the model in the terminal (`clear` empties the history, `stop` exits).
     Chat(commands::chat::Args),
     /// P-Tuning v2: train a prefix for a frozen model (official main.py flag names).
-    Train(commands::train::Args),
+    Train(Box<commands::train::Args>),
     /// Generate for a test file and score BLEU-4 / ROUGE (official --do_predict outputs).
-    Eval(commands::eval::Args),
+    Eval(Box<commands::eval::Args>),
     /// The whole workflow with no download: convert, score, P-tune, score, answer.
     Demo(commands::demo::Args),
 }
@@ -61,8 +64,8 @@ fn main() -> std::process::ExitCode {
         Command::Generate(args) => commands::generate::run(args),
         Command::Logits(args) => commands::logits::run(args),
         Command::Chat(args) => commands::chat::run(args),
-        Command::Train(args) => commands::train::run(args),
-        Command::Eval(args) => commands::eval::run(args),
+        Command::Train(args) => commands::train::run(*args),
+        Command::Eval(args) => commands::eval::run(*args),
         Command::Demo(args) => commands::demo::run(args),
     };
     match result {

@@ -14,7 +14,8 @@ struct Reference {
 }
 
 fn reference_pairs() -> Vec<Reference> {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../chatglm-metrics/tests/fixtures/pairs.jsonl");
+    let path =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../chatglm-metrics/tests/fixtures/pairs.jsonl");
     std::fs::read_to_string(&path)
         .unwrap()
         .lines()
@@ -42,12 +43,19 @@ fn write_lines(dir: &Path, name: &str, lines: &[Value]) -> PathBuf {
 
 /// The evaluation's own layout: `{"labels": ..., "predict": ...}`.
 fn predictions_file(dir: &Path, pairs: &[&Reference]) -> PathBuf {
-    let lines: Vec<Value> = pairs.iter().map(|p| json!({"labels": p.label, "predict": p.prediction})).collect();
+    let lines: Vec<Value> = pairs
+        .iter()
+        .map(|p| json!({"labels": p.label, "predict": p.prediction}))
+        .collect();
     write_lines(dir, "generated_predictions.txt", &lines)
 }
 
 fn chatglm(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_chatglm")).arg("metrics").args(args).output().unwrap()
+    Command::new(env!("CARGO_BIN_EXE_chatglm"))
+        .arg("metrics")
+        .args(args)
+        .output()
+        .unwrap()
 }
 
 fn text(bytes: &[u8]) -> String {
@@ -84,7 +92,11 @@ fn means_match_the_official_values() {
         assert!((value - want).abs() < 1e-9, "{key}: {value} vs {want}");
     }
     // No warning when nothing is empty.
-    assert!(!text(&out.stderr).contains("warning"), "{}", text(&out.stderr));
+    assert!(
+        !text(&out.stderr).contains("warning"),
+        "{}",
+        text(&out.stderr)
+    );
 }
 
 #[test]
@@ -93,15 +105,21 @@ fn per_sample_lines_equal_the_official_per_pair_scores() {
     let pairs: Vec<&Reference> = all.iter().collect();
     let dir = tempfile::tempdir().unwrap();
     // The other accepted layout, with a blank line that is skipped.
-    let lines: Vec<Value> = pairs.iter().map(|p| json!({"prediction": p.prediction, "label": p.label})).collect();
+    let lines: Vec<Value> = pairs
+        .iter()
+        .map(|p| json!({"prediction": p.prediction, "label": p.label}))
+        .collect();
     let file = write_lines(dir.path(), "pairs.jsonl", &lines);
     let mut raw = std::fs::read_to_string(&file).unwrap();
     raw.push('\n');
     std::fs::write(&file, raw).unwrap();
     let out = chatglm(&[file.to_str().unwrap(), "--per-sample"]);
     assert!(out.status.success(), "{}", text(&out.stderr));
-    let got: Vec<Value> =
-        std::str::from_utf8(&out.stdout).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let got: Vec<Value> = std::str::from_utf8(&out.stdout)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
     assert_eq!(got.len(), pairs.len());
     for (i, (g, p)) in got.iter().zip(&pairs).enumerate() {
         assert_eq!(g.as_object().unwrap().len(), 4, "line {i}: {g}");
@@ -111,10 +129,19 @@ fn per_sample_lines_equal_the_official_per_pair_scores() {
     }
     // The means go to stderr in this mode, empty pairs are reported there too.
     let err = text(&out.stderr);
-    assert!(err.contains(&format!("\"samples\":{}", pairs.len())), "{err}");
+    assert!(
+        err.contains(&format!("\"samples\":{}", pairs.len())),
+        "{err}"
+    );
     let empty = pairs.iter().filter(|p| p.official_error.is_some()).count();
     assert!(empty > 0);
-    assert!(err.contains(&format!("warning: {empty} of {} pairs scored 0", pairs.len())), "{err}");
+    assert!(
+        err.contains(&format!(
+            "warning: {empty} of {} pairs scored 0",
+            pairs.len()
+        )),
+        "{err}"
+    );
 }
 
 #[test]
@@ -144,12 +171,24 @@ fn strict_mode_fails_like_the_official_script() {
 fn bad_lines_are_reported_with_their_number() {
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("bad.jsonl");
-    std::fs::write(&file, "{\"labels\": \"a\", \"predict\": \"a\"}\n{\"labels\": \"b\"\n").unwrap();
+    std::fs::write(
+        &file,
+        "{\"labels\": \"a\", \"predict\": \"a\"}\n{\"labels\": \"b\"\n",
+    )
+    .unwrap();
     let out = chatglm(&[file.to_str().unwrap()]);
     assert!(!out.status.success());
-    assert!(text(&out.stderr).contains("line 2"), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("line 2"),
+        "{}",
+        text(&out.stderr)
+    );
 
-    std::fs::write(&file, "{\"labels\": \"a\", \"predict\": \"a\"}\n\n{\"label\": \"b\"}\n").unwrap();
+    std::fs::write(
+        &file,
+        "{\"labels\": \"a\", \"predict\": \"a\"}\n\n{\"label\": \"b\"}\n",
+    )
+    .unwrap();
     let out = chatglm(&[file.to_str().unwrap()]);
     assert!(!out.status.success());
     let err = text(&out.stderr);
@@ -158,11 +197,19 @@ fn bad_lines_are_reported_with_their_number() {
     std::fs::write(&file, "\n").unwrap();
     let out = chatglm(&[file.to_str().unwrap()]);
     assert!(!out.status.success());
-    assert!(text(&out.stderr).contains("no pairs"), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("no pairs"),
+        "{}",
+        text(&out.stderr)
+    );
 
     let out = chatglm(&[dir.path().join("missing.jsonl").to_str().unwrap()]);
     assert!(!out.status.success());
-    assert!(text(&out.stderr).contains("missing.jsonl"), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("missing.jsonl"),
+        "{}",
+        text(&out.stderr)
+    );
 }
 
 #[test]
@@ -177,7 +224,12 @@ fn reads_standard_input() {
         .spawn()
         .unwrap();
     let line = json!({"labels": pair.label, "predict": pair.prediction}).to_string();
-    child.stdin.take().unwrap().write_all(line.as_bytes()).unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(line.as_bytes())
+        .unwrap();
     let out = child.wait_with_output().unwrap();
     assert!(out.status.success(), "{}", text(&out.stderr));
     let got: Value = serde_json::from_slice(&out.stdout).unwrap();

@@ -6,7 +6,9 @@ use std::path::PathBuf;
 use std::process::{Command, Stdio};
 
 fn fixture(rel: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../chatglm-model/tests/fixtures").join(rel)
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../chatglm-model/tests/fixtures")
+        .join(rel)
 }
 
 fn chatglm(args: &[&str], stdin: Option<&str>) -> (bool, String, String) {
@@ -18,11 +20,20 @@ fn chatglm(args: &[&str], stdin: Option<&str>) -> (bool, String, String) {
         .spawn()
         .unwrap();
     if let Some(input) = stdin {
-        child.stdin.take().unwrap().write_all(input.as_bytes()).unwrap();
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(input.as_bytes())
+            .unwrap();
     }
     drop(child.stdin.take());
     let out = child.wait_with_output().unwrap();
-    (out.status.success(), String::from_utf8(out.stdout).unwrap(), String::from_utf8(out.stderr).unwrap())
+    (
+        out.status.success(),
+        String::from_utf8(out.stdout).unwrap(),
+        String::from_utf8(out.stderr).unwrap(),
+    )
 }
 
 fn cases() -> Vec<serde_json::Value> {
@@ -32,7 +43,12 @@ fn cases() -> Vec<serde_json::Value> {
 }
 
 fn ids_arg(v: &serde_json::Value) -> String {
-    v.as_array().unwrap().iter().map(|x| x.to_string()).collect::<Vec<_>>().join(",")
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.to_string())
+        .collect::<Vec<_>>()
+        .join(",")
 }
 
 fn prefix_arg(variant: &str) -> Option<PathBuf> {
@@ -46,7 +62,11 @@ fn prefix_arg(variant: &str) -> Option<PathBuf> {
 #[test]
 fn generate_ids_json_matches_the_original_greedy_ids() {
     for case in cases() {
-        let model = fixture(if case["variant"] == "base" { "tiny-glm6b-bin" } else { "tiny-glm6b" });
+        let model = fixture(if case["variant"] == "base" {
+            "tiny-glm6b-bin"
+        } else {
+            "tiny-glm6b"
+        });
         let ids = ids_arg(&case["input_ids"]);
         let mut args = vec![
             "generate".to_string(),
@@ -66,7 +86,11 @@ fn generate_ids_json_matches_the_original_greedy_ids() {
         let (ok, stdout, stderr) = chatglm(&args, None);
         assert!(ok, "{stderr}");
         let out: serde_json::Value = serde_json::from_str(stdout.trim()).unwrap();
-        assert_eq!(out["ids"], case["greedy_new_ids"], "{} {}", case["variant"], case["name"]);
+        assert_eq!(
+            out["ids"], case["greedy_new_ids"],
+            "{} {}",
+            case["variant"], case["name"]
+        );
         assert_eq!(out["text"], "", "no tokenizer in the fixture folder");
     }
 }
@@ -74,9 +98,16 @@ fn generate_ids_json_matches_the_original_greedy_ids() {
 #[test]
 fn logits_writes_the_full_forward_as_safetensors() {
     let tmp = tempfile::tempdir().unwrap();
-    let reference = chatglm::checkpoint::Checkpoint::open(fixture("tiny-glm6b/logits.safetensors")).unwrap();
-    for case in cases().iter().filter(|c| c["name"] != "long" || c["variant"] == "prefix_noproj") {
-        let (variant, name) = (case["variant"].as_str().unwrap(), case["name"].as_str().unwrap());
+    let reference =
+        chatglm::checkpoint::Checkpoint::open(fixture("tiny-glm6b/logits.safetensors")).unwrap();
+    for case in cases()
+        .iter()
+        .filter(|c| c["name"] != "long" || c["variant"] == "prefix_noproj")
+    {
+        let (variant, name) = (
+            case["variant"].as_str().unwrap(),
+            case["name"].as_str().unwrap(),
+        );
         let out = tmp.path().join(format!("{variant}-{name}.safetensors"));
         let model = fixture("tiny-glm6b").display().to_string();
         let ids = ids_arg(&case["input_ids"]);
@@ -90,9 +121,15 @@ fn logits_writes_the_full_forward_as_safetensors() {
         assert!(ok, "{stderr}");
         let got = chatglm::checkpoint::Checkpoint::open(&out).unwrap();
         let (values, shape) = got.to_f32("logits").unwrap();
-        let (want, want_shape) = reference.to_f32(&format!("{variant}/{name}/logits")).unwrap();
+        let (want, want_shape) = reference
+            .to_f32(&format!("{variant}/{name}/logits"))
+            .unwrap();
         assert_eq!(shape, want_shape);
-        let worst = values.iter().zip(&want).map(|(a, b)| (a - b).abs()).fold(0.0f32, f32::max);
+        let worst = values
+            .iter()
+            .zip(&want)
+            .map(|(a, b)| (a - b).abs())
+            .fold(0.0f32, f32::max);
         assert!(worst <= 1e-4, "{variant}/{name}: max diff {worst}");
     }
 }
@@ -101,8 +138,21 @@ fn logits_writes_the_full_forward_as_safetensors() {
 fn seeded_sampling_from_the_cli_is_reproducible() {
     let model = fixture("tiny-glm6b").display().to_string();
     let args = [
-        "generate", "--model", &model, "--ids", "5,17,42,291,294", "--max-new-tokens", "12", "--temperature", "1.0",
-        "--top-p", "0.9", "--seed", "7", "--ignore-eos", "--json",
+        "generate",
+        "--model",
+        &model,
+        "--ids",
+        "5,17,42,291,294",
+        "--max-new-tokens",
+        "12",
+        "--temperature",
+        "1.0",
+        "--top-p",
+        "0.9",
+        "--seed",
+        "7",
+        "--ignore-eos",
+        "--json",
     ];
     let (ok1, a, e1) = chatglm(&args, None);
     let (ok2, b, e2) = chatglm(&args, None);
@@ -114,16 +164,27 @@ fn seeded_sampling_from_the_cli_is_reproducible() {
 
 #[test]
 fn bad_model_inputs_fail_with_clear_messages() {
-    let (ok, _, stderr) = chatglm(&["generate", "--model", "/nonexistent/model", "--ids", "1,2"], None);
+    let (ok, _, stderr) = chatglm(
+        &["generate", "--model", "/nonexistent/model", "--ids", "1,2"],
+        None,
+    );
     assert!(!ok);
     assert!(stderr.contains("/nonexistent/model"), "{stderr}");
 
     let model = fixture("tiny-glm6b").display().to_string();
-    let (ok, _, stderr) = chatglm(&["generate", "--model", &model, "--ids", "1,2", "--device", "tpu"], None);
+    let (ok, _, stderr) = chatglm(
+        &[
+            "generate", "--model", &model, "--ids", "1,2", "--device", "tpu",
+        ],
+        None,
+    );
     assert!(!ok);
     assert!(stderr.contains("tpu"), "{stderr}");
 
-    let (ok, _, stderr) = chatglm(&["generate", "--model", &model, "--ids", "1,999", "--json"], None);
+    let (ok, _, stderr) = chatglm(
+        &["generate", "--model", &model, "--ids", "1,999", "--json"],
+        None,
+    );
     assert!(!ok);
     assert!(stderr.contains("999"), "{stderr}");
 
@@ -131,7 +192,12 @@ fn bad_model_inputs_fail_with_clear_messages() {
     assert!(!ok, "the fixture folder has no tokenizer");
     assert!(stderr.contains("tokenizer"), "{stderr}");
 
-    let (ok, _, stderr) = chatglm(&["generate", "--model", &model, "--ids", "1,2", "--dtype", "f16"], None);
+    let (ok, _, stderr) = chatglm(
+        &[
+            "generate", "--model", &model, "--ids", "1,2", "--dtype", "f16",
+        ],
+        None,
+    );
     assert!(!ok);
     assert!(stderr.contains("f16"), "{stderr}");
 }
@@ -142,21 +208,33 @@ fn chat_loop_answers_and_obeys_clear_and_stop() {
     let tmp = tempfile::tempdir().unwrap();
     write_random_chat_model(tmp.path());
     let model = tmp.path().display().to_string();
-    let (ok, stdout, stderr) = chatglm(&["chat", "--model", &model, "--seed", "1"], Some("你好\nclear\n晚上睡不着\nstop\n"));
+    let (ok, stdout, stderr) = chatglm(
+        &["chat", "--model", &model, "--seed", "1"],
+        Some("你好\nclear\n晚上睡不着\nstop\n"),
+    );
     assert!(ok, "{stderr}");
     assert_eq!(stdout.matches("ChatGLM-6B：").count(), 2, "{stdout}");
     assert!(stdout.contains("(history cleared)"), "{stdout}");
 
     // A text prompt is encoded with the folder's tokenizer: same ids as passing them directly.
-    let gen = |extra: &[&str]| {
-        let mut args = vec!["generate", "--model", &model, "--greedy", "--max-new-tokens", "6", "--ignore-eos", "--json"];
+    let generate = |extra: &[&str]| {
+        let mut args = vec![
+            "generate",
+            "--model",
+            &model,
+            "--greedy",
+            "--max-new-tokens",
+            "6",
+            "--ignore-eos",
+            "--json",
+        ];
         args.extend_from_slice(extra);
         let (ok, stdout, stderr) = chatglm(&args, None);
         assert!(ok, "{stderr}");
         serde_json::from_str::<serde_json::Value>(stdout.trim()).unwrap()
     };
-    let by_text = gen(&["--prompt", "你好"]);
-    let by_ids = gen(&["--ids", "1495,1598,1592,3001,3004"]);
+    let by_text = generate(&["--prompt", "你好"]);
+    let by_ids = generate(&["--ids", "1495,1598,1592,3001,3004"]);
     assert_eq!(by_text["ids"], by_ids["ids"]);
     assert_eq!(by_text["text"], by_ids["text"]);
 }
@@ -183,12 +261,17 @@ fn write_random_chat_model(dir: &std::path::Path) {
         } else {
             (0..n)
                 .map(|_| {
-                    state = state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+                    state = state
+                        .wrapping_mul(6364136223846793005)
+                        .wrapping_add(1442695040888963407);
                     ((state >> 40) as f32 / (1u64 << 24) as f32 - 0.5) * 0.8
                 })
                 .collect()
         };
-        tensors.push((name, TensorView::from_f32(Dtype::F32, shape, &values).unwrap()));
+        tensors.push((
+            name,
+            TensorView::from_f32(Dtype::F32, shape, &values).unwrap(),
+        ));
     };
     add("transformer.word_embeddings.weight".into(), vec![vocab, h]);
     for i in 0..layers {

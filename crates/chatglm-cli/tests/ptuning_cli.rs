@@ -53,11 +53,35 @@ fn killed_during_save_leaves_complete_checkpoints_and_resume_is_exact() {
     // The official flag names (snake_case), as pasted from train.sh.
     let common = |out: &str| -> Vec<String> {
         [
-            "train", "--do_train", "--train_file", data_s, "--prompt_column", "q",
-            "--response_column", "a", "--pre_seq_len", "4", "--max_source_length", "16",
-            "--max_target_length", "24", "--per_device_train_batch_size", "2",
-            "--gradient_accumulation_steps", "1", "--max_steps", "4", "--logging_steps", "1",
-            "--save_steps", "2", "--learning_rate", "0.1", "--output_dir", out, "--json",
+            "train",
+            "--do_train",
+            "--train_file",
+            data_s,
+            "--prompt_column",
+            "q",
+            "--response_column",
+            "a",
+            "--pre_seq_len",
+            "4",
+            "--max_source_length",
+            "16",
+            "--max_target_length",
+            "24",
+            "--per_device_train_batch_size",
+            "2",
+            "--gradient_accumulation_steps",
+            "1",
+            "--max_steps",
+            "4",
+            "--logging_steps",
+            "1",
+            "--save_steps",
+            "2",
+            "--learning_rate",
+            "0.1",
+            "--output_dir",
+            out,
+            "--json",
         ]
         .iter()
         .map(|s| s.to_string())
@@ -67,14 +91,21 @@ fn killed_during_save_leaves_complete_checkpoints_and_resume_is_exact() {
     let args = common(killed.to_str().unwrap());
     let argv: Vec<&str> = args.iter().map(String::as_str).collect();
     let (ok, _, _) = chatglm(&argv, &cache, &[("CHATGLM_PTUNING_ABORT_DURING_SAVE", "4")]);
-    assert!(!ok, "the process should have been aborted during the save of step 4");
+    assert!(
+        !ok,
+        "the process should have been aborted during the save of step 4"
+    );
     assert_eq!(complete_checkpoints(&killed), vec!["checkpoint-2"]);
     let leftovers: Vec<_> = std::fs::read_dir(&killed)
         .unwrap()
         .flatten()
         .filter(|e| e.file_name().to_string_lossy().starts_with(".checkpoint-4"))
         .collect();
-    assert_eq!(leftovers.len(), 1, "the interrupted save stays hidden under a temp name");
+    assert_eq!(
+        leftovers.len(),
+        1,
+        "the interrupted save stays hidden under a temp name"
+    );
 
     // Resume with kebab-case flags and `latest`.
     let mut resume = args.clone();
@@ -88,7 +119,10 @@ fn killed_during_save_leaves_complete_checkpoints_and_resume_is_exact() {
         .filter_map(|v| v["step"].as_u64())
         .collect();
     assert_eq!(steps, vec![3, 4], "the resumed run logs steps 3 and 4 only");
-    assert_eq!(complete_checkpoints(&killed), vec!["checkpoint-2", "checkpoint-4"]);
+    assert_eq!(
+        complete_checkpoints(&killed),
+        vec!["checkpoint-2", "checkpoint-4"]
+    );
     assert!(
         !std::fs::read_dir(&killed)
             .unwrap()
@@ -117,7 +151,13 @@ fn killed_during_save_leaves_complete_checkpoints_and_resume_is_exact() {
     )
     .unwrap();
     let (ok, stdout, stderr) = chatglm(
-        &["train", "--config", toml.to_str().unwrap(), "--learning-rate", "0.1"],
+        &[
+            "train",
+            "--config",
+            toml.to_str().unwrap(),
+            "--learning-rate",
+            "0.1",
+        ],
         &cache,
         &[],
     );
@@ -125,16 +165,31 @@ fn killed_during_save_leaves_complete_checkpoints_and_resume_is_exact() {
     assert!(stdout.contains("checkpoint-4"), "{stdout}");
     let a = std::fs::read(straight.join("checkpoint-4/model.safetensors")).unwrap();
     let b = std::fs::read(killed.join("checkpoint-4/model.safetensors")).unwrap();
-    assert_eq!(a, b, "killed + resumed run must equal the straight run bit for bit");
+    assert_eq!(
+        a, b,
+        "killed + resumed run must equal the straight run bit for bit"
+    );
 
     // Evaluate with the trained prefix: the reference's two files.
     let eval_dir = tmp.path().join("eval");
     let (ok, _, stderr) = chatglm(
         &[
-            "eval", "--test_file", data_s, "--prompt_column", "q", "--response_column", "a",
-            "--prefix", straight.join("checkpoint-4").to_str().unwrap(), "--greedy",
-            "--max_source_length", "16", "--max_target_length", "24",
-            "--output_dir", eval_dir.to_str().unwrap(),
+            "eval",
+            "--test_file",
+            data_s,
+            "--prompt_column",
+            "q",
+            "--response_column",
+            "a",
+            "--prefix",
+            straight.join("checkpoint-4").to_str().unwrap(),
+            "--greedy",
+            "--max_source_length",
+            "16",
+            "--max_target_length",
+            "24",
+            "--output_dir",
+            eval_dir.to_str().unwrap(),
         ],
         &cache,
         &[],
@@ -151,7 +206,14 @@ fn killed_during_save_leaves_complete_checkpoints_and_resume_is_exact() {
         &std::fs::read_to_string(eval_dir.join("predict_results.json")).unwrap(),
     )
     .unwrap();
-    for k in ["predict_bleu-4", "predict_rouge-1", "predict_rouge-2", "predict_rouge-l", "predict_runtime", "predict_samples_per_second"] {
+    for k in [
+        "predict_bleu-4",
+        "predict_rouge-1",
+        "predict_rouge-2",
+        "predict_rouge-l",
+        "predict_runtime",
+        "predict_samples_per_second",
+    ] {
         assert!(res[k].is_number(), "{k} missing in {res}");
     }
     assert_eq!(res["predict_samples"], 3);
@@ -162,7 +224,13 @@ fn shortened_demo_runs_the_whole_workflow() {
     let tmp = tempfile::tempdir().unwrap();
     let out = tmp.path().join("demo");
     let (ok, stdout, stderr) = chatglm(
-        &["demo", "--output-dir", out.to_str().unwrap(), "--max-steps", "3"],
+        &[
+            "demo",
+            "--output-dir",
+            out.to_str().unwrap(),
+            "--max-steps",
+            "3",
+        ],
         &tmp.path().join("cache"),
         &[],
     );

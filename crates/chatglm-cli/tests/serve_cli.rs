@@ -243,11 +243,52 @@ fn serve_requires_the_key_and_rejects_bad_flags() {
         let err = String::from_utf8_lossy(&out.stderr);
         assert!(err.contains(needle), "{args:?}: {err}");
     }
-    // Without the model adapter, a real model cannot be served yet: a clear error, no panic.
-    let out = chatglm()
+}
+
+/// Without `--model`, `chatglm serve` serves the embedded demo model through the real engine.
+#[test]
+fn serves_the_demo_model_without_a_model_flag() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut child = chatglm()
         .args(["serve", "--port", "0", "--no-history"])
-        .output()
-        .unwrap();
-    assert!(!out.status.success());
-    assert!(String::from_utf8_lossy(&out.stderr).contains("no engine"));
+        .env("CHATGLM_CACHE_DIR", dir.path())
+        .env_remove("CHATGLM_API_KEY")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn chatglm serve");
+    let mut line = String::new();
+    let mut stdout = BufReader::new(child.stdout.take().unwrap());
+    stdout
+        .read_line(&mut line)
+        .expect("read the listening line");
+    std::thread::spawn(move || std::io::copy(&mut stdout, &mut std::io::sink()));
+    let addr: SocketAddr = line
+        .split("http://")
+        .nth(1)
+        .and_then(|rest| rest.split_whitespace().next())
+        .unwrap_or_else(|| panic!("no address in `{line}`"))
+        .parse()
+        .expect("socket address");
+
+    let (status, models) = http(addr, "GET", "/v1/models", None);
+    assert_eq!(status, 200, "{models}");
+    assert!(models.contains("chatglm-demo"), "{models}");
+
+    let body = r#"{"model":"chatglm-demo","messages":[{"role":"user","content":"你是谁?"}],"temperature":0,"max_tokens":6}"#;
+    let (status, reply) = http(addr, "POST", "/v1/chat/completions", Some(body));
+    assert_eq!(status, 200, "{reply}");
+    assert!(reply.contains("\"completion_tokens\""), "{reply}");
+    assert!(reply.contains("\"finish_reason\""), "{reply}");
+
+    let (status, reply) = http(
+        addr,
+        "POST",
+        "/v1/chat/completions",
+        Some(r#"{"model":"nope","messages":[{"role":"user","content":"hi"}]}"#),
+    );
+    assert_eq!(status, 404, "{reply}");
+
+    sigterm(&child);
+    assert!(wait_exit(&mut child, Duration::from_secs(20)).success());
 }

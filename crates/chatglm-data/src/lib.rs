@@ -13,6 +13,20 @@
 //! - [`export_xlsx`] writes records back to a `Q`,`A` workbook; [`append_history`] and
 //!   [`read_history`] keep the chat history workbook (`T`,`Q`,`A`).
 //!
+//! ```no_run
+//! use chatglm_data::{ReadOptions, Style, read_records, split_train_dev, write_jsonl};
+//!
+//! let mut report = read_records("examples/data", &ReadOptions::default())?;
+//! report.dedup();
+//! for file in &report.files {
+//!     tracing::info!("{file}"); // "examples/data/base.xlsx: read 5, written 5, skipped 0"
+//! }
+//! let (train, dev) = split_train_dev(report.records, 0.2, 42)?;
+//! write_jsonl("train.json".as_ref(), &train, Style::Adgen)?;
+//! write_jsonl("dev.json".as_ref(), &dev, Style::Adgen)?;
+//! # Ok::<(), chatglm_data::Error>(())
+//! ```
+//!
 //! # Differences from the note's converter (deliberate)
 //! For the note's sample `base.xlsx` our output is byte-for-byte its `d1.json`: the same five
 //! records in row order, written with Python's `json.dumps` spacing (`", "`, `": "`). Where

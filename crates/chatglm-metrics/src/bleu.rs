@@ -105,7 +105,12 @@ fn ngram_keys<K: From<u32> + std::ops::Shl<u32, Output = K> + std::ops::BitOr<Ou
     if ids.len() < n {
         return Vec::new();
     }
-    ids.windows(n).map(|w| w.iter().fold(K::from(0u32), |acc, &c| (acc << 21) | K::from(c))).collect()
+    ids.windows(n)
+        .map(|w| {
+            w.iter()
+                .fold(K::from(0u32), |acc, &c| (acc << 21) | K::from(c))
+        })
+        .collect()
 }
 
 #[cfg(test)]

@@ -49,7 +49,9 @@ pub enum ConfigError {
         reason: String,
     },
     /// The architecture is recognised but not implemented yet.
-    #[error("{path}: architecture {arch:?} is recognised but not supported yet (only ChatGLM-6B v1 is)")]
+    #[error(
+        "{path}: architecture {arch:?} is recognised but not supported yet (only ChatGLM-6B v1 is)"
+    )]
     Unsupported {
         /// The file.
         path: PathBuf,
@@ -130,8 +132,7 @@ impl RawConfig {
             || self.kv_channels.is_some();
         if !v2_keys {
             ModelArch::ChatGlm6B
-        } else if self.rope_ratio.is_some() || self.padded_vocab_size.is_some_and(|v| v > 100_000)
-        {
+        } else if self.rope_ratio.is_some() || self.padded_vocab_size.is_some_and(|v| v > 100_000) {
             ModelArch::Glm4
         } else {
             ModelArch::ChatGlm2
@@ -196,14 +197,25 @@ impl GlmConfig {
     pub fn from_raw(raw: &RawConfig, path: &Path) -> Result<Self, ConfigError> {
         let arch = raw.arch();
         if arch != ModelArch::ChatGlm6B {
-            return Err(ConfigError::Unsupported { path: path.to_path_buf(), arch });
+            return Err(ConfigError::Unsupported {
+                path: path.to_path_buf(),
+                arch,
+            });
         }
         let name = arch.name();
         let need = |v: Option<usize>, field: &'static str| {
-            v.ok_or_else(|| ConfigError::MissingField { path: path.to_path_buf(), field, arch: name })
+            v.ok_or_else(|| ConfigError::MissingField {
+                path: path.to_path_buf(),
+                field,
+                arch: name,
+            })
         };
         let need_id = |v: Option<u32>, field: &'static str| {
-            v.ok_or_else(|| ConfigError::MissingField { path: path.to_path_buf(), field, arch: name })
+            v.ok_or_else(|| ConfigError::MissingField {
+                path: path.to_path_buf(),
+                field,
+                arch: name,
+            })
         };
         let invalid = |field: &'static str, reason: String| ConfigError::InvalidField {
             path: path.to_path_buf(),
@@ -217,8 +229,12 @@ impl GlmConfig {
         let eos = match &raw.eos_token_id {
             None => None,
             Some(serde_json::Value::Number(n)) => n.as_u64().map(|v| v as u32),
-            Some(serde_json::Value::Array(a)) => a.first().and_then(|v| v.as_u64()).map(|v| v as u32),
-            Some(other) => return Err(invalid("eos_token_id", format!("unexpected value {other}"))),
+            Some(serde_json::Value::Array(a)) => {
+                a.first().and_then(|v| v.as_u64()).map(|v| v as u32)
+            }
+            Some(other) => {
+                return Err(invalid("eos_token_id", format!("unexpected value {other}")));
+            }
         };
         let cfg = GlmConfig {
             arch,
@@ -247,22 +263,32 @@ impl GlmConfig {
         if hidden_size == 0 || num_heads == 0 || hidden_size % num_heads != 0 {
             return Err(invalid(
                 "num_attention_heads",
-                format!("hidden_size {hidden_size} is not a positive multiple of {num_heads} heads"),
+                format!(
+                    "hidden_size {hidden_size} is not a positive multiple of {num_heads} heads"
+                ),
             ));
         }
-        if cfg.head_dim() % 4 != 0 {
+        if !cfg.head_dim().is_multiple_of(4) {
             return Err(invalid(
                 "num_attention_heads",
-                format!("head dim {} must be a multiple of 4 for 2D rotary", cfg.head_dim()),
+                format!(
+                    "head dim {} must be a multiple of 4 for 2D rotary",
+                    cfg.head_dim()
+                ),
             ));
         }
         if !cfg.position_encoding_2d {
-            return Err(invalid("position_encoding_2d", "only 2D positions are supported".into()));
+            return Err(invalid(
+                "position_encoding_2d",
+                "only 2D positions are supported".into(),
+            ));
         }
         if let Some(bits) = raw.quantization_bit.filter(|b| *b != 0) {
             return Err(invalid(
                 "quantization_bit",
-                format!("int{bits} weight-only checkpoints are not supported yet; use the fp16 release"),
+                format!(
+                    "int{bits} weight-only checkpoints are not supported yet; use the fp16 release"
+                ),
             ));
         }
         if vocab_size == 0 || num_layers == 0 || cfg.inner_hidden_size == 0 {
@@ -303,9 +329,14 @@ impl GlmConfig {
 
 /// Reads `config.json` into the raw mirror.
 pub fn read_raw(path: &Path) -> Result<RawConfig, ConfigError> {
-    let text = std::fs::read_to_string(path)
-        .map_err(|source| ConfigError::Io { path: path.to_path_buf(), source })?;
-    serde_json::from_str(&text).map_err(|source| ConfigError::Json { path: path.to_path_buf(), source })
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Io {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    serde_json::from_str(&text).map_err(|source| ConfigError::Json {
+        path: path.to_path_buf(),
+        source,
+    })
 }
 
 #[cfg(test)]
@@ -333,7 +364,10 @@ mod tests {
     fn missing_field_is_named() {
         let err = parse(&V1.replace("\"hidden_size\": 64,", "")).unwrap_err();
         let msg = err.to_string();
-        assert!(msg.contains("hidden_size") && msg.contains("config.json"), "{msg}");
+        assert!(
+            msg.contains("hidden_size") && msg.contains("config.json"),
+            "{msg}"
+        );
     }
 
     #[test]
@@ -341,16 +375,37 @@ mod tests {
         let v2 = r#"{"padded_vocab_size": 65024, "ffn_hidden_size": 13696, "multi_query_attention": true,
             "multi_query_group_num": 2, "kv_channels": 128, "num_layers": 28, "hidden_size": 4096}"#;
         let err = parse(v2).unwrap_err();
-        assert!(matches!(err, ConfigError::Unsupported { arch: ModelArch::ChatGlm2, .. }), "{err}");
+        assert!(
+            matches!(
+                err,
+                ConfigError::Unsupported {
+                    arch: ModelArch::ChatGlm2,
+                    ..
+                }
+            ),
+            "{err}"
+        );
         let glm4 = r#"{"padded_vocab_size": 151552, "ffn_hidden_size": 13696, "rope_ratio": 500}"#;
         let err = parse(glm4).unwrap_err();
-        assert!(matches!(err, ConfigError::Unsupported { arch: ModelArch::Glm4, .. }), "{err}");
+        assert!(
+            matches!(
+                err,
+                ConfigError::Unsupported {
+                    arch: ModelArch::Glm4,
+                    ..
+                }
+            ),
+            "{err}"
+        );
     }
 
     #[test]
     fn quantized_release_is_rejected_clearly() {
-        let err = parse(&V1.replace("\"pad_token_id\": 3", "\"pad_token_id\": 3, \"quantization_bit\": 4"))
-            .unwrap_err();
+        let err = parse(&V1.replace(
+            "\"pad_token_id\": 3",
+            "\"pad_token_id\": 3, \"quantization_bit\": 4",
+        ))
+        .unwrap_err();
         assert!(err.to_string().contains("quantization_bit"), "{err}");
     }
 }

@@ -110,9 +110,15 @@ mod tests {
         assert!("cuda:x".parse::<DeviceSpec>().is_err());
         assert!("tpu".parse::<DeviceSpec>().is_err());
         assert_eq!("bf16".parse::<ComputeDtype>().unwrap(), ComputeDtype::Bf16);
-        assert_eq!("float16".parse::<ComputeDtype>().unwrap(), ComputeDtype::F16);
+        assert_eq!(
+            "float16".parse::<ComputeDtype>().unwrap(),
+            ComputeDtype::F16
+        );
         assert!("int8".parse::<ComputeDtype>().is_err());
-        assert_eq!(check_supported(DeviceSpec::Cpu, ComputeDtype::F16), Err(DeviceError::CpuDtype(ComputeDtype::F16)));
+        assert_eq!(
+            check_supported(DeviceSpec::Cpu, ComputeDtype::F16),
+            Err(DeviceError::CpuDtype(ComputeDtype::F16))
+        );
         assert!(check_supported(DeviceSpec::Cpu, ComputeDtype::F32).is_ok());
     }
 }

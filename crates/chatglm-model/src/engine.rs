@@ -13,7 +13,9 @@ use chatglm_tokenizer::Tokenizer;
 
 use crate::config::GlmConfig;
 use crate::device::{ComputeDtype, DeviceError, DeviceSpec, check_supported};
-use crate::generation::generate::{CachedDecoder, GenerateError, GenerationConfig, GenerationOutput, TokenEvent, generate};
+use crate::generation::generate::{
+    CachedDecoder, GenerateError, GenerationConfig, GenerationOutput, TokenEvent, generate,
+};
 use crate::glm::{ForwardInputs, GlmModel};
 use crate::load::{CheckpointSource, LoadError};
 use crate::positions::SpecialIds;
@@ -63,7 +65,11 @@ struct Loaded<B: Backend> {
 impl<B: Backend> Loaded<B> {
     fn load(config: &GlmConfig, ckpt: &Checkpoint, device: B::Device) -> Result<Self, LoadError> {
         let model = GlmModel::build(config, &mut CheckpointSource::new(ckpt, &device))?;
-        Ok(Self { model, prefix: None, device })
+        Ok(Self {
+            model,
+            prefix: None,
+            device,
+        })
     }
 
     fn attach_prefix(&mut self, path: &Path, config: &GlmConfig) -> Result<(), LoadError> {
@@ -74,7 +80,14 @@ impl<B: Backend> Loaded<B> {
     fn logits(&self, ids: &[u32], special: SpecialIds, pad: u32) -> Result<Vec<f32>, EngineError> {
         let kv = self.prefix.as_ref().map(|p| p.forward(1));
         let prefix_len = self.prefix.as_ref().map_or(0, |p| p.pre_seq_len);
-        let inputs = ForwardInputs::<B>::for_sequences(&[ids.to_vec()], special, pad, prefix_len, self.model.head_dim(), &self.device);
+        let inputs = ForwardInputs::<B>::for_sequences(
+            &[ids.to_vec()],
+            special,
+            pad,
+            prefix_len,
+            self.model.head_dim(),
+            &self.device,
+        );
         let logits = self.model.forward(&inputs, kv.as_ref());
         logits
             .into_data()
@@ -141,7 +154,11 @@ impl ChatGlm {
     /// Loads the model folder `dir` (config.json plus safetensors or PyTorch shards) onto
     /// `device`, computing in `dtype`. A prefix stored in the folder itself
     /// (`transformer.prefix_encoder.*`) is attached.
-    pub fn load(dir: impl AsRef<Path>, device: DeviceSpec, dtype: ComputeDtype) -> Result<Self, EngineError> {
+    pub fn load(
+        dir: impl AsRef<Path>,
+        device: DeviceSpec,
+        dtype: ComputeDtype,
+    ) -> Result<Self, EngineError> {
         let dir = dir.as_ref().to_path_buf();
         let config = GlmConfig::from_file(dir.join("config.json")).map_err(LoadError::from)?;
         check_supported(device, dtype)?;
@@ -198,7 +215,10 @@ impl ChatGlm {
         self.tokenizer
             .get_or_init(|| Tokenizer::from_dir(&self.dir).map_err(|e| e.to_string()))
             .as_ref()
-            .map_err(|reason| EngineError::Tokenizer { dir: self.dir.clone(), reason: reason.clone() })
+            .map_err(|reason| EngineError::Tokenizer {
+                dir: self.dir.clone(),
+                reason: reason.clone(),
+            })
     }
 
     /// The model's configuration.
@@ -228,7 +248,11 @@ impl ChatGlm {
 
     /// The special ids of the position/mask rules.
     pub fn special_ids(&self) -> SpecialIds {
-        SpecialIds { bos: self.config.bos_token_id, mask: self.config.mask_token_id, gmask: self.config.gmask_token_id }
+        SpecialIds {
+            bos: self.config.bos_token_id,
+            mask: self.config.mask_token_id,
+            gmask: self.config.gmask_token_id,
+        }
     }
 
     fn check_ids(&self, ids: &[u32]) -> Result<(), EngineError> {
@@ -270,7 +294,11 @@ impl ChatGlm {
 
     /// A generation config with this model's stop id (`<eop>`) and the given sampling.
     pub fn generation_config(&self, sampling: crate::SamplingConfig) -> GenerationConfig {
-        GenerationConfig { sampling, stop_ids: vec![self.config.eos_token_id], ..GenerationConfig::default() }
+        GenerationConfig {
+            sampling,
+            stop_ids: vec![self.config.eos_token_id],
+            ..GenerationConfig::default()
+        }
     }
 }
 
@@ -285,14 +313,20 @@ fn probe_cuda(spec: DeviceSpec, dev: &burn::backend::cuda::CudaDevice) -> Result
     });
     match result {
         Ok(v) if (v - 3.0).abs() < 1e-6 => Ok(()),
-        Ok(v) => Err(EngineError::DeviceInit { device: spec, reason: format!("probe computed {v} instead of 3") }),
+        Ok(v) => Err(EngineError::DeviceInit {
+            device: spec,
+            reason: format!("probe computed {v} instead of 3"),
+        }),
         Err(panic) => {
             let reason = panic
                 .downcast_ref::<String>()
                 .cloned()
                 .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
                 .unwrap_or_else(|| "CUDA initialisation failed".into());
-            Err(EngineError::DeviceInit { device: spec, reason })
+            Err(EngineError::DeviceInit {
+                device: spec,
+                reason,
+            })
         }
     }
 }

@@ -89,23 +89,36 @@ impl<B: Backend> GlmModel<B> {
         let h = cfg.hidden_size;
         let inner = cfg.inner_hidden_size;
         let eps = cfg.layernorm_epsilon;
-        let linear = |src: &mut S, name: &str, out: usize, inp: usize| -> Result<Linear<B>, LoadError> {
-            Ok(Linear::new(src.tensor(&format!("{name}.weight"), [out, inp])?, Some(src.tensor(&format!("{name}.bias"), [out])?)))
-        };
+        let linear =
+            |src: &mut S, name: &str, out: usize, inp: usize| -> Result<Linear<B>, LoadError> {
+                Ok(Linear::new(
+                    src.tensor(&format!("{name}.weight"), [out, inp])?,
+                    Some(src.tensor(&format!("{name}.bias"), [out])?),
+                ))
+            };
         let norm = |src: &mut S, name: &str| -> Result<LayerNorm<B>, LoadError> {
-            Ok(LayerNorm::new(src.tensor(&format!("{name}.weight"), [h])?, src.tensor(&format!("{name}.bias"), [h])?, eps))
+            Ok(LayerNorm::new(
+                src.tensor(&format!("{name}.weight"), [h])?,
+                src.tensor(&format!("{name}.bias"), [h])?,
+                eps,
+            ))
         };
-        let word_embeddings = Embedding::new(src.tensor("transformer.word_embeddings.weight", [cfg.vocab_size, h])?);
+        let word_embeddings =
+            Embedding::new(src.tensor("transformer.word_embeddings.weight", [cfg.vocab_size, h])?);
         let mut layers = Vec::with_capacity(cfg.num_layers);
         for i in 0..cfg.num_layers {
             let p = format!("transformer.layers.{i}");
             layers.push(Block {
                 input_layernorm: norm(src, &format!("{p}.input_layernorm"))?,
                 attention: Attention {
-                    query_key_value: linear(src, &format!("{p}.attention.query_key_value"), 3 * h, h)?,
+                    query_key_value: linear(
+                        src,
+                        &format!("{p}.attention.query_key_value"),
+                        3 * h,
+                        h,
+                    )?,
                     dense: linear(src, &format!("{p}.attention.dense"), h, h)?,
                     num_heads: cfg.num_heads,
-                    coeff: i + 1,
                 },
                 post_attention_layernorm: norm(src, &format!("{p}.post_attention_layernorm"))?,
                 mlp: Mlp {
@@ -116,7 +129,14 @@ impl<B: Backend> GlmModel<B> {
             });
         }
         let final_layernorm = norm(src, "transformer.final_layernorm")?;
-        Ok(Self { transformer: Transformer { word_embeddings, layers, final_layernorm }, num_heads: cfg.num_heads })
+        Ok(Self {
+            transformer: Transformer {
+                word_embeddings,
+                layers,
+                final_layernorm,
+            },
+            num_heads: cfg.num_heads,
+        })
     }
 
     /// Head dimension.
@@ -173,7 +193,12 @@ impl<B: Backend> GlmModel<B> {
         let seq = inputs.ids.dims()[1];
         let mut x = self.transformer.word_embeddings.forward(inputs.ids.clone());
         for (layer, kv) in self.transformer.layers.iter().zip(cache.layers.iter_mut()) {
-            x = layer.forward(x, &inputs.rope, inputs.mask.clone(), KvInput::Cache { layer: kv, offset });
+            x = layer.forward(
+                x,
+                &inputs.rope,
+                inputs.mask.clone(),
+                KvInput::Cache { layer: kv, offset },
+            );
         }
         cache.len += seq;
         self.transformer.final_layernorm.forward(x)
@@ -188,8 +213,21 @@ impl<B: Backend> GlmModel<B> {
     }
 
     /// A cache for `batch` rows and `needed` slots, pre-filled with `prefix` (if any).
-    pub fn new_cache(&self, batch: usize, needed: usize, prefix: Option<&PrefixKv<B>>, device: &B::Device) -> KvCache<B> {
-        let mut cache = KvCache::new(self.num_layers(), batch, self.num_heads, self.head_dim(), needed, device);
+    pub fn new_cache(
+        &self,
+        batch: usize,
+        needed: usize,
+        prefix: Option<&PrefixKv<B>>,
+        device: &B::Device,
+    ) -> KvCache<B> {
+        let mut cache = KvCache::new(
+            self.num_layers(),
+            batch,
+            self.num_heads,
+            self.head_dim(),
+            needed,
+            device,
+        );
         if let Some(prefix) = prefix {
             let p = prefix.first().map_or(0, |(k, _)| k.dims()[2]);
             for (layer, (k, v)) in cache.layers.iter_mut().zip(prefix.iter()) {

@@ -25,17 +25,33 @@ pub struct LayerKv<B: Backend> {
 impl<B: Backend> LayerKv<B> {
     /// Zero-filled cache of `[batch, heads, capacity, head_dim]`.
     pub fn zeros(shape: [usize; 4], device: &B::Device) -> Self {
-        Self { keys: Some(Tensor::zeros(shape, device)), values: Some(Tensor::zeros(shape, device)) }
+        Self {
+            keys: Some(Tensor::zeros(shape, device)),
+            values: Some(Tensor::zeros(shape, device)),
+        }
     }
 
     /// Writes `k`, `v` (`[batch, heads, n, head_dim]`) at slots `offset..offset + n` and returns
     /// the whole cache (keys, values), `[batch, heads, capacity, head_dim]` each.
-    pub fn write(&mut self, offset: usize, k: Tensor<B, 4>, v: Tensor<B, 4>) -> (Tensor<B, 4>, Tensor<B, 4>) {
+    pub fn write(
+        &mut self,
+        offset: usize,
+        k: Tensor<B, 4>,
+        v: Tensor<B, 4>,
+    ) -> (Tensor<B, 4>, Tensor<B, 4>) {
         let [b, h, n, d] = k.dims();
         let range = [0..b, 0..h, offset..offset + n, 0..d];
         // Taking the tensors out leaves the cache as the only owner, so burn writes in place.
-        let keys = self.keys.take().expect("cache layer in use").slice_assign(range.clone(), k);
-        let values = self.values.take().expect("cache layer in use").slice_assign(range, v);
+        let keys = self
+            .keys
+            .take()
+            .expect("cache layer in use")
+            .slice_assign(range.clone(), k);
+        let values = self
+            .values
+            .take()
+            .expect("cache layer in use")
+            .slice_assign(range, v);
         self.keys = Some(keys.clone());
         self.values = Some(values.clone());
         (keys, values)
@@ -73,8 +89,16 @@ impl<B: Backend> KvCache<B> {
         device: &B::Device,
     ) -> Self {
         let capacity = bucket(needed);
-        let layers = (0..num_layers).map(|_| LayerKv::zeros([batch, heads, capacity, head_dim], device)).collect();
-        Self { layers, capacity, batch, prefix_len: 0, len: 0 }
+        let layers = (0..num_layers)
+            .map(|_| LayerKv::zeros([batch, heads, capacity, head_dim], device))
+            .collect();
+        Self {
+            layers,
+            capacity,
+            batch,
+            prefix_len: 0,
+            len: 0,
+        }
     }
 
     /// Free slots.

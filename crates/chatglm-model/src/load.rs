@@ -42,7 +42,9 @@ pub enum LoadError {
         expected: Vec<usize>,
     },
     /// A tensor has a dtype that cannot hold weights.
-    #[error("{file}: tensor {name} has dtype {dtype}, which is not a float type (need F32, F16 or BF16)")]
+    #[error(
+        "{file}: tensor {name} has dtype {dtype}, which is not a float type (need F32, F16 or BF16)"
+    )]
     Dtype {
         /// The file holding it.
         file: PathBuf,
@@ -64,7 +66,11 @@ pub enum LoadError {
 /// Something that yields parameter tensors by checkpoint key and expected shape.
 pub trait WeightSource<B: Backend> {
     /// The tensor `name`, which must have `shape`.
-    fn tensor<const D: usize>(&mut self, name: &str, shape: [usize; D]) -> Result<Tensor<B, D>, LoadError>;
+    fn tensor<const D: usize>(
+        &mut self,
+        name: &str,
+        shape: [usize; D],
+    ) -> Result<Tensor<B, D>, LoadError>;
 }
 
 /// Reads tensors from a [`Checkpoint`] onto a device.
@@ -77,12 +83,19 @@ pub struct CheckpointSource<'a, B: Backend> {
 impl<'a, B: Backend> CheckpointSource<'a, B> {
     /// A source reading `ckpt` onto `device` (in the device's float dtype).
     pub fn new(ckpt: &'a Checkpoint, device: &B::Device) -> Self {
-        Self { ckpt, device: device.clone() }
+        Self {
+            ckpt,
+            device: device.clone(),
+        }
     }
 }
 
 impl<B: Backend> WeightSource<B> for CheckpointSource<'_, B> {
-    fn tensor<const D: usize>(&mut self, name: &str, shape: [usize; D]) -> Result<Tensor<B, D>, LoadError> {
+    fn tensor<const D: usize>(
+        &mut self,
+        name: &str,
+        shape: [usize; D],
+    ) -> Result<Tensor<B, D>, LoadError> {
         let info = self.ckpt.info(name).ok_or_else(|| LoadError::Missing {
             source_path: self.ckpt.source().to_path_buf(),
             name: name.to_string(),
@@ -100,7 +113,13 @@ impl<B: Backend> WeightSource<B> for CheckpointSource<'_, B> {
             Dtype::F16 => DType::F16,
             Dtype::BF16 => DType::BF16,
             Dtype::F64 => DType::F64,
-            other => return Err(LoadError::Dtype { file: info.file, name: name.to_string(), dtype: other }),
+            other => {
+                return Err(LoadError::Dtype {
+                    file: info.file,
+                    name: name.to_string(),
+                    dtype: other,
+                });
+            }
         };
         let view = self.ckpt.tensor(name)?;
         let data = TensorData::from_bytes_vec(view.data().to_vec(), shape, dtype);
@@ -120,18 +139,29 @@ pub struct RandomSource<B: Backend> {
 impl<B: Backend> RandomSource<B> {
     /// Weights uniform in `[-scale, scale]`.
     pub fn new(device: &B::Device, scale: f64) -> Self {
-        Self { device: device.clone(), scale }
+        Self {
+            device: device.clone(),
+            scale,
+        }
     }
 }
 
 impl<B: Backend> WeightSource<B> for RandomSource<B> {
-    fn tensor<const D: usize>(&mut self, name: &str, shape: [usize; D]) -> Result<Tensor<B, D>, LoadError> {
+    fn tensor<const D: usize>(
+        &mut self,
+        name: &str,
+        shape: [usize; D],
+    ) -> Result<Tensor<B, D>, LoadError> {
         let t = if name.ends_with("layernorm.weight") {
             Tensor::ones(shape, &self.device)
         } else if name.ends_with("layernorm.bias") {
             Tensor::zeros(shape, &self.device)
         } else {
-            Tensor::random(shape, Distribution::Uniform(-self.scale, self.scale), &self.device)
+            Tensor::random(
+                shape,
+                Distribution::Uniform(-self.scale, self.scale),
+                &self.device,
+            )
         };
         Ok(t)
     }

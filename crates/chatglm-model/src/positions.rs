@@ -6,7 +6,7 @@
 //! - block position ids are 0 over the context and 1, 2, 3... from `<sop>`.
 //!
 //! A decoding step continues the same rule (position = mask index, block = steps since `<sop>`
-//! + 1). Batches are left-padded as the original tokenizer does: positions are those of the
+//! plus one). Batches are left-padded as the original tokenizer does: positions are those of the
 //! unpadded sequence, and pad rows/columns are masked. A P-Tuning v2 prefix occupies the first
 //! key slots and is visible to every token.
 //!
@@ -116,18 +116,36 @@ impl BatchLayout {
         for (i, row) in self.rows.iter().enumerate() {
             let pad = self.pad(i);
             for c in 0..self.width {
-                let (p, b) = if c < pad { (0, 0) } else { row.position(c - pad) };
+                let (p, b) = if c < pad {
+                    (0, 0)
+                } else {
+                    row.position(c - pad)
+                };
                 position.push(p);
                 block.push(b);
             }
         }
-        PositionIds { batch: self.rows.len(), seq: self.width, position, block }
+        PositionIds {
+            batch: self.rows.len(),
+            seq: self.width,
+            position,
+            block,
+        }
     }
 
     /// Positions of decoding step `step` (0 = the first generated token, at column `width`).
     pub fn step_positions(&self, step: usize) -> PositionIds {
-        let (position, block) = self.rows.iter().map(|row| row.position(row.len + step)).unzip();
-        PositionIds { batch: self.rows.len(), seq: 1, position, block }
+        let (position, block) = self
+            .rows
+            .iter()
+            .map(|row| row.position(row.len + step))
+            .unzip();
+        PositionIds {
+            batch: self.rows.len(),
+            seq: 1,
+            position,
+            block,
+        }
     }
 
     /// Additive mask of the prompt, `[batch, 1, width, keys]` flattened, for keys laid out as
@@ -170,7 +188,11 @@ impl BatchLayout {
 mod tests {
     use super::*;
 
-    const SP: SpecialIds = SpecialIds { bos: 294, mask: 290, gmask: 291 };
+    const SP: SpecialIds = SpecialIds {
+        bos: 294,
+        mask: 290,
+        gmask: 291,
+    };
 
     #[test]
     fn prompt_positions_follow_the_2d_rule() {
@@ -187,7 +209,11 @@ mod tests {
     #[test]
     fn chatglm_cpp_mask_rows() {
         // chatglm.cpp's fixture: ids [0, 1, 2] with <sop> = 2: mask rows [[0,0,1],[0,0,1],[0,0,0]].
-        let sp = SpecialIds { bos: 2, mask: 9, gmask: 1 };
+        let sp = SpecialIds {
+            bos: 2,
+            mask: 9,
+            gmask: 1,
+        };
         let layout = BatchLayout::new(&[vec![0, 1, 2]], sp);
         let m = layout.prompt_mask(0, 3);
         let hidden: Vec<u8> = m.iter().map(|&v| u8::from(v != 0.0)).collect();
@@ -210,9 +236,15 @@ mod tests {
         assert_eq!(&line[..2], &[0.0, 0.0]);
         assert_eq!(&line[2..4], &[MASK_VALUE, MASK_VALUE]);
         assert_eq!(&line[4..6], &[0.0, 0.0]);
-        assert_eq!(line[6], MASK_VALUE, "<sop> is causal: not visible from the context");
+        assert_eq!(
+            line[6], MASK_VALUE,
+            "<sop> is causal: not visible from the context"
+        );
         let step = layout.step_mask(1, 2, 9);
-        assert_eq!(&step[..9], &[0.0, 0.0, MASK_VALUE, MASK_VALUE, 0.0, 0.0, 0.0, 0.0, 0.0]);
+        assert_eq!(
+            &step[..9],
+            &[0.0, 0.0, MASK_VALUE, MASK_VALUE, 0.0, 0.0, 0.0, 0.0, 0.0]
+        );
         assert_eq!(&step[9..18], &[0.0; 9]);
     }
 }

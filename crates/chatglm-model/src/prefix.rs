@@ -78,7 +78,10 @@ impl<B: Backend> PrefixEncoder<B> {
             );
             (embedding, Some(PrefixProjection { first, second }))
         } else {
-            (Embedding::new(src.tensor(&key("embedding.weight"), [p, width])?), None)
+            (
+                Embedding::new(src.tensor(&key("embedding.weight"), [p, width])?),
+                None,
+            )
         };
         Ok(Self {
             embedding,
@@ -94,9 +97,14 @@ impl<B: Backend> PrefixEncoder<B> {
     pub fn load(path: &Path, base: &GlmConfig, device: &B::Device) -> Result<Self, LoadError> {
         let ckpt = chatglm_checkpoint::Checkpoint::open(path)?;
         let names: Vec<String> = ckpt.names().iter().map(|s| s.to_string()).collect();
-        let rows = ckpt.info(&format!("{PREFIX_KEY}embedding.weight")).map(|i| i.shape[0]);
+        let rows = ckpt
+            .info(&format!("{PREFIX_KEY}embedding.weight"))
+            .map(|i| i.shape[0]);
         let shape = prefix_shape(path, &names, rows, base)?;
-        Self::build(shape, &mut crate::load::CheckpointSource::new(&ckpt, device))
+        Self::build(
+            shape,
+            &mut crate::load::CheckpointSource::new(&ckpt, device),
+        )
     }
 
     /// The per-layer past keys/values for `batch` rows (dropout is a training concern of the
@@ -113,11 +121,18 @@ impl<B: Backend> PrefixEncoder<B> {
         let [p, width] = table.dims();
         let hidden = width / (2 * self.num_layers);
         let hd = hidden / self.num_heads;
-        let all: Tensor<B, 5> = table.reshape([1, p, 2 * self.num_layers, self.num_heads, hd]).repeat_dim(0, batch);
+        let all: Tensor<B, 5> = table
+            .reshape([1, p, 2 * self.num_layers, self.num_heads, hd])
+            .repeat_dim(0, batch);
         let slot = |i: usize| -> Tensor<B, 4> {
-            all.clone().narrow(2, i, 1).reshape([batch, p, self.num_heads, hd]).swap_dims(1, 2)
+            all.clone()
+                .narrow(2, i, 1)
+                .reshape([batch, p, self.num_heads, hd])
+                .swap_dims(1, 2)
         };
-        (0..self.num_layers).map(|l| (slot(2 * l), slot(2 * l + 1))).collect()
+        (0..self.num_layers)
+            .map(|l| (slot(2 * l), slot(2 * l + 1)))
+            .collect()
     }
 }
 
@@ -139,7 +154,9 @@ pub fn prefix_shape(
         len = raw.pre_seq_len;
         projection = raw.prefix_projection;
     }
-    let has_trans = names.iter().any(|n| n == &format!("{PREFIX_KEY}trans.0.weight"));
+    let has_trans = names
+        .iter()
+        .any(|n| n == &format!("{PREFIX_KEY}trans.0.weight"));
     let projection = projection.unwrap_or(has_trans);
     if projection != has_trans {
         return Err(LoadError::Prefix {

@@ -24,14 +24,22 @@ fn load(dir: &Path) -> Result<ChatGlm, EngineError> {
 }
 
 /// A copy of tiny-glm6b (config + safetensors) whose tensors pass through `edit`.
-fn edited_model(dir: &Path, edit: impl Fn(&str, TensorView<'static>) -> Option<TensorView<'static>>) {
+fn edited_model(
+    dir: &Path,
+    edit: impl Fn(&str, TensorView<'static>) -> Option<TensorView<'static>>,
+) {
     std::fs::create_dir_all(dir).unwrap();
     std::fs::copy(fixture("tiny-glm6b/config.json"), dir.join("config.json")).unwrap();
     let ckpt = Checkpoint::open(fixture("tiny-glm6b")).unwrap();
     let tensors: Vec<(String, TensorView<'static>)> = ckpt
         .names()
         .iter()
-        .filter_map(|n| Some((n.to_string(), edit(n, ckpt.tensor(n).unwrap().into_owned())?)))
+        .filter_map(|n| {
+            Some((
+                n.to_string(),
+                edit(n, ckpt.tensor(n).unwrap().into_owned())?,
+            ))
+        })
         .collect();
     save_safetensors(dir.join("model.safetensors"), &tensors, None).unwrap();
 }
@@ -52,7 +60,10 @@ fn missing_config_field_is_named() {
     json.as_object_mut().unwrap().remove("num_attention_heads");
     std::fs::write(tmp.path().join("config.json"), json.to_string()).unwrap();
     let msg = load(tmp.path()).unwrap_err().to_string();
-    assert!(msg.contains("num_attention_heads") && msg.contains("config.json"), "{msg}");
+    assert!(
+        msg.contains("num_attention_heads") && msg.contains("config.json"),
+        "{msg}"
+    );
 }
 
 #[test]
@@ -83,7 +94,10 @@ fn wrong_shape_names_tensor_and_file() {
         }
     });
     let msg = load(tmp.path()).unwrap_err().to_string();
-    assert!(msg.contains(bad) && msg.contains("model.safetensors") && msg.contains("[64, 192]"), "{msg}");
+    assert!(
+        msg.contains(bad) && msg.contains("model.safetensors") && msg.contains("[64, 192]"),
+        "{msg}"
+    );
 }
 
 #[test]
@@ -92,21 +106,36 @@ fn unsupported_dtype_names_tensor_and_file() {
     let bad = "transformer.final_layernorm.bias";
     edited_model(tmp.path(), |name, t| {
         if name == bad {
-            Some(TensorView::new(Dtype::I32, t.shape().to_vec(), Cow::Owned(t.data().to_vec())).unwrap())
+            Some(
+                TensorView::new(
+                    Dtype::I32,
+                    t.shape().to_vec(),
+                    Cow::Owned(t.data().to_vec()),
+                )
+                .unwrap(),
+            )
         } else {
             Some(t)
         }
     });
     let msg = load(tmp.path()).unwrap_err().to_string();
-    assert!(msg.contains(bad) && msg.contains("model.safetensors") && msg.contains("I32"), "{msg}");
+    assert!(
+        msg.contains(bad) && msg.contains("model.safetensors") && msg.contains("I32"),
+        "{msg}"
+    );
 }
 
 #[test]
 fn missing_tensor_is_named() {
     let tmp = tempfile::tempdir().unwrap();
-    edited_model(tmp.path(), |name, t| (name != "transformer.layers.0.mlp.dense_4h_to_h.bias").then_some(t));
+    edited_model(tmp.path(), |name, t| {
+        (name != "transformer.layers.0.mlp.dense_4h_to_h.bias").then_some(t)
+    });
     let msg = load(tmp.path()).unwrap_err().to_string();
-    assert!(msg.contains("transformer.layers.0.mlp.dense_4h_to_h.bias"), "{msg}");
+    assert!(
+        msg.contains("transformer.layers.0.mlp.dense_4h_to_h.bias"),
+        "{msg}"
+    );
 }
 
 #[test]
@@ -122,16 +151,28 @@ fn truncated_file_is_named() {
 
 #[test]
 fn half_precision_on_cpu_is_refused_clearly() {
-    let msg = ChatGlm::load(fixture("tiny-glm6b"), DeviceSpec::Cpu, ComputeDtype::F16).unwrap_err().to_string();
+    let msg = ChatGlm::load(fixture("tiny-glm6b"), DeviceSpec::Cpu, ComputeDtype::F16)
+        .unwrap_err()
+        .to_string();
     assert!(msg.contains("f16") && msg.contains("CPU"), "{msg}");
 }
 
 #[test]
 fn inconsistent_prefix_checkpoint_is_refused() {
     let tmp = tempfile::tempdir().unwrap();
-    copy_dir(&fixture("tiny-glm6b/ptuning-checkpoint-official-noproj"), tmp.path());
+    copy_dir(
+        &fixture("tiny-glm6b/ptuning-checkpoint-official-noproj"),
+        tmp.path(),
+    );
     let text = std::fs::read_to_string(tmp.path().join("config.json")).unwrap();
-    std::fs::write(tmp.path().join("config.json"), text.replace("\"prefix_projection\": false", "\"prefix_projection\": true")).unwrap();
+    std::fs::write(
+        tmp.path().join("config.json"),
+        text.replace(
+            "\"prefix_projection\": false",
+            "\"prefix_projection\": true",
+        ),
+    )
+    .unwrap();
     let mut engine = load(&fixture("tiny-glm6b")).unwrap();
     let msg = engine.attach_prefix(tmp.path()).unwrap_err().to_string();
     assert!(msg.contains("prefix_projection"), "{msg}");

@@ -14,7 +14,11 @@ fn engine() -> (tempfile::TempDir, ChatGlm) {
 }
 
 fn greedy(n: usize) -> GenerationConfig {
-    GenerationConfig { max_new_tokens: Some(n), sampling: SamplingConfig::greedy(), ..Default::default() }
+    GenerationConfig {
+        max_new_tokens: Some(n),
+        sampling: SamplingConfig::greedy(),
+        ..Default::default()
+    }
 }
 
 #[test]
@@ -22,22 +26,32 @@ fn chat_answers_from_the_prompt_builder_and_extends_history() {
     let (_tmp, engine) = engine();
     let tok = engine.tokenizer().unwrap();
     let history = vec![("你好".to_string(), "你好！".to_string())];
-    let (response, new_history) = engine.chat("晚上睡不着应该怎么办", &history, &greedy(10)).unwrap();
+    let (response, new_history) = engine
+        .chat("晚上睡不着应该怎么办", &history, &greedy(10))
+        .unwrap();
     assert_eq!(new_history.len(), 2);
     assert_eq!(new_history[0], history[0]);
-    assert_eq!(new_history[1], ("晚上睡不着应该怎么办".to_string(), response.clone()));
+    assert_eq!(
+        new_history[1],
+        ("晚上睡不着应该怎么办".to_string(), response.clone())
+    );
 
     // The same answer from the ids the prompt builder gives, decoded and post-processed.
     let ids = tok.build_prompt_ids("晚上睡不着应该怎么办", &history);
     assert_eq!(ids[ids.len() - 2..], [3001, 3004]);
     let mut cfg = greedy(10);
     cfg.stop_ids = vec![3005];
-    let out = engine.generate_ids(&[ids], &cfg, |_| ControlFlow::Continue(())).unwrap();
+    let out = engine
+        .generate_ids(&[ids], &cfg, |_| ControlFlow::Continue(()))
+        .unwrap();
     let mut new = out.ids[0].clone();
     if new.last() == Some(&3005) {
         new.pop();
     }
-    assert_eq!(response, tok.process_response(&tok.decode(&new, false).unwrap()));
+    assert_eq!(
+        response,
+        tok.process_response(&tok.decode(&new, false).unwrap())
+    );
 }
 
 #[test]
@@ -70,15 +84,29 @@ fn seeded_sampling_is_reproducible() {
     let (_tmp, engine) = engine();
     let cfg = GenerationConfig {
         max_new_tokens: Some(16),
-        sampling: SamplingConfig { top_k: 0, top_p: 0.95, temperature: 1.0, ..SamplingConfig::default() },
+        sampling: SamplingConfig {
+            top_k: 0,
+            top_p: 0.95,
+            temperature: 1.0,
+            ..SamplingConfig::default()
+        },
         seed: Some(42),
         ..Default::default()
     };
     let prompt = vec![vec![5u32, 6, 7, 3001, 3004]];
-    let a = engine.generate_ids(&prompt, &cfg, |_| ControlFlow::Continue(())).unwrap();
-    let b = engine.generate_ids(&prompt, &cfg, |_| ControlFlow::Continue(())).unwrap();
+    let a = engine
+        .generate_ids(&prompt, &cfg, |_| ControlFlow::Continue(()))
+        .unwrap();
+    let b = engine
+        .generate_ids(&prompt, &cfg, |_| ControlFlow::Continue(()))
+        .unwrap();
     assert_eq!(a, b);
     assert_eq!(a.ids[0].len(), 16);
-    let greedy = engine.generate_ids(&prompt, &greedy(16), |_| ControlFlow::Continue(())).unwrap();
-    assert_ne!(a.ids, greedy.ids, "sampling at temperature 1 over a random model should differ from argmax");
+    let greedy = engine
+        .generate_ids(&prompt, &greedy(16), |_| ControlFlow::Continue(()))
+        .unwrap();
+    assert_ne!(
+        a.ids, greedy.ids,
+        "sampling at temperature 1 over a random model should differ from argmax"
+    );
 }

@@ -23,10 +23,16 @@ struct Raw {
 
 impl Raw {
     fn open(name: &str) -> Self {
-        Self { bytes: std::fs::read(fixture(&format!("chatglm-cpp/{name}"))).unwrap(), at: 0 }
+        Self {
+            bytes: std::fs::read(fixture(&format!("chatglm-cpp/{name}"))).unwrap(),
+            at: 0,
+        }
     }
     fn f32s(&mut self, n: usize) -> Vec<f32> {
-        let out = self.bytes[self.at..self.at + 4 * n].chunks(4).map(|c| f32::from_le_bytes(c.try_into().unwrap())).collect();
+        let out = self.bytes[self.at..self.at + 4 * n]
+            .chunks(4)
+            .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
+            .collect();
         self.at += 4 * n;
         out
     }
@@ -39,7 +45,10 @@ impl Raw {
         out
     }
     fn i32s(&mut self, n: usize) -> Vec<u32> {
-        let out = self.bytes[self.at..self.at + 4 * n].chunks(4).map(|c| i32::from_le_bytes(c.try_into().unwrap()) as u32).collect();
+        let out = self.bytes[self.at..self.at + 4 * n]
+            .chunks(4)
+            .map(|c| i32::from_le_bytes(c.try_into().unwrap()) as u32)
+            .collect();
         self.at += 4 * n;
         out
     }
@@ -55,7 +64,11 @@ struct MapSource<B: Backend> {
 }
 
 impl<B: Backend> WeightSource<B> for MapSource<B> {
-    fn tensor<const D: usize>(&mut self, name: &str, shape: [usize; D]) -> Result<Tensor<B, D>, LoadError> {
+    fn tensor<const D: usize>(
+        &mut self,
+        name: &str,
+        shape: [usize; D],
+    ) -> Result<Tensor<B, D>, LoadError> {
         let v = self.map.remove(name).unwrap_or_else(|| panic!("no {name}"));
         Ok(Tensor::from_data(TensorData::new(v, shape), &self.device))
     }
@@ -104,14 +117,21 @@ fn run_file<B: Backend>(name: &str, with_prefix: bool, device: &B::Device, tol: 
     let mut raw = Raw::open(name);
     let prefix_raw = with_prefix.then(|| raw.f16s(2 * 8 * 5 * 4));
     let cfg = config();
-    let mut src = MapSource::<B> { map: read_weights(&mut raw), device: device.clone() };
+    let mut src = MapSource::<B> {
+        map: read_weights(&mut raw),
+        device: device.clone(),
+    };
     let model = GlmModel::build(&cfg, &mut src).unwrap();
     let prefix: Option<PrefixKv<B>> = prefix_raw.map(|v| {
         let t = Tensor::<B, 4>::from_data(TensorData::new(v, [2, 8, 5, 4]), device);
         vec![(t.clone().narrow(0, 0, 1), t.narrow(0, 1, 1))]
     });
     let prefix_len = if with_prefix { 5 } else { 0 };
-    let special = SpecialIds { bos: cfg.bos_token_id, mask: cfg.mask_token_id, gmask: cfg.gmask_token_id };
+    let special = SpecialIds {
+        bos: cfg.bos_token_id,
+        mask: cfg.mask_token_id,
+        gmask: cfg.gmask_token_id,
+    };
     let mut cache = model.new_cache(1, prefix_len + 8, prefix.as_ref(), device);
     let keys = cache.capacity;
     let mut layout = None;
@@ -134,7 +154,14 @@ fn run_file<B: Backend>(name: &str, with_prefix: bool, device: &B::Device, tol: 
         } else {
             let l = layout.as_ref().unwrap();
             let t: Vec<i64> = ids.iter().map(|&i| i as i64).collect();
-            ForwardInputs::<B>::new(&t, &l.step_positions(step - 1), l.step_mask(step - 1, prefix_len, keys), keys, model.head_dim(), device)
+            ForwardInputs::<B>::new(
+                &t,
+                &l.step_positions(step - 1),
+                l.step_mask(step - 1, prefix_len, keys),
+                keys,
+                model.head_dim(),
+                device,
+            )
         };
         let got = to_vec(model.hidden_cached(&inputs, &mut cache));
         assert_close(&got, &want, tol, &format!("{name} step {step}"));
@@ -164,19 +191,33 @@ fn chatglm_cpp_linear_and_layer_norm() {
         Tensor::from_data(TensorData::new(w, [32, 64]), &device),
         Some(Tensor::from_data(TensorData::new(b, [32]), &device)),
     );
-    let got = to_vec(lin.forward(Tensor::<Cpu, 2>::from_data(TensorData::new(x, [2, 64]), &device)));
+    let got = to_vec(lin.forward(Tensor::<Cpu, 2>::from_data(
+        TensorData::new(x, [2, 64]),
+        &device,
+    )));
     assert_close(&got, &y, 1e-5, "linear matrix");
-    let got = to_vec(lin.forward(Tensor::<Cpu, 1>::from_data(TensorData::new(xv, [64]), &device)));
+    let got = to_vec(lin.forward(Tensor::<Cpu, 1>::from_data(
+        TensorData::new(xv, [64]),
+        &device,
+    )));
     assert_close(&got, &yv, 1e-5, "linear vector");
 
     let mut raw = Raw::open("layer_norm.data");
-    let (w, b, x, y) = (raw.f32s(64), raw.f32s(64), raw.f32s(3 * 64), raw.f32s(3 * 64));
+    let (w, b, x, y) = (
+        raw.f32s(64),
+        raw.f32s(64),
+        raw.f32s(3 * 64),
+        raw.f32s(3 * 64),
+    );
     assert!(raw.done());
     let ln = LayerNorm::<Cpu>::new(
         Tensor::from_data(TensorData::new(w, [64]), &device),
         Tensor::from_data(TensorData::new(b, [64]), &device),
         1e-5,
     );
-    let got = to_vec(ln.forward(Tensor::<Cpu, 3>::from_data(TensorData::new(x, [1, 3, 64]), &device)));
+    let got = to_vec(ln.forward(Tensor::<Cpu, 3>::from_data(
+        TensorData::new(x, [1, 3, 64]),
+        &device,
+    )));
     assert_close(&got, &y, 1e-5, "layer norm");
 }

@@ -12,7 +12,11 @@ use chatglm_model::{GenerationConfig, SamplingConfig, generate};
 use common::*;
 
 fn greedy(n: usize) -> GenerationConfig {
-    GenerationConfig { max_new_tokens: Some(n), sampling: SamplingConfig::greedy(), ..Default::default() }
+    GenerationConfig {
+        max_new_tokens: Some(n),
+        sampling: SamplingConfig::greedy(),
+        ..Default::default()
+    }
 }
 
 fn all_cases<B: Backend>(device: &B::Device, tol: f32) {
@@ -34,21 +38,36 @@ fn all_cases<B: Backend>(device: &B::Device, tol: f32) {
 
         // Greedy generation with the KV cache.
         let kv = prefix.as_ref().map(|p| p.forward(1));
-        let mut decoder = CachedDecoder::new(&model, kv.as_ref(), special(&cfg), cfg.pad_token_id, device);
+        let mut decoder =
+            CachedDecoder::new(&model, kv.as_ref(), special(&cfg), cfg.pad_token_id, device);
         let mut streamed = Vec::new();
-        let out = generate(&mut decoder, std::slice::from_ref(&input), &greedy(n_new), |e| {
-            streamed.push(e.token);
-            ControlFlow::Continue(())
-        })
+        let out = generate(
+            &mut decoder,
+            std::slice::from_ref(&input),
+            &greedy(n_new),
+            |e| {
+                streamed.push(e.token);
+                ControlFlow::Continue(())
+            },
+        )
         .unwrap();
-        assert_eq!(out.ids[0], ids(&case["greedy_new_ids"]), "{what} greedy ids");
+        assert_eq!(
+            out.ids[0],
+            ids(&case["greedy_new_ids"]),
+            "{what} greedy ids"
+        );
         assert_eq!(streamed, out.ids[0], "{what} streamed ids");
 
         // The whole prompt + continuation recomputed without a cache matches the reference.
         let full: Vec<u32> = input.iter().chain(&out.ids[0]).copied().collect();
         let got = full_logits(&cfg, &model, prefix.as_ref(), &full, device);
         let (want, _) = reference(&format!("{variant}/{name}/logits_prompt_plus_generation"));
-        assert_close(&got, &want, tol, &format!("{what} prompt+generation logits"));
+        assert_close(
+            &got,
+            &want,
+            tol,
+            &format!("{what} prompt+generation logits"),
+        );
     }
 }
 
@@ -65,9 +84,15 @@ fn cached_equals_recomputation<B: Backend>(device: &B::Device, tol: f32) {
         let kv = prefix.as_ref().map(|p| p.forward(1));
         let prompt = vec![7, 8, 9, 10, cfg.gmask_token_id, cfg.bos_token_id];
         let feed = [11u32, 12, 13, 14, 15, 16];
-        let mut decoder = CachedDecoder::new(&model, kv.as_ref(), special(&cfg), cfg.pad_token_id, device);
+        let mut decoder =
+            CachedDecoder::new(&model, kv.as_ref(), special(&cfg), cfg.pad_token_id, device);
         use chatglm_model::Decoder;
-        let mut rows = vec![decoder.prefill(std::slice::from_ref(&prompt), feed.len()).unwrap().remove(0)];
+        let mut rows = vec![
+            decoder
+                .prefill(std::slice::from_ref(&prompt), feed.len())
+                .unwrap()
+                .remove(0),
+        ];
         for t in feed {
             rows.push(decoder.step(&[t]).unwrap().remove(0));
         }
@@ -76,7 +101,12 @@ fn cached_equals_recomputation<B: Backend>(device: &B::Device, tol: f32) {
         let v = cfg.vocab_size;
         for (i, row) in rows.iter().enumerate() {
             let pos = prompt.len() - 1 + i;
-            assert_close(row, &reference[pos * v..(pos + 1) * v], tol, &format!("{variant} step {i}"));
+            assert_close(
+                row,
+                &reference[pos * v..(pos + 1) * v],
+                tol,
+                &format!("{variant} step {i}"),
+            );
         }
     }
 }
@@ -102,17 +132,27 @@ fn batch_equals_single<B: Backend>(device: &B::Device, tol: f32) {
         let prefix = load_prefix::<B>(variant, &cfg, device);
         let run = |batch: &[Vec<u32>]| {
             let kv = prefix.as_ref().map(|p| p.forward(batch.len()));
-            let mut decoder = CachedDecoder::new(&model, kv.as_ref(), special(&cfg), cfg.pad_token_id, device);
+            let mut decoder =
+                CachedDecoder::new(&model, kv.as_ref(), special(&cfg), cfg.pad_token_id, device);
             use chatglm_model::Decoder;
             let first = decoder.prefill(batch, 1).unwrap();
-            let mut decoder = CachedDecoder::new(&model, kv.as_ref(), special(&cfg), cfg.pad_token_id, device);
-            let out = generate(&mut decoder, batch, &greedy(12), |_| ControlFlow::Continue(())).unwrap();
+            let mut decoder =
+                CachedDecoder::new(&model, kv.as_ref(), special(&cfg), cfg.pad_token_id, device);
+            let out = generate(&mut decoder, batch, &greedy(12), |_| {
+                ControlFlow::Continue(())
+            })
+            .unwrap();
             (first, out.ids)
         };
         let (batch_first, batch_ids) = run(&prompts);
         for (i, p) in prompts.iter().enumerate() {
             let (first, ids) = run(std::slice::from_ref(p));
-            assert_close(&batch_first[i], &first[0], tol, &format!("{variant} row {i} prefill logits"));
+            assert_close(
+                &batch_first[i],
+                &first[0],
+                tol,
+                &format!("{variant} row {i} prefill logits"),
+            );
             assert_eq!(batch_ids[i], ids[0], "{variant} row {i} ids");
         }
     }
@@ -127,7 +167,12 @@ fn left_padded_batch_equals_single_runs() {
 fn bin_checkpoint<B: Backend>(device: &B::Device, tol: f32) {
     let cases = cases();
     let (cfg, model) = load::<B>("tiny-glm6b-bin", device);
-    for case in cases["cases"].as_array().unwrap().iter().filter(|c| c["variant"] == "base") {
+    for case in cases["cases"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|c| c["variant"] == "base")
+    {
         let name = case["name"].as_str().unwrap();
         let input = ids(&case["input_ids"]);
         let got = full_logits(&cfg, &model, None, &input, device);
@@ -146,12 +191,25 @@ fn prefix_safetensors_equal_official_checkpoints() {
     let device = Default::default();
     let (cfg, model) = load::<Cpu>("tiny-glm6b", &device);
     let cases = cases();
-    for (variant, file) in [("prefix_noproj", "prefix_noproj.safetensors"), ("prefix_proj", "prefix_proj.safetensors")] {
-        let case = cases["cases"].as_array().unwrap().iter().find(|c| c["variant"] == variant).unwrap();
+    for (variant, file) in [
+        ("prefix_noproj", "prefix_noproj.safetensors"),
+        ("prefix_proj", "prefix_proj.safetensors"),
+    ] {
+        let case = cases["cases"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["variant"] == variant)
+            .unwrap();
         let input = ids(&case["input_ids"]);
         let official = load_prefix::<Cpu>(variant, &cfg, &device).unwrap();
         // The loose safetensors file has no config.json beside it: the layout is inferred.
-        let loose = chatglm_model::PrefixEncoder::<Cpu>::load(&fixture(&format!("tiny-glm6b/{file}")), &cfg, &device).unwrap();
+        let loose = chatglm_model::PrefixEncoder::<Cpu>::load(
+            &fixture(&format!("tiny-glm6b/{file}")),
+            &cfg,
+            &device,
+        )
+        .unwrap();
         assert_eq!(loose.trans.is_some(), variant == "prefix_proj");
         let a = full_logits(&cfg, &model, Some(&official), &input, &device);
         let b = full_logits(&cfg, &model, Some(&loose), &input, &device);
@@ -162,6 +220,8 @@ fn prefix_safetensors_equal_official_checkpoints() {
 #[test]
 fn rotary_frequencies_equal_the_checkpoint_buffer() {
     let ckpt = chatglm_checkpoint::Checkpoint::open(fixture("tiny-glm6b")).unwrap();
-    let (buf, _) = ckpt.to_f32("transformer.layers.0.attention.rotary_emb.inv_freq").unwrap();
+    let (buf, _) = ckpt
+        .to_f32("transformer.layers.0.attention.rotary_emb.inv_freq")
+        .unwrap();
     assert_eq!(chatglm_model::modules::rotary::inv_freq(8), buf);
 }

@@ -23,7 +23,11 @@ fn step(c: &mut Criterion) {
     let ckpt = Checkpoint::open(dir.join("model.safetensors")).unwrap();
     let model: GlmModel<Ad> =
         freeze(GlmModel::build(&cfg, &mut CheckpointSource::new(&ckpt, &device)).unwrap());
-    let special = SpecialIds { bos: 294, mask: 290, gmask: 291 };
+    let special = SpecialIds {
+        bos: 294,
+        mask: 290,
+        gmask: 291,
+    };
     let shape = PrefixShape {
         pre_seq_len: 16,
         projection: false,
@@ -31,14 +35,19 @@ fn step(c: &mut Criterion) {
         hidden_size: cfg.hidden_size,
         num_heads: cfg.num_heads,
     };
-    let mut p = DeviceParams::<NdArray<f32>>::from_host(shape, &params::init_params(&shape, 1), &device).unwrap();
+    let mut p =
+        DeviceParams::<NdArray<f32>>::from_host(shape, &params::init_params(&shape, 1), &device)
+            .unwrap();
     let mut ids: Vec<u32> = (0..30).map(|i| 5 + i).collect();
     ids.extend([291, 294]);
     ids.extend((0..29).map(|i| 40 + i));
     ids.push(295);
     let mut labels = vec![-100i64; 31];
     labels.extend(ids[31..].iter().map(|&t| i64::from(t)));
-    let batch = Batch { ids: vec![ids; 4], labels: vec![labels; 4] };
+    let batch = Batch {
+        ids: vec![ids; 4],
+        labels: vec![labels; 4],
+    };
     let mut opt = AdamW::<NdArray<f32>>::new(AdamWConfig::default());
     c.bench_function("ptuning_step_tiny_4x64", |b| {
         b.iter(|| {
@@ -52,7 +61,13 @@ fn step(c: &mut Criterion) {
                 .tensors
                 .iter()
                 .zip(g)
-                .map(|((n, d, t), (_, g))| (n.clone(), d.clone(), opt.update(n, t.clone(), g, 1e-3, true)))
+                .map(|((n, d, t), (_, g))| {
+                    (
+                        n.clone(),
+                        d.clone(),
+                        opt.update(n, t.clone(), g, 1e-3, true),
+                    )
+                })
                 .collect();
         })
     });

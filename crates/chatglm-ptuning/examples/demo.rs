@@ -15,7 +15,11 @@ fn env<T: std::str::FromStr>(k: &str) -> Option<T> {
 }
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let out = PathBuf::from(std::env::args().nth(1).unwrap_or_else(|| "chatglm-demo".into()));
+    let out = PathBuf::from(
+        std::env::args()
+            .nth(1)
+            .unwrap_or_else(|| "chatglm-demo".into()),
+    );
     let mut opts = DemoOptions::new(out);
     if let Some(s) = env("DEMO_STEPS") {
         opts.train.max_steps = s;
@@ -54,7 +58,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     if let Some(v) = env("DEMO_TGT") {
         opts.lengths.max_target_length = v;
     }
-    opts.demo_model_dir = std::env::temp_dir().join(format!("demo-model-{:?}", opts.model).replace([' ', '{', '}', ':', ','], ""));
+    opts.demo_model_dir = std::env::temp_dir()
+        .join(format!("demo-model-{:?}", opts.model).replace([' ', '{', '}', ':', ','], ""));
     let t0 = Instant::now();
     let report = run_demo(&opts, &mut |e| match e {
         DemoEvent::Stage(s) => println!("[{:6.1}s] {s}", t0.elapsed().as_secs_f64()),
@@ -67,8 +72,14 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         ),
         _ => {}
     })?;
-    println!("before: bleu {:.2} rouge-l {:.2}", report.before.bleu_4, report.before.rouge_l);
-    println!("after:  bleu {:.2} rouge-l {:.2}", report.after.bleu_4, report.after.rouge_l);
+    println!(
+        "before: bleu {:.2} rouge-l {:.2}",
+        report.before.bleu_4, report.before.rouge_l
+    );
+    println!(
+        "after:  bleu {:.2} rouge-l {:.2}",
+        report.after.bleu_4, report.after.rouge_l
+    );
     for p in &report.after.predictions {
         println!("  {:?} -> {:?}", p.label, p.predict);
     }

@@ -223,7 +223,9 @@ pub fn list_checkpoints(output_dir: &Path) -> Vec<(u64, PathBuf)> {
     };
     for e in entries.flatten() {
         let name = e.file_name().to_string_lossy().to_string();
-        if let Some(n) = name.strip_prefix("checkpoint-").and_then(|s| s.parse::<u64>().ok())
+        if let Some(n) = name
+            .strip_prefix("checkpoint-")
+            .and_then(|s| s.parse::<u64>().ok())
             && e.path().join(STATE_FILE).is_file()
         {
             out.push((n, e.path()));

@@ -258,11 +258,16 @@ impl TrainConfig {
             None => Ok(None),
             Some(v) if v.eq_ignore_ascii_case("false") || v.is_empty() => Ok(None),
             Some(v) if v.eq_ignore_ascii_case("true") || v.eq_ignore_ascii_case("latest") => {
-                let out = self.output_dir.as_ref().ok_or(ConfigError::Missing("output_dir"))?;
-                crate::run::latest_checkpoint(out).map(Some).ok_or_else(|| ConfigError::Invalid {
-                    key: "resume_from_checkpoint",
-                    message: format!("no complete checkpoint under {}", out.display()),
-                })
+                let out = self
+                    .output_dir
+                    .as_ref()
+                    .ok_or(ConfigError::Missing("output_dir"))?;
+                crate::run::latest_checkpoint(out)
+                    .map(Some)
+                    .ok_or_else(|| ConfigError::Invalid {
+                        key: "resume_from_checkpoint",
+                        message: format!("no complete checkpoint under {}", out.display()),
+                    })
             }
             Some(v) => Ok(Some(PathBuf::from(v))),
         }

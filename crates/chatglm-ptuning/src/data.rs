@@ -193,9 +193,10 @@ pub fn read_jsonl(path: &Path, columns: &Columns) -> Result<Vec<Example>, DataEr
                 None | Some(serde_json::Value::Null) => {}
                 Some(serde_json::Value::Array(turns)) => {
                     for turn in turns {
-                        let pair = turn.as_array().filter(|p| p.len() == 2).ok_or_else(|| {
-                            col_err(hc, "must hold [question, answer] pairs")
-                        })?;
+                        let pair = turn
+                            .as_array()
+                            .filter(|p| p.len() == 2)
+                            .ok_or_else(|| col_err(hc, "must hold [question, answer] pairs"))?;
                         let q = value_text(pair.first()).unwrap_or_default();
                         let a = value_text(pair.get(1)).unwrap_or_default();
                         history.push((q, a));

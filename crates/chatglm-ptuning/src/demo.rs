@@ -134,20 +134,71 @@ impl DemoModel {
                        name: &str,
                        (o, inp): (usize, usize),
                        (gain, bias_std): (f64, f64)| {
-                out_.insert(format!("{p}.{name}.weight"), normal(vec![o, inp], gain / (inp as f64).sqrt()));
+                out_.insert(
+                    format!("{p}.{name}.weight"),
+                    normal(vec![o, inp], gain / (inp as f64).sqrt()),
+                );
                 out_.insert(format!("{p}.{name}.bias"), normal(vec![o], bias_std));
             };
-            lin(&mut out, &mut normal, "attention.query_key_value", (3 * h, h), (g, self.qkv_bias_std));
-            lin(&mut out, &mut normal, "attention.dense", (h, h), (self.dense_gain, 0.0));
-            lin(&mut out, &mut normal, "mlp.dense_h_to_4h", (inner, h), (g, 0.0));
-            lin(&mut out, &mut normal, "mlp.dense_4h_to_h", (h, inner), (g, 0.0));
+            lin(
+                &mut out,
+                &mut normal,
+                "attention.query_key_value",
+                (3 * h, h),
+                (g, self.qkv_bias_std),
+            );
+            lin(
+                &mut out,
+                &mut normal,
+                "attention.dense",
+                (h, h),
+                (self.dense_gain, 0.0),
+            );
+            lin(
+                &mut out,
+                &mut normal,
+                "mlp.dense_h_to_4h",
+                (inner, h),
+                (g, 0.0),
+            );
+            lin(
+                &mut out,
+                &mut normal,
+                "mlp.dense_4h_to_h",
+                (h, inner),
+                (g, 0.0),
+            );
             for ln in ["input_layernorm", "post_attention_layernorm"] {
-                out.insert(format!("{p}.{ln}.weight"), HostTensor { shape: vec![h], data: vec![1.0; h] });
-                out.insert(format!("{p}.{ln}.bias"), HostTensor { shape: vec![h], data: vec![0.0; h] });
+                out.insert(
+                    format!("{p}.{ln}.weight"),
+                    HostTensor {
+                        shape: vec![h],
+                        data: vec![1.0; h],
+                    },
+                );
+                out.insert(
+                    format!("{p}.{ln}.bias"),
+                    HostTensor {
+                        shape: vec![h],
+                        data: vec![0.0; h],
+                    },
+                );
             }
         }
-        out.insert("transformer.final_layernorm.weight".into(), HostTensor { shape: vec![h], data: vec![1.0; h] });
-        out.insert("transformer.final_layernorm.bias".into(), HostTensor { shape: vec![h], data: vec![0.0; h] });
+        out.insert(
+            "transformer.final_layernorm.weight".into(),
+            HostTensor {
+                shape: vec![h],
+                data: vec![1.0; h],
+            },
+        );
+        out.insert(
+            "transformer.final_layernorm.bias".into(),
+            HostTensor {
+                shape: vec![h],
+                data: vec![0.0; h],
+            },
+        );
         out
     }
 
@@ -160,16 +211,23 @@ impl DemoModel {
         };
         let config = serde_json::to_string_pretty(&self.config_json()).unwrap_or_default();
         let cfg_path = dir.join("config.json");
-        let complete = ["model.safetensors", "ice_text.model", "tokenizer_config.json"]
-            .iter()
-            .all(|f| dir.join(f).is_file());
+        let complete = [
+            "model.safetensors",
+            "ice_text.model",
+            "tokenizer_config.json",
+        ]
+        .iter()
+        .all(|f| dir.join(f).is_file());
         if complete && std::fs::read_to_string(&cfg_path).ok().as_deref() == Some(config.as_str()) {
             return Ok(dir.to_path_buf());
         }
         std::fs::create_dir_all(dir).map_err(|e| werr(dir, e.to_string()))?;
         let w = dir.join("model.safetensors");
         save_safetensors(&w, &self.weights()).map_err(|e| werr(&w, e.to_string()))?;
-        for (name, bytes) in [("ice_text.model", TOKENIZER_MODEL), ("tokenizer_config.json", TOKENIZER_CONFIG)] {
+        for (name, bytes) in [
+            ("ice_text.model", TOKENIZER_MODEL),
+            ("tokenizer_config.json", TOKENIZER_CONFIG),
+        ] {
             let p = dir.join(name);
             write_atomic(&p, bytes).map_err(|e| werr(&p, e.to_string()))?;
         }

@@ -132,8 +132,13 @@ pub fn evaluate(
     on_batch: &mut dyn FnMut(usize, usize),
 ) -> Result<EvalReport, EvalError> {
     let enc = crate::tok::TokEncoder(tok);
-    let features: Vec<EvalFeature> =
-        preprocess_eval(&enc, examples, opts.lengths, opts.use_history, &opts.source_prefix)?;
+    let features: Vec<EvalFeature> = preprocess_eval(
+        &enc,
+        examples,
+        opts.lengths,
+        opts.use_history,
+        &opts.source_prefix,
+    )?;
     if features.is_empty() {
         return Err(EvalError::Empty);
     }
@@ -153,10 +158,12 @@ pub fn evaluate(
         steps += 1;
         for (f, ids) in chunk.iter().zip(&out.ids) {
             let decode = |ids: &[u32]| {
-                tok.decode(ids, true).map(|s| s.trim().to_string()).map_err(|e| EvalError::Decode {
-                    row: f.row,
-                    message: e.to_string(),
-                })
+                tok.decode(ids, true)
+                    .map(|s| s.trim().to_string())
+                    .map_err(|e| EvalError::Decode {
+                        row: f.row,
+                        message: e.to_string(),
+                    })
             };
             let predict = decode(ids)?;
             let label = decode(&f.label_ids)?;

@@ -97,7 +97,9 @@ pub fn batch_loss<B: Backend>(
     if targets.is_empty() {
         return Err(LossError::NoLabels);
     }
-    let prefix_len = prefix.and_then(|p| p.first()).map_or(0, |(k, _)| k.dims()[2]);
+    let prefix_len = prefix
+        .and_then(|p| p.first())
+        .map_or(0, |(k, _)| k.dims()[2]);
     let inputs = ForwardInputs::<B>::for_sequences(
         &batch.ids,
         special,
@@ -112,7 +114,10 @@ pub fn batch_loss<B: Backend>(
     let rows: Vec<i64> = targets.iter().map(|&(i, _)| i as i64).collect();
     let tgt: Vec<i64> = targets.iter().map(|&(_, t)| t).collect();
     let rows = Tensor::<B, 1, Int>::from_data(TensorData::new(rows, [n]), device);
-    let picked = hidden.reshape([b * s, h]).select(0, rows).reshape([1, n, h]);
+    let picked = hidden
+        .reshape([b * s, h])
+        .select(0, rows)
+        .reshape([1, n, h]);
     let logits = model
         .lm_head(picked)
         .reshape([n, model.vocab_size()])

@@ -146,10 +146,13 @@ impl<B: Backend> AdamW<B> {
         let c = self.config;
         let g: Tensor<B, 1> = grad.cast(DType::F32).reshape([n]);
         let mut p: Tensor<B, 1> = param.cast(DType::F32).reshape([n]);
-        let st = self.moments.entry(name.to_string()).or_insert_with(|| Moments {
-            m: Tensor::zeros([n], (&device, DType::F32)),
-            v: Tensor::zeros([n], (&device, DType::F32)),
-        });
+        let st = self
+            .moments
+            .entry(name.to_string())
+            .or_insert_with(|| Moments {
+                m: Tensor::zeros([n], (&device, DType::F32)),
+                v: Tensor::zeros([n], (&device, DType::F32)),
+            });
         let t = self.step.max(1) as i32;
         let bc1 = 1.0 - c.beta1.powi(t);
         let bc2 = 1.0 - c.beta2.powi(t);
@@ -197,7 +200,9 @@ impl<B: Backend> AdamW<B> {
         self.step = step;
         for name in names {
             let get = |k: String| {
-                tensors.get(&k).ok_or_else(|| OptimError::State(format!("`{k}` is missing")))
+                tensors
+                    .get(&k)
+                    .ok_or_else(|| OptimError::State(format!("`{k}` is missing")))
             };
             let m = get(format!("exp_avg.{name}"))?;
             let v = get(format!("exp_avg_sq.{name}"))?;

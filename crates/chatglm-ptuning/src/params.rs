@@ -56,7 +56,9 @@ pub fn init_params(shape: &PrefixShape, seed: u64) -> Tensors {
         } else {
             let fan_in = shape.hidden_size as f64;
             let bound = 1.0 / fan_in.sqrt();
-            (0..n).map(|_| ((rng.uniform() * 2.0 - 1.0) * bound) as f32).collect()
+            (0..n)
+                .map(|_| ((rng.uniform() * 2.0 - 1.0) * bound) as f32)
+                .collect()
         };
         out.insert(name, HostTensor { shape: dims, data });
     }
@@ -168,7 +170,10 @@ pub fn encoder_grads<B: AutodiffBackend>(
         }
     }
     let k = |s: &str| format!("{PREFIX_KEY}{s}");
-    let mut out = vec![(k("embedding.weight"), flat(enc.embedding.weight.val(), grads))];
+    let mut out = vec![(
+        k("embedding.weight"),
+        flat(enc.embedding.weight.val(), grads),
+    )];
     if let Some(t) = &enc.trans {
         out.push((k("trans.0.weight"), flat(t.first.weight.val(), grads)));
         if let Some(b) = &t.first.bias {

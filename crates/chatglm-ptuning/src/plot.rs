@@ -163,7 +163,12 @@ pub fn loss_curve_png(points: &[(u64, f64)]) -> Result<Vec<u8>, PlotError> {
     }
     c.text(4, TOP as i64, &label(ymax), black);
     c.text(4, (H - BOTTOM) as i64 - 10, &label(ymin), black);
-    c.text(LEFT as i64, (H - BOTTOM) as i64 + 10, &format!("{xmin}"), black);
+    c.text(
+        LEFT as i64,
+        (H - BOTTOM) as i64 + 10,
+        &format!("{xmin}"),
+        black,
+    );
     let xl = format!("{xmax}");
     c.text(
         (W - RIGHT) as i64 - xl.len() as i64 * 8,
@@ -211,6 +216,9 @@ mod tests {
         // The first point (highest loss) sits at the top-left corner of the plot area.
         let i = (TOP * W + LEFT) * 3;
         assert_eq!(&buf[i..i + 3], &[31, 119, 180]);
-        assert!(matches!(loss_curve_png(&[(1, f64::NAN)]), Err(PlotError::Empty)));
+        assert!(matches!(
+            loss_curve_png(&[(1, f64::NAN)]),
+            Err(PlotError::Empty)
+        ));
     }
 }

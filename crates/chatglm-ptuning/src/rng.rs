@@ -87,7 +87,10 @@ mod tests {
         };
         let mean = n.iter().sum::<f64>() / n.len() as f64;
         let var = n.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / n.len() as f64;
-        assert!(mean.abs() < 0.03 && (var - 1.0).abs() < 0.05, "{mean} {var}");
+        assert!(
+            mean.abs() < 0.03 && (var - 1.0).abs() < 0.05,
+            "{mean} {var}"
+        );
         assert_ne!(mix(&[1, 2]), mix(&[2, 1]));
     }
 }

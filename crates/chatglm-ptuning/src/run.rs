@@ -236,8 +236,9 @@ pub fn export_official(checkpoint_dir: &Path, out_dir: &Path) -> Result<(), RunE
         path: out_dir.to_path_buf(),
         message,
     };
-    let prefix = crate::store::load_safetensors(&checkpoint_dir.join(crate::checkpoint::PREFIX_FILE))
-        .map_err(|e| eerr(e.to_string()))?;
+    let prefix =
+        crate::store::load_safetensors(&checkpoint_dir.join(crate::checkpoint::PREFIX_FILE))
+            .map_err(|e| eerr(e.to_string()))?;
     let config = std::fs::read(checkpoint_dir.join(crate::checkpoint::CONFIG_FILE))
         .map_err(|e| eerr(format!("{}: {e}", checkpoint_dir.display())))?;
     std::fs::create_dir_all(out_dir).map_err(|e| eerr(e.to_string()))?;

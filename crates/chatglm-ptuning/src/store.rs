@@ -89,12 +89,9 @@ pub fn to_safetensors_bytes(
     }
     let mut views = Vec::with_capacity(raw.len());
     for (name, shape, bytes) in &raw {
-        let view = safetensors::tensor::TensorView::new(
-            safetensors::Dtype::F32,
-            shape.clone(),
-            bytes,
-        )
-        .map_err(|e| e.to_string())?;
+        let view =
+            safetensors::tensor::TensorView::new(safetensors::Dtype::F32, shape.clone(), bytes)
+                .map_err(|e| e.to_string())?;
         views.push((name.clone(), view));
     }
     safetensors::serialize(views, metadata).map_err(|e| e.to_string())
@@ -104,10 +101,11 @@ pub fn to_safetensors_bytes(
 pub fn save_safetensors(path: &Path, tensors: &Tensors) -> Result<(), StoreError> {
     let mut meta = std::collections::HashMap::new();
     meta.insert("format".to_string(), "pt".to_string());
-    let bytes = to_safetensors_bytes(tensors, Some(meta)).map_err(|message| StoreError::Format {
-        path: path.to_path_buf(),
-        message,
-    })?;
+    let bytes =
+        to_safetensors_bytes(tensors, Some(meta)).map_err(|message| StoreError::Format {
+            path: path.to_path_buf(),
+            message,
+        })?;
     write_atomic(path, &bytes)
 }
 

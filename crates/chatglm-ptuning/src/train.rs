@@ -37,9 +37,7 @@ pub enum TrainError {
     #[error("invalid training settings: {0}")]
     Settings(String),
     /// The loss became NaN or infinite.
-    #[error(
-        "the loss is {loss} at step {step}: training stopped (last good checkpoint: {last})"
-    )]
+    #[error("the loss is {loss} at step {step}: training stopped (last good checkpoint: {last})")]
     NonFinite {
         /// Optimizer step (1-based) whose loss was not finite.
         step: u64,
@@ -230,12 +228,7 @@ pub fn freeze<B: AutodiffBackend>(model: GlmModel<B>) -> GlmModel<B> {
 }
 
 /// Where the data stream stands: `samples_seen` rows consumed over epochs of `n` rows.
-fn micro_batch(
-    samples_seen: u64,
-    n: usize,
-    batch: usize,
-    seed: u64,
-) -> (Vec<usize>, u64) {
+fn micro_batch(samples_seen: u64, n: usize, batch: usize, seed: u64) -> (Vec<usize>, u64) {
     let n64 = n as u64;
     let epoch = samples_seen / n64;
     let start = (samples_seen % n64) as usize;
@@ -327,7 +320,10 @@ pub fn train<B: AutodiffBackend>(
                     ),
                 });
             }
-            let names: Vec<String> = params::param_shapes(&shape).into_iter().map(|(n, _)| n).collect();
+            let names: Vec<String> = params::param_shapes(&shape)
+                .into_iter()
+                .map(|(n, _)| n)
+                .collect();
             optim.load_state(&ck.optimizer, &names, ck.state.global_step, device)?;
             rewrite_log(&log_path, &ck.state.log_history)?;
             (ck.prefix, ck.state)
@@ -384,7 +380,10 @@ pub fn train<B: AutodiffBackend>(
             );
             state.samples_seen += used;
             let batch = Batch {
-                ids: rows.iter().map(|&r| features[r].input_ids.clone()).collect(),
+                ids: rows
+                    .iter()
+                    .map(|&r| features[r].input_ids.clone())
+                    .collect(),
                 labels: rows.iter().map(|&r| features[r].labels.clone()).collect(),
             };
             tokens += rows.iter().map(|&r| features[r].length as u64).sum::<u64>();
@@ -399,7 +398,14 @@ pub fn train<B: AutodiffBackend>(
                 B::seed(device, mix(&[opts.seed, step, micro as u64, 0xd209]));
                 kv = prefix_dropout(kv, opts.prefix_dropout);
             }
-            let loss = batch_loss(base.model, &batch, Some(&kv), base.special, base.pad, device)?;
+            let loss = batch_loss(
+                base.model,
+                &batch,
+                Some(&kv),
+                base.special,
+                base.pad,
+                device,
+            )?;
             let scaled = loss.clone() / opts.gradient_accumulation_steps as f64;
             let grads = scaled.backward();
             let value = f64::from(
@@ -413,8 +419,10 @@ pub fn train<B: AutodiffBackend>(
                     .unwrap_or(f32::NAN),
             );
             step_loss += value / opts.gradient_accumulation_steps as f64;
-            let g: Vec<Tensor<B::InnerBackend, 1>> =
-                params::encoder_grads(&enc, &grads).into_iter().map(|(_, t)| t).collect();
+            let g: Vec<Tensor<B::InnerBackend, 1>> = params::encoder_grads(&enc, &grads)
+                .into_iter()
+                .map(|(_, t)| t)
+                .collect();
             acc = Some(match acc {
                 None => g,
                 Some(prev) => prev.into_iter().zip(g).map(|(a, b)| a + b).collect(),
@@ -431,7 +439,10 @@ pub fn train<B: AutodiffBackend>(
         }
         let grads = acc.unwrap_or_default();
         let norm = global_norm(&grads)?;
-        let factor = clip_factor(norm, (opts.max_grad_norm > 0.0).then_some(opts.max_grad_norm));
+        let factor = clip_factor(
+            norm,
+            (opts.max_grad_norm > 0.0).then_some(opts.max_grad_norm),
+        );
         optim.begin_step();
         let mut updated = Vec::with_capacity(params.tensors.len());
         for ((name, dims, p), g) in params.tensors.iter().zip(grads) {
@@ -493,7 +504,8 @@ pub fn train<B: AutodiffBackend>(
             None
         }
     };
-    let last_checkpoint = last_ckpt.unwrap_or_else(|| checkpoint::checkpoint_dir(output_dir, total));
+    let last_checkpoint =
+        last_ckpt.unwrap_or_else(|| checkpoint::checkpoint_dir(output_dir, total));
     Ok(TrainSummary {
         last_checkpoint,
         loss_curve,

@@ -137,7 +137,8 @@ fn greedy_eval(lengths: Lengths) -> EvalOptions {
 
 /// Converts the embedded sample sheet into `dir/base.xlsx` and `dir/train.json` (ADGEN layout).
 pub fn write_sample_data(dir: &Path) -> Result<(PathBuf, Vec<Example>), WorkflowError> {
-    std::fs::create_dir_all(dir).map_err(|e| WorkflowError::Write(format!("{}: {e}", dir.display())))?;
+    std::fs::create_dir_all(dir)
+        .map_err(|e| WorkflowError::Write(format!("{}: {e}", dir.display())))?;
     let sheet = dir.join("base.xlsx");
     write_atomic(&sheet, SAMPLE_SHEET).map_err(|e| WorkflowError::Write(e.to_string()))?;
     let (records, _) = chatglm_data::read_file(&sheet, &chatglm_data::ReadOptions::default())?;
@@ -152,7 +153,9 @@ pub fn run_demo(
     opts: &DemoOptions,
     on_event: &mut dyn FnMut(DemoEvent),
 ) -> Result<DemoReport, WorkflowError> {
-    on_event(DemoEvent::Stage("converting the sample sheet base.xlsx".into()));
+    on_event(DemoEvent::Stage(
+        "converting the sample sheet base.xlsx".into(),
+    ));
     let (train_file, examples) = write_sample_data(&opts.output_dir.join("data"))?;
     let model_dir = match &opts.model_dir {
         Some(d) => d.clone(),

@@ -17,14 +17,16 @@ fn official_checkpoints_import_and_our_export_round_trips() {
         let official = dir().join(format!("ptuning-checkpoint-official-{variant}"));
         let imported = read_prefix_tensors(&official).unwrap();
         let want = load_safetensors(&dir().join(format!("prefix_{variant}.safetensors"))).unwrap();
-        assert_eq!(imported, want, "{variant}: official pytorch_model.bin differs");
+        assert_eq!(
+            imported, want,
+            "{variant}: official pytorch_model.bin differs"
+        );
 
         // Save as our checkpoint, export to the official layout, read it back.
         let tmp = tempfile::tempdir().unwrap();
-        let config: serde_json::Value = serde_json::from_str(
-            &std::fs::read_to_string(official.join("config.json")).unwrap(),
-        )
-        .unwrap();
+        let config: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(official.join("config.json")).unwrap())
+                .unwrap();
         let ck = Checkpoint {
             prefix: imported.clone(),
             optimizer: Default::default(),
@@ -47,10 +49,9 @@ fn official_checkpoints_import_and_our_export_round_trips() {
         let bin = std::fs::read(exported.join("pytorch_model.bin")).unwrap();
         assert_eq!(&bin[..4], b"PK\x03\x04", "a torch.save zip");
         assert_eq!(read_prefix_tensors(&exported).unwrap(), want);
-        let cfg: serde_json::Value = serde_json::from_str(
-            &std::fs::read_to_string(exported.join("config.json")).unwrap(),
-        )
-        .unwrap();
+        let cfg: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(exported.join("config.json")).unwrap())
+                .unwrap();
         assert_eq!(cfg["pre_seq_len"], config["pre_seq_len"]);
         assert_eq!(cfg["prefix_projection"], variant == "proj");
     }

@@ -88,13 +88,22 @@ fn non_finite_loss_stops_training_naming_the_step() {
         ..TrainOptions::default()
     };
     let tmp = tempfile::tempdir().unwrap();
-    let err = train(&base, &features(), &opts, tmp.path(), None, &device, &mut |_| {
-        ControlFlow::Continue(())
-    })
+    let err = train(
+        &base,
+        &features(),
+        &opts,
+        tmp.path(),
+        None,
+        &device,
+        &mut |_| ControlFlow::Continue(()),
+    )
     .unwrap_err();
     let msg = err.to_string();
     assert!(msg.contains("at step 2"), "{msg}");
-    assert!(msg.contains("checkpoint-1"), "the last good checkpoint is named: {msg}");
+    assert!(
+        msg.contains("checkpoint-1"),
+        "the last good checkpoint is named: {msg}"
+    );
     let steps: Vec<u64> = list_checkpoints(tmp.path()).iter().map(|c| c.0).collect();
     assert_eq!(steps, vec![1], "nothing is saved after the bad step");
 }
@@ -134,16 +143,28 @@ fn resumed_run_equals_straight_run() {
     })
     .unwrap();
     assert_eq!(a.log_history.len(), 6);
-    assert!(a.log_history.iter().all(|e| e.loss.is_finite() && e.grad_norm > 0.0));
+    assert!(
+        a.log_history
+            .iter()
+            .all(|e| e.loss.is_finite() && e.grad_norm > 0.0)
+    );
     let steps: Vec<u64> = list_checkpoints(&straight).iter().map(|c| c.0).collect();
     assert_eq!(steps, vec![2, 4, 6]);
 
     // Stop after step 3 (a checkpoint is written there), then resume.
     let split = tmp.path().join("split");
-    let first = train(&base, &feats, &opts, &split, None, &device, &mut |e| match e {
-        TrainEvent::Step { step: 3, .. } => ControlFlow::Break(()),
-        _ => ControlFlow::Continue(()),
-    })
+    let first = train(
+        &base,
+        &feats,
+        &opts,
+        &split,
+        None,
+        &device,
+        &mut |e| match e {
+            TrainEvent::Step { step: 3, .. } => ControlFlow::Break(()),
+            _ => ControlFlow::Continue(()),
+        },
+    )
     .unwrap();
     assert_eq!(first.last_checkpoint, split.join("checkpoint-3"));
     assert_eq!(first.log_history.len(), 3);
@@ -157,9 +178,20 @@ fn resumed_run_equals_straight_run() {
         &mut |_| ControlFlow::Continue(()),
     )
     .unwrap();
-    assert_eq!(a.prefix, b.prefix, "resumed prefix differs from the straight run");
-    let la: Vec<(u64, u64)> = a.log_history.iter().map(|e| (e.step, e.loss.to_bits())).collect();
-    let lb: Vec<(u64, u64)> = b.log_history.iter().map(|e| (e.step, e.loss.to_bits())).collect();
+    assert_eq!(
+        a.prefix, b.prefix,
+        "resumed prefix differs from the straight run"
+    );
+    let la: Vec<(u64, u64)> = a
+        .log_history
+        .iter()
+        .map(|e| (e.step, e.loss.to_bits()))
+        .collect();
+    let lb: Vec<(u64, u64)> = b
+        .log_history
+        .iter()
+        .map(|e| (e.step, e.loss.to_bits()))
+        .collect();
     assert_eq!(la, lb);
     let ca = load_checkpoint(&straight.join("checkpoint-6")).unwrap();
     let cb = load_checkpoint(&split.join("checkpoint-6")).unwrap();

@@ -26,7 +26,10 @@ fn dir() -> PathBuf {
 
 fn rel_close(got: f64, want: f64, what: &str) {
     let rel = (got - want).abs() / want.abs().max(1e-12);
-    assert!(rel <= 1e-4, "{what}: got {got}, want {want} (relative error {rel:e})");
+    assert!(
+        rel <= 1e-4,
+        "{what}: got {got}, want {want} (relative error {rel:e})"
+    );
 }
 
 fn weighted_sum(v: &[f32]) -> f64 {
@@ -75,11 +78,22 @@ fn train_step_matches_pytorch() {
         // Loss and gradients.
         let enc = params::trainable_encoder::<Ad>(&p).unwrap();
         let kv = enc.forward(1);
-        let loss = batch_loss(&model, &batch, Some(&kv), special, cfg.pad_token_id, &device)
-            .unwrap();
+        let loss = batch_loss(
+            &model,
+            &batch,
+            Some(&kv),
+            special,
+            cfg.pad_token_id,
+            &device,
+        )
+        .unwrap();
         let grads = loss.backward();
         let loss_v = f64::from(loss.into_scalar());
-        rel_close(loss_v, case["loss"].as_f64().unwrap(), &format!("{variant} loss"));
+        rel_close(
+            loss_v,
+            case["loss"].as_f64().unwrap(),
+            &format!("{variant} loss"),
+        );
         let g = params::encoder_grads(&enc, &grads);
         let norm = global_norm(&g.iter().map(|(_, t)| t.clone()).collect::<Vec<_>>()).unwrap();
         rel_close(
@@ -90,7 +104,11 @@ fn train_step_matches_pytorch() {
         for (name, want) in case["grad_norms"].as_object().unwrap() {
             let (_, t) = g.iter().find(|(n, _)| n == name).expect("gradient present");
             let n = global_norm(std::slice::from_ref(t)).unwrap();
-            rel_close(n, want.as_f64().unwrap(), &format!("{variant} {name} grad norm"));
+            rel_close(
+                n,
+                want.as_f64().unwrap(),
+                &format!("{variant} {name} grad norm"),
+            );
         }
         if let Some(file) = case["grads_file"].as_str() {
             let want = load_safetensors(&dir().join(file)).unwrap();
@@ -125,13 +143,24 @@ fn train_step_matches_pytorch() {
             .zip(g)
             .map(|((name, dims, t), (_, grad))| {
                 let decay = params::decays(name);
-                (name.clone(), dims.clone(), opt.update(name, t.clone(), grad, lr, decay))
+                (
+                    name.clone(),
+                    dims.clone(),
+                    opt.update(name, t.clone(), grad, lr, decay),
+                )
             })
             .collect();
         let enc = params::trainable_encoder::<Ad>(&p).unwrap();
         let kv = enc.forward(1);
-        let after = batch_loss(&model, &batch, Some(&kv), special, cfg.pad_token_id, &device)
-            .unwrap();
+        let after = batch_loss(
+            &model,
+            &batch,
+            Some(&kv),
+            special,
+            cfg.pad_token_id,
+            &device,
+        )
+        .unwrap();
         rel_close(
             f64::from(after.into_scalar()),
             a["loss_after_one_step"].as_f64().unwrap(),
@@ -145,8 +174,16 @@ fn train_step_matches_pytorch() {
         );
         let sum: f64 = emb.data.iter().map(|&x| f64::from(x)).sum();
         let abs_sum: f64 = emb.data.iter().map(|&x| f64::from(x).abs()).sum();
-        rel_close(sum, stats["sum"].as_f64().unwrap(), "embedding sum after the step");
-        rel_close(abs_sum, stats["abs_sum"].as_f64().unwrap(), "embedding abs sum");
+        rel_close(
+            sum,
+            stats["sum"].as_f64().unwrap(),
+            "embedding sum after the step",
+        );
+        rel_close(
+            abs_sum,
+            stats["abs_sum"].as_f64().unwrap(),
+            "embedding abs sum",
+        );
         rel_close(
             weighted_sum(&emb.data),
             stats["weighted_sum"].as_f64().unwrap(),
@@ -154,7 +191,15 @@ fn train_step_matches_pytorch() {
         );
         let min = emb.data.iter().fold(f32::MAX, |a, &b| a.min(b));
         let max = emb.data.iter().fold(f32::MIN, |a, &b| a.max(b));
-        rel_close(f64::from(min), stats["min"].as_f64().unwrap(), "embedding min");
-        rel_close(f64::from(max), stats["max"].as_f64().unwrap(), "embedding max");
+        rel_close(
+            f64::from(min),
+            stats["min"].as_f64().unwrap(),
+            "embedding min",
+        );
+        rel_close(
+            f64::from(max),
+            stats["max"].as_f64().unwrap(),
+            "embedding max",
+        );
     }
 }

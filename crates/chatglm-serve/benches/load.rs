@@ -2,8 +2,9 @@
 //!
 //! `cargo bench -p chatglm-serve --bench load` runs 32 clients for 60 s (override with
 //! `LOAD_CLIENTS`, `LOAD_SECS`, `LOAD_DELAY_MS` = the engine's time per decoding step, default 5,
-//! `LOAD_TOKENS` = answer length, default 64). Without `--bench` (e.g. `cargo test --benches`) it
-//! runs a 2-second smoke version. The engine is the deterministic `EchoEngine` (batch of 32), so
+//! `LOAD_TOKENS` = answer length, default 64, `LOAD_STATIC=1` for static instead of continuous
+//! batching). Without `--bench` (e.g. `cargo test --benches`) it runs a 2-second smoke version.
+//! The engine is the deterministic `EchoEngine` (batch of 32), so
 //! the figures measure the server (queueing, batching, SSE, HTTP), not model compute. Exits
 //! non-zero if any request fails.
 #![allow(clippy::print_stdout)]
@@ -105,6 +106,7 @@ fn main() {
     let secs = env_or("LOAD_SECS", if full { 60 } else { 2 });
     let delay = env_or("LOAD_DELAY_MS", 5);
     let tokens = env_or("LOAD_TOKENS", 64) as usize;
+    let continuous = env_or("LOAD_STATIC", 0) == 0;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -113,6 +115,7 @@ fn main() {
         let engine = EchoEngine::builder()
             .max_batch(32)
             .delay(Duration::from_millis(delay))
+            .continuous(continuous)
             .build()
             .expect("engine");
         let config = ServerConfig::builder().port(0).max_queue(64).build().expect("config");
@@ -162,7 +165,8 @@ fn main() {
         ttft.sort_by(f64::total_cmp);
         let mut rates = all.stream_rates.clone();
         rates.sort_by(f64::total_cmp);
-        println!("load: {clients} streaming clients for {elapsed:.1} s, engine step {delay} ms, {tokens}-token answers");
+        let mode = if continuous { "continuous" } else { "static" };
+        println!("load: {clients} streaming clients for {elapsed:.1} s, engine step {delay} ms, {tokens}-token answers, {mode} batching");
         println!("  requests completed: {}   errors: {}", all.requests, all.errors.len());
         println!("  time to first token: p50 {:.1} ms   p99 {:.1} ms", percentile(&ttft, 50.0), percentile(&ttft, 99.0));
         println!("  tokens/s: total {:.0}   per stream p50 {:.1}", all.tokens as f64 / elapsed, percentile(&rates, 50.0));

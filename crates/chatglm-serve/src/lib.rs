@@ -20,6 +20,7 @@ pub mod engine;
 mod error;
 pub mod history;
 mod legacy;
+pub mod model_engine;
 mod openai;
 mod page;
 mod scheduler;
@@ -40,5 +41,6 @@ pub use engine::{
 pub use error::ApiError;
 pub use history::{HistoryError, HistoryStore, StoredTurn};
 pub use legacy::{DEFAULT_MAX_LENGTH, DEFAULT_TEMPERATURE, DEFAULT_TOP_P};
+pub use model_engine::ModelEngine;
 pub use page::{APP_CSS, APP_JS, INDEX_HTML, OPENAPI_JSON};
 pub use server::{ServeError, Server, serve_blocking, shutdown_signal};

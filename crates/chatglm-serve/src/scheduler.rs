@@ -160,6 +160,7 @@ fn worker(shared: &Arc<Shared>) {
         }
         let mut feed = Feed {
             shared: Arc::clone(shared),
+            taken: 0,
         };
         let engine = Arc::clone(&shared.engine);
         // Jobs the engine held when it panicked are dropped while unwinding: each tells its client.
@@ -168,12 +169,24 @@ fn worker(shared: &Arc<Shared>) {
         {
             tracing::error!("engine panicked during generation");
         }
+        if feed.taken == 0 {
+            // An engine that returns without taking any job would make this loop spin: fail the
+            // oldest job instead.
+            let stuck = shared.lock().queue.pop_front();
+            if let Some(job) = stuck {
+                tracing::error!("the engine returned without taking a waiting request");
+                let _ = job.events.send(JobEvent::Done(Err(EngineError::Failed(
+                    "the engine did not take the request".into(),
+                ))));
+            }
+        }
     }
 }
 
 /// The queue as seen by an engine.
 struct Feed {
     shared: Arc<Shared>,
+    taken: usize,
 }
 
 impl JobFeed for Feed {
@@ -184,6 +197,7 @@ impl JobFeed for Feed {
         state.running += n;
         let queued: Vec<Queued> = state.queue.drain(..n).collect();
         drop(state);
+        self.taken += n;
         queued
             .into_iter()
             .map(|q| Job {

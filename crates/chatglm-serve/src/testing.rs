@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use crate::engine::{
     BatchJob, ChatEngine, Completion, Conversation, EngineError, FinishReason, GenerateRequest,
-    TokenEvent,
+    Job, JobFeed, TokenEvent, static_batches,
 };
 
 /// Counters the tests read to see what the engine did.
@@ -41,6 +41,7 @@ pub struct EchoEngine {
     context_length: usize,
     delay: Duration,
     max_batch: usize,
+    continuous: bool,
     stats: EchoStats,
     last_request: Mutex<Option<GenerateRequest>>,
 }
@@ -61,6 +62,7 @@ pub struct EchoEngineBuilder {
     context_length: usize,
     delay: Duration,
     max_batch: usize,
+    continuous: bool,
 }
 
 impl EchoEngineBuilder {
@@ -94,6 +96,13 @@ impl EchoEngineBuilder {
         self
     }
 
+    /// Continuous batching: new requests join the running batch between steps (default off:
+    /// static batches).
+    pub fn continuous(mut self, on: bool) -> Self {
+        self.continuous = on;
+        self
+    }
+
     /// Builds the engine.
     ///
     /// # Errors
@@ -116,6 +125,7 @@ impl EchoEngineBuilder {
             context_length: self.context_length,
             delay: self.delay,
             max_batch: self.max_batch,
+            continuous: self.continuous,
             stats: EchoStats::default(),
             last_request: Mutex::new(None),
         })
@@ -123,7 +133,8 @@ impl EchoEngineBuilder {
 }
 
 impl EchoEngine {
-    /// A builder with the defaults: base id `echo`, no prefixes, context 4096, no delay, batch 1.
+    /// A builder with the defaults: base id `echo`, no prefixes, context 4096, no delay, batch 1,
+    /// static batching.
     pub fn builder() -> EchoEngineBuilder {
         EchoEngineBuilder {
             base: "echo".into(),
@@ -131,6 +142,7 @@ impl EchoEngine {
             context_length: 4096,
             delay: Duration::ZERO,
             max_batch: 1,
+            continuous: false,
         }
     }
 
@@ -301,5 +313,71 @@ impl ChatEngine for EchoEngine {
                     .unwrap_or_else(|| Err(EngineError::Failed("job left unfinished".into())))
             })
             .collect()
+    }
+
+    fn generate_continuous(&self, feed: &mut dyn JobFeed) {
+        if !self.continuous {
+            return static_batches(self, feed);
+        }
+        struct Live {
+            job: Job,
+            chars: Vec<char>,
+            prompt_tokens: usize,
+            emitted: usize,
+        }
+        let mut live: Vec<Live> = Vec::new();
+        loop {
+            for job in feed.take(self.max_batch.saturating_sub(live.len())) {
+                match self.start(job.request()) {
+                    Ok((chars, prompt_tokens)) => live.push(Live {
+                        job,
+                        chars,
+                        prompt_tokens,
+                        emitted: 0,
+                    }),
+                    Err(err) => job.finish(Err(err)),
+                }
+            }
+            if live.is_empty() {
+                return;
+            }
+            self.stats
+                .max_batch_seen
+                .fetch_max(live.len(), Ordering::SeqCst);
+            if !self.delay.is_zero() {
+                std::thread::sleep(self.delay);
+            }
+            let mut i = 0;
+            while i < live.len() {
+                let l = &mut live[i];
+                let reason = if l.emitted == l.chars.len() {
+                    Some(FinishReason::Stop)
+                } else if l.emitted == l.job.request().max_new_tokens {
+                    Some(FinishReason::Length)
+                } else {
+                    let text = l.chars[l.emitted].to_string();
+                    l.emitted += 1;
+                    self.stats.tokens.fetch_add(1, Ordering::SeqCst);
+                    if l.job.on_token(TokenEvent { text }).is_break() {
+                        self.stats.interrupted.fetch_add(1, Ordering::SeqCst);
+                        Some(FinishReason::Stop)
+                    } else {
+                        None
+                    }
+                };
+                match reason {
+                    None => i += 1,
+                    Some(finish_reason) => {
+                        let l = live.remove(i);
+                        self.stats.active.fetch_sub(1, Ordering::SeqCst);
+                        l.job.finish(Ok(Completion {
+                            prompt_tokens: l.prompt_tokens,
+                            completion_tokens: l.emitted,
+                            finish_reason,
+                        }));
+                    }
+                }
+            }
+        }
     }
 }

@@ -257,3 +257,111 @@ async fn shutdown_drains_running_streams_then_refuses_connections() {
             .is_err()
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn continuous_batching_lets_a_new_request_join_a_running_batch() {
+    let engine = EchoEngine::builder()
+        .delay(Duration::from_millis(2))
+        .max_batch(4)
+        .continuous(true)
+        .build()
+        .unwrap();
+    let s = TestServer::start(engine, ServerConfig::builder().workers(1).max_queue(8)).await;
+    let blocker = s
+        .client
+        .post(s.url("/v1/chat/completions"))
+        .json(&stream_body(&"b".repeat(400)))
+        .send()
+        .await
+        .unwrap();
+    s.wait_load(|_, r| r == 1).await;
+    // With a single worker busy on the blocker, this answer still arrives while the blocker runs.
+    let (status, body) = s
+        .post(
+            "/v1/chat/completions",
+            &json!({"messages": [user("quick")]}),
+        )
+        .await;
+    assert_eq!(
+        (status, body["choices"][0]["message"]["content"].as_str()),
+        (200, Some("quick"))
+    );
+    let stats = s.engine.stats();
+    assert_eq!(
+        stats.active.load(Ordering::SeqCst),
+        1,
+        "the blocker is still decoding"
+    );
+    assert_eq!(stats.max_batch_seen.load(Ordering::SeqCst), 2);
+    let events = sse_events(blocker).await;
+    assert_eq!(events.last().unwrap(), "[DONE]");
+    assert_eq!(stats.active.load(Ordering::SeqCst), 0);
+    s.stop().await;
+}
+
+/// An engine that panics: the client gets a 500 and the worker keeps serving.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_engine_panic_fails_the_request_not_the_server() {
+    use std::ops::ControlFlow;
+    use std::sync::Arc;
+
+    use chatglm_serve::{
+        ChatEngine, Completion, Conversation, EngineError, GenerateRequest, Server, TokenEvent,
+    };
+
+    struct Panicky;
+    impl ChatEngine for Panicky {
+        fn models(&self) -> Vec<String> {
+            vec!["p".into()]
+        }
+        fn context_length(&self) -> usize {
+            100
+        }
+        fn count_prompt_tokens(&self, _: &str, c: &Conversation) -> Result<usize, EngineError> {
+            Ok(c.query.len())
+        }
+        fn generate(
+            &self,
+            request: &GenerateRequest,
+            on_token: &mut dyn FnMut(TokenEvent) -> ControlFlow<()>,
+        ) -> Result<Completion, EngineError> {
+            assert!(request.conversation.query != "boom", "engine failure");
+            let _ = on_token(TokenEvent { text: "ok".into() });
+            Ok(Completion {
+                prompt_tokens: 1,
+                completion_tokens: 1,
+                finish_reason: chatglm_serve::FinishReason::Stop,
+            })
+        }
+    }
+    let config = ServerConfig::builder().port(0).build().unwrap();
+    let server = Server::bind(config, Arc::new(Panicky)).await.unwrap();
+    let addr = server.local_addr().unwrap();
+    let task = tokio::spawn(server.serve(std::future::pending()));
+    let client = reqwest::Client::new();
+    let url = format!("http://{addr}/v1/chat/completions");
+    let r = client
+        .post(&url)
+        .json(&json!({"messages": [user("boom")]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 500);
+    let body: Value = r.json().await.unwrap();
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("unfinished"),
+        "{body}"
+    );
+    let r = client
+        .post(&url)
+        .json(&json!({"messages": [user("fine")]}))
+        .send()
+        .await
+        .unwrap();
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(body["choices"][0]["message"]["content"], "ok");
+    task.abort();
+}

@@ -26,6 +26,7 @@ pub mod batch;
 pub mod chat;
 pub mod config;
 mod pyjson;
+mod special;
 pub mod spm;
 pub mod stream;
 mod text;
@@ -36,5 +37,6 @@ pub use chat::{ChatError, Message, OrderedJson, Reply, Role, ToolCall};
 pub use config::{
     ChatVersion, ConfigError, ModelFolder, TokenizerConfig, TokenizerVersion, inspect_folder,
 };
+pub use special::{RoleIds, SpecialIds};
 pub use stream::DecodeStream;
-pub use tokenizer::{ROLE_TOKENS, RoleIds, SpecialIds, Tokenizer, TokenizerError};
+pub use tokenizer::{ROLE_TOKENS, Tokenizer, TokenizerError};

@@ -245,3 +245,23 @@ fn batches_match_the_python_tokenizer() {
     }
     assert_eq!(checked, 20);
 }
+
+/// `remove_space` and `do_lower_case` of tokenizer_config.json (ChatGLM-6B `preprocess_text`):
+/// the text is stripped, whitespace runs become one space, and letters are lower-cased outside
+/// the special tokens (a typed `<EOP>` lower-cases into the special `<eop>`, as in transformers).
+#[test]
+fn v1_remove_space_and_lower_case_follow_preprocess_text() {
+    use chatglm_tokenizer::TokenizerConfig;
+    let model = fixture("v1/ice_text.model");
+    let plain = Tokenizer::from_files(&model, TokenizerConfig::new(ChatVersion::V1)).unwrap();
+    let mut config = TokenizerConfig::new(ChatVersion::V1);
+    config.remove_space = true;
+    config.do_lower_case = true;
+    let tok = Tokenizer::from_files(&model, config).unwrap();
+    assert_eq!(
+        tok.encode("  Hello\t\tWORLD  \n x ", true),
+        plain.encode("hello world x", true)
+    );
+    assert_eq!(tok.encode("A<EOP>B", false), plain.encode("a<eop>b", false));
+    assert!(tok.encode("A<EOP>B", false).contains(&tok.eop_id()));
+}

@@ -30,7 +30,11 @@ pub struct Args {
 pub fn run(args: Args) -> anyhow::Result<()> {
     let engine = args.model.load()?;
     engine.tokenizer()?;
-    let sampling = SamplingConfig { top_p: args.top_p, temperature: args.temperature, ..SamplingConfig::default() };
+    let sampling = SamplingConfig {
+        top_p: args.top_p,
+        temperature: args.temperature,
+        ..SamplingConfig::default()
+    };
     let mut config = engine.generation_config(sampling);
     config.max_length = args.max_length;
     config.seed = args.seed;

@@ -10,7 +10,11 @@ use indicatif::{ProgressBar, ProgressStyle};
 #[derive(Debug, clap::Args)]
 pub struct Args {
     /// Where data, checkpoints, the loss curve and evaluations go.
-    #[arg(long = "output-dir", alias = "output_dir", default_value = "chatglm-demo")]
+    #[arg(
+        long = "output-dir",
+        alias = "output_dir",
+        default_value = "chatglm-demo"
+    )]
     pub output_dir: PathBuf,
     /// A real ChatGLM-6B folder instead of the embedded demo model.
     #[arg(long)]
@@ -88,12 +92,21 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     println!("model         : {}", report.model_dir.display());
     println!("before tuning : {}", scores(&report.before));
     println!("after tuning  : {}", scores(&report.after));
-    println!("checkpoint    : {}", report.training.last_checkpoint.display());
+    println!(
+        "checkpoint    : {}",
+        report.training.last_checkpoint.display()
+    );
     if let Some(curve) = &report.training.loss_curve {
         println!("loss curve    : {}", curve.display());
     }
-    println!("evaluations   : {}", args.output_dir.join("eval-before").display());
-    println!("                {}", args.output_dir.join("eval-after").display());
+    println!(
+        "evaluations   : {}",
+        args.output_dir.join("eval-before").display()
+    );
+    println!(
+        "                {}",
+        args.output_dir.join("eval-after").display()
+    );
     println!();
     println!("问：{}", report.answer.0);
     println!("答：{}", report.answer.1);

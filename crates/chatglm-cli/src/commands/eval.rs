@@ -4,10 +4,10 @@
 use std::path::PathBuf;
 
 use anyhow::Context;
-use chatglm::ptuning::{ChatGlm, SamplingConfig};
 use chatglm::ptuning::config::TrainConfig;
 use chatglm::ptuning::eval::{EvalOptions, PREDICTIONS_FILE, RESULTS_FILE, evaluate, write_report};
 use chatglm::ptuning::run::{load_tokenizer, read_examples};
+use chatglm::ptuning::{ChatGlm, SamplingConfig};
 use indicatif::{ProgressBar, ProgressStyle};
 
 /// Evaluate a (P-tuned) model on a test file: predictions and BLEU-4 / ROUGE-1/2/L.
@@ -17,7 +17,11 @@ pub struct Args {
     #[arg(long)]
     pub config: Option<PathBuf>,
     /// Test data: JSON lines, xlsx or csv.
-    #[arg(long = "test_file", visible_alias = "test-file", alias = "validation_file")]
+    #[arg(
+        long = "test_file",
+        visible_alias = "test-file",
+        alias = "validation_file"
+    )]
     pub test_file: Option<PathBuf>,
     /// Base model folder (default: the embedded demo model).
     #[arg(long, alias = "model_name_or_path")]
@@ -45,7 +49,10 @@ pub struct Args {
     #[arg(long = "max_target_length", visible_alias = "max-target-length")]
     pub max_target_length: Option<usize>,
     /// Rows generated together.
-    #[arg(long = "per_device_eval_batch_size", visible_alias = "per-device-eval-batch-size")]
+    #[arg(
+        long = "per_device_eval_batch_size",
+        visible_alias = "per-device-eval-batch-size"
+    )]
     pub per_device_eval_batch_size: Option<usize>,
     /// Greedy decoding instead of the reference's sampling (top_p 0.7, temperature 0.95).
     #[arg(long)]

@@ -34,7 +34,9 @@ impl ModelOpts {
         let mut engine = ChatGlm::load(&self.model, self.device, dtype)
             .with_context(|| format!("loading {}", self.model.display()))?;
         if let Some(prefix) = &self.prefix {
-            engine.attach_prefix(prefix).with_context(|| format!("loading prefix {}", prefix.display()))?;
+            engine
+                .attach_prefix(prefix)
+                .with_context(|| format!("loading prefix {}", prefix.display()))?;
         }
         Ok(engine)
     }
@@ -112,12 +114,12 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     let mut stream = tokenizer.map(|t| chatglm::tokenizer::DecodeStream::new(t, true));
     let stdout = std::io::stdout();
     let out = engine.generate_ids(&[prompt], &config, |event| {
-        if !args.json {
-            if let Some(Ok(Some(piece))) = stream.as_mut().map(|s| s.push(event.token)) {
-                let mut lock = stdout.lock();
-                let _ = write!(lock, "{piece}");
-                let _ = lock.flush();
-            }
+        if !args.json
+            && let Some(Ok(Some(piece))) = stream.as_mut().map(|s| s.push(event.token))
+        {
+            let mut lock = stdout.lock();
+            let _ = write!(lock, "{piece}");
+            let _ = lock.flush();
         }
         ControlFlow::Continue(())
     })?;

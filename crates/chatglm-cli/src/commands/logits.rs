@@ -28,6 +28,9 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     let view = TensorView::from_f32(Dtype::F32, shape.clone(), &logits)?;
     save_safetensors(&args.out, &[("logits", view)], None)
         .with_context(|| format!("writing {}", args.out.display()))?;
-    println!("{}", serde_json::json!({ "out": args.out, "key": "logits", "shape": shape }));
+    println!(
+        "{}",
+        serde_json::json!({ "out": args.out, "key": "logits", "shape": shape })
+    );
     Ok(())
 }

@@ -34,16 +34,31 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         (Box::new(io::stdin().lock()), None)
     } else {
         let file = File::open(&args.file).with_context(|| format!("cannot open {name}"))?;
-        let size = file.metadata().ok().filter(|m| m.is_file()).map(|m| m.len());
+        let size = file
+            .metadata()
+            .ok()
+            .filter(|m| m.is_file())
+            .map(|m| m.len());
         (Box::new(file), size)
     };
-    let strictness = if args.strict { Strictness::Strict } else { Strictness::Lenient };
+    let strictness = if args.strict {
+        Strictness::Strict
+    } else {
+        Strictness::Lenient
+    };
     let scorer = Scorer::with_strictness(strictness);
     let progress = progress_bar(size);
     let stdout = io::stdout().lock();
     let mut out = BufWriter::new(stdout);
 
-    let result = score_stream(BufReader::new(input), &name, &scorer, args.per_sample, &progress, &mut out);
+    let result = score_stream(
+        BufReader::new(input),
+        &name,
+        &scorer,
+        args.per_sample,
+        &progress,
+        &mut out,
+    );
     progress.finish_and_clear();
     let (total, empty_lines) = match result {
         Ok(done) => done,
@@ -84,19 +99,24 @@ fn score_stream(
     let mut line_no = 0;
     loop {
         raw.clear();
-        let read = input.read_until(b'\n', &mut raw).with_context(|| format!("cannot read {name}"))?;
+        let read = input
+            .read_until(b'\n', &mut raw)
+            .with_context(|| format!("cannot read {name}"))?;
         if read == 0 {
             break;
         }
         line_no += 1;
         progress.inc(read as u64);
-        let text = std::str::from_utf8(&raw).with_context(|| format!("{name}: line {line_no}: not valid UTF-8"))?;
+        let text = std::str::from_utf8(&raw)
+            .with_context(|| format!("{name}: line {line_no}: not valid UTF-8"))?;
         let Some(pair) = parse_pair_line(text, line_no).with_context(|| name.to_owned())? else {
             continue;
         };
         let scores = scorer
             .score_pair(&pair.prediction, &pair.label)
-            .with_context(|| format!("{name}: line {line_no} (the official script raises ValueError here)"))?;
+            .with_context(|| {
+                format!("{name}: line {line_no} (the official script raises ValueError here)")
+            })?;
         if scores.empty.is_some() {
             empty_lines.push(line_no);
         }
@@ -113,8 +133,16 @@ fn report_empty(total: &Aggregate, empty_lines: &[usize]) {
     if empty_lines.is_empty() {
         return;
     }
-    let listed: Vec<String> = empty_lines.iter().take(LISTED_EMPTY_LINES).map(ToString::to_string).collect();
-    let more = if empty_lines.len() > LISTED_EMPTY_LINES { ", ..." } else { "" };
+    let listed: Vec<String> = empty_lines
+        .iter()
+        .take(LISTED_EMPTY_LINES)
+        .map(ToString::to_string)
+        .collect();
+    let more = if empty_lines.len() > LISTED_EMPTY_LINES {
+        ", ..."
+    } else {
+        ""
+    };
     #[allow(clippy::print_stderr)]
     {
         eprintln!(
@@ -138,9 +166,9 @@ fn progress_bar(size: Option<u64>) -> ProgressBar {
     match size {
         Some(len) => {
             let bar = ProgressBar::new(len);
-            if let Ok(style) =
-                ProgressStyle::with_template("{bar:40} {bytes}/{total_bytes} {bytes_per_sec} eta {eta}")
-            {
+            if let Ok(style) = ProgressStyle::with_template(
+                "{bar:40} {bytes}/{total_bytes} {bytes_per_sec} eta {eta}",
+            ) {
                 bar.set_style(style);
             }
             bar
@@ -156,5 +184,9 @@ fn is_broken_pipe(err: &anyhow::Error) -> bool {
 }
 
 fn ignore_broken_pipe(err: io::Error) -> io::Result<()> {
-    if err.kind() == io::ErrorKind::BrokenPipe { Ok(()) } else { Err(err) }
+    if err.kind() == io::ErrorKind::BrokenPipe {
+        Ok(())
+    } else {
+        Err(err)
+    }
 }

@@ -1,10 +1,10 @@
 //! One module per subcommand. Each exposes `Args` (clap) and `run(Args) -> anyhow::Result<()>`.
 
+pub mod chat;
 pub mod data;
 pub mod demo;
 pub mod detokenize;
 pub mod eval;
-pub mod chat;
 pub mod generate;
 pub mod history;
 pub mod logits;

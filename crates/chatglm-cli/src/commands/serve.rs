@@ -6,6 +6,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
+use chatglm::model::{ChatGlm, ComputeDtype, DeviceSpec};
+use chatglm::serve::ModelEngine;
 use chatglm::serve::testing::EchoEngine;
 use chatglm::serve::{
     ChatEngine, DEFAULT_HISTORY_TURNS, DEFAULT_HOST, DEFAULT_MAX_QUEUE, DEFAULT_PORT, ServerConfig,
@@ -17,6 +19,12 @@ pub struct Args {
     /// Model folder (config.json, weights, tokenizer). Without it, the embedded demo model.
     #[arg(long)]
     pub model: Option<PathBuf>,
+    /// cpu, cuda or cuda:N.
+    #[arg(long, default_value = "cpu")]
+    pub device: DeviceSpec,
+    /// f32, f16 or bf16 (default: f32 on CPU, f16 on CUDA).
+    #[arg(long)]
+    pub dtype: Option<ComputeDtype>,
     /// A tuned P-Tuning v2 prefix served under its own model id: NAME=DIR (repeatable).
     #[arg(long = "prefix", value_name = "NAME=DIR", value_parser = parse_prefix)]
     pub prefixes: Vec<(String, PathBuf)>,
@@ -64,6 +72,9 @@ pub struct Args {
     /// Test scaffolding: how many requests the echo engine decodes together.
     #[arg(long, hide = true, default_value_t = 32)]
     pub test_engine_batch: usize,
+    /// Test scaffolding: static batches instead of continuous batching in the echo engine.
+    #[arg(long, hide = true)]
+    pub test_engine_static: bool,
 }
 
 fn parse_prefix(s: &str) -> Result<(String, PathBuf), String> {
@@ -85,7 +96,8 @@ fn engine(args: &Args) -> anyhow::Result<Arc<dyn ChatEngine>> {
     if args.test_engine {
         let mut builder = EchoEngine::builder()
             .delay(Duration::from_millis(args.test_engine_delay_ms))
-            .max_batch(args.test_engine_batch);
+            .max_batch(args.test_engine_batch)
+            .continuous(!args.test_engine_static);
         for (name, _) in &args.prefixes {
             builder = builder.prefix(name.clone());
         }
@@ -101,16 +113,26 @@ fn engine(args: &Args) -> anyhow::Result<Arc<dyn ChatEngine>> {
     {
         bail!("--model {}: no such folder", dir.display());
     }
-    // The adapter implementing `ChatEngine` for the model (and the embedded demo model used
-    // without --model) plugs in here.
-    bail!(
-        "no engine: this build cannot load {} yet (the model adapter is not wired into `chatglm serve`)",
-        args.model
-            .as_ref()
-            .map_or("the embedded demo model".to_string(), |d| d
-                .display()
-                .to_string())
-    )
+    let dir = match &args.model {
+        Some(dir) => dir.clone(),
+        None => {
+            chatglm::ptuning::demo::demo_model_dir().context("writing the embedded demo model")?
+        }
+    };
+    let dtype = args.dtype.unwrap_or(match args.device {
+        DeviceSpec::Cpu => ComputeDtype::F32,
+        DeviceSpec::Cuda(_) => ComputeDtype::F16,
+    });
+    let model = ChatGlm::load(&dir, args.device, dtype)
+        .with_context(|| format!("loading {}", dir.display()))?;
+    let base_id = if args.model.is_some() {
+        "chatglm-6b"
+    } else {
+        "chatglm-demo"
+    };
+    let engine = ModelEngine::new(model, base_id, args.prefixes.clone())
+        .with_context(|| format!("serving {}", dir.display()))?;
+    Ok(Arc::new(engine))
 }
 
 pub fn run(args: Args) -> anyhow::Result<()> {

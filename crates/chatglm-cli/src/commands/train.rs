@@ -17,7 +17,11 @@ pub struct Args {
     #[arg(long)]
     pub config: Option<PathBuf>,
     /// Base model folder (default: the embedded demo model).
-    #[arg(long = "model_name_or_path", visible_alias = "model-name-or-path", alias = "model")]
+    #[arg(
+        long = "model_name_or_path",
+        visible_alias = "model-name-or-path",
+        alias = "model"
+    )]
     pub model_name_or_path: Option<PathBuf>,
     /// Training data: JSON lines (official), xlsx or csv.
     #[arg(long = "train_file", visible_alias = "train-file")]
@@ -53,10 +57,16 @@ pub struct Args {
     #[arg(long = "max_target_length", visible_alias = "max-target-length")]
     pub max_target_length: Option<usize>,
     /// Rows per micro-batch (official: 1).
-    #[arg(long = "per_device_train_batch_size", visible_alias = "per-device-train-batch-size")]
+    #[arg(
+        long = "per_device_train_batch_size",
+        visible_alias = "per-device-train-batch-size"
+    )]
     pub per_device_train_batch_size: Option<usize>,
     /// Micro-batches per optimizer step (official: 16).
-    #[arg(long = "gradient_accumulation_steps", visible_alias = "gradient-accumulation-steps")]
+    #[arg(
+        long = "gradient_accumulation_steps",
+        visible_alias = "gradient-accumulation-steps"
+    )]
     pub gradient_accumulation_steps: Option<usize>,
     /// Optimizer steps (official: 3000).
     #[arg(long = "max_steps", visible_alias = "max-steps")]
@@ -74,7 +84,10 @@ pub struct Args {
     #[arg(long = "output_dir", visible_alias = "output-dir")]
     pub output_dir: Option<PathBuf>,
     /// Resume from a checkpoint folder (`latest`: the newest under --output_dir).
-    #[arg(long = "resume_from_checkpoint", visible_alias = "resume-from-checkpoint")]
+    #[arg(
+        long = "resume_from_checkpoint",
+        visible_alias = "resume-from-checkpoint"
+    )]
     pub resume_from_checkpoint: Option<String>,
     /// AdamW weight decay (default 0).
     #[arg(long = "weight_decay", visible_alias = "weight-decay")]
@@ -109,9 +122,17 @@ pub struct Args {
     pub do_train: bool,
     #[arg(long = "overwrite_cache", alias = "overwrite-cache", hide = true)]
     pub overwrite_cache: bool,
-    #[arg(long = "predict_with_generate", alias = "predict-with-generate", hide = true)]
+    #[arg(
+        long = "predict_with_generate",
+        alias = "predict-with-generate",
+        hide = true
+    )]
     pub predict_with_generate: bool,
-    #[arg(long = "overwrite_output_dir", alias = "overwrite-output-dir", hide = true)]
+    #[arg(
+        long = "overwrite_output_dir",
+        alias = "overwrite-output-dir",
+        hide = true
+    )]
     pub overwrite_output_dir: bool,
     #[arg(long, hide = true)]
     pub fp16: bool,
@@ -127,7 +148,9 @@ fn parse_optim(s: &str) -> Result<AdamKind, String> {
     match s {
         "adamw_torch" | "adamw-torch" => Ok(AdamKind::Torch),
         "adamw_hf" | "adamw-hf" => Ok(AdamKind::Hf),
-        other => Err(format!("unknown optimizer {other:?} (adamw_torch or adamw_hf)")),
+        other => Err(format!(
+            "unknown optimizer {other:?} (adamw_torch or adamw_hf)"
+        )),
     }
 }
 
@@ -221,7 +244,11 @@ fn handle(bar: &ProgressBar, json: bool, event: TrainEvent) {
             } else {
                 bar.println(format!(
                     "step {:>6}  loss {:.4}  lr {:.3e}  grad_norm {:.4}  {:.0} tok/s",
-                    entry.step, entry.loss, entry.learning_rate, entry.grad_norm, entry.tokens_per_s
+                    entry.step,
+                    entry.loss,
+                    entry.learning_rate,
+                    entry.grad_norm,
+                    entry.tokens_per_s
                 ));
             }
         }
@@ -240,7 +267,9 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     };
     let cfg = file.merged(args.flags());
     if args.quantization_bit.is_some() {
-        tracing::warn!("--quantization_bit is ignored: training runs on the unquantized base model");
+        tracing::warn!(
+            "--quantization_bit is ignored: training runs on the unquantized base model"
+        );
     }
     let train_file = cfg
         .train_file

@@ -13,7 +13,12 @@ pub type History = Vec<(String, String)>;
 
 impl ChatGlm {
     /// Answers `query` after `history`; returns the response and the extended history.
-    pub fn chat(&self, query: &str, history: &[(String, String)], config: &GenerationConfig) -> Result<(String, History), EngineError> {
+    pub fn chat(
+        &self,
+        query: &str,
+        history: &[(String, String)],
+        config: &GenerationConfig,
+    ) -> Result<(String, History), EngineError> {
         self.stream_chat(query, history, config, |_| ControlFlow::Continue(()))
     }
 
@@ -50,7 +55,9 @@ impl ChatGlm {
         if ids.last().is_some_and(|t| stop_ids.contains(t)) {
             ids.pop();
         }
-        let text = tokenizer.decode(&ids, false).map_err(|e| EngineError::Input(e.to_string()))?;
+        let text = tokenizer
+            .decode(&ids, false)
+            .map_err(|e| EngineError::Input(e.to_string()))?;
         let response = tokenizer.process_response(&text);
         let mut history = history.to_vec();
         history.push((query.to_string(), response.clone()));

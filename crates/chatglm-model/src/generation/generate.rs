@@ -43,7 +43,11 @@ pub trait Decoder {
     fn vocab_size(&self) -> usize;
     /// Runs the prompts (unpadded; they are left-padded internally), reserving room for
     /// `max_new_tokens` more; returns the last-position logits of each row.
-    fn prefill(&mut self, prompts: &[Vec<u32>], max_new_tokens: usize) -> Result<Vec<Vec<f32>>, GenerateError>;
+    fn prefill(
+        &mut self,
+        prompts: &[Vec<u32>],
+        max_new_tokens: usize,
+    ) -> Result<Vec<Vec<f32>>, GenerateError>;
     /// Feeds one token per row; returns each row's next logits.
     fn step(&mut self, tokens: &[u32]) -> Result<Vec<Vec<f32>>, GenerateError>;
 }
@@ -66,14 +70,22 @@ pub struct GenerationConfig {
 impl Default for GenerationConfig {
     /// The original `chat()` defaults: max_length 2048, sampling (top_p 0.7, temperature 0.95).
     fn default() -> Self {
-        Self { max_new_tokens: None, max_length: 2048, sampling: SamplingConfig::default(), seed: None, stop_ids: Vec::new() }
+        Self {
+            max_new_tokens: None,
+            max_length: 2048,
+            sampling: SamplingConfig::default(),
+            seed: None,
+            stop_ids: Vec::new(),
+        }
     }
 }
 
 impl GenerationConfig {
     /// New-token budget for a padded prompt width (at least one token, as transformers).
     pub fn budget(&self, prompt_width: usize) -> usize {
-        self.max_new_tokens.unwrap_or_else(|| self.max_length.saturating_sub(prompt_width)).max(1)
+        self.max_new_tokens
+            .unwrap_or_else(|| self.max_length.saturating_sub(prompt_width))
+            .max(1)
     }
 }
 
@@ -129,7 +141,10 @@ pub fn generate<D: Decoder + ?Sized>(
     let budget = config.budget(width);
     let mut processor = LogitsProcessor::new(config.sampling.clone(), config.seed);
     let mut history: Vec<Vec<u32>> = prompts.to_vec();
-    let mut out = GenerationOutput { ids: vec![Vec::new(); prompts.len()], finish: vec![FinishReason::Length; prompts.len()] };
+    let mut out = GenerationOutput {
+        ids: vec![Vec::new(); prompts.len()],
+        finish: vec![FinishReason::Length; prompts.len()],
+    };
     let mut done = vec![false; prompts.len()];
     let mut logits = decoder.prefill(prompts, budget)?;
     for step in 0..budget {
@@ -181,8 +196,21 @@ pub struct CachedDecoder<'m, B: Backend> {
 
 impl<'m, B: Backend> CachedDecoder<'m, B> {
     /// A decoder over `model`, with an optional prefix (built for the batch size it will get).
-    pub fn new(model: &'m GlmModel<B>, prefix: Option<&'m PrefixKv<B>>, special: SpecialIds, pad_id: u32, device: &B::Device) -> Self {
-        Self { model, prefix, special, pad_id, device: device.clone(), state: None }
+    pub fn new(
+        model: &'m GlmModel<B>,
+        prefix: Option<&'m PrefixKv<B>>,
+        special: SpecialIds,
+        pad_id: u32,
+        device: &B::Device,
+    ) -> Self {
+        Self {
+            model,
+            prefix,
+            special,
+            pad_id,
+            device: device.clone(),
+            state: None,
+        }
     }
 }
 
@@ -190,8 +218,12 @@ impl<'m, B: Backend> CachedDecoder<'m, B> {
 pub fn logits_rows<B: Backend>(logits: Tensor<B, 3>) -> Result<Vec<Vec<f32>>, GenerateError> {
     let [b, s, v] = logits.dims();
     let data = logits.into_data().convert_dtype(DType::F32);
-    let flat: Vec<f32> = data.into_vec().map_err(|e| GenerateError::Device(format!("{e:?}")))?;
-    Ok((0..b * s).map(|r| flat[r * v..(r + 1) * v].to_vec()).collect())
+    let flat: Vec<f32> = data
+        .into_vec()
+        .map_err(|e| GenerateError::Device(format!("{e:?}")))?;
+    Ok((0..b * s)
+        .map(|r| flat[r * v..(r + 1) * v].to_vec())
+        .collect())
 }
 
 impl<B: Backend> Decoder for CachedDecoder<'_, B> {
@@ -199,11 +231,20 @@ impl<B: Backend> Decoder for CachedDecoder<'_, B> {
         self.model.vocab_size()
     }
 
-    fn prefill(&mut self, prompts: &[Vec<u32>], max_new_tokens: usize) -> Result<Vec<Vec<f32>>, GenerateError> {
+    fn prefill(
+        &mut self,
+        prompts: &[Vec<u32>],
+        max_new_tokens: usize,
+    ) -> Result<Vec<Vec<f32>>, GenerateError> {
         let layout = BatchLayout::new(prompts, self.special);
-        let prefix_len = self.prefix.and_then(|p| p.first()).map_or(0, |(k, _)| k.dims()[2]);
+        let prefix_len = self
+            .prefix
+            .and_then(|p| p.first())
+            .map_or(0, |(k, _)| k.dims()[2]);
         let needed = prefix_len + layout.width + max_new_tokens;
-        let mut cache = self.model.new_cache(prompts.len(), needed, self.prefix, &self.device);
+        let mut cache = self
+            .model
+            .new_cache(prompts.len(), needed, self.prefix, &self.device);
         let keys = cache.capacity;
         let inputs = ForwardInputs::new(
             &layout.padded_ids(prompts, self.pad_id),
@@ -221,7 +262,10 @@ impl<B: Backend> Decoder for CachedDecoder<'_, B> {
     }
 
     fn step(&mut self, tokens: &[u32]) -> Result<Vec<Vec<f32>>, GenerateError> {
-        let (layout, cache, step) = self.state.as_mut().ok_or(GenerateError::State("step before prefill"))?;
+        let (layout, cache, step) = self
+            .state
+            .as_mut()
+            .ok_or(GenerateError::State("step before prefill"))?;
         if cache.remaining() == 0 {
             return Err(GenerateError::State("KV cache full"));
         }
@@ -269,7 +313,11 @@ mod tests {
         fn vocab_size(&self) -> usize {
             10
         }
-        fn prefill(&mut self, _prompts: &[Vec<u32>], _max: usize) -> Result<Vec<Vec<f32>>, GenerateError> {
+        fn prefill(
+            &mut self,
+            _prompts: &[Vec<u32>],
+            _max: usize,
+        ) -> Result<Vec<Vec<f32>>, GenerateError> {
             Ok(self.logits())
         }
         fn step(&mut self, tokens: &[u32]) -> Result<Vec<Vec<f32>>, GenerateError> {
@@ -280,13 +328,29 @@ mod tests {
     }
 
     fn greedy(max_new: Option<usize>, max_length: usize, stop: Vec<u32>) -> GenerationConfig {
-        GenerationConfig { max_new_tokens: max_new, max_length, sampling: SamplingConfig::greedy(), seed: None, stop_ids: stop }
+        GenerationConfig {
+            max_new_tokens: max_new,
+            max_length,
+            sampling: SamplingConfig::greedy(),
+            seed: None,
+            stop_ids: stop,
+        }
     }
 
     #[test]
     fn stop_ids_end_rows_independently() {
-        let mut d = Scripted { script: vec![vec![1, 9, 2, 2], vec![3, 4, 5, 6]], step: 0, fed: vec![] };
-        let out = generate(&mut d, &[vec![1], vec![1, 2]], &greedy(Some(4), 0, vec![9]), |_| ControlFlow::Continue(())).unwrap();
+        let mut d = Scripted {
+            script: vec![vec![1, 9, 2, 2], vec![3, 4, 5, 6]],
+            step: 0,
+            fed: vec![],
+        };
+        let out = generate(
+            &mut d,
+            &[vec![1], vec![1, 2]],
+            &greedy(Some(4), 0, vec![9]),
+            |_| ControlFlow::Continue(()),
+        )
+        .unwrap();
         assert_eq!(out.ids, vec![vec![1, 9], vec![3, 4, 5, 6]]);
         assert_eq!(out.finish, vec![FinishReason::Stop, FinishReason::Length]);
         // A finished row keeps being fed its last token while the other row runs on.
@@ -295,14 +359,29 @@ mod tests {
 
     #[test]
     fn max_length_counts_the_padded_prompt_and_cancel_stops() {
-        let mut d = Scripted { script: vec![vec![1, 2, 3, 4, 5, 6]], step: 0, fed: vec![] };
-        let out = generate(&mut d, &[vec![1, 1, 1]], &greedy(None, 5, vec![]), |_| ControlFlow::Continue(())).unwrap();
+        let mut d = Scripted {
+            script: vec![vec![1, 2, 3, 4, 5, 6]],
+            step: 0,
+            fed: vec![],
+        };
+        let out = generate(&mut d, &[vec![1, 1, 1]], &greedy(None, 5, vec![]), |_| {
+            ControlFlow::Continue(())
+        })
+        .unwrap();
         assert_eq!(out.ids[0], vec![1, 2]);
-        let mut d = Scripted { script: vec![vec![1, 2, 3, 4, 5, 6]], step: 0, fed: vec![] };
+        let mut d = Scripted {
+            script: vec![vec![1, 2, 3, 4, 5, 6]],
+            step: 0,
+            fed: vec![],
+        };
         let mut n = 0;
         let out = generate(&mut d, &[vec![1]], &greedy(Some(6), 0, vec![]), |_| {
             n += 1;
-            if n == 3 { ControlFlow::Break(()) } else { ControlFlow::Continue(()) }
+            if n == 3 {
+                ControlFlow::Break(())
+            } else {
+                ControlFlow::Continue(())
+            }
         })
         .unwrap();
         assert_eq!(out.ids[0], vec![1, 2, 3]);
@@ -311,9 +390,16 @@ mod tests {
 
     #[test]
     fn bad_prompts_are_refused() {
-        let mut d = Scripted { script: vec![vec![1]], step: 0, fed: vec![] };
+        let mut d = Scripted {
+            script: vec![vec![1]],
+            step: 0,
+            fed: vec![],
+        };
         let cfg = greedy(Some(1), 0, vec![]);
-        assert!(matches!(generate(&mut d, &[vec![]], &cfg, |_| ControlFlow::Continue(())), Err(GenerateError::EmptyPrompt(0))));
+        assert!(matches!(
+            generate(&mut d, &[vec![]], &cfg, |_| ControlFlow::Continue(())),
+            Err(GenerateError::EmptyPrompt(0))
+        ));
         assert!(matches!(
             generate(&mut d, &[vec![10]], &cfg, |_| ControlFlow::Continue(())),
             Err(GenerateError::BadToken { id: 10, .. })

@@ -27,14 +27,26 @@ impl Default for SamplingConfig {
     /// The defaults of the original `chat()`: sampling with top_p 0.7, temperature 0.95, and
     /// transformers' default top_k 50.
     fn default() -> Self {
-        Self { do_sample: true, temperature: 0.95, top_p: 0.7, top_k: 50, repetition_penalty: 1.0 }
+        Self {
+            do_sample: true,
+            temperature: 0.95,
+            top_p: 0.7,
+            top_k: 50,
+            repetition_penalty: 1.0,
+        }
     }
 }
 
 impl SamplingConfig {
     /// Argmax decoding.
     pub fn greedy() -> Self {
-        Self { do_sample: false, temperature: 1.0, top_p: 1.0, top_k: 0, repetition_penalty: 1.0 }
+        Self {
+            do_sample: false,
+            temperature: 1.0,
+            top_p: 1.0,
+            top_k: 0,
+            repetition_penalty: 1.0,
+        }
     }
 }
 
@@ -133,7 +145,10 @@ pub fn top_k_filter(logits: &mut [f32], k: usize) {
     let mut sorted: Vec<f32> = logits.to_vec();
     sorted.sort_by(|a, b| b.total_cmp(a));
     let kth = sorted[k - 1];
-    logits.iter_mut().filter(|v| **v < kth).for_each(|v| *v = f32::NEG_INFINITY);
+    logits
+        .iter_mut()
+        .filter(|v| **v < kth)
+        .for_each(|v| *v = f32::NEG_INFINITY);
 }
 
 /// HF `TopPLogitsWarper`: sort ascending, drop tokens whose cumulative probability is at most
@@ -223,11 +238,19 @@ mod tests {
 
     #[test]
     fn seeded_sampling_is_reproducible_and_respects_filters() {
-        let cfg = SamplingConfig { do_sample: true, temperature: 1.0, top_p: 1.0, top_k: 2, repetition_penalty: 1.0 };
+        let cfg = SamplingConfig {
+            do_sample: true,
+            temperature: 1.0,
+            top_p: 1.0,
+            top_k: 2,
+            repetition_penalty: 1.0,
+        };
         let logits = vec![0.0, 1.0, 1.2, -1.0, 0.5];
         let run = |seed| {
             let mut p = LogitsProcessor::new(cfg.clone(), Some(seed));
-            (0..50).map(|_| p.next_token(&mut logits.clone(), &[])).collect::<Vec<u32>>()
+            (0..50)
+                .map(|_| p.next_token(&mut logits.clone(), &[]))
+                .collect::<Vec<u32>>()
         };
         let a = run(7);
         assert_eq!(a, run(7));

@@ -11,7 +11,9 @@ use super::linear::Linear;
 use super::rotary::Rope;
 use crate::kv_cache::LayerKv;
 
-/// Value the original writes into masked attention scores (before the layer coefficient).
+/// Value the original writes into masked attention scores. (The original also divides scores by
+/// `layer_id + 1` before the float16 matmul and multiplies back in float32 before the softmax:
+/// an fp16 overflow guard that cancels out mathematically, left out here.)
 pub const MASK_VALUE: f32 = -10000.0;
 
 /// Where the keys and values of one attention call come from.
@@ -40,9 +42,6 @@ pub struct Attention<B: Backend> {
     pub dense: Linear<B>,
     /// Number of heads.
     pub num_heads: usize,
-    /// The original's `layer_id + 1`: scores are computed divided by it and multiplied back after
-    /// subtracting the row maximum, which keeps float16 from overflowing.
-    pub coeff: usize,
 }
 
 impl<B: Backend> Attention<B> {
@@ -52,24 +51,35 @@ impl<B: Backend> Attention<B> {
     /// - `x`: `[batch, seq, hidden]`
     /// - `mask`: additive, `[batch, 1, seq, keys]` (0 visible, [`MASK_VALUE`] hidden)
     /// - output: `[batch, seq, hidden]`
-    pub fn forward(&self, x: Tensor<B, 3>, rope: &Rope<B>, mask: Tensor<B, 4>, kv: KvInput<'_, B>) -> Tensor<B, 3> {
+    pub fn forward(
+        &self,
+        x: Tensor<B, 3>,
+        rope: &Rope<B>,
+        mask: Tensor<B, 4>,
+        kv: KvInput<'_, B>,
+    ) -> Tensor<B, 3> {
         let [b, s, hidden] = x.dims();
         let nh = self.num_heads;
         let hd = hidden / nh;
-        let mixed = self.query_key_value.forward(x).reshape([b, s, nh, 3 * hd]).swap_dims(1, 2);
-        let q = rope.apply(mixed.clone().narrow(3, 0, hd));
-        let k = rope.apply(mixed.clone().narrow(3, hd, hd));
+        let mixed = self
+            .query_key_value
+            .forward(x)
+            .reshape([b, s, nh, 3 * hd])
+            .swap_dims(1, 2);
+        // q arrives scaled by 1/sqrt(head_dim) from the rotary tables.
+        let qk = rope.apply(mixed.clone().narrow(3, 0, 2 * hd));
+        let q = qk.clone().narrow(3, 0, hd);
+        let k = qk.narrow(3, hd, hd);
         let v = mixed.narrow(3, 2 * hd, hd);
         let (keys, values) = match kv {
             KvInput::Fresh(None) => (k, v),
-            KvInput::Fresh(Some((pk, pv))) => (Tensor::cat(vec![pk, k], 2), Tensor::cat(vec![pv, v], 2)),
+            KvInput::Fresh(Some((pk, pv))) => {
+                (Tensor::cat(vec![pk, k], 2), Tensor::cat(vec![pv, v], 2))
+            }
             KvInput::Cache { layer, offset } => layer.write(offset, k, v),
         };
-        let coeff = self.coeff as f64;
-        let q = q * (1.0 / ((hd as f64).sqrt() * coeff));
         let scores = q.matmul(keys.swap_dims(2, 3)) + mask;
-        let max = scores.clone().max_dim(3);
-        let probs = softmax((scores - max) * coeff, 3);
+        let probs = softmax(scores, 3);
         let ctx = probs.matmul(values).swap_dims(1, 2).reshape([b, s, hidden]);
         self.dense.forward(ctx)
     }

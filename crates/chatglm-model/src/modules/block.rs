@@ -30,7 +30,13 @@ impl<B: Backend> Block<B> {
     /// # Shapes
     /// - `x`: `[batch, seq, hidden]` -> same
     /// - `mask`: `[batch, 1, seq, keys]`
-    pub fn forward(&self, x: Tensor<B, 3>, rope: &Rope<B>, mask: Tensor<B, 4>, kv: KvInput<'_, B>) -> Tensor<B, 3> {
+    pub fn forward(
+        &self,
+        x: Tensor<B, 3>,
+        rope: &Rope<B>,
+        mask: Tensor<B, 4>,
+        kv: KvInput<'_, B>,
+    ) -> Tensor<B, 3> {
         let a = self.input_layernorm.forward(x);
         let attn = self.attention.forward(a.clone(), rope, mask, kv);
         let h = a * self.alpha + attn;

@@ -18,7 +18,11 @@ pub struct LayerNorm<B: Backend> {
 impl<B: Backend> LayerNorm<B> {
     /// Builds the layer from its tensors.
     pub fn new(weight: Tensor<B, 1>, bias: Tensor<B, 1>, eps: f64) -> Self {
-        Self { weight: Param::from_tensor(weight), bias: Param::from_tensor(bias), eps }
+        Self {
+            weight: Param::from_tensor(weight),
+            bias: Param::from_tensor(bias),
+            eps,
+        }
     }
 
     /// Normalises the last dimension.

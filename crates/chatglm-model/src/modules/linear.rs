@@ -20,7 +20,10 @@ pub struct Linear<B: Backend> {
 impl<B: Backend> Linear<B> {
     /// Builds a layer from its tensors.
     pub fn new(weight: Tensor<B, 2>, bias: Option<Tensor<B, 1>>) -> Self {
-        Self { weight: Param::from_tensor(weight), bias: bias.map(Param::from_tensor) }
+        Self {
+            weight: Param::from_tensor(weight),
+            bias: bias.map(Param::from_tensor),
+        }
     }
 
     /// Output features.
@@ -58,7 +61,9 @@ pub struct Embedding<B: Backend> {
 impl<B: Backend> Embedding<B> {
     /// Builds the embedding from its table.
     pub fn new(weight: Tensor<B, 2>) -> Self {
-        Self { weight: Param::from_tensor(weight) }
+        Self {
+            weight: Param::from_tensor(weight),
+        }
     }
 
     /// Looks ids up.
@@ -79,6 +84,8 @@ impl<B: Backend> Embedding<B> {
     pub fn attend(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
         let [b, s, h] = x.dims();
         let vocab = self.weight.shape().as_slice()[0];
-        x.reshape([b * s, h]).matmul(self.weight.val().transpose()).reshape([b, s, vocab])
+        x.reshape([b * s, h])
+            .matmul(self.weight.val().transpose())
+            .reshape([b, s, vocab])
     }
 }

@@ -30,6 +30,7 @@ impl<B: Backend> Mlp<B> {
     /// # Shapes
     /// - `x`: `[batch, seq, hidden]` -> same
     pub fn forward(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
-        self.dense_4h_to_h.forward(gelu_tanh(self.dense_h_to_4h.forward(x)))
+        self.dense_4h_to_h
+            .forward(gelu_tanh(self.dense_h_to_4h.forward(x)))
     }
 }

@@ -21,12 +21,14 @@ pub fn inv_freq(rot_dim: usize) -> Vec<f32> {
         .collect()
 }
 
-/// Cos and sin tables for one batch of positions, laid out for [`Rope::apply`].
+/// Cos and sin tables for one batch of positions, laid out for [`Rope::apply`] on q and k
+/// together (`[q | k]`, `2 * head_dim` wide). The query half is pre-multiplied by
+/// `1 / sqrt(head_dim)`, the attention scale, which saves an operation per layer.
 #[derive(Debug, Clone)]
 pub struct Rope<B: Backend> {
-    /// `[batch, 1, seq, head_dim]`.
+    /// `[batch, 1, seq, 2 * head_dim]`.
     pub cos: Tensor<B, 4>,
-    /// `[batch, 1, seq, head_dim]`, with the rotate-half sign folded in.
+    /// `[batch, 1, seq, 2 * head_dim]`, with the rotate-half sign folded in.
     pub sin: Tensor<B, 4>,
 }
 
@@ -34,25 +36,37 @@ impl<B: Backend> Rope<B> {
     /// Builds the tables for `positions` (2D ids per token).
     pub fn new(positions: &PositionIds, head_dim: usize, device: &B::Device) -> Self {
         let (cos, sin) = host_tables(positions, head_dim);
-        let shape = [positions.batch, 1, positions.seq, head_dim];
+        let scale = 1.0 / (head_dim as f32).sqrt();
+        let n = positions.batch * positions.seq;
+        let mut cos_qk = Vec::with_capacity(2 * cos.len());
+        let mut sin_qk = Vec::with_capacity(2 * sin.len());
+        for t in 0..n {
+            let row = t * head_dim..(t + 1) * head_dim;
+            cos_qk.extend(cos[row.clone()].iter().map(|v| v * scale));
+            cos_qk.extend_from_slice(&cos[row.clone()]);
+            sin_qk.extend(sin[row.clone()].iter().map(|v| v * scale));
+            sin_qk.extend_from_slice(&sin[row]);
+        }
+        let shape = [positions.batch, 1, positions.seq, 2 * head_dim];
         Self {
-            cos: Tensor::from_data(TensorData::new(cos, shape), device),
-            sin: Tensor::from_data(TensorData::new(sin, shape), device),
+            cos: Tensor::from_data(TensorData::new(cos_qk, shape), device),
+            sin: Tensor::from_data(TensorData::new(sin_qk, shape), device),
         }
     }
 
-    /// Rotates q or k.
+    /// Rotates q and k (concatenated on the last dimension) and scales q by `1/sqrt(head_dim)`.
     ///
     /// # Shapes
-    /// - `x`: `[batch, heads, seq, head_dim]` -> same
-    pub fn apply(&self, x: Tensor<B, 4>) -> Tensor<B, 4> {
-        let [b, h, s, d] = x.dims();
-        let q = d / 4;
-        let parts: Tensor<B, 6> = x.clone().reshape([b, h, s, 2, 2, q]);
-        let first = parts.clone().narrow(4, 0, 1);
-        let second = parts.narrow(4, 1, 1);
-        let swapped: Tensor<B, 4> = Tensor::cat(vec![second, first], 4).reshape([b, h, s, d]);
-        x * self.cos.clone() + swapped * self.sin.clone()
+    /// - `qk`: `[batch, heads, seq, 2 * head_dim]` -> same
+    pub fn apply(&self, qk: Tensor<B, 4>) -> Tensor<B, 4> {
+        let [b, h, s, d] = qk.dims();
+        // Each rotary half of q and k is [x1 | x2]; rotate-half needs [x2 | x1] (signs are in sin).
+        let swapped: Tensor<B, 4> = qk
+            .clone()
+            .reshape([b * h * s, 4, 2, d / 8])
+            .flip([2])
+            .reshape([b, h, s, d]);
+        qk * self.cos.clone() + swapped * self.sin.clone()
     }
 }
 

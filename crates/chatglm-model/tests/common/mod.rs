@@ -14,7 +14,9 @@ pub type Cpu = burn::backend::NdArray<f32>;
 
 /// `tests/fixtures/<rel>`.
 pub fn fixture(rel: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(rel)
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures")
+        .join(rel)
 }
 
 /// True when the parity tests should also run on CUDA.
@@ -49,7 +51,11 @@ pub fn reference(key: &str) -> (Vec<f32>, Vec<usize>) {
 
 /// Ids of a JSON array.
 pub fn ids(v: &serde_json::Value) -> Vec<u32> {
-    v.as_array().unwrap().iter().map(|x| x.as_u64().unwrap() as u32).collect()
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_u64().unwrap() as u32)
+        .collect()
 }
 
 /// Loads a model folder onto `device`.
@@ -72,13 +78,21 @@ pub fn prefix_dir(variant: &str) -> Option<PathBuf> {
 }
 
 /// Loads a variant's prefix encoder.
-pub fn load_prefix<B: Backend>(variant: &str, cfg: &GlmConfig, device: &B::Device) -> Option<PrefixEncoder<B>> {
+pub fn load_prefix<B: Backend>(
+    variant: &str,
+    cfg: &GlmConfig,
+    device: &B::Device,
+) -> Option<PrefixEncoder<B>> {
     prefix_dir(variant).map(|p| PrefixEncoder::load(&p, cfg, device).unwrap())
 }
 
 /// Special ids of a config.
 pub fn special(cfg: &GlmConfig) -> SpecialIds {
-    SpecialIds { bos: cfg.bos_token_id, mask: cfg.mask_token_id, gmask: cfg.gmask_token_id }
+    SpecialIds {
+        bos: cfg.bos_token_id,
+        mask: cfg.mask_token_id,
+        gmask: cfg.gmask_token_id,
+    }
 }
 
 /// Full logits `[seq * vocab]` of an uncached forward over one sequence.
@@ -91,7 +105,14 @@ pub fn full_logits<B: Backend>(
 ) -> Vec<f32> {
     let kv = prefix.map(|p| p.forward(1));
     let p = prefix.map_or(0, |p| p.pre_seq_len);
-    let inputs = ForwardInputs::<B>::for_sequences(&[ids.to_vec()], special(cfg), cfg.pad_token_id, p, model.head_dim(), device);
+    let inputs = ForwardInputs::<B>::for_sequences(
+        &[ids.to_vec()],
+        special(cfg),
+        cfg.pad_token_id,
+        p,
+        model.head_dim(),
+        device,
+    );
     to_vec(model.forward(&inputs, kv.as_ref()))
 }
 
@@ -111,7 +132,12 @@ pub fn assert_close(a: &[f32], b: &[f32], tol: f32, what: &str) {
             at = i;
         }
     }
-    assert!(worst <= tol, "{what}: max |diff| {worst} at {at} ({} vs {}) > {tol}", a[at], b[at]);
+    assert!(
+        worst <= tol,
+        "{what}: max |diff| {worst} at {at} ({} vs {}) > {tol}",
+        a[at],
+        b[at]
+    );
 }
 
 /// Writes a small random ChatGLM-6B folder whose vocabulary matches the v1 stand-in tokenizer
@@ -131,16 +157,21 @@ pub fn random_chat_model(dir: &std::path::Path, seed: u64) {
     for f in ["ice_text.model", "tokenizer_config.json"] {
         std::fs::copy(fixture(&format!("tokenizer-v1/{f}")), dir.join(f)).unwrap();
     }
-    let mut state = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+    let mut state = seed
+        .wrapping_mul(6364136223846793005)
+        .wrapping_add(1442695040888963407);
     let mut rand = |n: usize, scale: f32| -> Vec<f32> {
         (0..n)
             .map(|_| {
-                state = state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+                state = state
+                    .wrapping_mul(6364136223846793005)
+                    .wrapping_add(1442695040888963407);
                 ((state >> 40) as f32 / (1u64 << 24) as f32 * 2.0 - 1.0) * scale
             })
             .collect()
     };
-    let mut shapes: Vec<(String, Vec<usize>)> = vec![("transformer.word_embeddings.weight".into(), vec![vocab, h])];
+    let mut shapes: Vec<(String, Vec<usize>)> =
+        vec![("transformer.word_embeddings.weight".into(), vec![vocab, h])];
     for i in 0..layers {
         let p = format!("transformer.layers.{i}");
         for (name, shape) in [
@@ -166,8 +197,15 @@ pub fn random_chat_model(dir: &std::path::Path, seed: u64) {
         .into_iter()
         .map(|(name, shape)| {
             let n: usize = shape.iter().product();
-            let values = if name.contains("layernorm.weight") { vec![1.0; n] } else { rand(n, 0.5) };
-            (name, TensorView::from_f32(Dtype::F32, shape, &values).unwrap())
+            let values = if name.contains("layernorm.weight") {
+                vec![1.0; n]
+            } else {
+                rand(n, 0.5)
+            };
+            (
+                name,
+                TensorView::from_f32(Dtype::F32, shape, &values).unwrap(),
+            )
         })
         .collect();
     save_safetensors(dir.join("model.safetensors"), &tensors, None).unwrap();

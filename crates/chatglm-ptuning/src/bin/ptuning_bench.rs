@@ -79,7 +79,12 @@ fn memory_sampler(stop: Arc<AtomicBool>, peak: Arc<AtomicU64>) -> std::thread::J
     std::thread::spawn(move || {
         while !stop.load(Ordering::Relaxed) {
             if let Ok(out) = std::process::Command::new("nvidia-smi")
-                .args(["--query-gpu=memory.used", "--format=csv,noheader,nounits", "-i", "0"])
+                .args([
+                    "--query-gpu=memory.used",
+                    "--format=csv,noheader,nounits",
+                    "-i",
+                    "0",
+                ])
                 .output()
                 && let Ok(s) = String::from_utf8(out.stdout)
                 && let Ok(v) = s.trim().lines().next().unwrap_or("").trim().parse::<u64>()
@@ -110,7 +115,9 @@ fn features(o: &Opts) -> Vec<TrainFeature> {
     let ctx = o.seq / 2 - 1;
     (0..o.batch)
         .map(|r| {
-            let mut ids: Vec<u32> = (0..ctx).map(|i| 100 + ((r * 7919 + i * 31) % 60000) as u32).collect();
+            let mut ids: Vec<u32> = (0..ctx)
+                .map(|i| 100 + ((r * 7919 + i * 31) % 60000) as u32)
+                .collect();
             ids.extend([130001, 130004]);
             while ids.len() < o.seq - 1 {
                 ids.push(100 + ((ids.len() * 131 + r) % 60000) as u32);
@@ -118,19 +125,29 @@ fn features(o: &Opts) -> Vec<TrainFeature> {
             ids.push(130005);
             let mut labels = vec![-100i64; ctx + 1];
             labels.extend(ids[ctx + 1..].iter().map(|&t| i64::from(t)));
-            TrainFeature { input_ids: ids, labels, context_length: ctx + 1, length: o.seq }
+            TrainFeature {
+                input_ids: ids,
+                labels,
+                context_length: ctx + 1,
+                length: o.seq,
+            }
         })
         .collect()
 }
 
 fn bench<B: AutodiffBackend>(o: &Opts, device: B::Device) -> Result<serde_json::Value, String> {
     let cfg = config(o)?;
-    let model: GlmModel<B> =
-        freeze(GlmModel::build(&cfg, &mut RandomSource::new(&device, 0.02)).map_err(|e| e.to_string())?);
+    let model: GlmModel<B> = freeze(
+        GlmModel::build(&cfg, &mut RandomSource::new(&device, 0.02)).map_err(|e| e.to_string())?,
+    );
     let base = Base {
         model: &model,
         config_json: serde_json::json!({"model_type": "chatglm"}),
-        special: SpecialIds { bos: 130004, mask: 130000, gmask: 130001 },
+        special: SpecialIds {
+            bos: 130004,
+            mask: 130000,
+            gmask: 130001,
+        },
         pad: 3,
     };
     let opts = TrainOptions {
@@ -151,7 +168,10 @@ fn bench<B: AutodiffBackend>(o: &Opts, device: B::Device) -> Result<serde_json::
     train(&base, &feats, &opts, out.path(), None, &device, &mut |e| {
         if let TrainEvent::Step { step, loss } = e {
             let now = Instant::now();
-            eprintln!("step {step}: loss {loss:.4} ({:.3}s)", (now - last).as_secs_f64());
+            eprintln!(
+                "step {step}: loss {loss:.4} ({:.3}s)",
+                (now - last).as_secs_f64()
+            );
             if step > warmup {
                 step_times.push((now - last).as_secs_f64());
             }
@@ -217,7 +237,10 @@ fn run(o: &Opts) -> Result<serde_json::Value, String> {
         #[cfg(feature = "cuda")]
         d if d.starts_with("cuda") => {
             use burn::backend::Cuda;
-            let idx = d.strip_prefix("cuda:").and_then(|s| s.parse().ok()).unwrap_or(0);
+            let idx = d
+                .strip_prefix("cuda:")
+                .and_then(|s| s.parse().ok())
+                .unwrap_or(0);
             let dev = burn::backend::cuda::CudaDevice::new(idx);
             macro_rules! go {
                 ($f:ty) => {

@@ -46,18 +46,19 @@ pub(crate) fn encode(model: &SentencePiece, text: &str, out: &mut Vec<(usize, us
                     return;
                 }
                 let target = &mut best[starts_at + length];
-                // User-defined symbols get a bonus so they are always chosen. SentencePiece sums
-                // these scores in double precision and stores the best one as a float.
-                let score: f64 = if kind == PieceType::UserDefined {
-                    f64::from(length as f32 * model.max_score) - 0.1
+                // User-defined symbols get a bonus so they are always chosen. Path scores are
+                // single precision: the released library (0.2.x wheels) compares float sums, which
+                // decides ties such as `.` + `...` against `...` + `.`.
+                let score: f32 = if kind == PieceType::UserDefined {
+                    (f64::from(length as f32 * model.max_score) - 0.1) as f32
                 } else {
-                    f64::from(model.score(id))
+                    model.score(id)
                 };
-                let candidate = score + f64::from(till_here);
-                if target.starts_at == UNSET || candidate > f64::from(target.score) {
+                let candidate = score + till_here;
+                if target.starts_at == UNSET || candidate > target.score {
                     *target = BestPath {
                         id,
-                        score: candidate as f32,
+                        score: candidate,
                         starts_at,
                     };
                 }
