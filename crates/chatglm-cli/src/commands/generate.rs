@@ -10,9 +10,10 @@ use chatglm::model::{ChatGlm, ComputeDtype, DeviceSpec, GenerationConfig, Sampli
 /// The options every model subcommand shares.
 #[derive(Debug, clap::Args)]
 pub struct ModelOpts {
-    /// Model folder (config.json plus safetensors or PyTorch shards).
+    /// Model folder (config.json plus safetensors or PyTorch shards). Without it, the embedded
+    /// demo model (written once into the cache folder).
     #[arg(long)]
-    pub model: PathBuf,
+    pub model: Option<PathBuf>,
     /// P-Tuning v2 checkpoint folder (or file) to attach.
     #[arg(long)]
     pub prefix: Option<PathBuf>,
@@ -31,8 +32,13 @@ impl ModelOpts {
             DeviceSpec::Cpu => ComputeDtype::F32,
             DeviceSpec::Cuda(_) => ComputeDtype::F16,
         });
-        let mut engine = ChatGlm::load(&self.model, self.device, dtype)
-            .with_context(|| format!("loading {}", self.model.display()))?;
+        let dir = match &self.model {
+            Some(dir) => dir.clone(),
+            None => chatglm::ptuning::demo::demo_model_dir()
+                .context("writing the embedded demo model")?,
+        };
+        let mut engine = ChatGlm::load(&dir, self.device, dtype)
+            .with_context(|| format!("loading {}", dir.display()))?;
         if let Some(prefix) = &self.prefix {
             engine
                 .attach_prefix(prefix)
