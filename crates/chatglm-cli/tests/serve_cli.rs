@@ -13,18 +13,18 @@ fn chatglm() -> Command {
 
 /// Starts `chatglm serve --test-engine --port 0` and reads the bound address from stdout.
 fn start(data_dir: &Path, extra: &[&str]) -> (Child, SocketAddr) {
-    let mut child = chatglm()
-        .args([
-            "serve",
-            "--test-engine",
-            "--test-engine-delay-ms",
-            "5",
-            "--port",
-            "0",
-        ])
+    let mut cmd = chatglm();
+    cmd.args(["serve", "--test-engine", "--test-engine-delay-ms", "5"])
         .arg("--data-dir")
         .arg(data_dir)
-        .args(extra)
+        .args(extra);
+    spawn_server(cmd)
+}
+
+/// Runs `cmd` (a `chatglm serve --port 0 ...` command) and reads the bound address from stdout.
+fn spawn_server(mut cmd: Command) -> (Child, SocketAddr) {
+    let mut child = cmd
+        .args(["--port", "0"])
         .env_remove("CHATGLM_API_KEY")
         .env_remove("CHATGLM_HISTORY_DB")
         .stdout(Stdio::piped())
@@ -249,27 +249,10 @@ fn serve_requires_the_key_and_rejects_bad_flags() {
 #[test]
 fn serves_the_demo_model_without_a_model_flag() {
     let dir = tempfile::tempdir().unwrap();
-    let mut child = chatglm()
-        .args(["serve", "--port", "0", "--no-history"])
-        .env("CHATGLM_CACHE_DIR", dir.path())
-        .env_remove("CHATGLM_API_KEY")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("spawn chatglm serve");
-    let mut line = String::new();
-    let mut stdout = BufReader::new(child.stdout.take().unwrap());
-    stdout
-        .read_line(&mut line)
-        .expect("read the listening line");
-    std::thread::spawn(move || std::io::copy(&mut stdout, &mut std::io::sink()));
-    let addr: SocketAddr = line
-        .split("http://")
-        .nth(1)
-        .and_then(|rest| rest.split_whitespace().next())
-        .unwrap_or_else(|| panic!("no address in `{line}`"))
-        .parse()
-        .expect("socket address");
+    let mut cmd = chatglm();
+    cmd.args(["serve", "--no-history"])
+        .env("CHATGLM_CACHE_DIR", dir.path());
+    let (mut child, addr) = spawn_server(cmd);
 
     let (status, models) = http(addr, "GET", "/v1/models", None);
     assert_eq!(status, 200, "{models}");
