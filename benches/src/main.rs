@@ -12,7 +12,6 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use burn::tensor::backend::Backend;
 use chatglm_model::generation::generate::CachedDecoder;
 use chatglm_model::load::RandomSource;
 use chatglm_model::{
@@ -117,7 +116,7 @@ fn secs(d: Duration) -> f64 {
     d.as_secs_f64()
 }
 
-fn run<B: Backend>(opts: &Opts, device: B::Device) -> anyhow::Result<Value> {
+fn run<B: chatglm_model::KernelBackend>(opts: &Opts, device: B::Device) -> anyhow::Result<Value> {
     let mut cfg = GlmConfig::chatglm_6b();
     cfg.num_layers = opts.layers;
     if opts.shrink > 1 {

@@ -41,6 +41,8 @@ enum Command {
     Train(Box<commands::train::Args>),
     /// Generate for a test file and score BLEU-4 / ROUGE (official --do_predict outputs).
     Eval(Box<commands::eval::Args>),
+    /// Export a P-Tuning checkpoint to the official trainer's layout (pytorch_model.bin + config.json).
+    Export(commands::export::Args),
     /// The whole workflow with no download: convert, score, P-tune, score, answer.
     Demo(commands::demo::Args),
 }
@@ -66,6 +68,7 @@ fn main() -> std::process::ExitCode {
         Command::Chat(args) => commands::chat::run(args),
         Command::Train(args) => commands::train::run(*args),
         Command::Eval(args) => commands::eval::run(*args),
+        Command::Export(args) => commands::export::run(args),
         Command::Demo(args) => commands::demo::run(args),
     };
     match result {

@@ -247,3 +247,242 @@ fn shortened_demo_runs_the_whole_workflow() {
         assert!(out.join(d).join("predict_results.json").is_file());
     }
 }
+
+/// `(step, loss)` of the JSON log lines `chatglm train --json` prints.
+fn logged_losses(stdout: &str) -> Vec<(u64, f64)> {
+    stdout
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter_map(|v| Some((v["step"].as_u64()?, v["loss"].as_f64()?)))
+        .collect()
+}
+
+fn prefix_tensors(path: &Path) -> Vec<(String, Vec<f32>)> {
+    let ck = chatglm::checkpoint::Checkpoint::open(path).unwrap();
+    let mut names: Vec<String> = ck.names().iter().map(|n| n.to_string()).collect();
+    names.sort();
+    names
+        .into_iter()
+        .map(|n| {
+            let (values, _) = ck.to_f32(&n).unwrap();
+            (n, values)
+        })
+        .collect()
+}
+
+fn logits(prefix: Option<&Path>, out: &Path, cache: &Path) -> Vec<f32> {
+    let out_s = out.to_str().unwrap();
+    let mut args = vec![
+        "logits",
+        "--ids",
+        "1495,1598,1592,3001,3004",
+        "--out",
+        out_s,
+    ];
+    if let Some(p) = prefix {
+        args.extend(["--prefix", p.to_str().unwrap()]);
+    }
+    let (ok, _, stderr) = chatglm(&args, cache, &[]);
+    assert!(ok, "{stderr}");
+    let ck = chatglm::checkpoint::Checkpoint::open(out).unwrap();
+    ck.to_f32("logits").unwrap().0
+}
+
+#[test]
+fn export_to_the_official_layout_and_train_from_a_prefix_checkpoint() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cache = tmp.path().join("cache");
+    let data = tmp.path().join("train.json");
+    write_train_file(&data);
+    let train = |out: &Path, extra: &[&str]| -> (bool, String, String) {
+        // Kebab-case data flags (shared with eval), snake_case training flags.
+        let mut args: Vec<&str> = "train --prompt-column q --response-column a \
+             --max-source-length 16 --max-target-length 24 --per_device_train_batch_size 3 \
+             --gradient_accumulation_steps 1 --logging_steps 1 --json"
+            .split_whitespace()
+            .collect();
+        args.extend(["--train_file", data.to_str().unwrap()]);
+        args.extend(["--output_dir", out.to_str().unwrap()]);
+        args.extend_from_slice(extra);
+        chatglm(&args, &cache, &[])
+    };
+
+    // A short run from a random prefix.
+    let scratch = tmp.path().join("scratch");
+    let (ok, stdout, stderr) = train(
+        &scratch,
+        &[
+            "--pre_seq_len",
+            "4",
+            "--max_steps",
+            "4",
+            "--learning_rate",
+            "0.1",
+        ],
+    );
+    assert!(ok, "{stderr}");
+    let scratch_losses = logged_losses(&stdout);
+    assert_eq!(scratch_losses.len(), 4);
+    let ckpt = scratch.join("checkpoint-4");
+    let trained = prefix_tensors(&ckpt.join("model.safetensors"));
+
+    // Export it to the official layout.
+    let official = tmp.path().join("exported/official-ckpt");
+    let ckpt_s = ckpt.to_str().unwrap();
+    let official_s = official.to_str().unwrap();
+    let (ok, stdout, stderr) = chatglm(
+        &["export", "--checkpoint", ckpt_s, "--out", official_s],
+        &cache,
+        &[],
+    );
+    assert!(ok, "{stderr}");
+    let summary: serde_json::Value = serde_json::from_str(stdout.trim()).unwrap();
+    assert_eq!(summary["pre_seq_len"], 4);
+    assert_eq!(summary["prefix_projection"], false);
+    let mut files: Vec<String> = std::fs::read_dir(&official)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    files.sort();
+    assert_eq!(files, ["config.json", "pytorch_model.bin"]);
+    let bin = official.join("pytorch_model.bin");
+    assert_eq!(
+        &std::fs::read(&bin).unwrap()[..4],
+        b"PK\x03\x04",
+        "a torch.save zip"
+    );
+    let exported = prefix_tensors(&bin);
+    assert_eq!(
+        exported.iter().map(|(n, _)| n.as_str()).collect::<Vec<_>>(),
+        ["transformer.prefix_encoder.embedding.weight"]
+    );
+    assert_eq!(
+        exported, trained,
+        "the official file holds the same weights"
+    );
+    let config: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(official.join("config.json")).unwrap())
+            .unwrap();
+    assert_eq!(config["pre_seq_len"], 4);
+    assert_eq!(config["prefix_projection"], false);
+    assert_eq!(config["num_layers"], 2, "the base model's config is kept");
+    let leftovers = std::fs::read_dir(tmp.path().join("exported"))
+        .unwrap()
+        .count();
+    assert_eq!(leftovers, 1, "no temporary folder beside the export");
+
+    // The exported folder is the same prefix for the model: identical logits.
+    let with_ours = logits(Some(&ckpt), &tmp.path().join("a.safetensors"), &cache);
+    let with_official = logits(Some(&official), &tmp.path().join("b.safetensors"), &cache);
+    let without = logits(None, &tmp.path().join("c.safetensors"), &cache);
+    assert_eq!(with_ours, with_official);
+    assert_ne!(with_ours, without, "the prefix changes the logits");
+
+    // No silent overwrite; --force replaces; a training output folder gets a hint.
+    let (ok, _, stderr) = chatglm(
+        &["export", "--checkpoint", ckpt_s, "--out", official_s],
+        &cache,
+        &[],
+    );
+    assert!(!ok);
+    assert!(
+        stderr.contains("not empty") && stderr.contains("--force"),
+        "{stderr}"
+    );
+    let (ok, _, stderr) = chatglm(
+        &[
+            "export",
+            "--checkpoint",
+            ckpt_s,
+            "--out",
+            official_s,
+            "--force",
+        ],
+        &cache,
+        &[],
+    );
+    assert!(ok, "{stderr}");
+    let (ok, _, stderr) = chatglm(
+        &[
+            "export",
+            "--checkpoint",
+            scratch.to_str().unwrap(),
+            "--out",
+            tmp.path().join("x").to_str().unwrap(),
+        ],
+        &cache,
+        &[],
+    );
+    assert!(!ok);
+    assert!(stderr.contains("checkpoint-4"), "{stderr}");
+
+    // Training from the trained prefix (pre_seq_len taken from it), learning rate 0: step 1
+    // sees the same batch and dropout as the random start, with a lower loss, and the prefix
+    // stays the checkpoint's. A fresh run: its own log and step count.
+    let ckpt_arg = ckpt.to_str().unwrap();
+    let from_ours = tmp.path().join("from-ours");
+    let (ok, stdout, stderr) = train(
+        &from_ours,
+        &[
+            "--ptuning_checkpoint",
+            ckpt_arg,
+            "--max_steps",
+            "1",
+            "--learning_rate",
+            "0",
+        ],
+    );
+    assert!(ok, "{stderr}");
+    let from_losses = logged_losses(&stdout);
+    assert_eq!(from_losses.len(), 1);
+    assert!(
+        from_losses[0].1 < scratch_losses[0].1,
+        "step 1 from the checkpoint {from_losses:?} vs from scratch {scratch_losses:?}"
+    );
+    assert_eq!(
+        prefix_tensors(&from_ours.join("checkpoint-1/model.safetensors")),
+        trained
+    );
+    let state: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(from_ours.join("checkpoint-1/trainer_state.json")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(state["global_step"], 1);
+
+    // The official layout works the same (kebab-case flag).
+    let from_official = tmp.path().join("from-official");
+    let (ok, stdout, stderr) = train(
+        &from_official,
+        &[
+            "--ptuning-checkpoint",
+            official_s,
+            "--max_steps",
+            "1",
+            "--learning_rate",
+            "0",
+        ],
+    );
+    assert!(ok, "{stderr}");
+    assert_eq!(logged_losses(&stdout), from_losses);
+    assert_eq!(
+        prefix_tensors(&from_official.join("checkpoint-1/model.safetensors")),
+        trained
+    );
+
+    // Flags that contradict the checkpoint are refused, naming both.
+    let (ok, _, stderr) = train(
+        &tmp.path().join("bad"),
+        &["--ptuning_checkpoint", ckpt_arg, "--pre_seq_len", "8"],
+    );
+    assert!(!ok);
+    assert!(
+        stderr.contains("pre_seq_len = 8") && stderr.contains("checkpoint-4"),
+        "{stderr}"
+    );
+    let (ok, _, stderr) = train(
+        &tmp.path().join("bad"),
+        &["--ptuning_checkpoint", ckpt_arg, "--prefix_projection"],
+    );
+    assert!(!ok);
+    assert!(stderr.contains("prefix_projection = true"), "{stderr}");
+}

@@ -1,5 +1,5 @@
 //! Records back to a workbook: `export_xlsx` (header `Q`,`A`) and the chat history workbook in
-//! the study note's `T`,`Q`,`A` layout (`append_history`, `read_history`).
+//! the study note's `T`,`Q`,`A` layout (`read_history`, `append_history`, `write_history`).
 
 use std::path::Path;
 use std::sync::Mutex;
@@ -176,6 +176,29 @@ fn read_sheet(path: &Path) -> Result<(String, Vec<HistoryRow>)> {
     Ok((name, out))
 }
 
+/// The bytes of a `T`,`Q`,`A` history workbook holding `rows` on sheet `sheet`.
+fn history_bytes(path: &Path, sheet: &str, rows: &[HistoryRow]) -> Result<Vec<u8>> {
+    let cells: Vec<Vec<&str>> = rows
+        .iter()
+        .map(|r| vec![r.time.as_str(), r.prompt.as_str(), r.response.as_str()])
+        .collect();
+    build(path, sheet, &["T", "Q", "A"], &[20.0, 50.0, 80.0], &cells)
+}
+
+/// Writes `rows` as a new history workbook at `path` (sheet `sheet1`, header `T`,`Q`,`A`, every
+/// cell as text), replacing any file there. The file is written atomically (a temporary file
+/// beside it, renamed into place): a failure leaves the old file, or none, and no partial output.
+/// [`read_history`] reads the rows back unchanged.
+///
+/// # Errors
+/// [`Error::Export`] naming the 1-based row when a text is longer than a cell can hold (32,767
+/// characters) or there are more rows than a sheet can hold; [`Error::Io`] on write failure.
+pub fn write_history(path: &Path, rows: &[HistoryRow]) -> Result<()> {
+    let _guard = HISTORY_LOCK.lock().unwrap_or_else(|p| p.into_inner());
+    let bytes = history_bytes(path, DEFAULT_SHEET_NAME, rows)?;
+    write_atomic(path, &bytes)
+}
+
 /// Appends a `(time, question, answer)` row to the history workbook at `path`, creating it
 /// (header `T`,`Q`,`A`, sheet `sheet1`) when missing. Existing rows and the sheet name are kept
 /// (as text, in the `T`,`Q`,`A` columns); the file is rewritten atomically, and appends from
@@ -196,10 +219,6 @@ pub fn append_history(path: &Path, time: &str, prompt: &str, response: &str) -> 
         prompt: prompt.to_owned(),
         response: response.to_owned(),
     });
-    let cells: Vec<Vec<&str>> = rows
-        .iter()
-        .map(|r| vec![r.time.as_str(), r.prompt.as_str(), r.response.as_str()])
-        .collect();
-    let bytes = build(path, &sheet, &["T", "Q", "A"], &[20.0, 50.0, 80.0], &cells)?;
+    let bytes = history_bytes(path, &sheet, &rows)?;
     write_atomic(path, &bytes)
 }

@@ -10,8 +10,8 @@
 //!   and reported in the [`ReadReport`].
 //! - [`write_jsonl`] writes ADGEN-style or chat-style JSON lines ([`Style`]) atomically;
 //!   [`split_train_dev`] and [`dedup`] prepare train/dev files.
-//! - [`export_xlsx`] writes records back to a `Q`,`A` workbook; [`append_history`] and
-//!   [`read_history`] keep the chat history workbook (`T`,`Q`,`A`).
+//! - [`export_xlsx`] writes records back to a `Q`,`A` workbook; [`read_history`],
+//!   [`append_history`] and [`write_history`] keep the chat history workbook (`T`,`Q`,`A`).
 //!
 //! ```no_run
 //! use chatglm_data::{ReadOptions, Style, read_records, split_train_dev, write_jsonl};
@@ -52,7 +52,9 @@ pub use cell::{cell_text, number_text};
 pub use columns::{DEFAULT_COLUMN_PAIRS, DEFAULT_HISTORY_COLUMN, ReadOptions};
 pub use error::{Error, Result};
 pub use format::Format;
-pub use history::{DEFAULT_SHEET_NAME, HistoryRow, append_history, export_xlsx, read_history};
+pub use history::{
+    DEFAULT_SHEET_NAME, HistoryRow, append_history, export_xlsx, read_history, write_history,
+};
 pub use jsonl::{Style, stage_jsonl, write_jsonl, write_line};
 pub use location::{Location, Unit};
 pub use read::{

@@ -3,10 +3,10 @@
 mod common;
 
 use chatglm_data::{
-    HistoryRow, ReadOptions, Record, SkipReason, append_history, export_xlsx, read_history,
-    read_records,
+    Error, HistoryRow, ReadOptions, Record, SkipReason, append_history, export_xlsx, read_history,
+    read_records, write_history,
 };
-use common::fixture;
+use common::{Cell::*, fixture, workbook};
 
 #[test]
 fn legacy_xls_and_ods() {
@@ -111,4 +111,83 @@ fn append_history_keeps_rows_and_creates_missing_workbooks() {
         .map(|e| e.unwrap().file_name())
         .collect();
     assert_eq!(names, vec![std::ffi::OsString::from("bob.xlsx")]);
+}
+
+fn row(time: &str, prompt: &str, response: &str) -> HistoryRow {
+    HistoryRow {
+        time: time.into(),
+        prompt: prompt.into(),
+        response: response.into(),
+    }
+}
+
+#[test]
+fn write_history_round_trips_replaces_atomically_and_keeps_old_file_on_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("carol.xlsx");
+    let rows = vec![
+        row("2024-01-02 03:04:05", "你好", "你好👋！\n我是 \"ChatGLM\""),
+        row("", "q", "a"),
+        // An empty answer (the model can stop at once) survives the round trip.
+        row("2024-01-02 03:04:06", "silence?", ""),
+    ];
+    write_history(&path, &rows).unwrap();
+    assert_eq!(read_history(&path).unwrap(), rows);
+    // The note's layout: sheet `sheet1`, readable by the converter as a Q/A workbook.
+    let report = read_records(&path, &ReadOptions::default().with_sheet("sheet1")).unwrap();
+    assert_eq!(
+        report.records[0],
+        Record::new("你好", "你好👋！\n我是 \"ChatGLM\"")
+    );
+
+    // Writing again replaces the whole file.
+    write_history(&path, &rows[1..2]).unwrap();
+    assert_eq!(read_history(&path).unwrap(), rows[1..2].to_vec());
+
+    // A cell too long for Excel: an error naming the file and row, the old file untouched.
+    let long = "x".repeat(40_000);
+    let err = write_history(&path, &[row("t", "q", "a"), row("t", "q", &long)]).unwrap_err();
+    let msg = err.to_string();
+    assert!(
+        msg.contains("carol.xlsx") && msg.contains("record 2"),
+        "{msg}"
+    );
+    assert_eq!(read_history(&path).unwrap(), rows[1..2].to_vec());
+    let names: Vec<_> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert_eq!(
+        names,
+        vec![std::ffi::OsString::from("carol.xlsx")],
+        "no temporary file is left behind"
+    );
+
+    // Into a folder that does not exist yet.
+    let nested = dir.path().join("history_lib/dave.xlsx");
+    write_history(&nested, &rows).unwrap();
+    assert_eq!(read_history(&nested).unwrap(), rows);
+}
+
+#[test]
+fn read_history_errors_name_the_file_and_the_missing_column() {
+    let dir = tempfile::tempdir().unwrap();
+    let missing = dir.path().join("missing.xlsx");
+    let err = read_history(&missing).unwrap_err();
+    assert!(err.to_string().contains("missing.xlsx"), "{err}");
+
+    let bad = dir.path().join("bad.xlsx");
+    workbook(
+        &bad,
+        &[(
+            "s",
+            vec![vec![Text("T"), Text("Q")], vec![Empty, Text("q")]],
+        )],
+    );
+    let err = read_history(&bad).unwrap_err();
+    assert!(
+        matches!(&err, Error::MissingColumn { role: "answer", .. }),
+        "{err}"
+    );
+    assert!(err.to_string().contains("bad.xlsx"), "{err}");
 }

@@ -9,6 +9,7 @@ use burn::backend::NdArray;
 use burn::tensor::DType;
 use burn::tensor::backend::Backend;
 use chatglm_checkpoint::Checkpoint;
+use chatglm_kernels::KernelBackend;
 use chatglm_tokenizer::Tokenizer;
 
 use crate::config::GlmConfig;
@@ -44,6 +45,9 @@ pub enum EngineError {
     /// Bad input ids.
     #[error("{0}")]
     Input(String),
+    /// A chat message does not fit the context, even without history.
+    #[error(transparent)]
+    Context(#[from] crate::generation::context::ContextOverflow),
     /// The model folder has no usable tokenizer (needed for text prompts and chat).
     #[error("{dir}: no usable tokenizer: {reason}")]
     Tokenizer {
@@ -62,7 +66,7 @@ struct Loaded<B: Backend> {
     device: B::Device,
 }
 
-impl<B: Backend> Loaded<B> {
+impl<B: KernelBackend> Loaded<B> {
     fn load(config: &GlmConfig, ckpt: &Checkpoint, device: B::Device) -> Result<Self, LoadError> {
         let model = GlmModel::build(config, &mut CheckpointSource::new(ckpt, &device))?;
         Ok(Self {

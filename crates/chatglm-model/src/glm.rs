@@ -3,6 +3,7 @@
 use burn::module::Module;
 use burn::tensor::backend::Backend;
 use burn::tensor::{Int, Tensor, TensorData};
+use chatglm_kernels::KernelBackend;
 
 use crate::config::GlmConfig;
 use crate::kv_cache::KvCache;
@@ -83,7 +84,7 @@ impl<B: Backend> ForwardInputs<B> {
     }
 }
 
-impl<B: Backend> GlmModel<B> {
+impl<B: KernelBackend> GlmModel<B> {
     /// Builds the model from a weight source (checkpoint or random), checking every shape.
     pub fn build<S: WeightSource<B>>(cfg: &GlmConfig, src: &mut S) -> Result<Self, LoadError> {
         let h = cfg.hidden_size;

@@ -1,7 +1,7 @@
 //! ChatGLM-6B on burn: config, checkpoint loading, the KV-cached forward pass with 2D rotary
 //! positions, the P-Tuning v2 prefix, generation (greedy / sampling / streaming) and chat.
 //!
-//! The model code is generic over burn's `Backend`: CPU runs on `NdArray<f32>`, NVIDIA GPUs on
+//! The model code is generic over [`KernelBackend`] (burn's `Backend` plus chatglm-kernels' fused ops): CPU runs on `NdArray<f32>`, NVIDIA GPUs on
 //! `Cuda<F>` with fusion (feature `cuda`, on by default). [`ChatGlm`] is the one entry point that
 //! picks the backend at run time.
 
@@ -16,9 +16,12 @@ pub mod modules;
 pub mod positions;
 pub mod prefix;
 
+pub use chatglm_kernels::KernelBackend;
 pub use config::{ConfigError, GlmConfig, ModelArch, RawConfig};
 pub use device::{ComputeDtype, DeviceError, DeviceSpec};
 pub use engine::{ChatGlm, EngineError};
+pub use generation::chat::{ChatReply, History};
+pub use generation::context::{ContextOverflow, FittedPrompt, fit_history};
 pub use generation::generate::{
     Decoder, FinishReason, GenerateError, GenerationConfig, GenerationOutput, TokenEvent, generate,
 };

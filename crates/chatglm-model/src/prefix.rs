@@ -106,7 +106,9 @@ impl<B: Backend> PrefixEncoder<B> {
             &mut crate::load::CheckpointSource::new(&ckpt, device),
         )
     }
+}
 
+impl<B: chatglm_kernels::KernelBackend> PrefixEncoder<B> {
     /// The per-layer past keys/values for `batch` rows (dropout is a training concern of the
     /// caller).
     ///

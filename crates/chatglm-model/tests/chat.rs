@@ -110,3 +110,93 @@ fn seeded_sampling_is_reproducible() {
         "sampling at temperature 1 over a random model should differ from argmax"
     );
 }
+
+#[test]
+fn stream_chat_prompt_deltas_add_up_and_cancel_keeps_the_partial_reply() {
+    let (_tmp, engine) = engine();
+    let tok = engine.tokenizer().unwrap();
+    let history = vec![("你好".to_string(), "你好！".to_string())];
+    let prompt = tok.build_prompt_ids("晚上睡不着应该怎么办", &history);
+    let (full, _) = engine
+        .chat("晚上睡不着应该怎么办", &history, &greedy(12))
+        .unwrap();
+
+    let mut deltas = Vec::new();
+    let reply = engine
+        .stream_chat_prompt(prompt.clone(), &greedy(12), |d| {
+            deltas.push(d.to_string());
+            ControlFlow::Continue(())
+        })
+        .unwrap();
+    assert_eq!(reply.response, full, "same answer as chat()");
+    assert_eq!(deltas.concat(), reply.response);
+    assert!(deltas.len() >= reply.new_tokens, "called after each token");
+    assert!(reply.new_tokens <= 12 && reply.new_tokens > 0);
+    assert_ne!(reply.finish, chatglm_model::FinishReason::Cancelled);
+
+    let mut calls = 0;
+    let short = engine
+        .stream_chat_prompt(prompt, &greedy(12), |_| {
+            calls += 1;
+            if calls == 3 {
+                ControlFlow::Break(())
+            } else {
+                ControlFlow::Continue(())
+            }
+        })
+        .unwrap();
+    assert_eq!(short.finish, chatglm_model::FinishReason::Cancelled);
+    assert_eq!(short.new_tokens, 3);
+    assert!(full.starts_with(&short.response), "{short:?} vs {full}");
+}
+
+#[test]
+fn fit_chat_prompt_drops_the_oldest_turns_of_a_real_prompt() {
+    let (_tmp, engine) = engine();
+    let tok = engine.tokenizer().unwrap();
+    let turn = |i: usize| {
+        (
+            format!("问题{i}：晚上睡不着应该怎么办"),
+            "早点休息，".repeat(4),
+        )
+    };
+    let history: Vec<(String, String)> = (0..3).map(turn).collect();
+    let query = "你好";
+    let full = tok.build_prompt_ids(query, &history).len();
+    let cap = engine.config().max_sequence_length;
+    assert!(full + 8 <= cap, "{full}");
+
+    // Everything fits: nothing dropped, the prompt of chat().
+    let fit = engine
+        .fit_chat_prompt(query, &history, 8, full + 8)
+        .unwrap();
+    assert_eq!(fit.dropped, 0);
+    assert_eq!(fit.ids, tok.build_prompt_ids(query, &history));
+
+    // One token short: the oldest turn goes, and the prompt is that of the rest.
+    let fit = engine
+        .fit_chat_prompt(query, &history, 8, full + 7)
+        .unwrap();
+    assert_eq!(fit.dropped, 1);
+    assert_eq!(fit.ids, tok.build_prompt_ids(query, &history[1..]));
+
+    // The context is capped at the model's max_sequence_length (256 here).
+    let fit = engine
+        .fit_chat_prompt(query, &history, cap - 8, 100_000)
+        .unwrap();
+    assert!(
+        fit.ids.len() + cap - 8 <= cap && fit.dropped > 0,
+        "{}",
+        fit.dropped
+    );
+
+    // A query that does not fit alone.
+    let long = "睡".repeat(300);
+    match engine.fit_chat_prompt(&long, &history, 8, 200) {
+        Err(chatglm_model::EngineError::Context(e)) => {
+            assert_eq!(e.prompt_tokens, tok.build_prompt_ids(&long, &[]).len());
+            assert_eq!((e.reply_tokens, e.context), (8, 200));
+        }
+        other => panic!("{other:?}"),
+    }
+}

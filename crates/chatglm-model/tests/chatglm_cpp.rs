@@ -6,7 +6,6 @@ mod common;
 
 use std::collections::HashMap;
 
-use burn::tensor::backend::Backend;
 use burn::tensor::{Tensor, TensorData};
 use chatglm_model::glm::{ForwardInputs, GlmModel};
 use chatglm_model::load::{LoadError, WeightSource};
@@ -58,12 +57,12 @@ impl Raw {
 }
 
 /// Tensors by name, as read from the raw file.
-struct MapSource<B: Backend> {
+struct MapSource<B: chatglm_model::KernelBackend> {
     map: HashMap<String, Vec<f32>>,
     device: B::Device,
 }
 
-impl<B: Backend> WeightSource<B> for MapSource<B> {
+impl<B: chatglm_model::KernelBackend> WeightSource<B> for MapSource<B> {
     fn tensor<const D: usize>(
         &mut self,
         name: &str,
@@ -113,7 +112,12 @@ fn read_weights(raw: &mut Raw) -> HashMap<String, Vec<f32>> {
     layout.into_iter().map(|(k, n)| (k, raw.f32s(n))).collect()
 }
 
-fn run_file<B: Backend>(name: &str, with_prefix: bool, device: &B::Device, tol: f32) {
+fn run_file<B: chatglm_model::KernelBackend>(
+    name: &str,
+    with_prefix: bool,
+    device: &B::Device,
+    tol: f32,
+) {
     let mut raw = Raw::open(name);
     let prefix_raw = with_prefix.then(|| raw.f16s(2 * 8 * 5 * 4));
     let cfg = config();
@@ -169,7 +173,7 @@ fn run_file<B: Backend>(name: &str, with_prefix: bool, device: &B::Device, tol: 
     assert!(raw.done(), "{name}: unread bytes");
 }
 
-fn glm_model<B: Backend>(device: &B::Device, tol: f32) {
+fn glm_model<B: chatglm_model::KernelBackend>(device: &B::Device, tol: f32) {
     run_file::<B>("glm_model.data", false, device, tol.min(1e-5));
     run_file::<B>("glm_ptuning_v2_model.data", true, device, tol.min(1e-5));
 }

@@ -6,7 +6,6 @@ mod common;
 
 use std::ops::ControlFlow;
 
-use burn::tensor::backend::Backend;
 use chatglm_model::generation::generate::CachedDecoder;
 use chatglm_model::{GenerationConfig, SamplingConfig, generate};
 use common::*;
@@ -19,7 +18,7 @@ fn greedy(n: usize) -> GenerationConfig {
     }
 }
 
-fn all_cases<B: Backend>(device: &B::Device, tol: f32) {
+fn all_cases<B: chatglm_model::KernelBackend>(device: &B::Device, tol: f32) {
     let cases = cases();
     let n_new = cases["n_new_tokens"].as_u64().unwrap() as usize;
     let (cfg, model) = load::<B>("tiny-glm6b", device);
@@ -77,7 +76,7 @@ fn logits_and_greedy_ids_match_the_original() {
 }
 
 /// Cached step logits equal the rows of an uncached forward over the same tokens.
-fn cached_equals_recomputation<B: Backend>(device: &B::Device, tol: f32) {
+fn cached_equals_recomputation<B: chatglm_model::KernelBackend>(device: &B::Device, tol: f32) {
     let (cfg, model) = load::<B>("tiny-glm6b", device);
     for variant in ["base", "prefix_proj"] {
         let prefix = load_prefix::<B>(variant, &cfg, device);
@@ -117,7 +116,7 @@ fn cached_decoding_equals_recomputation() {
 }
 
 /// A left-padded batch of two gives the same tokens and logits as two single runs.
-fn batch_equals_single<B: Backend>(device: &B::Device, tol: f32) {
+fn batch_equals_single<B: chatglm_model::KernelBackend>(device: &B::Device, tol: f32) {
     let cases = cases();
     let (cfg, model) = load::<B>("tiny-glm6b", device);
     for variant in ["base", "prefix_noproj"] {
@@ -164,7 +163,7 @@ fn left_padded_batch_equals_single_runs() {
 }
 
 /// The sharded PyTorch `.bin` layout of the same weights gives the same logits.
-fn bin_checkpoint<B: Backend>(device: &B::Device, tol: f32) {
+fn bin_checkpoint<B: chatglm_model::KernelBackend>(device: &B::Device, tol: f32) {
     let cases = cases();
     let (cfg, model) = load::<B>("tiny-glm6b-bin", device);
     for case in cases["cases"]

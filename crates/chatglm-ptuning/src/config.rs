@@ -120,6 +120,9 @@ pub struct TrainConfig {
     pub output_dir: Option<PathBuf>,
     /// Checkpoint folder to resume from, or `"latest"`/`"true"` for the newest in `output_dir`.
     pub resume_from_checkpoint: Option<String>,
+    /// Prefix checkpoint (ours or the official trainer's): the initial prefix of a training, the
+    /// prefix of an evaluation.
+    pub ptuning_checkpoint: Option<PathBuf>,
     /// `cpu`, `cuda` or `cuda:N`.
     pub device: Option<String>,
     /// `f32`, `f16` or `bf16` for the base model.
@@ -182,6 +185,7 @@ impl TrainConfig {
             prefix_dropout,
             output_dir,
             resume_from_checkpoint,
+            ptuning_checkpoint,
             device,
             dtype,
         )
@@ -251,6 +255,44 @@ impl TrainConfig {
         Ok(o)
     }
 
+    /// Takes the prefix settings of the `ptuning_checkpoint` at `path` (`pre_seq_len`,
+    /// `prefix_projection`) for the ones not set, and refuses the ones set to something else.
+    pub fn adopt_prefix_settings(
+        &mut self,
+        path: &Path,
+        pre_seq_len: usize,
+        prefix_projection: bool,
+    ) -> Result<(), ConfigError> {
+        let contradiction = |key: &'static str, given: String, held: String| ConfigError::Invalid {
+            key,
+            message: format!(
+                "{key} = {given} contradicts the ptuning_checkpoint {}, whose prefix has {key} = {held} (leave {key} out to take the checkpoint's)",
+                path.display()
+            ),
+        };
+        match self.pre_seq_len {
+            Some(n) if n != pre_seq_len => {
+                return Err(contradiction(
+                    "pre_seq_len",
+                    n.to_string(),
+                    pre_seq_len.to_string(),
+                ));
+            }
+            _ => self.pre_seq_len = Some(pre_seq_len),
+        }
+        match self.prefix_projection {
+            Some(p) if p != prefix_projection => Err(contradiction(
+                "prefix_projection",
+                p.to_string(),
+                prefix_projection.to_string(),
+            )),
+            _ => {
+                self.prefix_projection = Some(prefix_projection);
+                Ok(())
+            }
+        }
+    }
+
     /// The checkpoint to resume from: a folder, or the newest under `output_dir` for
     /// `latest`/`true` (none there is an error), or nothing for `false`/absent.
     pub fn resume_dir(&self) -> Result<Option<PathBuf>, ConfigError> {
@@ -300,5 +342,37 @@ mod tests {
         assert!(err.to_string().contains("lerning_rate"), "{err}");
         let epochs: TrainConfig = toml::from_str("num_train_epochs = 2.0").unwrap();
         assert_eq!(epochs.options().unwrap().max_steps, 0);
+    }
+
+    #[test]
+    fn prefix_settings_fill_in_or_contradict() {
+        let ck = Path::new("out/checkpoint-3");
+        let mut c: TrainConfig =
+            toml::from_str("ptuning_checkpoint = \"out/checkpoint-3\"").unwrap();
+        assert_eq!(c.ptuning_checkpoint.as_deref(), Some(ck));
+        c.adopt_prefix_settings(ck, 4, true).unwrap();
+        let o = c.options().unwrap();
+        assert_eq!((o.pre_seq_len, o.prefix_projection), (4, true));
+        // The same values given explicitly are fine; other values are refused, naming both.
+        c.adopt_prefix_settings(ck, 4, true).unwrap();
+        let err = c
+            .adopt_prefix_settings(ck, 8, true)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("pre_seq_len = 8") && err.contains("pre_seq_len = 4"),
+            "{err}"
+        );
+        assert!(err.contains("checkpoint-3"), "{err}");
+        let mut c = TrainConfig {
+            pre_seq_len: Some(8),
+            prefix_projection: Some(false),
+            ..Default::default()
+        };
+        let err = c
+            .adopt_prefix_settings(ck, 8, true)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("prefix_projection = false"), "{err}");
     }
 }

@@ -5,7 +5,8 @@
 //! - [`loss`]: the training forward (prefix dropout, frozen base, float32 cross-entropy).
 //! - [`optim`] / [`schedule`]: AdamW (torch or HF rule), clipping, the linear schedule.
 //! - [`train`]: the loop with logs, atomic checkpoints and exact resume.
-//! - [`checkpoint`] / [`store`]: checkpoint folders and safetensors files.
+//! - [`checkpoint`] / [`store`]: checkpoint folders and safetensors files; [`export`]: to the
+//!   official trainer's layout.
 //! - [`plot`]: the loss curve PNG.
 
 pub mod checkpoint;
@@ -13,6 +14,7 @@ pub mod config;
 pub mod data;
 pub mod demo;
 pub mod eval;
+pub mod export;
 pub mod loss;
 pub mod optim;
 pub mod params;

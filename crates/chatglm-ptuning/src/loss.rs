@@ -85,7 +85,7 @@ pub fn prefix_dropout<B: Backend>(kv: PrefixKv<B>, p: f64) -> PrefixKv<B> {
 ///
 /// # Shapes
 /// - output: `[1]`
-pub fn batch_loss<B: Backend>(
+pub fn batch_loss<B: chatglm_model::KernelBackend>(
     model: &GlmModel<B>,
     batch: &Batch,
     prefix: Option<&PrefixKv<B>>,

@@ -140,7 +140,7 @@ impl<B: Backend> DeviceParams<B> {
 }
 
 /// An encoder whose parameters are fresh gradient leaves (built under `Autodiff`).
-pub fn trainable_encoder<B: AutodiffBackend>(
+pub fn trainable_encoder<B: AutodiffBackend + chatglm_model::KernelBackend>(
     params: &DeviceParams<B::InnerBackend>,
 ) -> Result<PrefixEncoder<B>, ParamsError> {
     let mut src = LeafSource::<B> {
@@ -155,7 +155,7 @@ pub fn trainable_encoder<B: AutodiffBackend>(
 
 /// The gradients of a [`trainable_encoder`]'s parameters, flattened, in [`param_shapes`] order
 /// (zeros for a parameter the loss does not reach).
-pub fn encoder_grads<B: AutodiffBackend>(
+pub fn encoder_grads<B: AutodiffBackend + chatglm_model::KernelBackend>(
     enc: &PrefixEncoder<B>,
     grads: &B::Gradients,
 ) -> Vec<(String, Tensor<B::InnerBackend, 1>)> {

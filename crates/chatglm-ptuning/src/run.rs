@@ -16,7 +16,11 @@ use chatglm_tokenizer::Tokenizer;
 use crate::checkpoint::CheckpointError;
 use crate::data::{Columns, DataError, Example, Lengths, preprocess_train, read_jsonl};
 use crate::store::{HostTensor, Tensors};
-use crate::train::{Base, TrainError, TrainEvent, TrainOptions, TrainSummary, freeze, train};
+use crate::train::{
+    Base, Start, TrainError, TrainEvent, TrainOptions, TrainSummary, freeze, train_from,
+};
+
+pub use crate::export::{ExportOptions, ExportSummary, export_official};
 
 /// Errors of whole runs.
 #[derive(Debug, thiserror::Error)]
@@ -53,11 +57,19 @@ pub enum RunError {
     #[error("{0}")]
     Device(String),
     /// Export failed.
-    #[error("exporting to {path}: {message}")]
+    #[error("exporting {path}: {message}")]
     Export {
-        /// Target.
+        /// The file or folder at fault (source or target).
         path: PathBuf,
         /// What went wrong.
+        message: String,
+    },
+    /// A prefix checkpoint to start from does not fit the run.
+    #[error("prefix checkpoint {path}: {message}")]
+    Prefix {
+        /// The checkpoint.
+        path: PathBuf,
+        /// What is wrong.
         message: String,
     },
 }
@@ -131,11 +143,15 @@ pub struct TrainJob {
     pub options: TrainOptions,
     /// Output folder.
     pub output_dir: PathBuf,
-    /// Checkpoint to resume from.
+    /// Checkpoint to resume from (wins over `init_prefix`: it holds the whole state).
     pub resume: Option<PathBuf>,
+    /// Prefix checkpoint (ours or the official trainer's) whose weights start the run
+    /// (`--ptuning_checkpoint`), with a fresh optimizer; its `pre_seq_len` and
+    /// `prefix_projection` must be the options'.
+    pub init_prefix: Option<PathBuf>,
 }
 
-fn train_with<B: AutodiffBackend>(
+fn train_with<B: AutodiffBackend + chatglm_model::KernelBackend>(
     job: &TrainJob,
     device: B::Device,
     on_event: &mut dyn FnMut(TrainEvent) -> std::ops::ControlFlow<()>,
@@ -160,6 +176,23 @@ fn train_with<B: AutodiffBackend>(
             message: e.to_string(),
         })?;
     drop(ckpt);
+    let init = match (&job.resume, &job.init_prefix) {
+        (None, Some(path)) => Some(initial_prefix_for(path, &cfg, &job.options)?),
+        (Some(resume), Some(path)) => {
+            tracing::info!(
+                "resuming from {}: the prefix of {} is not used",
+                resume.display(),
+                path.display()
+            );
+            None
+        }
+        (_, None) => None,
+    };
+    let start = match (&job.resume, &init) {
+        (Some(dir), _) => Start::Resume(dir),
+        (None, Some(prefix)) => Start::Prefix(&prefix.tensors),
+        (None, None) => Start::Fresh,
+    };
     let model = freeze(model);
     let base = Base {
         model: &model,
@@ -171,12 +204,12 @@ fn train_with<B: AutodiffBackend>(
         },
         pad: cfg.pad_token_id,
     };
-    Ok(train(
+    Ok(train_from(
         &base,
         &features,
         &job.options,
         &job.output_dir,
-        job.resume.as_deref(),
+        start,
         &device,
         on_event,
     )?)
@@ -229,46 +262,21 @@ pub fn latest_checkpoint(output_dir: &Path) -> Option<PathBuf> {
         .map(|(_, p)| p)
 }
 
-/// Writes a checkpoint's prefix in the official trainer's format: `pytorch_model.bin` (a
-/// `torch.save` zip of `transformer.prefix_encoder.*`, float32) plus its `config.json`.
-pub fn export_official(checkpoint_dir: &Path, out_dir: &Path) -> Result<(), RunError> {
-    let eerr = |message: String| RunError::Export {
-        path: out_dir.to_path_buf(),
-        message,
-    };
-    let prefix =
-        crate::store::load_safetensors(&checkpoint_dir.join(crate::checkpoint::PREFIX_FILE))
-            .map_err(|e| eerr(e.to_string()))?;
-    let config = std::fs::read(checkpoint_dir.join(crate::checkpoint::CONFIG_FILE))
-        .map_err(|e| eerr(format!("{}: {e}", checkpoint_dir.display())))?;
-    std::fs::create_dir_all(out_dir).map_err(|e| eerr(e.to_string()))?;
-    let views: Vec<(String, chatglm_checkpoint::TensorView<'static>)> = prefix
-        .iter()
-        .map(|(n, t)| {
-            chatglm_checkpoint::TensorView::from_f32(
-                chatglm_checkpoint::Dtype::F32,
-                t.shape.clone(),
-                &t.data,
-            )
-            .map(|v| (n.clone(), v))
-        })
-        .collect::<Result<_, _>>()
-        .map_err(|e| eerr(e.to_string()))?;
-    chatglm_checkpoint::save_pytorch(out_dir.join("pytorch_model.bin"), &views)
-        .map_err(|e| eerr(e.to_string()))?;
-    crate::store::write_atomic(&out_dir.join("config.json"), &config)
-        .map_err(|e| eerr(e.to_string()))?;
-    Ok(())
-}
-
 /// Reads the prefix tensors of any prefix checkpoint (ours, or the official `pytorch_model.bin`),
 /// in float32.
 pub fn read_prefix_tensors(path: &Path) -> Result<Tensors, RunError> {
+    let ck = CkptFile::open(path).map_err(|e| RunError::Model {
+        path: path.to_path_buf(),
+        message: e.to_string(),
+    })?;
+    prefix_tensors_of(path, &ck)
+}
+
+fn prefix_tensors_of(path: &Path, ck: &CkptFile) -> Result<Tensors, RunError> {
     let merr = |message: String| RunError::Model {
         path: path.to_path_buf(),
         message,
     };
-    let ck = CkptFile::open(path).map_err(|e| merr(e.to_string()))?;
     let mut out = Tensors::new();
     for name in ck.names() {
         if !name.starts_with(chatglm_model::prefix::PREFIX_KEY) {
@@ -281,4 +289,62 @@ pub fn read_prefix_tensors(path: &Path) -> Result<Tensors, RunError> {
         return Err(merr("no transformer.prefix_encoder.* tensor".into()));
     }
     Ok(out)
+}
+
+/// A prefix checkpoint to start training from (`--ptuning_checkpoint`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct InitialPrefix {
+    /// Prefix length (from the checkpoint's `config.json`, else its tensors).
+    pub pre_seq_len: usize,
+    /// Whether it has the projection MLP.
+    pub prefix_projection: bool,
+    /// Its tensors in float32, checked against the base model.
+    pub tensors: Tensors,
+}
+
+/// Reads a prefix checkpoint (our `checkpoint-N` folder, the official trainer's folder or any
+/// file of `transformer.prefix_encoder.*` tensors) for the base model `base`: its settings and
+/// its weights, checked to fit that base.
+pub fn read_initial_prefix(path: &Path, base: &GlmConfig) -> Result<InitialPrefix, RunError> {
+    let perr = |message: String| RunError::Prefix {
+        path: path.to_path_buf(),
+        message,
+    };
+    let ck = CkptFile::open(path).map_err(|e| perr(e.to_string()))?;
+    let names: Vec<String> = ck.names().iter().map(|s| s.to_string()).collect();
+    let rows = ck
+        .info(&format!(
+            "{}embedding.weight",
+            chatglm_model::prefix::PREFIX_KEY
+        ))
+        .map(|i| i.shape[0]);
+    let shape = chatglm_model::prefix::prefix_shape(path, &names, rows, base)
+        .map_err(|e| perr(e.to_string()))?;
+    let tensors = prefix_tensors_of(path, &ck)?;
+    crate::params::check_params(&shape, &tensors)
+        .map_err(|e| perr(format!("{e} (does the base model match the checkpoint's?)")))?;
+    Ok(InitialPrefix {
+        pre_seq_len: shape.pre_seq_len,
+        prefix_projection: shape.projection,
+        tensors,
+    })
+}
+
+/// The initial prefix of a run, which must have the run's prefix settings.
+fn initial_prefix_for(
+    path: &Path,
+    base: &GlmConfig,
+    opts: &TrainOptions,
+) -> Result<InitialPrefix, RunError> {
+    let init = read_initial_prefix(path, base)?;
+    if (init.pre_seq_len, init.prefix_projection) != (opts.pre_seq_len, opts.prefix_projection) {
+        return Err(RunError::Prefix {
+            path: path.to_path_buf(),
+            message: format!(
+                "it holds a prefix with pre_seq_len {} and prefix_projection {}, but the run asks for pre_seq_len {} and prefix_projection {}",
+                init.pre_seq_len, init.prefix_projection, opts.pre_seq_len, opts.prefix_projection
+            ),
+        });
+    }
+    Ok(init)
 }

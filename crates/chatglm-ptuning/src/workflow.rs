@@ -184,6 +184,7 @@ pub fn run_demo(
         options: opts.train.clone(),
         output_dir: opts.output_dir.join("ptuning"),
         resume: None,
+        init_prefix: None,
     };
     let training = run_training(&job, opts.device, opts.dtype, &mut |e| {
         on_event(DemoEvent::Train(e));

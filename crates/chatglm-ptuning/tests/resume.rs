@@ -1,5 +1,6 @@
 //! Exact resume: N steps straight against N/2 steps, stop, resume for the rest — identical
-//! prefix weights and logs (dropout on, batches crossing epochs, gradient accumulation).
+//! prefix weights and logs (dropout on, batches crossing epochs, gradient accumulation). And a
+//! fresh run started from a given prefix (`--ptuning_checkpoint`).
 //! Its own test binary: the dropout masks come from the backend's global RNG.
 
 use std::ops::ControlFlow;
@@ -13,7 +14,8 @@ use chatglm_model::load::CheckpointSource;
 use chatglm_model::positions::SpecialIds;
 use chatglm_ptuning::checkpoint::{list_checkpoints, load_checkpoint};
 use chatglm_ptuning::data::TrainFeature;
-use chatglm_ptuning::train::{Base, TrainEvent, TrainOptions, freeze, train};
+use chatglm_ptuning::run::read_initial_prefix;
+use chatglm_ptuning::train::{Base, Start, TrainEvent, TrainOptions, freeze, train, train_from};
 
 type Ad = Autodiff<NdArray<f32>>;
 
@@ -216,4 +218,72 @@ fn resumed_run_equals_straight_run() {
     )
     .unwrap_err();
     assert!(err.to_string().contains("settings differ"), "{err}");
+}
+
+#[test]
+fn a_run_can_start_from_the_official_trainers_prefix() {
+    let (model, cfg) = tiny_model();
+    let device = burn::backend::ndarray::NdArrayDevice::Cpu;
+    let base = Base {
+        model: &model,
+        config_json: serde_json::json!({}),
+        special: SpecialIds {
+            bos: cfg.bos_token_id,
+            mask: cfg.mask_token_id,
+            gmask: cfg.gmask_token_id,
+        },
+        pad: cfg.pad_token_id,
+    };
+    let official = dir().join("ptuning-checkpoint-official-noproj");
+    let init = read_initial_prefix(&official, &cfg).unwrap();
+    assert_eq!((init.pre_seq_len, init.prefix_projection), (4, false));
+    // Learning rate 0: the prefix the run starts from is exactly the checkpoint's, at step 0 with
+    // a fresh log (one entry).
+    let opts = TrainOptions {
+        pre_seq_len: 4,
+        learning_rate: 0.0,
+        per_device_train_batch_size: 3,
+        gradient_accumulation_steps: 1,
+        max_steps: 1,
+        logging_steps: 1,
+        prefix_dropout: 0.0,
+        ..TrainOptions::default()
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    let run = |opts: &TrainOptions, start: Start<'_>, out: &str| {
+        train_from(
+            &base,
+            &features(),
+            opts,
+            &tmp.path().join(out),
+            start,
+            &device,
+            &mut |_| ControlFlow::Continue(()),
+        )
+    };
+    let from = run(&opts, Start::Prefix(&init.tensors), "from").unwrap();
+    assert_eq!(from.prefix, init.tensors);
+    assert_eq!(from.log_history.len(), 1);
+    let saved = load_checkpoint(&tmp.path().join("from/checkpoint-1")).unwrap();
+    assert_eq!(saved.prefix, init.tensors);
+    assert_eq!(saved.state.global_step, 1);
+    // A random start has another prefix, hence another first loss.
+    let fresh = run(&opts, Start::Fresh, "fresh").unwrap();
+    assert_ne!(fresh.prefix, init.tensors);
+    assert_ne!(
+        fresh.log_history[0].loss.to_bits(),
+        from.log_history[0].loss.to_bits()
+    );
+    // Weights of another shape are refused, naming the tensor and the settings.
+    let longer = TrainOptions {
+        pre_seq_len: 5,
+        ..opts.clone()
+    };
+    let err = run(&longer, Start::Prefix(&init.tensors), "bad")
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("embedding.weight") && err.contains("pre_seq_len 5"),
+        "{err}"
+    );
 }

@@ -1,4 +1,6 @@
-//! Per-user chat history (the study note's `history_lib/<user>.xlsx`, kept in a database).
+//! Per-user chat history (the study note's `history_lib/<user>.xlsx`, kept in a database). The
+//! workbooks themselves are read and written by `chatglm-data` ([`chatglm_data::read_history`],
+//! [`chatglm_data::write_history`]); [`StoredTurn`] converts from and to its rows.
 //!
 //! The store speaks SQL through sqlx's `Any` driver with runtime queries, so the default SQLite file
 //! (bundled SQLite, under the data dir) can be replaced by a `postgres://` URL when several servers
@@ -18,6 +20,29 @@ pub struct StoredTurn {
     pub query: String,
     /// The answer.
     pub response: String,
+}
+
+/// A row of the study note's `T, Q, A` history workbook ([`chatglm_data::read_history`]) as a
+/// stored turn.
+impl From<chatglm_data::HistoryRow> for StoredTurn {
+    fn from(row: chatglm_data::HistoryRow) -> Self {
+        Self {
+            time: row.time,
+            query: row.prompt,
+            response: row.response,
+        }
+    }
+}
+
+/// A stored turn as a row of the `T, Q, A` history workbook ([`chatglm_data::write_history`]).
+impl From<StoredTurn> for chatglm_data::HistoryRow {
+    fn from(turn: StoredTurn) -> Self {
+        Self {
+            time: turn.time,
+            prompt: turn.query,
+            response: turn.response,
+        }
+    }
 }
 
 /// Errors of the history store.

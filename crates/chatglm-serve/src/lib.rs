@@ -28,7 +28,6 @@ mod server;
 mod state;
 mod stop;
 pub mod testing;
-pub mod workbook;
 
 pub use config::{
     ConfigError, DEFAULT_HISTORY_TURNS, DEFAULT_HOST, DEFAULT_MAX_QUEUE, DEFAULT_PORT,

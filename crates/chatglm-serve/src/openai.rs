@@ -1,4 +1,8 @@
 //! The OpenAI-compatible API: `POST /v1/chat/completions` (plain and SSE) and `GET /v1/models`.
+//!
+//! With OpenAI's `user` field (an end-user id) and the history store on, each completed turn (the
+//! last user message and the whole answer) is appended to that user's stored history, the same
+//! history api.py's route keeps for `user_name`. A stream the client abandons stores nothing.
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -16,8 +20,9 @@ use tokio::sync::mpsc;
 
 use crate::engine::{Conversation, SamplingParams, Turn};
 use crate::error::ApiError;
+use crate::history::{HistoryStore, StoredTurn};
 use crate::scheduler::JobEvent;
-use crate::state::{AppState, Budget, collect, parse_json, unix_now};
+use crate::state::{AppState, Budget, collect, local_time, parse_json, unix_now};
 
 /// Most stop strings per request (OpenAI's limit).
 pub const MAX_STOP_STRINGS: usize = 4;
@@ -39,6 +44,8 @@ struct ChatCompletionRequest {
     #[serde(default)]
     stream: Option<bool>,
     n: Option<i64>,
+    /// OpenAI's end-user id: names whose stored history the completed turn is appended to.
+    user: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -77,6 +84,43 @@ struct Validated {
     max_new_tokens: usize,
     stops: Vec<String>,
     stream: bool,
+    user: Option<String>,
+}
+
+/// Where a completed turn is recorded: a user's stored history.
+#[derive(Debug, Clone)]
+struct Recorder {
+    store: HistoryStore,
+    user: String,
+    query: String,
+}
+
+impl Recorder {
+    /// A recorder when the request names a user and the server keeps history. OpenAI clients may
+    /// send `user` as a mere identifier, so without a history store it is accepted and ignored.
+    fn new(state: &AppState, user: Option<&str>, query: &str) -> Option<Self> {
+        let user = user.map(str::trim).filter(|u| !u.is_empty())?;
+        match &state.history {
+            Some(store) => Some(Self {
+                store: store.clone(),
+                user: user.to_string(),
+                query: query.to_string(),
+            }),
+            None => {
+                tracing::debug!(user, "no history store: the turn is not recorded");
+                None
+            }
+        }
+    }
+
+    async fn record(&self, response: &str) -> Result<(), crate::history::HistoryError> {
+        let turn = StoredTurn {
+            time: local_time(),
+            query: self.query.clone(),
+            response: response.to_string(),
+        };
+        self.store.append(&self.user, &turn).await
+    }
 }
 
 fn content_text(index: usize, content: Option<Content>) -> Result<String, ApiError> {
@@ -245,6 +289,7 @@ fn validate(state: &AppState, req: ChatCompletionRequest) -> Result<Validated, A
         max_new_tokens,
         stops,
         stream: req.stream.unwrap_or(false),
+        user: req.user,
     })
 }
 
@@ -269,6 +314,7 @@ pub(crate) async fn chat_completions(
 ) -> Result<Response, ApiError> {
     let request: ChatCompletionRequest = parse_json(&body)?;
     let v = validate(&state, request)?;
+    let recorder = Recorder::new(&state, v.user.as_deref(), &v.conversation.query);
     let rx = state.submit(
         v.model.clone(),
         v.conversation,
@@ -279,11 +325,17 @@ pub(crate) async fn chat_completions(
     let id = completion_id();
     let created = unix_now();
     if v.stream {
-        return Ok(Sse::new(sse_stream(rx, id, created, v.model))
+        return Ok(Sse::new(sse_stream(rx, id, created, v.model, recorder))
             .keep_alive(KeepAlive::default())
             .into_response());
     }
     let (text, done) = collect(rx, "max_tokens").await?;
+    if let Some(recorder) = &recorder {
+        recorder
+            .record(&text)
+            .await
+            .map_err(|e| ApiError::internal(e.to_string()))?;
+    }
     Ok(Json(json!({
         "id": id,
         "object": "chat.completion",
@@ -311,6 +363,9 @@ struct StreamState {
     created: i64,
     model: String,
     phase: Phase,
+    recorder: Option<Recorder>,
+    /// The answer so far (kept only when it is to be recorded).
+    text: String,
 }
 
 impl StreamState {
@@ -336,6 +391,7 @@ fn sse_stream(
     id: String,
     created: i64,
     model: String,
+    recorder: Option<Recorder>,
 ) -> impl Stream<Item = Result<Event, Infallible>> {
     let state = StreamState {
         rx,
@@ -343,6 +399,8 @@ fn sse_stream(
         created,
         model,
         phase: Phase::Role,
+        recorder,
+        text: String::new(),
     };
     stream::unfold(state, |mut s| async move {
         let event = match s.phase {
@@ -352,9 +410,20 @@ fn sse_stream(
                 s.chunk(json!({"role": "assistant", "content": ""}), None, None)
             }
             Phase::Body => match s.rx.recv().await {
-                Some(JobEvent::Token(text)) => s.chunk(json!({"content": text}), None, None),
+                Some(JobEvent::Token(text)) => {
+                    if s.recorder.is_some() {
+                        s.text.push_str(&text);
+                    }
+                    s.chunk(json!({"content": text}), None, None)
+                }
                 Some(JobEvent::Done(Ok(done))) => {
                     s.phase = Phase::Finished;
+                    // The answer is already sent: a failure to record it is logged, not returned.
+                    if let Some(recorder) = &s.recorder
+                        && let Err(e) = recorder.record(&s.text).await
+                    {
+                        tracing::warn!(user = %recorder.user, "recording the turn failed: {e}");
+                    }
                     s.chunk(
                         json!({}),
                         Some(done.finish_reason.as_str()),

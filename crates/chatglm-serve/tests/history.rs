@@ -1,12 +1,13 @@
-//! Per-user history: the SQLite store, the `T, Q, A` workbook, and `user_name` on api.py's route.
+//! Per-user history: the SQLite store, the `T, Q, A` workbook (through `chatglm-data`), `user_name`
+//! on api.py's route and `user` on the OpenAI route.
 
 mod common;
 
 use std::path::Path;
 
+use chatglm_data::{HistoryRow, read_history, write_history};
 use chatglm_serve::history::{HistoryStore, StoredTurn, sqlite_url_in};
 use chatglm_serve::testing::EchoEngine;
-use chatglm_serve::workbook::{WorkbookError, read_tqa, write_tqa};
 use chatglm_serve::{ServerConfig, Turn};
 use common::TestServer;
 use serde_json::json;
@@ -56,7 +57,11 @@ async fn sqlite_store_keeps_turns_per_user_in_order() {
 #[test]
 fn reads_the_notes_history_template() {
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/history_temp.xlsx");
-    let turns = read_tqa(&path).unwrap();
+    let turns: Vec<StoredTurn> = read_history(&path)
+        .unwrap()
+        .into_iter()
+        .map(StoredTurn::from)
+        .collect();
     assert_eq!(
         turns,
         vec![turn(
@@ -67,54 +72,39 @@ fn reads_the_notes_history_template() {
     );
 }
 
-#[test]
-fn workbook_round_trip_and_errors_name_file_row_and_column() {
+#[tokio::test]
+async fn stored_turns_round_trip_through_the_data_crates_workbook() {
+    // What `chatglm history export` then `import` do: store -> T, Q, A workbook -> store.
     let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("u.xlsx");
+    let store = HistoryStore::connect(&sqlite_url_in(dir.path()).unwrap())
+        .await
+        .unwrap();
     let turns = vec![
         turn("2024-01-02 03:04:05", "你好", "你好👋！\n我是 ChatGLM"),
         turn("", "q", "a"),
+        turn("2024-01-02 03:04:06", "an empty answer", ""),
     ];
-    write_tqa(&path, &turns).unwrap();
-    assert_eq!(read_tqa(&path).unwrap(), turns);
-    assert_eq!(
-        std::fs::read_dir(dir.path()).unwrap().count(),
-        1,
-        "no temporary file is left behind"
-    );
+    store.append_all("alice", &turns).await.unwrap();
+    let path = dir.path().join("alice.xlsx");
+    let rows: Vec<HistoryRow> = store
+        .all("alice")
+        .await
+        .unwrap()
+        .into_iter()
+        .map(HistoryRow::from)
+        .collect();
+    assert_eq!(rows[0].prompt, "你好");
+    write_history(&path, &rows).unwrap();
+    let back: Vec<StoredTurn> = read_history(&path)
+        .unwrap()
+        .into_iter()
+        .map(StoredTurn::from)
+        .collect();
+    store.append_all("bob", &back).await.unwrap();
+    assert_eq!(store.all("bob").await.unwrap(), turns);
 
-    let missing = dir.path().join("missing.xlsx");
-    let err = read_tqa(&missing).unwrap_err();
+    let err = read_history(&dir.path().join("missing.xlsx")).unwrap_err();
     assert!(err.to_string().contains("missing.xlsx"), "{err}");
-
-    // A sheet without an `A` column.
-    let bad = dir.path().join("bad.xlsx");
-    let mut book = rust_xlsxwriter::Workbook::new();
-    let sheet = book.add_worksheet();
-    sheet.write_string(0, 0, "T").unwrap();
-    sheet.write_string(0, 1, "Q").unwrap();
-    sheet.write_string(1, 1, "q").unwrap();
-    book.save(&bad).unwrap();
-    let err = read_tqa(&bad).unwrap_err();
-    assert!(
-        matches!(err, WorkbookError::MissingColumn { column: "A", .. }),
-        "{err}"
-    );
-
-    // A question without an answer on spreadsheet row 3.
-    let half = dir.path().join("half.xlsx");
-    let mut book = rust_xlsxwriter::Workbook::new();
-    let sheet = book.add_worksheet();
-    for (c, h) in ["T", "Q", "A"].iter().enumerate() {
-        sheet.write_string(0, c as u16, *h).unwrap();
-    }
-    sheet.write_string(1, 1, "q").unwrap();
-    sheet.write_string(1, 2, "a").unwrap();
-    sheet.write_string(2, 1, "orphan").unwrap();
-    book.save(&half).unwrap();
-    let err = read_tqa(&half).unwrap_err();
-    assert!(matches!(err, WorkbookError::BadRow { row: 3, .. }), "{err}");
-    assert!(err.to_string().contains("half.xlsx: row 3"), "{err}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -177,4 +167,105 @@ async fn user_name_uses_and_extends_the_stored_history() {
             .all(|t| t.time.len() == 19 && t.query == t.response)
     );
     assert_eq!(store.users().await.unwrap().len(), 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn openai_user_appends_the_completed_turn_to_the_stored_history() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = sqlite_url_in(dir.path()).unwrap();
+    let s = TestServer::start(
+        EchoEngine::builder().build().unwrap(),
+        ServerConfig::builder().history_url(Some(url.clone())),
+    )
+    .await;
+    // Plain completion: only the last user message and the answer are stored, not the earlier
+    // turns or the system message the client sent.
+    let (status, body) = s
+        .post(
+            "/v1/chat/completions",
+            &json!({"user": "erin", "messages": [
+                {"role": "system", "content": "be brief"},
+                common::user("old question"),
+                {"role": "assistant", "content": "old answer"},
+                common::user("plain"),
+            ]}),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let plain_answer = body["choices"][0]["message"]["content"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert_eq!(plain_answer, "plain");
+
+    // Streaming: recorded once the answer is complete, before the final chunk is sent.
+    let r = s
+        .client
+        .post(s.url("/v1/chat/completions"))
+        .json(&json!({"user": " erin ", "stream": true, "messages": [common::user("streamed")]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 200);
+    let events = common::sse_events(r).await;
+    assert_eq!(events.last().map(String::as_str), Some("[DONE]"));
+
+    // No `user` (or a blank one): nothing stored.
+    for body in [
+        json!({"messages": [common::user("anonymous")]}),
+        json!({"user": "  ", "messages": [common::user("blank")]}),
+    ] {
+        let (status, _) = s.post("/v1/chat/completions", &body).await;
+        assert_eq!(status, 200);
+    }
+
+    // api.py's route sees the same history for user_name = erin.
+    let (_, body) = s
+        .post("/", &json!({"prompt": "next", "user_name": "erin"}))
+        .await;
+    assert_eq!(
+        body["history"],
+        json!([
+            ["plain", "plain"],
+            ["streamed", "streamed"],
+            ["next", "next"]
+        ])
+    );
+    s.stop().await;
+
+    let store = HistoryStore::connect(&url).await.unwrap();
+    let erin = store.all("erin").await.unwrap();
+    let pairs: Vec<(&str, &str)> = erin
+        .iter()
+        .map(|t| (t.query.as_str(), t.response.as_str()))
+        .collect();
+    assert_eq!(
+        pairs,
+        [
+            ("plain", plain_answer.as_str()),
+            ("streamed", "streamed"),
+            ("next", "next")
+        ]
+    );
+    assert!(erin.iter().all(|t| t.time.len() == 19), "{erin:?}");
+    assert_eq!(
+        store.users().await.unwrap(),
+        vec![("erin".to_string(), 3)],
+        "requests without a user store nothing"
+    );
+
+    // Without a history store, `user` is an identifier only: accepted, nothing recorded.
+    let s = TestServer::start(
+        EchoEngine::builder().build().unwrap(),
+        ServerConfig::builder(),
+    )
+    .await;
+    let (status, body) = s
+        .post(
+            "/v1/chat/completions",
+            &json!({"user": "erin", "messages": [common::user("no store")]}),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    s.stop().await;
 }

@@ -27,27 +27,14 @@ pub struct Args {
     #[arg(long, alias = "model_name_or_path")]
     pub model: Option<PathBuf>,
     /// P-Tuning checkpoint folder (ours or the official trainer's); pre_seq_len and projection
-    /// come from it.
-    #[arg(long, alias = "ptuning_checkpoint")]
+    /// come from it. Default: `ptuning_checkpoint` of the config file.
+    #[arg(long, alias = "ptuning_checkpoint", alias = "ptuning-checkpoint")]
     pub prefix: Option<PathBuf>,
     /// Where the two result files go.
     #[arg(long = "output_dir", visible_alias = "output-dir")]
     pub output_dir: Option<PathBuf>,
-    /// Prompt column (default `content`).
-    #[arg(long = "prompt_column", visible_alias = "prompt-column")]
-    pub prompt_column: Option<String>,
-    /// Response column (default `summary`).
-    #[arg(long = "response_column", visible_alias = "response-column")]
-    pub response_column: Option<String>,
-    /// History column.
-    #[arg(long = "history_column", visible_alias = "history-column")]
-    pub history_column: Option<String>,
-    /// Prompt tokens kept (default 64).
-    #[arg(long = "max_source_length", visible_alias = "max-source-length")]
-    pub max_source_length: Option<usize>,
-    /// Answer tokens kept; generation stops at source + target tokens (default 64).
-    #[arg(long = "max_target_length", visible_alias = "max-target-length")]
-    pub max_target_length: Option<usize>,
+    #[command(flatten)]
+    pub data: super::train::DataFlags,
     /// Rows generated together.
     #[arg(
         long = "per_device_eval_batch_size",
@@ -83,15 +70,11 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         test_file: args.test_file.clone(),
         model_name_or_path: args.model.clone(),
         output_dir: args.output_dir.clone(),
-        prompt_column: args.prompt_column.clone(),
-        response_column: args.response_column.clone(),
-        history_column: args.history_column.clone(),
-        max_source_length: args.max_source_length,
-        max_target_length: args.max_target_length,
         per_device_eval_batch_size: args.per_device_eval_batch_size,
+        ptuning_checkpoint: args.prefix.clone(),
         device: args.device.clone(),
         dtype: args.dtype.clone(),
-        ..Default::default()
+        ..args.data.config()
     });
     let test_file = cfg
         .test_file
@@ -105,8 +88,10 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     };
     let (device, dtype) = super::train::device_of(cfg.device.as_deref(), cfg.dtype.as_deref())?;
     let mut engine = ChatGlm::load(&model_dir, device, dtype)?;
-    if let Some(p) = &args.prefix {
-        engine.attach_prefix(p)?;
+    if let Some(p) = &cfg.ptuning_checkpoint {
+        engine
+            .attach_prefix(p)
+            .with_context(|| format!("loading prefix {}", p.display()))?;
     }
     let tok = load_tokenizer(&model_dir)?;
     let examples = read_examples(&test_file, &cfg.columns())?;

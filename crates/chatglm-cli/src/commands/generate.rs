@@ -26,17 +26,23 @@ pub struct ModelOpts {
 }
 
 impl ModelOpts {
+    /// The model folder: `--model`, or the embedded demo model (written once into the cache).
+    pub fn dir(&self) -> anyhow::Result<PathBuf> {
+        match &self.model {
+            Some(dir) => Ok(dir.clone()),
+            None => {
+                chatglm::ptuning::demo::demo_model_dir().context("writing the embedded demo model")
+            }
+        }
+    }
+
     /// Loads the model (and prefix) as asked.
     pub fn load(&self) -> anyhow::Result<ChatGlm> {
         let dtype = self.dtype.unwrap_or(match self.device {
             DeviceSpec::Cpu => ComputeDtype::F32,
             DeviceSpec::Cuda(_) => ComputeDtype::F16,
         });
-        let dir = match &self.model {
-            Some(dir) => dir.clone(),
-            None => chatglm::ptuning::demo::demo_model_dir()
-                .context("writing the embedded demo model")?,
-        };
+        let dir = self.dir()?;
         let mut engine = ChatGlm::load(&dir, self.device, dtype)
             .with_context(|| format!("loading {}", dir.display()))?;
         if let Some(prefix) = &self.prefix {
@@ -48,20 +54,9 @@ impl ModelOpts {
     }
 }
 
-/// Arguments of `chatglm generate`.
-#[derive(Debug, clap::Args)]
-pub struct Args {
-    #[command(flatten)]
-    pub model: ModelOpts,
-    /// Text prompt (needs the folder's tokenizer; encoded with `[gMASK] <sop>` appended).
-    #[arg(long, conflicts_with = "ids", required_unless_present = "ids")]
-    pub prompt: Option<String>,
-    /// Comma-separated input ids, used as they are (no tokenizer needed).
-    #[arg(long, value_delimiter = ',')]
-    pub ids: Option<Vec<u32>>,
-    /// Most new tokens.
-    #[arg(long, default_value_t = 256)]
-    pub max_new_tokens: usize,
+/// Token choice flags shared by `generate` and `chat` (defaults: the original `chat()`'s).
+#[derive(Debug, Clone, clap::Args)]
+pub struct SamplingArgs {
     /// Argmax decoding (otherwise sampling with the original chat() defaults).
     #[arg(long, conflicts_with_all = ["temperature", "top_p", "top_k"])]
     pub greedy: bool,
@@ -80,6 +75,37 @@ pub struct Args {
     /// RNG seed for sampling.
     #[arg(long)]
     pub seed: Option<u64>,
+}
+
+impl SamplingArgs {
+    /// The sampling configuration these flags ask for (the seed is separate).
+    pub fn config(&self) -> SamplingConfig {
+        SamplingConfig {
+            do_sample: !self.greedy,
+            temperature: self.temperature,
+            top_p: self.top_p,
+            top_k: self.top_k,
+            repetition_penalty: self.repetition_penalty,
+        }
+    }
+}
+
+/// Arguments of `chatglm generate`.
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    #[command(flatten)]
+    pub model: ModelOpts,
+    /// Text prompt (needs the folder's tokenizer; encoded with `[gMASK] <sop>` appended).
+    #[arg(long, conflicts_with = "ids", required_unless_present = "ids")]
+    pub prompt: Option<String>,
+    /// Comma-separated input ids, used as they are (no tokenizer needed).
+    #[arg(long, value_delimiter = ',')]
+    pub ids: Option<Vec<u32>>,
+    /// Most new tokens.
+    #[arg(long, default_value_t = 256)]
+    pub max_new_tokens: usize,
+    #[command(flatten)]
+    pub sampling: SamplingArgs,
     /// Keep generating past `<eop>`.
     #[arg(long)]
     pub ignore_eos: bool,
@@ -90,16 +116,9 @@ pub struct Args {
 
 impl Args {
     fn generation_config(&self, engine: &ChatGlm) -> GenerationConfig {
-        let sampling = SamplingConfig {
-            do_sample: !self.greedy,
-            temperature: self.temperature,
-            top_p: self.top_p,
-            top_k: self.top_k,
-            repetition_penalty: self.repetition_penalty,
-        };
-        let mut config = engine.generation_config(sampling);
+        let mut config = engine.generation_config(self.sampling.config());
         config.max_new_tokens = Some(self.max_new_tokens);
-        config.seed = self.seed;
+        config.seed = self.sampling.seed;
         if self.ignore_eos {
             config.stop_ids.clear();
         }

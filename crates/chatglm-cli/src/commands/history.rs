@@ -3,8 +3,8 @@
 use std::path::PathBuf;
 
 use anyhow::{Context, bail};
-use chatglm::serve::history::{HistoryStore, block_on, resolve_url};
-use chatglm::serve::workbook::{read_tqa, write_tqa};
+use chatglm::data::{HistoryRow, read_history, write_history};
+use chatglm::serve::history::{HistoryStore, StoredTurn, block_on, resolve_url};
 
 /// Where the history lives (the same store `chatglm serve` uses).
 #[derive(Debug, clap::Args)]
@@ -67,8 +67,10 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             if turns.is_empty() {
                 bail!("no stored turns for user `{user}`");
             }
-            write_tqa(&out, &turns)?;
-            println!("{}: {} turns of `{user}`", out.display(), turns.len());
+            let count = turns.len();
+            let rows: Vec<HistoryRow> = turns.into_iter().map(HistoryRow::from).collect();
+            write_history(&out, &rows)?;
+            println!("{}: {count} turns of `{user}`", out.display());
         }
         Args::Import {
             user,
@@ -92,7 +94,11 @@ pub fn run(args: Args) -> anyhow::Result<()> {
                             )
                         })?,
                 };
-                batches.push((name, file, read_tqa(file)?));
+                let turns: Vec<StoredTurn> = read_history(file)?
+                    .into_iter()
+                    .map(StoredTurn::from)
+                    .collect();
+                batches.push((name, file, turns));
             }
             let store = store.open()?;
             if replace {

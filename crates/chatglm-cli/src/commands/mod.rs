@@ -5,6 +5,7 @@ pub mod data;
 pub mod demo;
 pub mod detokenize;
 pub mod eval;
+pub mod export;
 pub mod generate;
 pub mod history;
 pub mod logits;

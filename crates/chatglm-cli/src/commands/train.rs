@@ -6,9 +6,46 @@ use std::path::PathBuf;
 use anyhow::Context;
 use chatglm::ptuning::config::TrainConfig;
 use chatglm::ptuning::optim::AdamKind;
-use chatglm::ptuning::run::{TrainJob, read_examples, run_training};
+use chatglm::ptuning::run::{
+    TrainJob, load_config, read_examples, read_initial_prefix, run_training,
+};
 use chatglm::ptuning::train::TrainEvent;
 use indicatif::{ProgressBar, ProgressStyle};
+
+/// The data flags of the official `main.py` that `train` and `eval` share (snake_case as in
+/// train.sh; the kebab-case spellings work too).
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct DataFlags {
+    /// Prompt column (default `content`).
+    #[arg(long = "prompt_column", visible_alias = "prompt-column")]
+    pub prompt_column: Option<String>,
+    /// Response column (default `summary`).
+    #[arg(long = "response_column", visible_alias = "response-column")]
+    pub response_column: Option<String>,
+    /// History column for chat data (`[[q, a], ...]`, built into `[Round i]` prompts).
+    #[arg(long = "history_column", visible_alias = "history-column")]
+    pub history_column: Option<String>,
+    /// Prompt tokens kept (official: 64).
+    #[arg(long = "max_source_length", visible_alias = "max-source-length")]
+    pub max_source_length: Option<usize>,
+    /// Answer tokens kept (official: 64); eval generates at most source + target tokens.
+    #[arg(long = "max_target_length", visible_alias = "max-target-length")]
+    pub max_target_length: Option<usize>,
+}
+
+impl DataFlags {
+    /// These flags as config settings (the others unset), to merge over a config file.
+    pub fn config(&self) -> TrainConfig {
+        TrainConfig {
+            prompt_column: self.prompt_column.clone(),
+            response_column: self.response_column.clone(),
+            history_column: self.history_column.clone(),
+            max_source_length: self.max_source_length,
+            max_target_length: self.max_target_length,
+            ..TrainConfig::default()
+        }
+    }
+}
 
 /// P-Tuning v2: train a prefix for a frozen ChatGLM-6B (official `main.py --do_train` flags).
 #[derive(Debug, clap::Args)]
@@ -29,15 +66,8 @@ pub struct Args {
     /// Validation data (kept for `chatglm eval`; training does not read it).
     #[arg(long = "validation_file", visible_alias = "validation-file")]
     pub validation_file: Option<PathBuf>,
-    /// Prompt column (default `content`).
-    #[arg(long = "prompt_column", visible_alias = "prompt-column")]
-    pub prompt_column: Option<String>,
-    /// Response column (default `summary`).
-    #[arg(long = "response_column", visible_alias = "response-column")]
-    pub response_column: Option<String>,
-    /// History column for chat data (`[[q, a], ...]`, built into `[Round i]` prompts).
-    #[arg(long = "history_column", visible_alias = "history-column")]
-    pub history_column: Option<String>,
+    #[command(flatten)]
+    pub data: DataFlags,
     /// Text prepended to every prompt.
     #[arg(long = "source_prefix", visible_alias = "source-prefix")]
     pub source_prefix: Option<String>,
@@ -50,12 +80,6 @@ pub struct Args {
     /// Peak learning rate (official: 2e-2).
     #[arg(long = "learning_rate", visible_alias = "learning-rate")]
     pub learning_rate: Option<f64>,
-    /// Prompt tokens kept (official: 64).
-    #[arg(long = "max_source_length", visible_alias = "max-source-length")]
-    pub max_source_length: Option<usize>,
-    /// Answer tokens kept (official: 64).
-    #[arg(long = "max_target_length", visible_alias = "max-target-length")]
-    pub max_target_length: Option<usize>,
     /// Rows per micro-batch (official: 1).
     #[arg(
         long = "per_device_train_batch_size",
@@ -89,6 +113,10 @@ pub struct Args {
         visible_alias = "resume-from-checkpoint"
     )]
     pub resume_from_checkpoint: Option<String>,
+    /// Start from this prefix checkpoint (ours or the official trainer's) instead of a random
+    /// prefix, with a fresh optimizer; pre_seq_len and prefix_projection come from it.
+    #[arg(long = "ptuning_checkpoint", visible_alias = "ptuning-checkpoint")]
+    pub ptuning_checkpoint: Option<PathBuf>,
     /// AdamW weight decay (default 0).
     #[arg(long = "weight_decay", visible_alias = "weight-decay")]
     pub weight_decay: Option<f64>,
@@ -160,14 +188,9 @@ impl Args {
             model_name_or_path: self.model_name_or_path.clone(),
             train_file: self.train_file.clone(),
             validation_file: self.validation_file.clone(),
-            prompt_column: self.prompt_column.clone(),
-            response_column: self.response_column.clone(),
-            history_column: self.history_column.clone(),
             source_prefix: self.source_prefix.clone(),
             pre_seq_len: self.pre_seq_len,
             prefix_projection: self.prefix_projection,
-            max_source_length: self.max_source_length,
-            max_target_length: self.max_target_length,
             per_device_train_batch_size: self.per_device_train_batch_size,
             gradient_accumulation_steps: self.gradient_accumulation_steps,
             learning_rate: self.learning_rate,
@@ -184,9 +207,10 @@ impl Args {
             prefix_dropout: self.prefix_dropout,
             output_dir: self.output_dir.clone(),
             resume_from_checkpoint: self.resume_from_checkpoint.clone(),
+            ptuning_checkpoint: self.ptuning_checkpoint.clone(),
             device: self.device.clone(),
             dtype: self.dtype.clone(),
-            ..Default::default()
+            ..self.data.config()
         }
     }
 }
@@ -265,7 +289,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         Some(p) => TrainConfig::from_file(p)?,
         None => TrainConfig::default(),
     };
-    let cfg = file.merged(args.flags());
+    let mut cfg = file.merged(args.flags());
     if args.quantization_bit.is_some() {
         tracing::warn!(
             "--quantization_bit is ignored: training runs on the unquantized base model"
@@ -283,6 +307,13 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         Some(d) => d.clone(),
         None => chatglm::ptuning::demo::demo_model_dir()?,
     };
+    // pre_seq_len and prefix_projection of a starting prefix: taken when not given, checked
+    // when given.
+    if let Some(prefix) = cfg.ptuning_checkpoint.clone() {
+        let (base, _) = load_config(&model_dir)?;
+        let init = read_initial_prefix(&prefix, &base)?;
+        cfg.adopt_prefix_settings(&prefix, init.pre_seq_len, init.prefix_projection)?;
+    }
     let examples = read_examples(&train_file, &cfg.columns())?;
     let (device, dtype) = device_of(cfg.device.as_deref(), cfg.dtype.as_deref())?;
     let job = TrainJob {
@@ -294,6 +325,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         options: cfg.options()?,
         output_dir,
         resume: cfg.resume_dir()?,
+        init_prefix: cfg.ptuning_checkpoint.clone(),
     };
     let mut handler = progress_handler(args.json);
     let summary = run_training(&job, device, dtype, &mut handler)?;

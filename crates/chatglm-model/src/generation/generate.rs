@@ -6,6 +6,7 @@ use std::ops::ControlFlow;
 
 use burn::tensor::backend::Backend;
 use burn::tensor::{DType, Tensor};
+use chatglm_kernels::KernelBackend;
 
 use super::sampling::{LogitsProcessor, SamplingConfig};
 use crate::glm::{ForwardInputs, GlmModel};
@@ -194,7 +195,7 @@ pub struct CachedDecoder<'m, B: Backend> {
     state: Option<(BatchLayout, KvCache<B>, usize)>,
 }
 
-impl<'m, B: Backend> CachedDecoder<'m, B> {
+impl<'m, B: KernelBackend> CachedDecoder<'m, B> {
     /// A decoder over `model`, with an optional prefix (built for the batch size it will get).
     pub fn new(
         model: &'m GlmModel<B>,
@@ -226,7 +227,7 @@ pub fn logits_rows<B: Backend>(logits: Tensor<B, 3>) -> Result<Vec<Vec<f32>>, Ge
         .collect())
 }
 
-impl<B: Backend> Decoder for CachedDecoder<'_, B> {
+impl<B: KernelBackend> Decoder for CachedDecoder<'_, B> {
     fn vocab_size(&self) -> usize {
         self.model.vocab_size()
     }

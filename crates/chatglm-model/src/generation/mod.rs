@@ -1,6 +1,8 @@
-//! Generation outside the model: token choice ([`sampling`]), the decoding loop ([`generate`])
-//! and chat on top of the tokenizer ([`chat`]).
+//! Generation outside the model: token choice ([`sampling`]), the decoding loop ([`generate`]),
+//! chat on top of the tokenizer ([`chat`]) and fitting a conversation into the context
+//! ([`context`]).
 
 pub mod chat;
+pub mod context;
 pub mod generate;
 pub mod sampling;

@@ -6,6 +6,7 @@ use burn::module::Module;
 use burn::tensor::Tensor;
 use burn::tensor::activation::softmax;
 use burn::tensor::backend::Backend;
+use chatglm_kernels::KernelBackend;
 
 use super::linear::Linear;
 use super::rotary::Rope;
@@ -44,7 +45,7 @@ pub struct Attention<B: Backend> {
     pub num_heads: usize,
 }
 
-impl<B: Backend> Attention<B> {
+impl<B: KernelBackend> Attention<B> {
     /// Attention over `x`.
     ///
     /// # Shapes
@@ -78,9 +79,11 @@ impl<B: Backend> Attention<B> {
             }
             KvInput::Cache { layer, offset } => layer.write(offset, k, v),
         };
-        let scores = q.matmul(keys.swap_dims(2, 3)) + mask;
+        let scores = chatglm_kernels::matmul(q, keys.swap_dims(2, 3)) + mask;
         let probs = softmax(scores, 3);
-        let ctx = probs.matmul(values).swap_dims(1, 2).reshape([b, s, hidden]);
+        let ctx = chatglm_kernels::matmul(probs, values)
+            .swap_dims(1, 2)
+            .reshape([b, s, hidden]);
         self.dense.forward(ctx)
     }
 }

@@ -3,6 +3,7 @@
 use burn::module::Module;
 use burn::tensor::Tensor;
 use burn::tensor::backend::Backend;
+use chatglm_kernels::KernelBackend;
 
 use super::attention::{Attention, KvInput};
 use super::layer_norm::LayerNorm;
@@ -24,7 +25,7 @@ pub struct Block<B: Backend> {
     pub alpha: f64,
 }
 
-impl<B: Backend> Block<B> {
+impl<B: KernelBackend> Block<B> {
     /// Runs the block.
     ///
     /// # Shapes
@@ -39,8 +40,9 @@ impl<B: Backend> Block<B> {
     ) -> Tensor<B, 3> {
         let a = self.input_layernorm.forward(x);
         let attn = self.attention.forward(a.clone(), rope, mask, kv);
-        let h = a * self.alpha + attn;
-        let m = self.post_attention_layernorm.forward(h);
+        let m = self
+            .post_attention_layernorm
+            .forward_residual(a, Some(attn), self.alpha);
         let mlp = self.mlp.forward(m.clone());
         m * self.alpha + mlp
     }

@@ -3,6 +3,7 @@
 use burn::module::{Module, Param};
 use burn::tensor::Tensor;
 use burn::tensor::backend::Backend;
+use chatglm_kernels::KernelBackend;
 
 /// `(x - mean) / sqrt(var + eps) * weight + bias` over the last dimension (biased variance).
 #[derive(Module, Debug)]
@@ -24,16 +25,34 @@ impl<B: Backend> LayerNorm<B> {
             eps,
         }
     }
+}
 
+impl<B: KernelBackend> LayerNorm<B> {
     /// Normalises the last dimension.
     ///
     /// # Shapes
     /// - `x`: `[batch, seq, hidden]` -> same
     pub fn forward(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
-        let mean = x.clone().mean_dim(2);
-        let centered = x - mean;
-        let var = centered.clone().square().mean_dim(2);
-        let normed = centered / (var + self.eps).sqrt();
-        normed * self.weight.val().unsqueeze::<3>() + self.bias.val().unsqueeze::<3>()
+        self.forward_residual(x, None, 1.0)
+    }
+
+    /// Normalises `a * alpha + b` (the block's scaled residual) in one fused op.
+    ///
+    /// # Shapes
+    /// - `a`, `b`: `[batch, seq, hidden]` -> same
+    pub fn forward_residual(
+        &self,
+        a: Tensor<B, 3>,
+        b: Option<Tensor<B, 3>>,
+        alpha: f64,
+    ) -> Tensor<B, 3> {
+        chatglm_kernels::add_layer_norm(
+            a,
+            b,
+            alpha as f32,
+            self.weight.val(),
+            self.bias.val(),
+            self.eps as f32,
+        )
     }
 }

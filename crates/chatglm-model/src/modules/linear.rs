@@ -7,6 +7,7 @@
 use burn::module::{Module, Param};
 use burn::tensor::backend::Backend;
 use burn::tensor::{Int, Tensor};
+use chatglm_kernels::KernelBackend;
 
 /// `y = x W^T + b` with `W` stored `[out, in]`.
 #[derive(Module, Debug)]
@@ -30,21 +31,32 @@ impl<B: Backend> Linear<B> {
     pub fn out_features(&self) -> usize {
         self.weight.shape().as_slice()[0]
     }
+}
 
+impl<B: KernelBackend> Linear<B> {
     /// Applies the layer to the last dimension.
     ///
     /// # Shapes
     /// - `x`: `[..., in]` -> `[..., out]`
     pub fn forward<const D: usize>(&self, x: Tensor<B, D>) -> Tensor<B, D> {
+        let y = self.forward_no_bias(x);
+        match &self.bias {
+            Some(bias) => y + bias.val().unsqueeze::<D>(),
+            None => y,
+        }
+    }
+
+    /// `x W^T` without the bias (for callers that fuse the bias into the next op).
+    ///
+    /// # Shapes
+    /// - `x`: `[..., in]` -> `[..., out]`
+    pub fn forward_no_bias<const D: usize>(&self, x: Tensor<B, D>) -> Tensor<B, D> {
         let dims = x.dims();
         let input = dims[D - 1];
         let rows: usize = dims[..D - 1].iter().product();
         let out = self.out_features();
         let x2: Tensor<B, 2> = x.reshape([rows, input]);
-        let mut y = x2.matmul(self.weight.val().transpose());
-        if let Some(bias) = &self.bias {
-            y = y + bias.val().unsqueeze::<2>();
-        }
+        let y = chatglm_kernels::matmul(x2, self.weight.val().transpose());
         let mut shape = dims;
         shape[D - 1] = out;
         y.reshape(shape)
@@ -65,7 +77,9 @@ impl<B: Backend> Embedding<B> {
             weight: Param::from_tensor(weight),
         }
     }
+}
 
+impl<B: KernelBackend> Embedding<B> {
     /// Looks ids up.
     ///
     /// # Shapes
@@ -84,8 +98,7 @@ impl<B: Backend> Embedding<B> {
     pub fn attend(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
         let [b, s, h] = x.dims();
         let vocab = self.weight.shape().as_slice()[0];
-        x.reshape([b * s, h])
-            .matmul(self.weight.val().transpose())
+        chatglm_kernels::matmul(x.reshape([b * s, h]), self.weight.val().transpose())
             .reshape([b, s, vocab])
     }
 }

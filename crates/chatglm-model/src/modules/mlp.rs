@@ -3,6 +3,7 @@
 use burn::module::Module;
 use burn::tensor::Tensor;
 use burn::tensor::backend::Backend;
+use chatglm_kernels::KernelBackend;
 
 use super::linear::Linear;
 
@@ -11,8 +12,7 @@ use super::linear::Linear;
 /// # Shapes
 /// - any -> same
 pub fn gelu_tanh<B: Backend, const D: usize>(x: Tensor<B, D>) -> Tensor<B, D> {
-    let inner = (x.clone() * x.clone() * 0.044715 + 1.0) * x.clone() * 0.797_884_560_802_865_4;
-    x * 0.5 * (inner.tanh() + 1.0)
+    chatglm_kernels::reference::gelu_tanh(x)
 }
 
 /// `dense_4h_to_h(gelu(dense_h_to_4h(x)))`.
@@ -24,13 +24,17 @@ pub struct Mlp<B: Backend> {
     pub dense_4h_to_h: Linear<B>,
 }
 
-impl<B: Backend> Mlp<B> {
+impl<B: KernelBackend> Mlp<B> {
     /// Applies the MLP.
     ///
     /// # Shapes
     /// - `x`: `[batch, seq, hidden]` -> same
     pub fn forward(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
-        self.dense_4h_to_h
-            .forward(gelu_tanh(self.dense_h_to_4h.forward(x)))
+        let up = self.dense_h_to_4h.forward_no_bias(x);
+        let act = match &self.dense_h_to_4h.bias {
+            Some(bias) => chatglm_kernels::bias_gelu(up, bias.val()),
+            None => gelu_tanh(up),
+        };
+        self.dense_4h_to_h.forward(act)
     }
 }

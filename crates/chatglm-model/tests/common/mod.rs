@@ -59,7 +59,10 @@ pub fn ids(v: &serde_json::Value) -> Vec<u32> {
 }
 
 /// Loads a model folder onto `device`.
-pub fn load<B: Backend>(dir: &str, device: &B::Device) -> (GlmConfig, GlmModel<B>) {
+pub fn load<B: chatglm_model::KernelBackend>(
+    dir: &str,
+    device: &B::Device,
+) -> (GlmConfig, GlmModel<B>) {
     let dir = fixture(dir);
     let cfg = GlmConfig::from_file(dir.join("config.json")).unwrap();
     let ckpt = Checkpoint::open(&dir).unwrap();
@@ -78,7 +81,7 @@ pub fn prefix_dir(variant: &str) -> Option<PathBuf> {
 }
 
 /// Loads a variant's prefix encoder.
-pub fn load_prefix<B: Backend>(
+pub fn load_prefix<B: chatglm_model::KernelBackend>(
     variant: &str,
     cfg: &GlmConfig,
     device: &B::Device,
@@ -96,7 +99,7 @@ pub fn special(cfg: &GlmConfig) -> SpecialIds {
 }
 
 /// Full logits `[seq * vocab]` of an uncached forward over one sequence.
-pub fn full_logits<B: Backend>(
+pub fn full_logits<B: chatglm_model::KernelBackend>(
     cfg: &GlmConfig,
     model: &GlmModel<B>,
     prefix: Option<&PrefixEncoder<B>>,

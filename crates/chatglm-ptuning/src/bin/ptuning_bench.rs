@@ -135,7 +135,10 @@ fn features(o: &Opts) -> Vec<TrainFeature> {
         .collect()
 }
 
-fn bench<B: AutodiffBackend>(o: &Opts, device: B::Device) -> Result<serde_json::Value, String> {
+fn bench<B: AutodiffBackend + chatglm_model::KernelBackend>(
+    o: &Opts,
+    device: B::Device,
+) -> Result<serde_json::Value, String> {
     let cfg = config(o)?;
     let model: GlmModel<B> = freeze(
         GlmModel::build(&cfg, &mut RandomSource::new(&device, 0.02)).map_err(|e| e.to_string())?,

@@ -1,5 +1,7 @@
 //! The P-Tuning v2 training loop: frozen base, trainable prefix, AdamW with the linear schedule,
-//! gradient accumulation and clipping, JSON-lines logs, atomic checkpoints and exact resume.
+//! gradient accumulation and clipping, JSON-lines logs, atomic checkpoints and exact resume. A
+//! run starts from random weights, from given prefix weights or from a checkpoint ([`Start`]);
+//! its settings and results are in [`options`].
 //!
 //! Determinism: the data order of epoch `e` is a SplitMix64 shuffle seeded by `(seed, e)`, and
 //! the device RNG is re-seeded from `(seed, step, micro-batch)` before each prefix dropout, so the
@@ -17,197 +19,23 @@ use chatglm_model::glm::GlmModel;
 use chatglm_model::positions::SpecialIds;
 use chatglm_model::prefix::PrefixShape;
 
-use crate::checkpoint::{self, Checkpoint, CheckpointError, LogEntry, TrainerState};
+use crate::checkpoint::{self, Checkpoint, LogEntry, TrainerState};
 use crate::data::TrainFeature;
-use crate::loss::{Batch, LossError, batch_loss, prefix_dropout};
-use crate::optim::{AdamW, AdamWConfig, OptimError, clip_factor, global_norm};
-use crate::params::{self, DeviceParams, ParamsError};
+use crate::loss::{Batch, batch_loss, prefix_dropout};
+use crate::optim::{AdamW, OptimError, clip_factor, global_norm};
+use crate::params::{self, DeviceParams};
 use crate::rng::{SplitMix64, mix};
 use crate::schedule::LinearSchedule;
+use crate::store::Tensors;
+
+pub mod options;
+
+pub use options::{Start, TrainError, TrainEvent, TrainOptions, TrainSummary};
 
 /// Name of the JSON-lines training log in the output folder.
 pub const LOG_FILE: &str = "train_log.jsonl";
 /// Name of the loss-curve image in the output folder.
 pub const CURVE_FILE: &str = "loss_curve.png";
-
-/// Errors of training.
-#[derive(Debug, thiserror::Error)]
-pub enum TrainError {
-    /// Invalid settings.
-    #[error("invalid training settings: {0}")]
-    Settings(String),
-    /// The loss became NaN or infinite.
-    #[error("the loss is {loss} at step {step}: training stopped (last good checkpoint: {last})")]
-    NonFinite {
-        /// Optimizer step (1-based) whose loss was not finite.
-        step: u64,
-        /// The loss value.
-        loss: f64,
-        /// The last checkpoint saved, or "none".
-        last: String,
-    },
-    /// A batch could not be built or scored.
-    #[error(transparent)]
-    Loss(#[from] LossError),
-    /// Optimizer state error.
-    #[error(transparent)]
-    Optim(#[from] OptimError),
-    /// Prefix parameter error.
-    #[error(transparent)]
-    Params(#[from] ParamsError),
-    /// Checkpoint error.
-    #[error(transparent)]
-    Checkpoint(#[from] CheckpointError),
-    /// Resuming from a checkpoint of a different run.
-    #[error("cannot resume from {path}: {reason}")]
-    Resume {
-        /// Checkpoint folder.
-        path: PathBuf,
-        /// What differs.
-        reason: String,
-    },
-    /// Writing the log failed.
-    #[error("{path}: {source}")]
-    Io {
-        /// File concerned.
-        path: PathBuf,
-        /// Underlying error.
-        source: std::io::Error,
-    },
-}
-
-/// Numeric settings of a run (the official flag names).
-#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
-pub struct TrainOptions {
-    /// Prefix length.
-    pub pre_seq_len: usize,
-    /// Use the projection MLP.
-    pub prefix_projection: bool,
-    /// Peak learning rate.
-    pub learning_rate: f64,
-    /// Rows per micro-batch.
-    pub per_device_train_batch_size: usize,
-    /// Micro-batches per optimizer step.
-    pub gradient_accumulation_steps: usize,
-    /// Optimizer steps (0: derive from `num_train_epochs`).
-    pub max_steps: u64,
-    /// Epochs when `max_steps` is 0.
-    pub num_train_epochs: f64,
-    /// Warm-up steps (wins over the ratio when > 0).
-    pub warmup_steps: u64,
-    /// Warm-up as a fraction of the steps.
-    pub warmup_ratio: f64,
-    /// Gradient clipping norm (0 disables; the HF Trainer default is 1.0).
-    pub max_grad_norm: f64,
-    /// AdamW hyper-parameters.
-    pub adam: AdamWConfig,
-    /// Log every N steps.
-    pub logging_steps: u64,
-    /// Checkpoint every N steps (0: only at the end).
-    pub save_steps: u64,
-    /// Seed of initialisation, data order and dropout.
-    pub seed: u64,
-    /// Dropout on the prefix during training (0.1 in the original model code).
-    pub prefix_dropout: f64,
-}
-
-impl Default for TrainOptions {
-    fn default() -> Self {
-        Self {
-            pre_seq_len: 128,
-            prefix_projection: false,
-            learning_rate: 2e-2,
-            per_device_train_batch_size: 1,
-            gradient_accumulation_steps: 16,
-            max_steps: 3000,
-            num_train_epochs: 3.0,
-            warmup_steps: 0,
-            warmup_ratio: 0.0,
-            max_grad_norm: 1.0,
-            adam: AdamWConfig::default(),
-            logging_steps: 10,
-            save_steps: 1000,
-            seed: 42,
-            prefix_dropout: 0.1,
-        }
-    }
-}
-
-impl TrainOptions {
-    /// Optimizer steps of the run for `rows` training rows.
-    pub fn total_steps(&self, rows: usize) -> u64 {
-        if self.max_steps > 0 {
-            return self.max_steps;
-        }
-        let batches = rows.div_ceil(self.per_device_train_batch_size.max(1)) as u64;
-        let per_epoch = (batches / self.gradient_accumulation_steps.max(1) as u64).max(1);
-        (self.num_train_epochs * per_epoch as f64).ceil() as u64
-    }
-
-    fn check(&self) -> Result<(), TrainError> {
-        let bad = |m: &str| Err(TrainError::Settings(m.to_string()));
-        if self.pre_seq_len == 0 {
-            return bad("pre_seq_len must be at least 1");
-        }
-        if self.per_device_train_batch_size == 0 || self.gradient_accumulation_steps == 0 {
-            return bad("per_device_train_batch_size and gradient_accumulation_steps must be >= 1");
-        }
-        if !(self.learning_rate.is_finite() && self.learning_rate >= 0.0) {
-            return bad("learning_rate must be a finite number >= 0");
-        }
-        if !(0.0..1.0).contains(&self.prefix_dropout) {
-            return bad("prefix_dropout must be in [0, 1)");
-        }
-        if self.max_steps == 0 && self.num_train_epochs <= 0.0 {
-            return bad("set max_steps or a positive num_train_epochs");
-        }
-        Ok(())
-    }
-
-    /// What must not change between a run and its resumption.
-    fn fingerprint(&self, rows: usize) -> serde_json::Value {
-        serde_json::json!({
-            "options": self,
-            "train_rows": rows,
-        })
-    }
-}
-
-/// Progress events for a front end (progress bar, logs).
-#[derive(Debug, Clone)]
-pub enum TrainEvent {
-    /// Training starts (or resumes) at `step` of `total`.
-    Start {
-        /// First step to run (steps already done).
-        step: u64,
-        /// Total steps.
-        total: u64,
-    },
-    /// An optimizer step finished.
-    Step {
-        /// Steps done.
-        step: u64,
-        /// Mean loss of this step.
-        loss: f64,
-    },
-    /// A log entry was written.
-    Log(LogEntry),
-    /// A checkpoint was saved.
-    Saved(PathBuf),
-}
-
-/// What a finished run produced.
-#[derive(Debug, Clone)]
-pub struct TrainSummary {
-    /// The last checkpoint folder.
-    pub last_checkpoint: PathBuf,
-    /// The loss-curve PNG (absent when there was nothing to plot).
-    pub loss_curve: Option<PathBuf>,
-    /// The log entries of the whole run.
-    pub log_history: Vec<LogEntry>,
-    /// The final prefix weights.
-    pub prefix: crate::store::Tensors,
-}
 
 /// The frozen base model and what the loop needs to know about it.
 #[derive(Debug)]
@@ -264,18 +92,76 @@ fn rewrite_log(path: &Path, entries: &[LogEntry]) -> Result<(), TrainError> {
         .map_err(|e| TrainError::Settings(e.to_string()))
 }
 
-/// Runs (or resumes) a P-Tuning v2 training.
-///
-/// `resume` is a checkpoint folder written by an earlier run with the same settings.
-/// `on_event` may answer `ControlFlow::Break(())` to a [`TrainEvent::Step`]: the run then saves a
-/// checkpoint of that step and returns early (a graceful stop; resuming from it continues
-/// exactly).
-pub fn train<B: AutodiffBackend>(
+/// The prefix weights and trainer state a run starts from, with the optimizer moments loaded on
+/// resume and the log file reset to match.
+fn initial_state<B: Backend>(
+    start: Start<'_>,
+    shape: &PrefixShape,
+    fresh: TrainerState,
+    log_path: &Path,
+    optim: &mut AdamW<B>,
+    device: &B::Device,
+) -> Result<(Tensors, TrainerState), TrainError> {
+    match start {
+        Start::Resume(dir) => {
+            let ck = checkpoint::load_checkpoint(dir)?;
+            if ck.state.fingerprint != fresh.fingerprint {
+                return Err(TrainError::Resume {
+                    path: dir.to_path_buf(),
+                    reason: format!(
+                        "the settings differ from the checkpoint's\n  checkpoint: {}\n  now:        {}",
+                        ck.state.fingerprint, fresh.fingerprint
+                    ),
+                });
+            }
+            let names: Vec<String> = params::param_shapes(shape)
+                .into_iter()
+                .map(|(n, _)| n)
+                .collect();
+            optim.load_state(&ck.optimizer, &names, ck.state.global_step, device)?;
+            rewrite_log(log_path, &ck.state.log_history)?;
+            Ok((ck.prefix, ck.state))
+        }
+        Start::Prefix(tensors) => {
+            params::check_params(shape, tensors)?;
+            rewrite_log(log_path, &[])?;
+            Ok((tensors.clone(), fresh))
+        }
+        Start::Fresh => {
+            rewrite_log(log_path, &[])?;
+            Ok((params::init_params(shape, fresh.seed), fresh))
+        }
+    }
+}
+
+/// Runs (or resumes) a P-Tuning v2 training: [`train_from`] with [`Start::Resume`] when `resume`
+/// is given (a checkpoint folder written by an earlier run with the same settings), else
+/// [`Start::Fresh`].
+pub fn train<B: AutodiffBackend + chatglm_model::KernelBackend>(
     base: &Base<'_, B>,
     features: &[TrainFeature],
     opts: &TrainOptions,
     output_dir: &Path,
     resume: Option<&Path>,
+    device: &B::Device,
+    on_event: &mut dyn FnMut(TrainEvent) -> ControlFlow<()>,
+) -> Result<TrainSummary, TrainError> {
+    let start = resume.map_or(Start::Fresh, Start::Resume);
+    train_from(base, features, opts, output_dir, start, device, on_event)
+}
+
+/// Runs a P-Tuning v2 training from `start` (random weights, given weights, or a checkpoint to
+/// resume).
+///
+/// `on_event` may answer `ControlFlow::Break(())` to a [`TrainEvent::Step`]: the run then saves a
+/// checkpoint of that step and returns early (a graceful stop; resuming from it continues
+/// exactly).
+pub fn train_from<B: AutodiffBackend + chatglm_model::KernelBackend>(
+    base: &Base<'_, B>,
+    features: &[TrainFeature],
+    opts: &TrainOptions,
+    output_dir: &Path,
+    start: Start<'_>,
     device: &B::Device,
     on_event: &mut dyn FnMut(TrainEvent) -> ControlFlow<()>,
 ) -> Result<TrainSummary, TrainError> {
@@ -308,44 +194,19 @@ pub fn train<B: AutodiffBackend>(
     let log_path = output_dir.join(LOG_FILE);
 
     let mut optim = AdamW::<B::InnerBackend>::new(opts.adam);
-    let (host_params, mut state) = match resume {
-        Some(dir) => {
-            let ck = checkpoint::load_checkpoint(dir)?;
-            if ck.state.fingerprint != fingerprint {
-                return Err(TrainError::Resume {
-                    path: dir.to_path_buf(),
-                    reason: format!(
-                        "the settings differ from the checkpoint's\n  checkpoint: {}\n  now:        {}",
-                        ck.state.fingerprint, fingerprint
-                    ),
-                });
-            }
-            let names: Vec<String> = params::param_shapes(&shape)
-                .into_iter()
-                .map(|(n, _)| n)
-                .collect();
-            optim.load_state(&ck.optimizer, &names, ck.state.global_step, device)?;
-            rewrite_log(&log_path, &ck.state.log_history)?;
-            (ck.prefix, ck.state)
-        }
-        None => {
-            rewrite_log(&log_path, &[])?;
-            (
-                params::init_params(&shape, opts.seed),
-                TrainerState {
-                    global_step: 0,
-                    max_steps: total,
-                    samples_seen: 0,
-                    seed: opts.seed,
-                    epoch: 0.0,
-                    log_history: Vec::new(),
-                    pending_loss: (0.0, 0),
-                    pending_tokens: 0,
-                    fingerprint: fingerprint.clone(),
-                },
-            )
-        }
+    let fresh = TrainerState {
+        global_step: 0,
+        max_steps: total,
+        samples_seen: 0,
+        seed: opts.seed,
+        epoch: 0.0,
+        log_history: Vec::new(),
+        pending_loss: (0.0, 0),
+        pending_tokens: 0,
+        fingerprint,
     };
+    let (host_params, mut state) =
+        initial_state(start, &shape, fresh, &log_path, &mut optim, device)?;
     let mut params = DeviceParams::<B::InnerBackend>::from_host(shape, &host_params, device)?;
     let schedule = LinearSchedule {
         peak: opts.learning_rate,
@@ -358,7 +219,10 @@ pub fn train<B: AutodiffBackend>(
         m.insert("pre_seq_len".into(), opts.pre_seq_len.into());
         m.insert("prefix_projection".into(), opts.prefix_projection.into());
     }
-    let mut last_ckpt: Option<PathBuf> = resume.map(Path::to_path_buf);
+    let mut last_ckpt: Option<PathBuf> = match start {
+        Start::Resume(dir) => Some(dir.to_path_buf()),
+        Start::Fresh | Start::Prefix(_) => None,
+    };
     let _ = on_event(TrainEvent::Start {
         step: state.global_step,
         total,

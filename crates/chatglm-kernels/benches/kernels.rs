@@ -1,0 +1,122 @@
+//! Each fused op against its reference implementation at ChatGLM-6B shapes.
+//!
+//! `cargo bench -p chatglm-kernels` runs on the CPU (ndarray, where both sides are the reference
+//! path); with `CHATGLM_BENCH_DEVICE=cuda` it runs on GPU 0 in float16 (and the float32 matmul),
+//! synchronising the device after every iteration.
+
+use burn::tensor::{Distribution, Tensor};
+use chatglm_kernels::{KernelBackend, reference};
+use criterion::{Criterion, criterion_group, criterion_main};
+
+const HIDDEN: usize = 4096;
+const INNER: usize = 16384;
+
+fn sync<B: KernelBackend>(dev: &B::Device) {
+    B::sync(dev).expect("device sync");
+}
+
+fn bench_backend<B: KernelBackend>(c: &mut Criterion, label: &str, dev: &B::Device) {
+    let rand2 =
+        |r: usize, n: usize| Tensor::<B, 2>::random([r, n], Distribution::Normal(0.0, 1.0), dev);
+    let rand1 = |n: usize| Tensor::<B, 1>::random([n], Distribution::Normal(0.0, 1.0), dev);
+    let (gamma, beta) = (rand1(HIDDEN), rand1(HIDDEN));
+    for rows in [1usize, 128] {
+        let (a, b) = (rand2(rows, HIDDEN), rand2(rows, HIDDEN));
+        let mut group = c.benchmark_group(format!("{label}/add_layer_norm/{rows}x{HIDDEN}"));
+        group.bench_function("fused", |bench| {
+            bench.iter(|| {
+                let out = chatglm_kernels::add_layer_norm(
+                    a.clone(),
+                    Some(b.clone()),
+                    7.48,
+                    gamma.clone(),
+                    beta.clone(),
+                    1e-5,
+                );
+                sync::<B>(dev);
+                out
+            })
+        });
+        group.bench_function("reference", |bench| {
+            bench.iter(|| {
+                let out = reference::add_layer_norm(
+                    a.clone(),
+                    Some(b.clone()),
+                    7.48,
+                    gamma.clone(),
+                    beta.clone(),
+                    1e-5,
+                );
+                sync::<B>(dev);
+                out
+            })
+        });
+        group.finish();
+    }
+    let (x, bias) = (rand2(128, INNER), rand1(INNER));
+    let mut group = c.benchmark_group(format!("{label}/bias_gelu/128x{INNER}"));
+    group.bench_function("fused", |bench| {
+        bench.iter(|| {
+            let out = chatglm_kernels::bias_gelu(x.clone(), bias.clone());
+            sync::<B>(dev);
+            out
+        })
+    });
+    group.bench_function("reference", |bench| {
+        bench.iter(|| {
+            let out = reference::bias_gelu(x.clone(), bias.clone());
+            sync::<B>(dev);
+            out
+        })
+    });
+    group.finish();
+}
+
+/// The float32 matmul: the exact kernel against burn's (TF32 on tensor cores).
+fn bench_matmul<B: KernelBackend>(c: &mut Criterion, label: &str, dev: &B::Device) {
+    let w = Tensor::<B, 2>::random([HIDDEN, HIDDEN], Distribution::Normal(0.0, 1.0), dev);
+    for rows in [1usize, 128] {
+        let x = Tensor::<B, 2>::random([rows, HIDDEN], Distribution::Normal(0.0, 1.0), dev);
+        let mut group = c.benchmark_group(format!("{label}/matmul_f32/{rows}x{HIDDEN}x{HIDDEN}"));
+        group.bench_function("exact", |bench| {
+            bench.iter(|| {
+                let out = chatglm_kernels::matmul(x.clone(), w.clone().transpose());
+                sync::<B>(dev);
+                out
+            })
+        });
+        group.bench_function("burn", |bench| {
+            bench.iter(|| {
+                let out = x.clone().matmul(w.clone().transpose());
+                sync::<B>(dev);
+                out
+            })
+        });
+        group.finish();
+    }
+}
+
+fn benches(c: &mut Criterion) {
+    let cuda = std::env::var("CHATGLM_BENCH_DEVICE").is_ok_and(|v| v.eq_ignore_ascii_case("cuda"));
+    if !cuda {
+        let dev = Default::default();
+        bench_backend::<burn::backend::NdArray<f32>>(c, "cpu-f32", &dev);
+        bench_matmul::<burn::backend::NdArray<f32>>(c, "cpu-f32", &dev);
+        return;
+    }
+    #[cfg(feature = "cuda")]
+    {
+        let dev = burn::backend::cuda::CudaDevice::new(0);
+        bench_backend::<burn::backend::Cuda<burn::tensor::f16, i32>>(c, "cuda-f16", &dev);
+        bench_matmul::<burn::backend::Cuda<f32, i32>>(c, "cuda-f32", &dev);
+    }
+    #[cfg(not(feature = "cuda"))]
+    panic!("CHATGLM_BENCH_DEVICE=cuda needs the `cuda` feature");
+}
+
+criterion_group! {
+    name = kernels;
+    config = Criterion::default().sample_size(20).warm_up_time(std::time::Duration::from_secs(2));
+    targets = benches
+}
+criterion_main!(kernels);

@@ -1,0 +1,63 @@
+//! The backend extension trait and its implementations for the backends that only have the
+//! reference path.
+
+use burn::backend::Autodiff;
+use burn::backend::NdArray;
+use burn::backend::autodiff::checkpoint::strategy::CheckpointStrategy;
+use burn::tensor::backend::Backend;
+use burn::tensor::ops::FloatTensor;
+use burn::tensor::{Tensor, TensorPrimitive};
+
+use crate::reference;
+
+/// A burn backend with ChatGLM's fused ops. The default methods are the reference
+/// implementations ([`crate::reference`]); backends with kernels override them.
+///
+/// Prefer the tensor-level wrappers ([`crate::matmul`], [`crate::add_layer_norm`],
+/// [`crate::bias_gelu`]), which check shapes and reshape to what these methods expect.
+pub trait KernelBackend: Backend {
+    /// burn's matrix product semantics, with float32 inputs multiplied in float32 (no TF32
+    /// rounding). Half-precision inputs use the backend's fastest matmul.
+    fn glm_matmul(lhs: FloatTensor<Self>, rhs: FloatTensor<Self>) -> FloatTensor<Self> {
+        Self::float_matmul(lhs, rhs)
+    }
+
+    /// `LayerNorm(a * alpha + b)` over the last dimension of `[rows, n]` tensors (`b` absent:
+    /// `LayerNorm(a * alpha)`), `gamma`/`beta` of shape `[n]`, biased variance, statistics in
+    /// float32.
+    fn glm_add_layer_norm(
+        a: FloatTensor<Self>,
+        b: Option<FloatTensor<Self>>,
+        alpha: f32,
+        gamma: FloatTensor<Self>,
+        beta: FloatTensor<Self>,
+        eps: f32,
+    ) -> FloatTensor<Self> {
+        let out = reference::add_layer_norm::<Self>(
+            float(a),
+            b.map(float),
+            alpha,
+            float(gamma),
+            float(beta),
+            eps,
+        );
+        out.into_primitive().tensor()
+    }
+
+    /// `gelu_tanh(x + bias)` for `x: [rows, n]` and `bias: [n]`.
+    fn glm_bias_gelu(x: FloatTensor<Self>, bias: FloatTensor<Self>) -> FloatTensor<Self> {
+        reference::bias_gelu::<Self>(float(x), float(bias))
+            .into_primitive()
+            .tensor()
+    }
+}
+
+fn float<B: Backend, const D: usize>(t: FloatTensor<B>) -> Tensor<B, D> {
+    Tensor::from_primitive(TensorPrimitive::Float(t))
+}
+
+impl KernelBackend for NdArray<f32> {}
+impl KernelBackend for NdArray<f64> {}
+
+/// Training runs the reference ops under autodiff, so gradients come from burn's own backward.
+impl<B: KernelBackend, C: CheckpointStrategy> KernelBackend for Autodiff<B, C> {}

@@ -1,0 +1,143 @@
+//! `LayerNorm(a * alpha + b)` in one kernel: one cube per row, statistics in float32 with a
+//! two-pass (mean, then centred variance) shared-memory reduction.
+
+use burn::tensor::Shape;
+use burn_cubecl::CubeRuntime;
+use burn_cubecl::kernel::into_contiguous;
+use burn_cubecl::ops::numeric::empty_device_dtype;
+use burn_cubecl::tensor::CubeTensor;
+use cubecl::prelude::*;
+
+/// Threads per row (rows of ChatGLM-6B are 4096 wide: 16 elements per thread).
+const MAX_BLOCK: u32 = 256;
+
+#[cube]
+fn residual<F: Float>(
+    a: &Tensor<F>,
+    b: &Tensor<F>,
+    idx: usize,
+    alpha: f32,
+    #[comptime] has_b: bool,
+) -> f32 {
+    let mut v = f32::cast_from(a[idx]) * alpha;
+    if has_b {
+        v += f32::cast_from(b[idx]);
+    }
+    v
+}
+
+/// Sum of `value` over the cube's units (a power of two of them); every unit gets the total.
+#[cube]
+fn block_sum(shared: &mut SharedMemory<f32>, value: f32, tid: usize) -> f32 {
+    shared[tid] = value;
+    sync_cube();
+    // From a runtime value: a variable initialised from a comptime one cannot be mutated.
+    let mut stride = CUBE_DIM_X as usize / 2;
+    while stride > 0 {
+        if tid < stride {
+            let other = shared[tid + stride];
+            shared[tid] += other;
+        }
+        sync_cube();
+        stride /= 2;
+    }
+    let total = shared[0];
+    sync_cube();
+    total
+}
+
+#[cube(launch)]
+#[allow(clippy::too_many_arguments)]
+fn add_layer_norm_kernel<F: Float>(
+    a: &Tensor<F>,
+    b: &Tensor<F>,
+    gamma: &Tensor<F>,
+    beta: &Tensor<F>,
+    out: &mut Tensor<F>,
+    alpha: f32,
+    eps: f32,
+    #[comptime] has_b: bool,
+    #[comptime] block: u32,
+    #[define(F)] _dtype: StorageType,
+) {
+    let n = out.shape(1);
+    let base = CUBE_POS_X as usize * n;
+    let tid = UNIT_POS_X as usize;
+    let step = block as usize;
+    let mut shared = SharedMemory::<f32>::new(block as usize);
+
+    let mut sum = 0.0f32;
+    let mut i = tid;
+    while i < n {
+        sum += residual::<F>(a, b, base + i, alpha, has_b);
+        i += step;
+    }
+    let mean = block_sum(&mut shared, sum, tid) / n as f32;
+
+    let mut sq = 0.0f32;
+    let mut j = tid;
+    while j < n {
+        let d = residual::<F>(a, b, base + j, alpha, has_b) - mean;
+        sq += d * d;
+        j += step;
+    }
+    let var = block_sum(&mut shared, sq, tid) / n as f32;
+    let inv = 1.0f32 / f32::sqrt(var + eps);
+
+    let mut k = tid;
+    while k < n {
+        let d = residual::<F>(a, b, base + k, alpha, has_b) - mean;
+        let g = f32::cast_from(gamma[k]);
+        let bb = f32::cast_from(beta[k]);
+        out[base + k] = F::cast_from(d * inv * g + bb);
+        k += step;
+    }
+}
+
+/// # Shapes
+/// - `a`, `b`: `[rows, n]`, `gamma`, `beta`: `[n]` -> `[rows, n]`
+pub(crate) fn add_layer_norm<R: CubeRuntime>(
+    a: CubeTensor<R>,
+    b: Option<CubeTensor<R>>,
+    alpha: f32,
+    gamma: CubeTensor<R>,
+    beta: CubeTensor<R>,
+    eps: f32,
+) -> CubeTensor<R> {
+    let a = into_contiguous(a);
+    let has_b = b.is_some();
+    let b = b.map(into_contiguous).unwrap_or_else(|| a.clone());
+    let gamma = into_contiguous(gamma);
+    let beta = into_contiguous(beta);
+    let dims = a.meta.shape().clone();
+    let (rows, n) = (dims[0], dims[1]);
+    let dtype = a.dtype;
+    let client = a.client.clone();
+    let out = empty_device_dtype(
+        client.clone(),
+        a.device.clone(),
+        Shape::new([rows, n]),
+        dtype,
+    );
+    if rows == 0 {
+        return out;
+    }
+    // A power of two (the reduction halves it), at least one warp, at most MAX_BLOCK.
+    let block = (n as u32).next_power_of_two().clamp(32, MAX_BLOCK);
+    add_layer_norm_kernel::launch::<R>(
+        &client,
+        CubeCount::Static(rows as u32, 1, 1),
+        CubeDim::new_1d(block),
+        a.into_tensor_arg(),
+        b.into_tensor_arg(),
+        gamma.into_tensor_arg(),
+        beta.into_tensor_arg(),
+        out.clone().into_tensor_arg(),
+        alpha,
+        eps,
+        has_b,
+        block,
+        dtype.into(),
+    );
+    out
+}

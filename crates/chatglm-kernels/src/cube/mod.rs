@@ -1,0 +1,38 @@
+//! CubeCL implementations of [`KernelBackend`] for burn's cube backends (burn-cuda without fusion;
+//! the fusion wrapper forwards to these through custom operations, see `crate::fusion`).
+
+mod elementwise;
+mod layer_norm;
+mod matmul;
+
+use burn::tensor::ops::FloatTensor;
+use burn_cubecl::{BoolElement, CubeBackend, CubeRuntime, FloatElement, IntElement};
+
+use crate::KernelBackend;
+
+impl<R, F, I, BT> KernelBackend for CubeBackend<R, F, I, BT>
+where
+    R: CubeRuntime,
+    F: FloatElement,
+    I: IntElement,
+    BT: BoolElement,
+{
+    fn glm_matmul(lhs: FloatTensor<Self>, rhs: FloatTensor<Self>) -> FloatTensor<Self> {
+        matmul::matmul::<R, F, I, BT>(lhs, rhs)
+    }
+
+    fn glm_add_layer_norm(
+        a: FloatTensor<Self>,
+        b: Option<FloatTensor<Self>>,
+        alpha: f32,
+        gamma: FloatTensor<Self>,
+        beta: FloatTensor<Self>,
+        eps: f32,
+    ) -> FloatTensor<Self> {
+        layer_norm::add_layer_norm(a, b, alpha, gamma, beta, eps)
+    }
+
+    fn glm_bias_gelu(x: FloatTensor<Self>, bias: FloatTensor<Self>) -> FloatTensor<Self> {
+        elementwise::bias_gelu(x, bias)
+    }
+}

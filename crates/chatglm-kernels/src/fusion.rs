@@ -1,0 +1,129 @@
+//! [`KernelBackend`] for burn's fusion wrapper: each op is registered as a custom operation in the
+//! fusion stream, which runs the inner backend's kernel when the stream executes, so the ops keep
+//! their place in burn's lazy op order.
+
+use std::marker::PhantomData;
+
+use burn::tensor::ops::{FloatTensor, FloatTensorOps};
+use burn::tensor::{DType, Shape};
+use burn_fusion::stream::{Operation, OperationStreams};
+use burn_fusion::{Fusion, FusionBackend, FusionRuntime};
+use burn_ir::{CustomOpIr, HandleContainer, OperationIr, OperationOutput, TensorIr};
+
+use crate::KernelBackend;
+
+/// Which op a [`Custom`] runs.
+#[derive(Debug, Clone, Copy)]
+enum Kind {
+    Matmul,
+    AddLayerNorm { alpha: f32, eps: f32, has_b: bool },
+    BiasGelu,
+}
+
+/// A registered custom operation.
+#[derive(Debug)]
+struct Custom<B> {
+    desc: CustomOpIr,
+    kind: Kind,
+    _b: PhantomData<B>,
+}
+
+impl<B: FusionBackend + KernelBackend> Operation<B::FusionRuntime> for Custom<B> {
+    fn execute(
+        &self,
+        handles: &mut HandleContainer<<B::FusionRuntime as FusionRuntime>::FusionHandle>,
+    ) {
+        let mut inputs = self
+            .desc
+            .inputs
+            .iter()
+            .map(|ir| handles.get_float_tensor::<B>(ir));
+        let mut next = || inputs.next().expect("custom op registered with its inputs");
+        let out = match self.kind {
+            Kind::Matmul => {
+                let lhs = next();
+                B::glm_matmul(lhs, next())
+            }
+            Kind::AddLayerNorm { alpha, eps, has_b } => {
+                let a = next();
+                let b = has_b.then(&mut next);
+                let gamma = next();
+                B::glm_add_layer_norm(a, b, alpha, gamma, next(), eps)
+            }
+            Kind::BiasGelu => {
+                let x = next();
+                B::glm_bias_gelu(x, next())
+            }
+        };
+        handles.register_float_tensor::<B>(&self.desc.outputs[0].id, out);
+    }
+}
+
+fn register<B: FusionBackend + KernelBackend>(
+    name: &'static str,
+    kind: Kind,
+    inputs: Vec<FloatTensor<Fusion<B>>>,
+    shape: Shape,
+) -> FloatTensor<Fusion<B>> {
+    let client = inputs[0].client.clone();
+    let dtype = inputs[0].dtype;
+    let streams = OperationStreams::with_inputs(inputs.iter());
+    let out = TensorIr::uninit(client.create_empty_handle(), shape, dtype);
+    let irs: Vec<TensorIr> = inputs.into_iter().map(|t| t.into_ir()).collect();
+    let desc = CustomOpIr::new(name, &irs, &[out]);
+    client
+        .register(
+            streams,
+            OperationIr::Custom(desc.clone()),
+            Custom::<B> {
+                desc,
+                kind,
+                _b: PhantomData,
+            },
+        )
+        .output()
+}
+
+/// `[..., m, k] x [..., k, n] -> [..., m, n]` with broadcast batch dimensions.
+fn matmul_shape(lhs: &Shape, rhs: &Shape) -> Shape {
+    let (l, r) = (lhs.as_slice(), rhs.as_slice());
+    let d = l.len();
+    let mut dims: Vec<usize> = (0..d - 2).map(|i| l[i].max(r[i])).collect();
+    dims.push(l[d - 2]);
+    dims.push(r[d - 1]);
+    Shape::from(dims)
+}
+
+impl<B: FusionBackend + KernelBackend> KernelBackend for Fusion<B> {
+    fn glm_matmul(lhs: FloatTensor<Self>, rhs: FloatTensor<Self>) -> FloatTensor<Self> {
+        if lhs.dtype != DType::F32 {
+            // Half precision: burn's own matmul, which fusion can combine with its neighbours.
+            return Self::float_matmul(lhs, rhs);
+        }
+        let shape = matmul_shape(&lhs.shape, &rhs.shape);
+        register::<B>("chatglm_matmul_f32", Kind::Matmul, vec![lhs, rhs], shape)
+    }
+
+    fn glm_add_layer_norm(
+        a: FloatTensor<Self>,
+        b: Option<FloatTensor<Self>>,
+        alpha: f32,
+        gamma: FloatTensor<Self>,
+        beta: FloatTensor<Self>,
+        eps: f32,
+    ) -> FloatTensor<Self> {
+        let shape = a.shape.clone();
+        let has_b = b.is_some();
+        let mut inputs = vec![a];
+        inputs.extend(b);
+        inputs.push(gamma);
+        inputs.push(beta);
+        let kind = Kind::AddLayerNorm { alpha, eps, has_b };
+        register::<B>("chatglm_add_layer_norm", kind, inputs, shape)
+    }
+
+    fn glm_bias_gelu(x: FloatTensor<Self>, bias: FloatTensor<Self>) -> FloatTensor<Self> {
+        let shape = x.shape.clone();
+        register::<B>("chatglm_bias_gelu", Kind::BiasGelu, vec![x, bias], shape)
+    }
+}

@@ -1,0 +1,48 @@
+//! Plain burn implementations of the fused ops: the definition the kernels are tested against,
+//! and what CPU and autodiff backends run.
+
+use burn::tensor::Tensor;
+use burn::tensor::backend::Backend;
+
+/// `sqrt(2 / pi)`.
+const GELU_C: f64 = 0.797_884_560_802_865_4;
+
+/// `LayerNorm(a * alpha + b)` over the last dimension, biased variance.
+///
+/// # Shapes
+/// - `a`, `b`: `[rows, n]`, `gamma`, `beta`: `[n]` -> `[rows, n]`
+pub fn add_layer_norm<B: Backend>(
+    a: Tensor<B, 2>,
+    b: Option<Tensor<B, 2>>,
+    alpha: f32,
+    gamma: Tensor<B, 1>,
+    beta: Tensor<B, 1>,
+    eps: f32,
+) -> Tensor<B, 2> {
+    let mut h = if alpha == 1.0 { a } else { a * alpha };
+    if let Some(b) = b {
+        h = h + b;
+    }
+    let mean = h.clone().mean_dim(1);
+    let centered = h - mean;
+    let var = centered.clone().square().mean_dim(1);
+    let normed = centered / (var + eps).sqrt();
+    normed * gamma.unsqueeze::<2>() + beta.unsqueeze::<2>()
+}
+
+/// `gelu_tanh(x + bias)`.
+///
+/// # Shapes
+/// - `x`: `[rows, n]`, `bias`: `[n]` -> `[rows, n]`
+pub fn bias_gelu<B: Backend>(x: Tensor<B, 2>, bias: Tensor<B, 1>) -> Tensor<B, 2> {
+    gelu_tanh(x + bias.unsqueeze::<2>())
+}
+
+/// ChatGLM-6B's `gelu_impl`: `0.5 x (1 + tanh(0.79788456 x (1 + 0.044715 x^2)))`.
+///
+/// # Shapes
+/// - any -> same
+pub fn gelu_tanh<B: Backend, const D: usize>(x: Tensor<B, D>) -> Tensor<B, D> {
+    let inner = (x.clone() * x.clone() * 0.044715 + 1.0) * x.clone() * GELU_C;
+    x * 0.5 * (inner.tanh() + 1.0)
+}

@@ -1,0 +1,224 @@
+//! Each fused op against a host implementation in f64 and against `chatglm_kernels::reference` on
+//! the same backend. On the CPU (CI) this checks the reference path that ndarray and autodiff run;
+//! with `CHATGLM_TEST_DEVICE=cuda` the same checks run the CubeCL kernels through burn-cuda, with
+//! and without burn's fusion wrapper, in float32 and float16.
+
+use burn::tensor::{Tensor, TensorData};
+use chatglm_kernels::{KernelBackend, reference};
+use rand::{RngExt, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+
+fn random(n: usize, seed: u64, scale: f32) -> Vec<f32> {
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    (0..n)
+        .map(|_| (rng.random::<f32>() * 2.0 - 1.0) * scale)
+        .collect()
+}
+
+fn tensor<B: KernelBackend, const D: usize>(
+    v: &[f32],
+    shape: [usize; D],
+    dev: &B::Device,
+) -> Tensor<B, D> {
+    Tensor::from_data(TensorData::new(v.to_vec(), shape), dev)
+}
+
+fn values<B: KernelBackend, const D: usize>(t: Tensor<B, D>) -> Vec<f32> {
+    t.into_data().convert::<f32>().to_vec().unwrap()
+}
+
+fn max_diff(a: &[f32], b: &[f32]) -> f32 {
+    assert_eq!(a.len(), b.len());
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0, f32::max)
+}
+
+fn host_add_layer_norm(
+    a: &[f32],
+    b: Option<&[f32]>,
+    alpha: f32,
+    g: &[f32],
+    beta: &[f32],
+    eps: f32,
+) -> Vec<f32> {
+    let n = g.len();
+    let mut out = Vec::with_capacity(a.len());
+    for r in 0..a.len() / n {
+        let h: Vec<f64> = (0..n)
+            .map(|i| a[r * n + i] as f64 * alpha as f64 + b.map_or(0.0, |b| b[r * n + i] as f64))
+            .collect();
+        let mean = h.iter().sum::<f64>() / n as f64;
+        let var = h.iter().map(|x| (x - mean) * (x - mean)).sum::<f64>() / n as f64;
+        let inv = 1.0 / (var + eps as f64).sqrt();
+        out.extend((0..n).map(|i| ((h[i] - mean) * inv * g[i] as f64 + beta[i] as f64) as f32));
+    }
+    out
+}
+
+fn host_bias_gelu(x: &[f32], bias: &[f32]) -> Vec<f32> {
+    let n = bias.len();
+    x.iter()
+        .enumerate()
+        .map(|(i, &v)| {
+            let v = v as f64 + bias[i % n] as f64;
+            (0.5 * v * (1.0 + (0.797_884_560_802_865_4 * v * (1.0 + 0.044715 * v * v)).tanh()))
+                as f32
+        })
+        .collect()
+}
+
+/// `x [m, k]` times `w [n, k]` transposed, as a linear layer with `[out, in]` weights.
+fn host_linear(x: &[f32], w: &[f32], m: usize, k: usize, n: usize) -> Vec<f32> {
+    let mut out = vec![0.0f32; m * n];
+    for i in 0..m {
+        for j in 0..n {
+            let s: f64 = (0..k)
+                .map(|t| x[i * k + t] as f64 * w[j * k + t] as f64)
+                .sum();
+            out[i * n + j] = s as f32;
+        }
+    }
+    out
+}
+
+/// Tolerances: `ln` for normalised outputs (order 1), `mm` relative to `sqrt(k)` for products.
+#[derive(Clone, Copy)]
+struct Tol {
+    ln: f32,
+    mm: f32,
+}
+
+fn check_layer_norm<B: KernelBackend>(dev: &B::Device, tol: Tol) {
+    // Odd widths exercise the strided loops and the partial reduction; 4096 is ChatGLM-6B's.
+    for (rows, n) in [(1usize, 4096usize), (7, 200), (3, 33)] {
+        let a = random(rows * n, 1, 2.0);
+        let b = random(rows * n, 2, 3.0);
+        let g = random(n, 3, 1.5);
+        let beta = random(n, 4, 0.5);
+        for (alpha, with_b) in [(7.483_315f32, true), (1.0, false)] {
+            let want = host_add_layer_norm(&a, with_b.then_some(&b[..]), alpha, &g, &beta, 1e-5);
+            let b3 = with_b.then(|| tensor::<B, 3>(&b, [1, rows, n], dev));
+            let got = chatglm_kernels::add_layer_norm(
+                tensor::<B, 3>(&a, [1, rows, n], dev),
+                b3,
+                alpha,
+                tensor(&g, [n], dev),
+                tensor(&beta, [n], dev),
+                1e-5,
+            );
+            let got = values(got);
+            let d = max_diff(&got, &want);
+            assert!(
+                d <= tol.ln,
+                "add_layer_norm rows={rows} n={n} alpha={alpha}: max diff {d}"
+            );
+            let reference = reference::add_layer_norm(
+                tensor::<B, 2>(&a, [rows, n], dev),
+                with_b.then(|| tensor::<B, 2>(&b, [rows, n], dev)),
+                alpha,
+                tensor(&g, [n], dev),
+                tensor(&beta, [n], dev),
+                1e-5,
+            );
+            let d = max_diff(&got, &values(reference));
+            assert!(
+                d <= tol.ln,
+                "add_layer_norm vs reference rows={rows} n={n}: max diff {d}"
+            );
+        }
+    }
+}
+
+fn check_bias_gelu<B: KernelBackend>(dev: &B::Device, tol: Tol) {
+    let (rows, n) = (5usize, 300usize);
+    let x = random(rows * n, 5, 4.0);
+    let bias = random(n, 6, 1.0);
+    let want = host_bias_gelu(&x, &bias);
+    let got = values(chatglm_kernels::bias_gelu(
+        tensor::<B, 3>(&x, [rows, 1, n], dev),
+        tensor(&bias, [n], dev),
+    ));
+    let d = max_diff(&got, &want);
+    assert!(d <= tol.ln, "bias_gelu: max diff {d}");
+    let reference =
+        reference::bias_gelu(tensor::<B, 2>(&x, [rows, n], dev), tensor(&bias, [n], dev));
+    let d = max_diff(&got, &values(reference));
+    assert!(d <= tol.ln, "bias_gelu vs reference: max diff {d}");
+}
+
+fn check_matmul<B: KernelBackend>(dev: &B::Device, tol: Tol) {
+    // k = 4096 makes TF32 rounding visible (about 5e-4 relative per input), far above `tol.mm`
+    // in float32.
+    for (m, k, n) in [(1usize, 4096usize, 48usize), (9, 4096, 40), (17, 64, 130)] {
+        let x = random(m * k, 7, 1.0);
+        let w = random(n * k, 8, 1.0);
+        let want = host_linear(&x, &w, m, k, n);
+        let got = chatglm_kernels::matmul(
+            tensor::<B, 2>(&x, [m, k], dev),
+            tensor::<B, 2>(&w, [n, k], dev).transpose(),
+        );
+        let d = max_diff(&values(got), &want) / (k as f32).sqrt();
+        assert!(d <= tol.mm, "matmul {m}x{k}x{n}: max diff / sqrt(k) = {d}");
+    }
+    // Batched, as attention scores: [b, h, s, d] x [b, h, d, s].
+    let (b, h, s, d) = (2usize, 3usize, 5usize, 64usize);
+    let q = random(b * h * s * d, 9, 1.0);
+    let kk = random(b * h * s * d, 10, 1.0);
+    let got = values(chatglm_kernels::matmul(
+        tensor::<B, 4>(&q, [b, h, s, d], dev),
+        tensor::<B, 4>(&kk, [b, h, s, d], dev).swap_dims(2, 3),
+    ));
+    let mut want = Vec::new();
+    for bh in 0..b * h {
+        let off = bh * s * d;
+        want.extend(host_linear(
+            &q[off..off + s * d],
+            &kk[off..off + s * d],
+            s,
+            d,
+            s,
+        ));
+    }
+    let diff = max_diff(&got, &want) / (d as f32).sqrt();
+    assert!(
+        diff <= tol.mm,
+        "batched matmul: max diff / sqrt(k) = {diff}"
+    );
+}
+
+fn check_all<B: KernelBackend>(dev: &B::Device, tol: Tol) {
+    check_layer_norm::<B>(dev, tol);
+    check_bias_gelu::<B>(dev, tol);
+    check_matmul::<B>(dev, tol);
+}
+
+const F32: Tol = Tol { ln: 2e-5, mm: 2e-6 };
+
+#[test]
+fn fused_ops_match_host_math_and_reference() {
+    check_all::<burn::backend::NdArray<f32>>(&Default::default(), F32);
+    #[cfg(feature = "cuda")]
+    if std::env::var("CHATGLM_TEST_DEVICE").is_ok_and(|v| v.eq_ignore_ascii_case("cuda")) {
+        use burn::backend::cuda::CudaDevice;
+        type Cube<F> = burn_cubecl::CubeBackend<cubecl::cuda::CudaRuntime, F, i32, u8>;
+        let dev = CudaDevice::new(0);
+        check_all::<burn::backend::Cuda<f32, i32>>(&dev, F32);
+        check_all::<Cube<f32>>(&dev, F32);
+        // Half precision: inputs and outputs rounded to 11 bits.
+        let half = Tol { ln: 2e-2, mm: 2e-2 };
+        check_all::<burn::backend::Cuda<burn::tensor::f16, i32>>(&dev, half);
+    }
+}
+
+#[test]
+fn reference_gelu_matches_the_model_formula_at_known_points() {
+    let dev = Default::default();
+    let x =
+        Tensor::<burn::backend::NdArray<f32>, 1>::from_floats([-3.0, -1.0, 0.0, 0.5, 2.0], &dev);
+    let got = values(reference::gelu_tanh(x));
+    // torch.nn.functional.gelu(x, approximate="tanh") at these points.
+    let want = [-0.003_637_392_3, -0.158_808, 0.0, 0.345_714, 1.954_597_7];
+    assert!(max_diff(&got, &want) < 1e-5, "{got:?}");
+}
