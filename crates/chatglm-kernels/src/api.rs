@@ -1,8 +1,20 @@
 //! Tensor-level entry points: shape checks and reshapes around [`KernelBackend`]'s methods.
 
+use std::sync::OnceLock;
+
 use burn::tensor::{Tensor, TensorPrimitive};
 
-use crate::KernelBackend;
+use crate::{KernelBackend, reference};
+
+/// Whether [`add_layer_norm`] and [`bias_gelu`] run the backend's fused kernels (the default) or
+/// the reference ops on every backend (`CHATGLM_KERNELS=reference`: A/B measurements, and ruling
+/// the kernels out when a result looks wrong). [`matmul`] stays float32-exact either way.
+pub fn fused_enabled() -> bool {
+    static FUSED: OnceLock<bool> = OnceLock::new();
+    *FUSED.get_or_init(|| {
+        !std::env::var("CHATGLM_KERNELS").is_ok_and(|v| v.eq_ignore_ascii_case("reference"))
+    })
+}
 
 /// Matrix product as [`Tensor::matmul`], but float32 stays float32 on every backend (burn's
 /// CUDA matmul rounds float32 inputs to TF32 on tensor cores).
@@ -38,6 +50,11 @@ pub fn add_layer_norm<B: KernelBackend, const D: usize>(
     assert_eq!(gamma.dims(), [n], "add_layer_norm: gamma must be [n]");
     assert_eq!(beta.dims(), [n], "add_layer_norm: beta must be [n]");
     let rows = dims[..D - 1].iter().product::<usize>();
+    if !fused_enabled() {
+        let flat = |t: Tensor<B, D>| t.reshape([rows, n]);
+        return reference::add_layer_norm(flat(a), b.map(flat), alpha, gamma, beta, eps)
+            .reshape(dims);
+    }
     let flat = |t: Tensor<B, D>| t.reshape([rows, n]).into_primitive().tensor();
     let out = B::glm_add_layer_norm(
         flat(a),
@@ -63,6 +80,9 @@ pub fn bias_gelu<B: KernelBackend, const D: usize>(
     let n = dims[D - 1];
     assert_eq!(bias.dims(), [n], "bias_gelu: bias must be [n]");
     let rows = dims[..D - 1].iter().product::<usize>();
+    if !fused_enabled() {
+        return reference::bias_gelu(x.reshape([rows, n]), bias).reshape(dims);
+    }
     let out = B::glm_bias_gelu(
         x.reshape([rows, n]).into_primitive().tensor(),
         bias.into_primitive().tensor(),

@@ -14,5 +14,5 @@ mod cube;
 mod fusion;
 pub mod reference;
 
-pub use api::{add_layer_norm, bias_gelu, matmul};
+pub use api::{add_layer_norm, bias_gelu, fused_enabled, matmul};
 pub use backend::KernelBackend;

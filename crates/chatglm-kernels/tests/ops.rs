@@ -90,6 +90,10 @@ struct Tol {
     mm: f32,
 }
 
+fn name<B>() -> &'static str {
+    std::any::type_name::<B>()
+}
+
 fn check_layer_norm<B: KernelBackend>(dev: &B::Device, tol: Tol) {
     // Odd widths exercise the strided loops and the partial reduction; 4096 is ChatGLM-6B's.
     for (rows, n) in [(1usize, 4096usize), (7, 200), (3, 33)] {
@@ -112,7 +116,8 @@ fn check_layer_norm<B: KernelBackend>(dev: &B::Device, tol: Tol) {
             let d = max_diff(&got, &want);
             assert!(
                 d <= tol.ln,
-                "add_layer_norm rows={rows} n={n} alpha={alpha}: max diff {d}"
+                "{}: add_layer_norm rows={rows} n={n} alpha={alpha}: max diff {d}",
+                name::<B>()
             );
             let reference = reference::add_layer_norm(
                 tensor::<B, 2>(&a, [rows, n], dev),
@@ -125,7 +130,8 @@ fn check_layer_norm<B: KernelBackend>(dev: &B::Device, tol: Tol) {
             let d = max_diff(&got, &values(reference));
             assert!(
                 d <= tol.ln,
-                "add_layer_norm vs reference rows={rows} n={n}: max diff {d}"
+                "{}: add_layer_norm vs reference rows={rows} n={n}: max diff {d}",
+                name::<B>()
             );
         }
     }
@@ -141,15 +147,19 @@ fn check_bias_gelu<B: KernelBackend>(dev: &B::Device, tol: Tol) {
         tensor(&bias, [n], dev),
     ));
     let d = max_diff(&got, &want);
-    assert!(d <= tol.ln, "bias_gelu: max diff {d}");
+    assert!(d <= tol.ln, "{}: bias_gelu: max diff {d}", name::<B>());
     let reference =
         reference::bias_gelu(tensor::<B, 2>(&x, [rows, n], dev), tensor(&bias, [n], dev));
     let d = max_diff(&got, &values(reference));
-    assert!(d <= tol.ln, "bias_gelu vs reference: max diff {d}");
+    assert!(
+        d <= tol.ln,
+        "{}: bias_gelu vs reference: max diff {d}",
+        name::<B>()
+    );
 }
 
 fn check_matmul<B: KernelBackend>(dev: &B::Device, tol: Tol) {
-    // k = 4096 makes TF32 rounding visible (about 5e-4 relative per input), far above `tol.mm`
+    // k = 4096 makes TF32 rounding visible (about 5e-4 relative per input), well above `tol.mm`
     // in float32.
     for (m, k, n) in [(1usize, 4096usize, 48usize), (9, 4096, 40), (17, 64, 130)] {
         let x = random(m * k, 7, 1.0);
@@ -160,7 +170,11 @@ fn check_matmul<B: KernelBackend>(dev: &B::Device, tol: Tol) {
             tensor::<B, 2>(&w, [n, k], dev).transpose(),
         );
         let d = max_diff(&values(got), &want) / (k as f32).sqrt();
-        assert!(d <= tol.mm, "matmul {m}x{k}x{n}: max diff / sqrt(k) = {d}");
+        assert!(
+            d <= tol.mm,
+            "{}: matmul {m}x{k}x{n}: max diff / sqrt(k) = {d}",
+            name::<B>()
+        );
     }
     // Batched, as attention scores: [b, h, s, d] x [b, h, d, s].
     let (b, h, s, d) = (2usize, 3usize, 5usize, 64usize);
@@ -184,7 +198,8 @@ fn check_matmul<B: KernelBackend>(dev: &B::Device, tol: Tol) {
     let diff = max_diff(&got, &want) / (d as f32).sqrt();
     assert!(
         diff <= tol.mm,
-        "batched matmul: max diff / sqrt(k) = {diff}"
+        "{}: batched matmul: max diff / sqrt(k) = {diff}",
+        name::<B>()
     );
 }
 
@@ -194,7 +209,9 @@ fn check_all<B: KernelBackend>(dev: &B::Device, tol: Tol) {
     check_matmul::<B>(dev, tol);
 }
 
-const F32: Tol = Tol { ln: 2e-5, mm: 2e-6 };
+// Float32 sums of 4096 products measured 2.1e-6 (x sqrt(k)) on the H200; TF32 inputs (10-bit
+// mantissa) give about 1.6e-4, so 2e-5 separates the two.
+const F32: Tol = Tol { ln: 2e-5, mm: 2e-5 };
 
 #[test]
 fn fused_ops_match_host_math_and_reference() {

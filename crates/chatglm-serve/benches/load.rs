@@ -1,19 +1,31 @@
 //! Load test: concurrent streaming clients against the real server on loopback, bounded in time.
 //!
 //! `cargo bench -p chatglm-serve --bench load` runs 32 clients for 60 s (override with
-//! `LOAD_CLIENTS`, `LOAD_SECS`, `LOAD_DELAY_MS` = the engine's time per decoding step, default 5,
-//! `LOAD_TOKENS` = answer length, default 64, `LOAD_STATIC=1` for static instead of continuous
-//! batching). Without `--bench` (e.g. `cargo test --benches`) it runs a 2-second smoke version.
-//! The engine is the deterministic `EchoEngine` (batch of 32), so
-//! the figures measure the server (queueing, batching, SSE, HTTP), not model compute. Exits
-//! non-zero if any request fails.
+//! `LOAD_CLIENTS`, `LOAD_SECS`, `LOAD_TOKENS` = answer length, default 64). Without `--bench`
+//! (e.g. `cargo test --benches`) it runs a 2-second smoke version with 4 clients.
+//!
+//! `LOAD_ENGINE` picks the engine behind the server:
+//! - `echo` (default): the deterministic `EchoEngine` (batch of 32, `LOAD_DELAY_MS` = time per
+//!   decoding step, default 5; `LOAD_STATIC=1` for static instead of continuous batching), so the
+//!   figures measure the server (queueing, batching, SSE, HTTP), not model compute. Every answer
+//!   must be the prompt echoed back.
+//! - `demo`: the real model engine (`ModelEngine`) on the embedded demo model (the tiny
+//!   ChatGLM-6B-architecture model `chatglm serve` uses without `--model`), on the CPU in f32,
+//!   served as `chatglm-demo`. Each request asks for `max_tokens` = `LOAD_TOKENS` with its own
+//!   seed and the default sampling; the answer must stream, end with `finish_reason` and `usage`,
+//!   then `[DONE]`.
+//!
+//! Tokens are counted from each answer's `usage.completion_tokens`; time to first token is from
+//! sending the request until its first non-empty content delta. Exits non-zero if any request
+//! fails.
 #![allow(clippy::print_stdout)]
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use chatglm_model::{ChatGlm, ComputeDtype, DeviceSpec};
 use chatglm_serve::testing::EchoEngine;
-use chatglm_serve::{Server, ServerConfig};
+use chatglm_serve::{ChatEngine, ModelEngine, Server, ServerConfig};
 use serde_json::json;
 
 fn env_or(name: &str, default: u64) -> u64 {
@@ -21,6 +33,116 @@ fn env_or(name: &str, default: u64) -> u64 {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(default)
+}
+
+/// The engine behind the server (`LOAD_ENGINE`).
+#[derive(Debug, Clone, Copy)]
+enum EngineKind {
+    Echo { delay_ms: u64, continuous: bool },
+    Demo,
+}
+
+impl EngineKind {
+    fn from_env() -> Result<Self, String> {
+        match std::env::var("LOAD_ENGINE").as_deref() {
+            Err(_) | Ok("") | Ok("echo") => Ok(Self::Echo {
+                delay_ms: env_or("LOAD_DELAY_MS", 5),
+                continuous: env_or("LOAD_STATIC", 0) == 0,
+            }),
+            Ok("demo") => Ok(Self::Demo),
+            Ok(other) => Err(format!("LOAD_ENGINE={other}: expected `echo` or `demo`")),
+        }
+    }
+
+    /// The model id requests name.
+    fn model_id(self) -> &'static str {
+        match self {
+            Self::Echo { .. } => "echo",
+            Self::Demo => "chatglm-demo",
+        }
+    }
+
+    fn build(self) -> Result<Arc<dyn ChatEngine>, String> {
+        match self {
+            Self::Echo {
+                delay_ms,
+                continuous,
+            } => {
+                let engine = EchoEngine::builder()
+                    .max_batch(32)
+                    .delay(Duration::from_millis(delay_ms))
+                    .continuous(continuous)
+                    .build()
+                    .map_err(|e| e.to_string())?;
+                Ok(Arc::new(engine))
+            }
+            Self::Demo => {
+                let dir = chatglm_ptuning::demo::demo_model_dir().map_err(|e| e.to_string())?;
+                let model = ChatGlm::load(&dir, DeviceSpec::Cpu, ComputeDtype::F32)
+                    .map_err(|e| format!("loading {}: {e}", dir.display()))?;
+                let engine = ModelEngine::new(model, self.model_id(), Vec::new())
+                    .map_err(|e| e.to_string())?;
+                Ok(Arc::new(engine))
+            }
+        }
+    }
+
+    fn describe(self, tokens: usize) -> String {
+        match self {
+            Self::Echo {
+                delay_ms,
+                continuous,
+            } => {
+                let mode = if continuous { "continuous" } else { "static" };
+                format!("echo engine, step {delay_ms} ms, {tokens}-token answers, {mode} batching")
+            }
+            Self::Demo => format!(
+                "demo model (ModelEngine, CPU f32, one request at a time), max_tokens {tokens}"
+            ),
+        }
+    }
+}
+
+/// What one client sends and how its answers are checked.
+#[derive(Debug, Clone, Copy)]
+struct Workload {
+    engine: EngineKind,
+    tokens: usize,
+}
+
+impl Workload {
+    /// The prompt of request `i` of client `c`; for the echo engine it is also the answer.
+    fn prompt(self, c: usize, i: usize) -> String {
+        match self.engine {
+            EngineKind::Echo { .. } => format!("client {c} request {i} ")
+                .chars()
+                .cycle()
+                .take(self.tokens)
+                .collect(),
+            EngineKind::Demo => format!("你好，我是第 {c} 个客户端，这是第 {i} 个问题。"),
+        }
+    }
+
+    fn body(self, prompt: &str, seed: u64) -> serde_json::Value {
+        let mut body = json!({
+            "model": self.engine.model_id(),
+            "stream": true,
+            "messages": [{"role": "user", "content": prompt}],
+        });
+        if let EngineKind::Demo = self.engine {
+            body["max_tokens"] = json!(self.tokens);
+            body["seed"] = json!(seed);
+        }
+        body
+    }
+
+    /// The answer the engine must give, when it is known in advance.
+    fn expected(self, prompt: &str) -> Option<&str> {
+        match self.engine {
+            EngineKind::Echo { .. } => Some(prompt),
+            EngineKind::Demo => None,
+        }
+    }
 }
 
 #[derive(Default)]
@@ -35,22 +157,28 @@ struct ClientStats {
 async fn one_request(
     client: &reqwest::Client,
     url: &str,
+    workload: Workload,
     prompt: &str,
+    seed: u64,
     stats: &mut ClientStats,
 ) -> Result<(), String> {
     let started = Instant::now();
     let mut response = client
         .post(url)
-        .json(&json!({"model": "echo", "stream": true, "messages": [{"role": "user", "content": prompt}]}))
+        .json(&workload.body(prompt, seed))
         .send()
         .await
         .map_err(|e| format!("send: {e}"))?;
     if !response.status().is_success() {
-        return Err(format!("status {}", response.status()));
+        let status = response.status();
+        let body = response.text().await.unwrap_or_default();
+        return Err(format!("status {status}: {body}"));
     }
     let mut buf = String::new();
     let mut first: Option<Instant> = None;
     let mut text = String::new();
+    let mut finish: Option<String> = None;
+    let mut completion_tokens: Option<u64> = None;
     let mut done = false;
     while let Some(chunk) = response.chunk().await.map_err(|e| format!("read: {e}"))? {
         buf.push_str(std::str::from_utf8(&chunk).map_err(|e| e.to_string())?);
@@ -64,30 +192,38 @@ async fn one_request(
                 continue;
             }
             let value: serde_json::Value = serde_json::from_str(data).map_err(|e| e.to_string())?;
-            if let Some(delta) = value["choices"][0]["delta"]["content"].as_str()
+            if let Some(error) = value.get("error") {
+                return Err(format!("error event: {error}"));
+            }
+            let choice = &value["choices"][0];
+            if let Some(delta) = choice["delta"]["content"].as_str()
                 && !delta.is_empty()
             {
                 first.get_or_insert_with(Instant::now);
                 text.push_str(delta);
-                stats.tokens += 1;
+            }
+            if let Some(reason) = choice["finish_reason"].as_str() {
+                finish = Some(reason.to_string());
+                completion_tokens = value["usage"]["completion_tokens"].as_u64();
             }
         }
     }
     let end = Instant::now();
-    if !done || text != prompt {
+    let complete = done && finish.is_some() && completion_tokens.is_some();
+    if !complete || workload.expected(prompt).is_some_and(|e| e != text) {
         return Err(format!(
-            "incomplete answer ({} of {} chars, done {done})",
+            "incomplete answer ({} chars, done {done}, finish {finish:?}, usage {completion_tokens:?})",
             text.len(),
-            prompt.len()
         ));
     }
-    let first = first.ok_or("no content")?;
+    let n = completion_tokens.unwrap_or(0);
+    let first = first.ok_or_else(|| format!("no content ({n} tokens)"))?;
     stats.ttft.push(first - started);
-    let n = prompt.chars().count() as f64;
     let secs = (end - first).as_secs_f64();
-    if n > 1.0 && secs > 0.0 {
-        stats.stream_rates.push((n - 1.0) / secs);
+    if n > 1 && secs > 0.0 {
+        stats.stream_rates.push((n - 1) as f64 / secs);
     }
+    stats.tokens += n;
     stats.requests += 1;
     Ok(())
 }
@@ -104,23 +240,34 @@ fn main() {
     let full = std::env::args().any(|a| a == "--bench");
     let clients = env_or("LOAD_CLIENTS", if full { 32 } else { 4 }) as usize;
     let secs = env_or("LOAD_SECS", if full { 60 } else { 2 });
-    let delay = env_or("LOAD_DELAY_MS", 5);
     let tokens = env_or("LOAD_TOKENS", 64) as usize;
-    let continuous = env_or("LOAD_STATIC", 0) == 0;
+    let engine_kind = match EngineKind::from_env() {
+        Ok(kind) => kind,
+        Err(e) => {
+            println!("load: {e}");
+            std::process::exit(2);
+        }
+    };
+    let workload = Workload {
+        engine: engine_kind,
+        tokens,
+    };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .expect("runtime");
     let ok = runtime.block_on(async move {
-        let engine = EchoEngine::builder()
-            .max_batch(32)
-            .delay(Duration::from_millis(delay))
-            .continuous(continuous)
+        let engine = engine_kind.build().expect("engine");
+        let config = ServerConfig::builder()
+            .port(0)
+            .max_queue(64)
             .build()
-            .expect("engine");
-        let config = ServerConfig::builder().port(0).max_queue(64).build().expect("config");
-        let server = Server::bind(config, Arc::new(engine)).await.expect("bind");
-        let url = format!("http://{}/v1/chat/completions", server.local_addr().expect("addr"));
+            .expect("config");
+        let server = Server::bind(config, engine).await.expect("bind");
+        let url = format!(
+            "http://{}/v1/chat/completions",
+            server.local_addr().expect("addr")
+        );
         let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
         let serving = tokio::spawn(server.serve(async move {
             let _ = stop_rx.await;
@@ -135,12 +282,11 @@ fn main() {
                 let mut stats = ClientStats::default();
                 let mut i = 0usize;
                 while Instant::now() < deadline {
-                    let prompt: String = format!("client {c} request {i} ")
-                        .chars()
-                        .cycle()
-                        .take(tokens)
-                        .collect();
-                    if let Err(e) = one_request(&client, &url, &prompt, &mut stats).await {
+                    let prompt = workload.prompt(c, i);
+                    let seed = ((c as u64) << 32) | i as u64;
+                    if let Err(e) =
+                        one_request(&client, &url, workload, &prompt, seed, &mut stats).await
+                    {
                         stats.errors.push(e);
                     }
                     i += 1;
@@ -165,11 +311,26 @@ fn main() {
         ttft.sort_by(f64::total_cmp);
         let mut rates = all.stream_rates.clone();
         rates.sort_by(f64::total_cmp);
-        let mode = if continuous { "continuous" } else { "static" };
-        println!("load: {clients} streaming clients for {elapsed:.1} s, engine step {delay} ms, {tokens}-token answers, {mode} batching");
-        println!("  requests completed: {}   errors: {}", all.requests, all.errors.len());
-        println!("  time to first token: p50 {:.1} ms   p99 {:.1} ms", percentile(&ttft, 50.0), percentile(&ttft, 99.0));
-        println!("  tokens/s: total {:.0}   per stream p50 {:.1}", all.tokens as f64 / elapsed, percentile(&rates, 50.0));
+        println!(
+            "load: {clients} streaming clients for {elapsed:.1} s, {}",
+            engine_kind.describe(tokens)
+        );
+        println!(
+            "  requests completed: {}   errors: {}",
+            all.requests,
+            all.errors.len()
+        );
+        println!(
+            "  time to first token: p50 {:.1} ms   p99 {:.1} ms",
+            percentile(&ttft, 50.0),
+            percentile(&ttft, 99.0)
+        );
+        println!(
+            "  tokens/s: total {:.0}   per stream p50 {:.1}   (mean {:.1} tokens per answer)",
+            all.tokens as f64 / elapsed,
+            percentile(&rates, 50.0),
+            all.tokens as f64 / all.requests.max(1) as f64
+        );
         for e in all.errors.iter().take(5) {
             println!("  error: {e}");
         }

@@ -3,6 +3,8 @@
 //!
 //! Requests are served one at a time (the model sits behind a mutex); switching to another prefix
 //! between requests re-attaches that prefix's (small) encoder, the base weights stay in place.
+//! The engine keeps its own copy of the tokenizer, so counting a prompt (which the server does on
+//! its async threads while validating a request) never waits for a running generation.
 
 use std::collections::BTreeMap;
 use std::ops::ControlFlow;
@@ -22,6 +24,8 @@ pub struct ModelEngine {
     base_id: String,
     prefixes: BTreeMap<String, PathBuf>,
     context: usize,
+    /// The model's tokenizer (prefixes do not change it), usable without the model's lock.
+    tokenizer: Tokenizer,
     model: Mutex<ChatGlm>,
 }
 
@@ -38,9 +42,10 @@ impl ModelEngine {
         prefixes: Vec<(String, PathBuf)>,
     ) -> Result<Self, EngineError> {
         let base_id = base_id.into();
-        model
+        let tokenizer = model
             .tokenizer()
-            .map_err(|e| EngineError::Failed(e.to_string()))?;
+            .map_err(|e| EngineError::Failed(e.to_string()))?
+            .clone();
         let mut map = BTreeMap::new();
         for (name, dir) in prefixes {
             if name == base_id || map.contains_key(&name) {
@@ -59,6 +64,7 @@ impl ModelEngine {
             base_id,
             prefixes: map,
             context,
+            tokenizer,
             model: Mutex::new(model),
         })
     }
@@ -163,11 +169,7 @@ impl ChatEngine for ModelEngine {
         conversation: &Conversation,
     ) -> Result<usize, EngineError> {
         self.check_id(model)?;
-        let guard = self.lock()?;
-        let tokenizer = guard
-            .tokenizer()
-            .map_err(|e| EngineError::Failed(e.to_string()))?;
-        Ok(prompt_ids(tokenizer, conversation).len())
+        Ok(prompt_ids(&self.tokenizer, conversation).len())
     }
 
     fn generate(
@@ -179,9 +181,7 @@ impl ChatEngine for ModelEngine {
         let mut guard = self.lock()?;
         self.select(&mut guard, &request.model)?;
         let model: &ChatGlm = &guard;
-        let tokenizer = model
-            .tokenizer()
-            .map_err(|e| EngineError::Failed(e.to_string()))?;
+        let tokenizer = &self.tokenizer;
         let prompt = prompt_ids(tokenizer, &request.conversation);
         if prompt.len() + request.max_new_tokens > self.context {
             return Err(EngineError::PromptTooLong {

@@ -14,13 +14,18 @@ fn bias_gelu_kernel<F: Float>(
     out: &mut Tensor<F>,
     #[define(F)] _dtype: StorageType,
 ) {
-    if ABSOLUTE_POS >= out.len() {
+    // Rows go through the strides: burn-cuda may pitch the rows of 2D buffers.
+    let n = out.shape(1);
+    if ABSOLUTE_POS >= out.shape(0) * n {
         terminate!();
     }
-    let n = bias.len();
-    let v = f32::cast_from(x[ABSOLUTE_POS]) + f32::cast_from(bias[ABSOLUTE_POS % n]);
+    let row = ABSOLUTE_POS / n;
+    let col = ABSOLUTE_POS % n;
+    let v = f32::cast_from(x[row * x.stride(0) + col * x.stride(1)])
+        + f32::cast_from(bias[col * bias.stride(0)]);
     let inner = 0.797_884_6f32 * v * (1.0f32 + 0.044715f32 * v * v);
-    out[ABSOLUTE_POS] = F::cast_from(0.5f32 * v * (1.0f32 + f32::tanh(inner)));
+    out[row * out.stride(0) + col * out.stride(1)] =
+        F::cast_from(0.5f32 * v * (1.0f32 + f32::tanh(inner)));
 }
 
 /// # Shapes
@@ -32,7 +37,7 @@ pub(crate) fn bias_gelu<R: CubeRuntime>(x: CubeTensor<R>, bias: CubeTensor<R>) -
     let dtype = x.dtype;
     let shape = x.meta.shape().clone();
     let out = empty_device_dtype(client.clone(), x.device.clone(), shape, dtype);
-    let units = out.meta.num_elements();
+    let units = out.meta.num_elements(); // rows * n (logical, without any row padding)
     if units == 0 {
         return out;
     }

@@ -11,17 +11,20 @@ use cubecl::prelude::*;
 /// Threads per row (rows of ChatGLM-6B are 4096 wide: 16 elements per thread).
 const MAX_BLOCK: u32 = 256;
 
+/// `a[row, col] * alpha (+ b[row, col])` through each tensor's strides (burn-cuda may pitch the
+/// rows of 2D buffers, so a row does not always start at `row * n`).
 #[cube]
 fn residual<F: Float>(
     a: &Tensor<F>,
     b: &Tensor<F>,
-    idx: usize,
+    row: usize,
+    col: usize,
     alpha: f32,
     #[comptime] has_b: bool,
 ) -> f32 {
-    let mut v = f32::cast_from(a[idx]) * alpha;
+    let mut v = f32::cast_from(a[row * a.stride(0) + col * a.stride(1)]) * alpha;
     if has_b {
-        v += f32::cast_from(b[idx]);
+        v += f32::cast_from(b[row * b.stride(0) + col * b.stride(1)]);
     }
     v
 }
@@ -61,36 +64,42 @@ fn add_layer_norm_kernel<F: Float>(
     #[define(F)] _dtype: StorageType,
 ) {
     let n = out.shape(1);
-    let base = CUBE_POS_X as usize * n;
+    let row = CUBE_POS_X as usize;
     let tid = UNIT_POS_X as usize;
     let step = block as usize;
+    // Every unit runs the same number of iterations and guards the index: rows narrower than the
+    // cube (and widths that are not a multiple of it) leave some units idle on the last pass.
+    let iters = n.div_ceil(step);
     let mut shared = SharedMemory::<f32>::new(block as usize);
 
     let mut sum = 0.0f32;
-    let mut i = tid;
-    while i < n {
-        sum += residual::<F>(a, b, base + i, alpha, has_b);
-        i += step;
+    for it in 0..iters {
+        let idx = tid + it * step;
+        if idx < n {
+            sum += residual::<F>(a, b, row, idx, alpha, has_b);
+        }
     }
     let mean = block_sum(&mut shared, sum, tid) / n as f32;
 
     let mut sq = 0.0f32;
-    let mut j = tid;
-    while j < n {
-        let d = residual::<F>(a, b, base + j, alpha, has_b) - mean;
-        sq += d * d;
-        j += step;
+    for it in 0..iters {
+        let idx = tid + it * step;
+        if idx < n {
+            let d = residual::<F>(a, b, row, idx, alpha, has_b) - mean;
+            sq += d * d;
+        }
     }
     let var = block_sum(&mut shared, sq, tid) / n as f32;
     let inv = 1.0f32 / f32::sqrt(var + eps);
 
-    let mut k = tid;
-    while k < n {
-        let d = residual::<F>(a, b, base + k, alpha, has_b) - mean;
-        let g = f32::cast_from(gamma[k]);
-        let bb = f32::cast_from(beta[k]);
-        out[base + k] = F::cast_from(d * inv * g + bb);
-        k += step;
+    for it in 0..iters {
+        let idx = tid + it * step;
+        if idx < n {
+            let d = residual::<F>(a, b, row, idx, alpha, has_b) - mean;
+            let g = f32::cast_from(gamma[idx * gamma.stride(0)]);
+            let bb = f32::cast_from(beta[idx * beta.stride(0)]);
+            out[row * out.stride(0) + idx * out.stride(1)] = F::cast_from(d * inv * g + bb);
+        }
     }
 }
 
