@@ -11,8 +11,24 @@ use criterion::{Criterion, criterion_group, criterion_main};
 const HIDDEN: usize = 4096;
 const INNER: usize = 16384;
 
-fn sync<B: KernelBackend>(dev: &B::Device) {
-    B::sync(dev).expect("device sync");
+/// One benchmark group `name` timing each `(label, op)`, with a device sync per iteration.
+fn compare<B: KernelBackend>(
+    c: &mut Criterion,
+    name: String,
+    dev: &B::Device,
+    sides: [(&str, &dyn Fn() -> Tensor<B, 2>); 2],
+) {
+    let mut group = c.benchmark_group(name);
+    for (label, op) in sides {
+        group.bench_function(label, |bench| {
+            bench.iter(|| {
+                let out = op();
+                B::sync(dev).expect("device sync");
+                out
+            })
+        });
+    }
+    group.finish();
 }
 
 fn bench_backend<B: KernelBackend>(c: &mut Criterion, label: &str, dev: &B::Device) {
@@ -22,54 +38,18 @@ fn bench_backend<B: KernelBackend>(c: &mut Criterion, label: &str, dev: &B::Devi
     let (gamma, beta) = (rand1(HIDDEN), rand1(HIDDEN));
     for rows in [1usize, 128] {
         let (a, b) = (rand2(rows, HIDDEN), rand2(rows, HIDDEN));
-        let mut group = c.benchmark_group(format!("{label}/add_layer_norm/{rows}x{HIDDEN}"));
-        group.bench_function("fused", |bench| {
-            bench.iter(|| {
-                let out = chatglm_kernels::add_layer_norm(
-                    a.clone(),
-                    Some(b.clone()),
-                    7.48,
-                    gamma.clone(),
-                    beta.clone(),
-                    1e-5,
-                );
-                sync::<B>(dev);
-                out
-            })
-        });
-        group.bench_function("reference", |bench| {
-            bench.iter(|| {
-                let out = reference::add_layer_norm(
-                    a.clone(),
-                    Some(b.clone()),
-                    7.48,
-                    gamma.clone(),
-                    beta.clone(),
-                    1e-5,
-                );
-                sync::<B>(dev);
-                out
-            })
-        });
-        group.finish();
+        let (g, be) = (|| gamma.clone(), || beta.clone());
+        let fused =
+            || chatglm_kernels::add_layer_norm(a.clone(), Some(b.clone()), 7.48, g(), be(), 1e-5);
+        let plain = || reference::add_layer_norm(a.clone(), Some(b.clone()), 7.48, g(), be(), 1e-5);
+        let name = format!("{label}/add_layer_norm/{rows}x{HIDDEN}");
+        compare::<B>(c, name, dev, [("fused", &fused), ("reference", &plain)]);
     }
     let (x, bias) = (rand2(128, INNER), rand1(INNER));
-    let mut group = c.benchmark_group(format!("{label}/bias_gelu/128x{INNER}"));
-    group.bench_function("fused", |bench| {
-        bench.iter(|| {
-            let out = chatglm_kernels::bias_gelu(x.clone(), bias.clone());
-            sync::<B>(dev);
-            out
-        })
-    });
-    group.bench_function("reference", |bench| {
-        bench.iter(|| {
-            let out = reference::bias_gelu(x.clone(), bias.clone());
-            sync::<B>(dev);
-            out
-        })
-    });
-    group.finish();
+    let fused = || chatglm_kernels::bias_gelu(x.clone(), bias.clone());
+    let plain = || reference::bias_gelu(x.clone(), bias.clone());
+    let name = format!("{label}/bias_gelu/128x{INNER}");
+    compare::<B>(c, name, dev, [("fused", &fused), ("reference", &plain)]);
 }
 
 /// The float32 matmul: the exact kernel against burn's (TF32 on tensor cores).
@@ -77,22 +57,10 @@ fn bench_matmul<B: KernelBackend>(c: &mut Criterion, label: &str, dev: &B::Devic
     let w = Tensor::<B, 2>::random([HIDDEN, HIDDEN], Distribution::Normal(0.0, 1.0), dev);
     for rows in [1usize, 128] {
         let x = Tensor::<B, 2>::random([rows, HIDDEN], Distribution::Normal(0.0, 1.0), dev);
-        let mut group = c.benchmark_group(format!("{label}/matmul_f32/{rows}x{HIDDEN}x{HIDDEN}"));
-        group.bench_function("exact", |bench| {
-            bench.iter(|| {
-                let out = chatglm_kernels::matmul(x.clone(), w.clone().transpose());
-                sync::<B>(dev);
-                out
-            })
-        });
-        group.bench_function("burn", |bench| {
-            bench.iter(|| {
-                let out = x.clone().matmul(w.clone().transpose());
-                sync::<B>(dev);
-                out
-            })
-        });
-        group.finish();
+        let exact = || chatglm_kernels::matmul(x.clone(), w.clone().transpose());
+        let burn = || x.clone().matmul(w.clone().transpose());
+        let name = format!("{label}/matmul_f32/{rows}x{HIDDEN}x{HIDDEN}");
+        compare::<B>(c, name, dev, [("exact", &exact), ("burn", &burn)]);
     }
 }
 

@@ -64,14 +64,7 @@ impl ChatGlm {
             }
             ControlFlow::Continue(())
         })?;
-        let mut ids = out.ids.into_iter().next().unwrap_or_default();
-        if ids.last().is_some_and(|t| stop_ids.contains(t)) {
-            ids.pop();
-        }
-        let text = tokenizer
-            .decode(&ids, false)
-            .map_err(|e| EngineError::Input(e.to_string()))?;
-        let response = tokenizer.process_response(&text);
+        let (response, _) = final_response(tokenizer, out.ids.into_iter().next(), &stop_ids)?;
         let mut history = history.to_vec();
         history.push((query.to_string(), response.clone()));
         Ok((response, history))
@@ -113,21 +106,15 @@ impl ChatGlm {
             }
             on_delta(delta.as_deref().unwrap_or(""))
         })?;
-        let mut ids = out.ids.into_iter().next().unwrap_or_default();
-        if ids.last().is_some_and(|t| stop_ids.contains(t)) {
-            ids.pop();
-        }
-        let text = tokenizer
-            .decode(&ids, false)
-            .map_err(|e| EngineError::Input(e.to_string()))?;
-        let response = tokenizer.process_response(&text);
+        let (response, new_tokens) =
+            final_response(tokenizer, out.ids.into_iter().next(), &stop_ids)?;
         if let Some(delta) = settled_delta(&response, &mut sent, true) {
             // The reply is over: a request to stop changes nothing now.
             let _ = on_delta(&delta);
         }
         Ok(ChatReply {
             response,
-            new_tokens: ids.len(),
+            new_tokens,
             finish: out.finish.first().copied().unwrap_or(FinishReason::Stop),
         })
     }
@@ -175,6 +162,23 @@ fn chat_stop_ids(tokenizer: &Tokenizer, eos: u32) -> Vec<u32> {
         ids.push(eos);
     }
     ids
+}
+
+/// The reply text of one generated row (the trailing stop id dropped, decoded, and put through
+/// `process_response`) and its number of tokens without the stop id.
+fn final_response(
+    tokenizer: &Tokenizer,
+    ids: Option<Vec<u32>>,
+    stop_ids: &[u32],
+) -> Result<(String, usize), EngineError> {
+    let mut ids = ids.unwrap_or_default();
+    if ids.last().is_some_and(|t| stop_ids.contains(t)) {
+        ids.pop();
+    }
+    let text = tokenizer
+        .decode(&ids, false)
+        .map_err(|e| EngineError::Input(e.to_string()))?;
+    Ok((tokenizer.process_response(&text), ids.len()))
 }
 
 #[cfg(test)]
