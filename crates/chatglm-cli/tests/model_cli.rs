@@ -1,39 +1,14 @@
 //! `chatglm generate`, `chatglm logits` and `chatglm chat` against the original ChatGLM-6B's
 //! outputs on the tiny fixtures (copied under crates/chatglm-model/tests/fixtures).
 
-use std::io::Write as _;
+mod common;
+
 use std::path::PathBuf;
-use std::process::{Command, Stdio};
+
+use common::chatglm;
 
 fn fixture(rel: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../chatglm-model/tests/fixtures")
-        .join(rel)
-}
-
-fn chatglm(args: &[&str], stdin: Option<&str>) -> (bool, String, String) {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_chatglm"))
-        .args(args)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    if let Some(input) = stdin {
-        child
-            .stdin
-            .take()
-            .unwrap()
-            .write_all(input.as_bytes())
-            .unwrap();
-    }
-    drop(child.stdin.take());
-    let out = child.wait_with_output().unwrap();
-    (
-        out.status.success(),
-        String::from_utf8(out.stdout).unwrap(),
-        String::from_utf8(out.stderr).unwrap(),
-    )
+    common::crate_fixture("chatglm-model", rel)
 }
 
 fn cases() -> Vec<serde_json::Value> {

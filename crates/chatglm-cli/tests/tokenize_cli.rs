@@ -1,38 +1,13 @@
 //! `chatglm tokenize` / `chatglm detokenize` against the Python tokenizer's fixture ids.
 
-use std::io::Write as _;
+mod common;
+
 use std::path::PathBuf;
-use std::process::{Command, Stdio};
+
+use common::chatglm;
 
 fn fixture(dir: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../chatglm-tokenizer/tests/fixtures/tokenizers")
-        .join(dir)
-}
-
-fn chatglm(args: &[&str], stdin: Option<&str>) -> (bool, String, String) {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_chatglm"))
-        .args(args)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    if let Some(input) = stdin {
-        child
-            .stdin
-            .take()
-            .unwrap()
-            .write_all(input.as_bytes())
-            .unwrap();
-    }
-    drop(child.stdin.take());
-    let out = child.wait_with_output().unwrap();
-    (
-        out.status.success(),
-        String::from_utf8(out.stdout).unwrap(),
-        String::from_utf8(out.stderr).unwrap(),
-    )
+    common::crate_fixture("chatglm-tokenizer", &format!("tokenizers/{dir}"))
 }
 
 /// The first line of each fixture whose text matches, as (ids, ids_no_special).
