@@ -183,6 +183,15 @@ pub struct GlmConfig {
 }
 
 impl GlmConfig {
+    /// The special ids of the position/mask rules.
+    pub fn special_ids(&self) -> crate::positions::SpecialIds {
+        crate::positions::SpecialIds {
+            bos: self.bos_token_id,
+            mask: self.mask_token_id,
+            gmask: self.gmask_token_id,
+        }
+    }
+
     /// Reads and validates `config.json` (a folder is accepted: `dir/config.json`).
     pub fn from_file(path: impl AsRef<Path>) -> Result<Self, ConfigError> {
         let mut path = path.as_ref().to_path_buf();

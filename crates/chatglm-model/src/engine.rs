@@ -252,11 +252,7 @@ impl ChatGlm {
 
     /// The special ids of the position/mask rules.
     pub fn special_ids(&self) -> SpecialIds {
-        SpecialIds {
-            bos: self.config.bos_token_id,
-            mask: self.config.mask_token_id,
-            gmask: self.config.gmask_token_id,
-        }
+        self.config.special_ids()
     }
 
     fn check_ids(&self, ids: &[u32]) -> Result<(), EngineError> {

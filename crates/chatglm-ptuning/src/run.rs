@@ -9,7 +9,6 @@ use chatglm_checkpoint::Checkpoint as CkptFile;
 use chatglm_model::config::GlmConfig;
 use chatglm_model::glm::GlmModel;
 use chatglm_model::load::CheckpointSource;
-use chatglm_model::positions::SpecialIds;
 use chatglm_model::{ComputeDtype, DeviceSpec};
 use chatglm_tokenizer::Tokenizer;
 
@@ -197,11 +196,7 @@ fn train_with<B: AutodiffBackend + chatglm_model::KernelBackend>(
     let base = Base {
         model: &model,
         config_json: json,
-        special: SpecialIds {
-            bos: cfg.bos_token_id,
-            mask: cfg.mask_token_id,
-            gmask: cfg.gmask_token_id,
-        },
+        special: cfg.special_ids(),
         pad: cfg.pad_token_id,
     };
     Ok(train_from(

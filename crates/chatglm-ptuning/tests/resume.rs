@@ -11,7 +11,6 @@ use chatglm_checkpoint::Checkpoint;
 use chatglm_model::config::GlmConfig;
 use chatglm_model::glm::GlmModel;
 use chatglm_model::load::CheckpointSource;
-use chatglm_model::positions::SpecialIds;
 use chatglm_ptuning::checkpoint::{list_checkpoints, load_checkpoint};
 use chatglm_ptuning::data::TrainFeature;
 use chatglm_ptuning::run::read_initial_prefix;
@@ -54,6 +53,16 @@ fn features() -> Vec<TrainFeature> {
         .collect()
 }
 
+/// The loop's view of `model`, with an empty `config.json`.
+fn base<'a>(model: &'a GlmModel<Ad>, cfg: &GlmConfig) -> Base<'a, Ad> {
+    Base {
+        model,
+        config_json: serde_json::json!({}),
+        special: cfg.special_ids(),
+        pad: cfg.pad_token_id,
+    }
+}
+
 fn tiny_model() -> (GlmModel<Ad>, GlmConfig) {
     let cfg = GlmConfig::from_file(dir().join("config.json")).unwrap();
     let device = burn::backend::ndarray::NdArrayDevice::Cpu;
@@ -67,16 +76,7 @@ fn tiny_model() -> (GlmModel<Ad>, GlmConfig) {
 fn non_finite_loss_stops_training_naming_the_step() {
     let (model, cfg) = tiny_model();
     let device = burn::backend::ndarray::NdArrayDevice::Cpu;
-    let base = Base {
-        model: &model,
-        config_json: serde_json::json!({}),
-        special: SpecialIds {
-            bos: cfg.bos_token_id,
-            mask: cfg.mask_token_id,
-            gmask: cfg.gmask_token_id,
-        },
-        pad: cfg.pad_token_id,
-    };
+    let base = base(&model, &cfg);
     // An absurd learning rate blows the prefix up after the first update.
     let opts = TrainOptions {
         pre_seq_len: 2,
@@ -117,11 +117,7 @@ fn resumed_run_equals_straight_run() {
     let base = Base {
         model: &model,
         config_json: serde_json::json!({"model_type": "chatglm", "num_layers": cfg.num_layers}),
-        special: SpecialIds {
-            bos: cfg.bos_token_id,
-            mask: cfg.mask_token_id,
-            gmask: cfg.gmask_token_id,
-        },
+        special: cfg.special_ids(),
         pad: cfg.pad_token_id,
     };
     let opts = TrainOptions {
@@ -224,16 +220,7 @@ fn resumed_run_equals_straight_run() {
 fn a_run_can_start_from_the_official_trainers_prefix() {
     let (model, cfg) = tiny_model();
     let device = burn::backend::ndarray::NdArrayDevice::Cpu;
-    let base = Base {
-        model: &model,
-        config_json: serde_json::json!({}),
-        special: SpecialIds {
-            bos: cfg.bos_token_id,
-            mask: cfg.mask_token_id,
-            gmask: cfg.gmask_token_id,
-        },
-        pad: cfg.pad_token_id,
-    };
+    let base = base(&model, &cfg);
     let official = dir().join("ptuning-checkpoint-official-noproj");
     let init = read_initial_prefix(&official, &cfg).unwrap();
     assert_eq!((init.pre_seq_len, init.prefix_projection), (4, false));

@@ -9,7 +9,6 @@ use chatglm_checkpoint::Checkpoint;
 use chatglm_model::config::GlmConfig;
 use chatglm_model::glm::GlmModel;
 use chatglm_model::load::CheckpointSource;
-use chatglm_model::positions::SpecialIds;
 use chatglm_model::prefix::PrefixShape;
 use chatglm_ptuning::loss::{Batch, batch_loss};
 use chatglm_ptuning::optim::{AdamKind, AdamW, AdamWConfig, global_norm};
@@ -46,11 +45,7 @@ fn train_step_matches_pytorch() {
     let ckpt = Checkpoint::open(dir().join("model.safetensors")).unwrap();
     let model: GlmModel<Ad> =
         freeze(GlmModel::build(&cfg, &mut CheckpointSource::new(&ckpt, &device)).unwrap());
-    let special = SpecialIds {
-        bos: cfg.bos_token_id,
-        mask: cfg.mask_token_id,
-        gmask: cfg.gmask_token_id,
-    };
+    let special = cfg.special_ids();
     let cases: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(dir().join("train_step.json")).unwrap())
             .unwrap();

@@ -57,12 +57,8 @@ where
     }
     // Both kernels refused the problem (not expected for dense float32 tensors): fall back to
     // burn's own matmul rather than fail.
-    tracing_fallback(last_error);
-    CubeBackend::<R, F, I, BT>::float_matmul(lhs, rhs)
-}
-
-fn tracing_fallback(err: Option<cubek::matmul::definition::MatmulSetupError>) {
-    if let Some(err) = err {
+    if let Some(err) = last_error {
         tracing::warn!("float32 matmul kernels refused the problem ({err:?}); using burn's matmul");
     }
+    CubeBackend::<R, F, I, BT>::float_matmul(lhs, rhs)
 }

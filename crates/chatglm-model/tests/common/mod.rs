@@ -91,11 +91,7 @@ pub fn load_prefix<B: chatglm_model::KernelBackend>(
 
 /// Special ids of a config.
 pub fn special(cfg: &GlmConfig) -> SpecialIds {
-    SpecialIds {
-        bos: cfg.bos_token_id,
-        mask: cfg.mask_token_id,
-        gmask: cfg.gmask_token_id,
-    }
+    cfg.special_ids()
 }
 
 /// Full logits `[seq * vocab]` of an uncached forward over one sequence.
