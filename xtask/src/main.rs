@@ -46,12 +46,18 @@ fn run(step: &Step) -> bool {
         eprintln!("xtask: {} {}", step.program, step.args.join(" "));
     }
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
-    Command::new(program)
-        .args(step.args)
-        .current_dir(root)
-        .status()
-        .map(|s| s.success())
-        .unwrap_or(false)
+    let mut command = Command::new(program);
+    command.args(step.args).current_dir(&root);
+    // `cargo test --workspace` has just built the `chatglm` binary (the CLI tests run it). The e2e
+    // script reuses it instead of building it again with other dependency features, which would
+    // compile and link burn a second time.
+    let target =
+        std::env::var_os("CARGO_TARGET_DIR").map_or_else(|| root.join("target"), Into::into);
+    let built = target.join("debug").join("chatglm");
+    if step.program == "bash" && built.is_file() && std::env::var_os("CHATGLM_BIN").is_none() {
+        command.env("CHATGLM_BIN", built);
+    }
+    command.status().map(|s| s.success()).unwrap_or(false)
 }
 
 fn main() -> ExitCode {
