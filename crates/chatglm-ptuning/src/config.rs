@@ -116,6 +116,8 @@ pub struct TrainConfig {
     pub seed: Option<u64>,
     /// Prefix dropout.
     pub prefix_dropout: Option<f64>,
+    /// Recompute activations in the backward pass (less memory, one more forward).
+    pub gradient_checkpointing: Option<bool>,
     /// Output folder.
     pub output_dir: Option<PathBuf>,
     /// Checkpoint folder to resume from, or `"latest"`/`"true"` for the newest in `output_dir`.
@@ -183,6 +185,7 @@ impl TrainConfig {
             save_steps,
             seed,
             prefix_dropout,
+            gradient_checkpointing,
             output_dir,
             resume_from_checkpoint,
             ptuning_checkpoint,
@@ -244,6 +247,9 @@ impl TrainConfig {
             save_steps: self.save_steps.unwrap_or(d.save_steps),
             seed: self.seed.unwrap_or(d.seed),
             prefix_dropout: self.prefix_dropout.unwrap_or(d.prefix_dropout),
+            gradient_checkpointing: self
+                .gradient_checkpointing
+                .unwrap_or(d.gradient_checkpointing),
         };
         let lengths = self.lengths();
         if lengths.max_source_length < 2 || lengths.max_target_length < 2 {

@@ -3,6 +3,7 @@
 //! - [`data`]: training / evaluation examples exactly as `preprocess_function_train` / `_eval`.
 //! - [`params`]: the trainable prefix tensors and their initialisation.
 //! - [`loss`]: the training forward (prefix dropout, frozen base, float32 cross-entropy).
+//! - [`recompute`]: gradient checkpointing (one block's activations alive at a time).
 //! - [`optim`] / [`schedule`]: AdamW (torch or HF rule), clipping, the linear schedule.
 //! - [`train`]: the loop with logs, atomic checkpoints and exact resume.
 //! - [`checkpoint`] / [`store`]: checkpoint folders and safetensors files; [`export`]: to the
@@ -19,6 +20,7 @@ pub mod loss;
 pub mod optim;
 pub mod params;
 pub mod plot;
+pub mod recompute;
 pub mod rng;
 pub mod run;
 pub mod schedule;

@@ -97,18 +97,48 @@ pub fn batch_loss<B: chatglm_model::KernelBackend>(
     if targets.is_empty() {
         return Err(LossError::NoLabels);
     }
+    let inputs = batch_inputs(model, batch, prefix, special, pad, device);
+    head_loss(model, model.hidden(&inputs, prefix), &targets, device)
+}
+
+/// The uncached forward inputs of `batch` with `prefix` keys in front.
+pub(crate) fn batch_inputs<B: chatglm_model::KernelBackend>(
+    model: &GlmModel<B>,
+    batch: &Batch,
+    prefix: Option<&PrefixKv<B>>,
+    special: SpecialIds,
+    pad: u32,
+    device: &B::Device,
+) -> ForwardInputs<B> {
     let prefix_len = prefix
         .and_then(|p| p.first())
         .map_or(0, |(k, _)| k.dims()[2]);
-    let inputs = ForwardInputs::<B>::for_sequences(
+    ForwardInputs::<B>::for_sequences(
         &batch.ids,
         special,
         pad,
         prefix_len,
         model.head_dim(),
         device,
-    );
-    let hidden = model.hidden(&inputs, prefix);
+    )
+}
+
+/// The loss from the final hidden states: the labelled positions (`targets` from
+/// [`Batch::targets`]) through the tied lm_head, log-softmax in float32, mean negative
+/// log-likelihood.
+///
+/// # Shapes
+/// - `hidden`: `[batch, seq, hidden]` (after the final LayerNorm)
+/// - output: `[1]`
+pub(crate) fn head_loss<B: chatglm_model::KernelBackend>(
+    model: &GlmModel<B>,
+    hidden: Tensor<B, 3>,
+    targets: &[(usize, i64)],
+    device: &B::Device,
+) -> Result<Tensor<B, 1>, LossError> {
+    if targets.is_empty() {
+        return Err(LossError::NoLabels);
+    }
     let [b, s, h] = hidden.dims();
     let n = targets.len();
     let rows: Vec<i64> = targets.iter().map(|&(i, _)| i as i64).collect();

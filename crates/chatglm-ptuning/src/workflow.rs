@@ -86,6 +86,7 @@ impl DemoOptions {
                 save_steps: 50,
                 seed: 42,
                 prefix_dropout: 0.1,
+                gradient_checkpointing: false,
             },
             lengths: Lengths {
                 max_source_length: 48,

@@ -24,6 +24,7 @@ use crate::data::TrainFeature;
 use crate::loss::{Batch, batch_loss, prefix_dropout};
 use crate::optim::{AdamW, OptimError, clip_factor, global_norm};
 use crate::params::{self, DeviceParams};
+use crate::recompute::recomputed_backward;
 use crate::rng::{SplitMix64, mix};
 use crate::schedule::LinearSchedule;
 use crate::store::Tensors;
@@ -262,19 +263,31 @@ pub fn train_from<B: AutodiffBackend + chatglm_model::KernelBackend>(
                 B::seed(device, mix(&[opts.seed, step, micro as u64, 0xd209]));
                 kv = prefix_dropout(kv, opts.prefix_dropout);
             }
-            let loss = batch_loss(
-                base.model,
-                &batch,
-                Some(&kv),
-                base.special,
-                base.pad,
-                device,
-            )?;
-            let scaled = loss.clone() / opts.gradient_accumulation_steps as f64;
-            let grads = scaled.backward();
+            let divisor = opts.gradient_accumulation_steps as f64;
+            let (loss, grads) = if opts.gradient_checkpointing {
+                recomputed_backward(
+                    base.model,
+                    &batch,
+                    &kv,
+                    divisor,
+                    base.special,
+                    base.pad,
+                    device,
+                )?
+            } else {
+                let loss = batch_loss(
+                    base.model,
+                    &batch,
+                    Some(&kv),
+                    base.special,
+                    base.pad,
+                    device,
+                )?;
+                (loss.clone().inner(), (loss / divisor).backward())
+            };
+            drop(kv);
             let value = f64::from(
-                loss.inner()
-                    .into_data()
+                loss.into_data()
                     .convert_dtype(DType::F32)
                     .to_vec::<f32>()
                     .map_err(|e| OptimError::Data(format!("{e:?}")))?
