@@ -79,11 +79,90 @@ impl<B: KernelBackend> Attention<B> {
             }
             KvInput::Cache { layer, offset } => layer.write(offset, k, v),
         };
-        let scores = chatglm_kernels::matmul(q, keys.swap_dims(2, 3)) + mask;
-        let probs = softmax(scores, 3);
-        let ctx = chatglm_kernels::matmul(probs, values)
-            .swap_dims(1, 2)
-            .reshape([b, s, hidden]);
-        self.dense.forward(ctx)
+        let ctx = attend_in_chunks(q, keys.swap_dims(2, 3), mask, values, QUERY_CHUNK);
+        self.dense
+            .forward(ctx.swap_dims(1, 2).reshape([b, s, hidden]))
+    }
+}
+
+/// Queries per attention chunk. A longer input (a long prompt's prefill) is attended a chunk of
+/// queries at a time, so its whole `[heads, seq, keys]` score matrix never exists at once: the
+/// scores of a 2048-token prompt would take more memory than its KV cache.
+pub const QUERY_CHUNK: usize = 512;
+
+/// [`attend`] over chunks of at most `chunk` queries, concatenated.
+fn attend_in_chunks<B: KernelBackend>(
+    q: Tensor<B, 4>,
+    keys: Tensor<B, 4>,
+    mask: Tensor<B, 4>,
+    values: Tensor<B, 4>,
+    chunk: usize,
+) -> Tensor<B, 4> {
+    let s = q.dims()[2];
+    if s <= chunk {
+        return attend(q, keys, mask, values);
+    }
+    let parts = (0..s)
+        .step_by(chunk)
+        .map(|start| {
+            let n = (s - start).min(chunk);
+            attend(
+                q.clone().narrow(2, start, n),
+                keys.clone(),
+                mask.clone().narrow(2, start, n),
+                values.clone(),
+            )
+        })
+        .collect();
+    Tensor::cat(parts, 2)
+}
+
+/// Softmax attention of `q` over `keys` (already transposed) and `values`.
+///
+/// # Shapes
+/// - `q`: `[batch, heads, seq, head_dim]`, `keys`: `[batch, heads, head_dim, keys]`
+/// - `mask`: `[batch, 1, seq, keys]`, `values`: `[batch, heads, keys, head_dim]`
+/// - output: `[batch, heads, seq, head_dim]`
+fn attend<B: KernelBackend>(
+    q: Tensor<B, 4>,
+    keys: Tensor<B, 4>,
+    mask: Tensor<B, 4>,
+    values: Tensor<B, 4>,
+) -> Tensor<B, 4> {
+    let scores = chatglm_kernels::matmul(q, keys) + mask;
+    chatglm_kernels::matmul(softmax(scores, 3), values)
+}
+
+#[cfg(test)]
+mod tests {
+    use burn::backend::NdArray;
+    use burn::tensor::{Distribution, Tensor};
+
+    use super::attend_in_chunks;
+
+    #[test]
+    fn chunked_queries_give_the_whole_attention() {
+        type B = NdArray<f32>;
+        let dev = Default::default();
+        let r =
+            |shape: [usize; 4]| Tensor::<B, 4>::random(shape, Distribution::Normal(0.0, 1.0), &dev);
+        let (q, k, v) = (r([2, 3, 11, 8]), r([2, 3, 8, 13]), r([2, 3, 13, 8]));
+        // A causal-style mask with hidden (-10000) entries.
+        let mask: Vec<f32> = (0..2 * 11 * 13)
+            .map(|i| {
+                if (i % 13) > (i / 13) % 11 + 2 {
+                    -10000.0
+                } else {
+                    0.0
+                }
+            })
+            .collect();
+        let mask =
+            Tensor::<B, 4>::from_data(burn::tensor::TensorData::new(mask, [2, 1, 11, 13]), &dev);
+        let whole = attend_in_chunks(q.clone(), k.clone(), mask.clone(), v.clone(), 64);
+        let chunked = attend_in_chunks(q, k, mask, v, 4);
+        assert_eq!(chunked.dims(), [2, 3, 11, 8]);
+        let diff = (whole - chunked).abs().max().into_scalar();
+        assert!(diff < 1e-6, "largest difference {diff}");
     }
 }
