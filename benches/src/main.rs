@@ -52,6 +52,10 @@ struct Opts {
     /// Prompt length of the decode and time-to-first-token measurements.
     #[arg(long, default_value_t = 128)]
     prompt: usize,
+    /// CUDA: run on burn's cube backend directly, without its fusion wrapper (each tensor
+    /// operation launches its own kernel at once instead of being recorded and fused).
+    #[arg(long)]
+    unfused: bool,
 }
 
 /// Samples the GPU's used memory (MiB) with nvidia-smi until stopped.
@@ -220,7 +224,7 @@ fn run<B: chatglm_model::KernelBackend>(opts: &Opts, device: B::Device) -> anyho
         json!({ "baseline_mib": base, "peak_mib": peak, "peak_gib_over_baseline": (peak - base) as f64 / 1024.0 })
     });
     Ok(json!({
-        "device": opts.device.to_string(), "dtype": opts.dtype.to_string(), "backend": B::name(&device),
+        "device": opts.device.to_string(), "dtype": opts.dtype.to_string(), "backend": B::name(&device), "unfused": opts.unfused,
         "layers": cfg.num_layers, "hidden": cfg.hidden_size, "vocab": cfg.vocab_size, "params": params,
         "load_s": load_s, "prefill": prefill, "decode": decode,
         "time_to_first_token_s": ttft, "prompt_len": opts.prompt, "warmup_s": warmup, "gpu_memory": memory,
@@ -234,11 +238,19 @@ fn main() -> anyhow::Result<()> {
         (DeviceSpec::Cpu, _) => run::<burn::backend::NdArray<f32>>(&opts, Default::default())?,
         #[cfg(feature = "cuda")]
         (DeviceSpec::Cuda(i), dtype) => {
+            type Unfused<F> = burn_cubecl::CubeBackend<cubecl::cuda::CudaRuntime, F, i32, u8>;
             let dev = burn::backend::cuda::CudaDevice::new(i);
-            match dtype {
-                ComputeDtype::F32 => run::<burn::backend::Cuda<f32, i32>>(&opts, dev)?,
-                ComputeDtype::F16 => run::<burn::backend::Cuda<half::f16, i32>>(&opts, dev)?,
-                ComputeDtype::Bf16 => run::<burn::backend::Cuda<half::bf16, i32>>(&opts, dev)?,
+            match (dtype, opts.unfused) {
+                (ComputeDtype::F32, false) => run::<burn::backend::Cuda<f32, i32>>(&opts, dev)?,
+                (ComputeDtype::F16, false) => {
+                    run::<burn::backend::Cuda<half::f16, i32>>(&opts, dev)?
+                }
+                (ComputeDtype::Bf16, false) => {
+                    run::<burn::backend::Cuda<half::bf16, i32>>(&opts, dev)?
+                }
+                (ComputeDtype::F32, true) => run::<Unfused<f32>>(&opts, dev)?,
+                (ComputeDtype::F16, true) => run::<Unfused<half::f16>>(&opts, dev)?,
+                (ComputeDtype::Bf16, true) => run::<Unfused<half::bf16>>(&opts, dev)?,
             }
         }
         #[cfg(not(feature = "cuda"))]
