@@ -15,7 +15,8 @@ use chatglm_tokenizer::Tokenizer;
 use crate::config::GlmConfig;
 use crate::device::{ComputeDtype, DeviceError, DeviceSpec, check_supported};
 use crate::generation::generate::{
-    CachedDecoder, GenerateError, GenerationConfig, GenerationOutput, TokenEvent, generate,
+    CachedDecoder, Decoder, GenerateError, GenerationConfig, GenerationOutput, RowRequest,
+    TokenEvent, generate, generate_rows,
 };
 use crate::glm::{ForwardInputs, GlmModel};
 use crate::load::{CheckpointSource, LoadError};
@@ -100,17 +101,17 @@ impl<B: KernelBackend> Loaded<B> {
             .map_err(|e| EngineError::Generate(GenerateError::Device(format!("{e:?}"))))
     }
 
-    fn generate(
+    /// Runs `f` on a cached decoder for `batch` rows (with the attached prefix, if any).
+    fn with_decoder<R>(
         &self,
-        prompts: &[Vec<u32>],
-        config: &GenerationConfig,
+        batch: usize,
         special: SpecialIds,
         pad: u32,
-        on_token: &mut dyn FnMut(TokenEvent) -> ControlFlow<()>,
-    ) -> Result<GenerationOutput, GenerateError> {
-        let kv = self.prefix.as_ref().map(|p| p.forward(prompts.len()));
+        f: impl FnOnce(&mut dyn Decoder) -> R,
+    ) -> R {
+        let kv = self.prefix.as_ref().map(|p| p.forward(batch));
         let mut decoder = CachedDecoder::new(&self.model, kv.as_ref(), special, pad, &self.device);
-        generate(&mut decoder, prompts, config, on_token)
+        f(&mut decoder)
     }
 }
 
@@ -289,7 +290,27 @@ impl ChatGlm {
             self.check_ids(p)?;
         }
         let (special, pad) = (self.special_ids(), self.config.pad_token_id);
-        Ok(dispatch!(&self.runtime, m => m.generate(prompts, config, special, pad, &mut on_token))?)
+        let run = |d: &mut dyn Decoder| generate(d, prompts, config, &mut on_token);
+        Ok(dispatch!(&self.runtime, m => m.with_decoder(prompts.len(), special, pad, run))?)
+    }
+
+    /// Decodes independent requests as one batch ([`generate_rows`]): each row keeps its own
+    /// sampling, seed, length limit and stop ids, and a `Break` from `on_token` stops only the
+    /// row of that event.
+    pub fn generate_rows(
+        &self,
+        rows: &[RowRequest],
+        mut on_token: impl FnMut(TokenEvent) -> ControlFlow<()>,
+    ) -> Result<GenerationOutput, EngineError> {
+        if rows.is_empty() {
+            return Err(EngineError::Input("no prompts".into()));
+        }
+        for r in rows {
+            self.check_ids(&r.prompt)?;
+        }
+        let (special, pad) = (self.special_ids(), self.config.pad_token_id);
+        let run = |d: &mut dyn Decoder| generate_rows(d, rows, &mut on_token);
+        Ok(dispatch!(&self.runtime, m => m.with_decoder(rows.len(), special, pad, run))?)
     }
 
     /// A generation config with this model's stop id (`<eop>`) and the given sampling.

@@ -23,7 +23,8 @@ pub use engine::{ChatGlm, EngineError};
 pub use generation::chat::{ChatReply, History};
 pub use generation::context::{ContextOverflow, FittedPrompt, fit_history};
 pub use generation::generate::{
-    Decoder, FinishReason, GenerateError, GenerationConfig, GenerationOutput, TokenEvent, generate,
+    Decoder, FinishReason, GenerateError, GenerationConfig, GenerationOutput, RowRequest,
+    TokenEvent, generate, generate_rows,
 };
 pub use generation::sampling::{LogitsProcessor, SamplingConfig};
 pub use glm::{ForwardInputs, GlmModel};

@@ -40,6 +40,6 @@ pub use engine::{
 pub use error::ApiError;
 pub use history::{HistoryError, HistoryStore, StoredTurn};
 pub use legacy::{DEFAULT_MAX_LENGTH, DEFAULT_TEMPERATURE, DEFAULT_TOP_P};
-pub use model_engine::ModelEngine;
+pub use model_engine::{DEFAULT_MAX_BATCH, ModelEngine};
 pub use page::{APP_CSS, APP_JS, INDEX_HTML, OPENAPI_JSON};
 pub use server::{ServeError, Server, serve_blocking, shutdown_signal};

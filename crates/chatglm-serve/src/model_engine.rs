@@ -1,8 +1,10 @@
 //! [`ChatEngine`] for a loaded ChatGLM model: one base model in memory, several tuned P-Tuning v2
 //! prefixes of it chosen per request.
 //!
-//! Requests are served one at a time (the model sits behind a mutex); switching to another prefix
-//! between requests re-attaches that prefix's (small) encoder, the base weights stay in place.
+//! Waiting requests are decoded together, up to [`ModelEngine::with_max_batch`] at a time: one
+//! batch per model id, each row with its own sampling, seed, length limit and client (a client
+//! that leaves stops only its row). The model sits behind a mutex; switching to another prefix
+//! between batches re-attaches that prefix's (small) encoder, the base weights stay in place.
 //! The engine keeps its own copy of the tokenizer, so counting a prompt (which the server does on
 //! its async threads while validating a request) never waits for a running generation.
 
@@ -11,11 +13,12 @@ use std::ops::ControlFlow;
 use std::path::PathBuf;
 use std::sync::Mutex;
 
-use chatglm_model::{ChatGlm, FinishReason as ModelFinish, GenerationConfig, SamplingConfig};
+use chatglm_model::{ChatGlm, FinishReason as ModelFinish, RowRequest, SamplingConfig};
 use chatglm_tokenizer::{DecodeStream, Tokenizer};
 
 use crate::engine::{
-    ChatEngine, Completion, Conversation, EngineError, FinishReason, GenerateRequest, TokenEvent,
+    BatchJob, ChatEngine, Completion, Conversation, EngineError, FinishReason, GenerateRequest,
+    TokenEvent,
 };
 
 /// A ChatGLM model (and its tuned prefixes) behind the server's engine interface.
@@ -26,8 +29,14 @@ pub struct ModelEngine {
     context: usize,
     /// The model's tokenizer (prefixes do not change it), usable without the model's lock.
     tokenizer: Tokenizer,
+    /// End-of-answer id of the model (`<eop>`), a stop id besides the tokenizer's.
+    eos: u32,
+    max_batch: usize,
     model: Mutex<ChatGlm>,
 }
+
+/// Requests decoded together by default.
+pub const DEFAULT_MAX_BATCH: usize = 8;
 
 impl ModelEngine {
     /// Wraps `model`, served as `base_id`, with each `(name, checkpoint dir)` prefix served as
@@ -65,8 +74,16 @@ impl ModelEngine {
             prefixes: map,
             context,
             tokenizer,
+            eos: model.config().eos_token_id,
+            max_batch: DEFAULT_MAX_BATCH,
             model: Mutex::new(model),
         })
+    }
+
+    /// Decodes at most `n` requests together (1: one at a time).
+    pub fn with_max_batch(mut self, n: usize) -> Self {
+        self.max_batch = n.max(1);
+        self
     }
 
     fn lock(&self) -> Result<std::sync::MutexGuard<'_, ChatGlm>, EngineError> {
@@ -177,12 +194,90 @@ impl ChatEngine for ModelEngine {
         request: &GenerateRequest,
         on_token: &mut dyn FnMut(TokenEvent) -> ControlFlow<()>,
     ) -> Result<Completion, EngineError> {
+        let mut jobs = [BatchJob { request, on_token }];
+        self.generate_batch(&mut jobs)
+            .pop()
+            .unwrap_or_else(|| Err(EngineError::Failed("no result".into())))
+    }
+
+    fn max_batch_size(&self) -> usize {
+        self.max_batch
+    }
+
+    /// Decodes the jobs of each model id as one batch (one group after the other when they name
+    /// different prefixes), each with its own sampling, seed, length and client.
+    fn generate_batch(&self, jobs: &mut [BatchJob<'_>]) -> Vec<Result<Completion, EngineError>> {
+        let mut results: Vec<Option<Result<Completion, EngineError>>> =
+            jobs.iter().map(|_| None).collect();
+        let mut ids: Vec<&str> = Vec::new();
+        for job in jobs.iter() {
+            if !ids.contains(&job.request.model.as_str()) {
+                ids.push(&job.request.model);
+            }
+        }
+        for id in ids {
+            let group: Vec<usize> = (0..jobs.len())
+                .filter(|&i| jobs[i].request.model == id)
+                .collect();
+            let mut rows = Vec::new();
+            let mut runnable = Vec::new();
+            for &i in &group {
+                match self.row_request(jobs[i].request) {
+                    Ok(row) => {
+                        rows.push(row);
+                        runnable.push(i);
+                    }
+                    Err(e) => results[i] = Some(Err(e)),
+                }
+            }
+            if runnable.is_empty() {
+                continue;
+            }
+            let mut streams: Vec<RowStream<'_>> = runnable
+                .iter()
+                .map(|_| RowStream::new(&self.tokenizer))
+                .collect();
+            let out = self.lock().and_then(|mut guard| {
+                self.select(&mut guard, id)?;
+                guard
+                    .generate_rows(&rows, |event| {
+                        let job = &mut jobs[runnable[event.row]];
+                        streams[event.row].push(event.token, &rows[event.row].stop_ids, job)
+                    })
+                    .map_err(|e| EngineError::Failed(e.to_string()))
+            });
+            match out {
+                Ok(out) => {
+                    for (k, stream) in streams.into_iter().enumerate() {
+                        let i = runnable[k];
+                        let completion = stream.finish(
+                            &rows[k],
+                            &out.ids[k],
+                            out.finish[k],
+                            &mut *jobs[i].on_token,
+                        );
+                        results[i] = Some(Ok(completion));
+                    }
+                }
+                Err(e) => {
+                    for &i in &runnable {
+                        results[i] = Some(Err(EngineError::Failed(e.to_string())));
+                    }
+                }
+            }
+        }
+        results
+            .into_iter()
+            .map(|r| r.unwrap_or_else(|| Err(EngineError::Failed("no result".into()))))
+            .collect()
+    }
+}
+
+impl ModelEngine {
+    /// The model-level request of a server request: prompt ids, limits, sampling and stop ids.
+    fn row_request(&self, request: &GenerateRequest) -> Result<RowRequest, EngineError> {
         self.check_id(&request.model)?;
-        let mut guard = self.lock()?;
-        self.select(&mut guard, &request.model)?;
-        let model: &ChatGlm = &guard;
-        let tokenizer = &self.tokenizer;
-        let prompt = prompt_ids(tokenizer, &request.conversation);
+        let prompt = prompt_ids(&self.tokenizer, &request.conversation);
         if prompt.len() + request.max_new_tokens > self.context {
             return Err(EngineError::PromptTooLong {
                 tokens: prompt.len(),
@@ -199,64 +294,85 @@ impl ChatEngine for ModelEngine {
                 ..SamplingConfig::default()
             }
         };
-        let mut stop_ids = tokenizer.stop_ids();
-        let eos = model.config().eos_token_id;
-        if !stop_ids.contains(&eos) {
-            stop_ids.push(eos);
+        let mut stop_ids = self.tokenizer.stop_ids();
+        if !stop_ids.contains(&self.eos) {
+            stop_ids.push(self.eos);
         }
-        let config = GenerationConfig {
-            max_new_tokens: Some(request.max_new_tokens.max(1)),
-            max_length: self.context,
+        Ok(RowRequest {
+            prompt,
+            max_new_tokens: request.max_new_tokens.max(1),
             sampling,
             seed: params.seed,
-            stop_ids: stop_ids.clone(),
-        };
-        let mut decode = DecodeStream::new(tokenizer, false);
-        let mut deltas = DeltaStream {
-            raw: String::new(),
-            sent: String::new(),
-        };
-        let mut stopped_by_client = false;
-        let prompt_tokens = prompt.len();
-        let out = model
-            .generate_ids(&[prompt], &config, |event| {
-                if stop_ids.contains(&event.token) {
-                    return ControlFlow::Continue(());
-                }
-                if let Ok(Some(piece)) = decode.push(event.token) {
-                    deltas.raw.push_str(&piece);
-                    let processed = tokenizer.process_response(&deltas.raw);
-                    if let Some(text) = deltas.next(&processed, false)
-                        && on_token(TokenEvent { text }).is_break()
-                    {
-                        stopped_by_client = true;
-                        return ControlFlow::Break(());
-                    }
-                }
-                ControlFlow::Continue(())
-            })
-            .map_err(|e| EngineError::Failed(e.to_string()))?;
-        if !stopped_by_client {
-            if let Some(rest) = decode.finish() {
-                deltas.raw.push_str(&rest);
+            stop_ids,
+        })
+    }
+}
+
+/// One row's text while it is generated: token ids to text, `process_response`, held-back deltas.
+struct RowStream<'t> {
+    tokenizer: &'t Tokenizer,
+    decode: DecodeStream<'t>,
+    deltas: DeltaStream,
+    stopped_by_client: bool,
+}
+
+impl<'t> RowStream<'t> {
+    fn new(tokenizer: &'t Tokenizer) -> Self {
+        Self {
+            tokenizer,
+            decode: DecodeStream::new(tokenizer, false),
+            deltas: DeltaStream {
+                raw: String::new(),
+                sent: String::new(),
+            },
+            stopped_by_client: false,
+        }
+    }
+
+    /// Takes the next token; `Break` when the client stopped this row.
+    fn push(&mut self, token: u32, stop_ids: &[u32], job: &mut BatchJob<'_>) -> ControlFlow<()> {
+        if stop_ids.contains(&token) {
+            return ControlFlow::Continue(());
+        }
+        if let Ok(Some(piece)) = self.decode.push(token) {
+            self.deltas.raw.push_str(&piece);
+            let processed = self.tokenizer.process_response(&self.deltas.raw);
+            if let Some(text) = self.deltas.next(&processed, false)
+                && (job.on_token)(TokenEvent { text }).is_break()
+            {
+                self.stopped_by_client = true;
+                return ControlFlow::Break(());
             }
-            let processed = tokenizer.process_response(&deltas.raw);
-            if let Some(text) = deltas.next(&processed, true) {
+        }
+        ControlFlow::Continue(())
+    }
+
+    /// Sends the held-back tail and reports the usage.
+    fn finish(
+        mut self,
+        row: &RowRequest,
+        ids: &[u32],
+        finish: ModelFinish,
+        on_token: &mut dyn FnMut(TokenEvent) -> ControlFlow<()>,
+    ) -> Completion {
+        if !self.stopped_by_client {
+            if let Some(rest) = self.decode.finish() {
+                self.deltas.raw.push_str(&rest);
+            }
+            let processed = self.tokenizer.process_response(&self.deltas.raw);
+            if let Some(text) = self.deltas.next(&processed, true) {
                 let _ = on_token(TokenEvent { text });
             }
         }
-        let ids = out.ids.first().map_or(0, |ids| {
-            ids.len() - usize::from(ids.last().is_some_and(|t| stop_ids.contains(t)))
-        });
-        let finish_reason = match out.finish.first() {
-            Some(ModelFinish::Length) if !stopped_by_client => FinishReason::Length,
-            _ => FinishReason::Stop,
-        };
-        Ok(Completion {
-            prompt_tokens,
-            completion_tokens: ids,
-            finish_reason,
-        })
+        let ended_by_stop_id = ids.last().is_some_and(|t| row.stop_ids.contains(t));
+        Completion {
+            prompt_tokens: row.prompt.len(),
+            completion_tokens: ids.len() - usize::from(ended_by_stop_id),
+            finish_reason: match finish {
+                ModelFinish::Length if !self.stopped_by_client => FinishReason::Length,
+                _ => FinishReason::Stop,
+            },
+        }
     }
 }
 

@@ -5,7 +5,10 @@ use std::sync::{Arc, mpsc};
 use std::time::Duration;
 
 use chatglm_model::{ChatGlm, ComputeDtype, DeviceSpec};
-use chatglm_serve::{ChatEngine, Conversation, GenerateRequest, ModelEngine, SamplingParams};
+use chatglm_serve::{
+    BatchJob, ChatEngine, Completion, Conversation, EngineError, FinishReason, GenerateRequest,
+    ModelEngine, SamplingParams, TokenEvent,
+};
 
 fn demo_engine() -> ModelEngine {
     let dir = chatglm_ptuning::demo::demo_model_dir().expect("demo model");
@@ -67,4 +70,117 @@ fn counting_a_prompt_does_not_wait_for_a_running_generation() {
     let completion = generation.join().expect("join").expect("generate");
     assert_eq!(completion.prompt_tokens, prompt_tokens);
     assert!(completion.completion_tokens > 0);
+}
+
+fn greedy_request(query: &str, max_new_tokens: usize) -> GenerateRequest {
+    GenerateRequest {
+        model: "chatglm-demo".into(),
+        conversation: Conversation {
+            query: query.into(),
+            ..Conversation::default()
+        },
+        sampling: SamplingParams {
+            temperature: 0.0,
+            ..SamplingParams::default()
+        },
+        max_new_tokens,
+    }
+}
+
+/// Runs `requests` as one batch; `leave_after` makes that job's client leave after its first
+/// piece. Returns each job's text and result.
+fn run_batch(
+    engine: &ModelEngine,
+    requests: &[GenerateRequest],
+    leave_after: Option<usize>,
+) -> Vec<(String, Result<Completion, EngineError>)> {
+    let mut texts = vec![String::new(); requests.len()];
+    let results = {
+        let mut callbacks: Vec<Box<dyn FnMut(TokenEvent) -> ControlFlow<()> + '_>> = texts
+            .iter_mut()
+            .enumerate()
+            .map(|(i, text)| {
+                Box::new(move |e: TokenEvent| {
+                    text.push_str(&e.text);
+                    if leave_after == Some(i) {
+                        ControlFlow::Break(())
+                    } else {
+                        ControlFlow::Continue(())
+                    }
+                }) as Box<dyn FnMut(TokenEvent) -> ControlFlow<()>>
+            })
+            .collect();
+        let mut jobs: Vec<BatchJob<'_>> = requests
+            .iter()
+            .zip(callbacks.iter_mut())
+            .map(|(request, on_token)| BatchJob {
+                request,
+                on_token: &mut **on_token,
+            })
+            .collect();
+        engine.generate_batch(&mut jobs)
+    };
+    texts.into_iter().zip(results).collect()
+}
+
+/// Requests decoded together get the answers they get alone (greedy), each with its own length
+/// limit; a prompt that does not fit fails alone; a client that leaves stops only its row.
+#[test]
+fn a_batch_answers_each_request_as_alone() {
+    let engine = demo_engine();
+    assert_eq!(engine.max_batch_size(), chatglm_serve::DEFAULT_MAX_BATCH);
+    let requests = vec![
+        greedy_request("你是谁?", 24),
+        greedy_request("ChatGLM-6B 是什么？请详细介绍一下。", 8),
+        greedy_request("你好", 16),
+        GenerateRequest {
+            max_new_tokens: 100_000,
+            ..greedy_request("太长了", 1)
+        },
+    ];
+    let alone: Vec<(String, Completion)> = requests[..3]
+        .iter()
+        .map(|r| {
+            let mut text = String::new();
+            let c = engine
+                .generate(r, &mut |e| {
+                    text.push_str(&e.text);
+                    ControlFlow::Continue(())
+                })
+                .expect("generate");
+            (text, c)
+        })
+        .collect();
+    assert!(alone.iter().all(|(t, _)| !t.is_empty()));
+    assert_eq!(
+        alone[1].1.completion_tokens, 8,
+        "the second request hits its limit"
+    );
+    assert_eq!(alone[1].1.finish_reason, FinishReason::Length);
+
+    let together = run_batch(&engine, &requests, None);
+    for (i, ((text, result), (want_text, want))) in together.iter().zip(&alone).enumerate() {
+        assert_eq!(text, want_text, "request {i}'s text");
+        assert_eq!(
+            result.as_ref().expect("batched result"),
+            want,
+            "request {i}'s usage"
+        );
+    }
+    assert!(
+        matches!(together[3].1, Err(EngineError::PromptTooLong { .. })),
+        "{:?}",
+        together[3].1
+    );
+
+    // The client of request 0 leaves after its first piece; the others are unaffected.
+    let left = run_batch(&engine, &requests[..3], Some(0));
+    let first = left[0].1.as_ref().expect("result");
+    assert_eq!(first.finish_reason, FinishReason::Stop);
+    assert!(first.completion_tokens < alone[0].1.completion_tokens);
+    assert!(alone[0].0.starts_with(&left[0].0) && left[0].0.len() < alone[0].0.len());
+    for i in 1..3 {
+        assert_eq!(left[i].0, alone[i].0);
+        assert_eq!(left[i].1.as_ref().expect("result"), &alone[i].1);
+    }
 }

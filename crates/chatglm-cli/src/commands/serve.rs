@@ -7,11 +7,11 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 use chatglm::model::{ChatGlm, ComputeDtype, DeviceSpec};
-use chatglm::serve::ModelEngine;
 use chatglm::serve::testing::EchoEngine;
 use chatglm::serve::{
     ChatEngine, DEFAULT_HISTORY_TURNS, DEFAULT_HOST, DEFAULT_MAX_QUEUE, DEFAULT_PORT, ServerConfig,
 };
+use chatglm::serve::{DEFAULT_MAX_BATCH, ModelEngine};
 
 /// Serve the model over HTTP.
 #[derive(Debug, clap::Args)]
@@ -46,6 +46,9 @@ pub struct Args {
     /// Generation worker threads (each decodes one batch of requests at a time).
     #[arg(long, default_value_t = 1)]
     pub workers: usize,
+    /// Waiting requests decoded together as one batch (1: one at a time).
+    #[arg(long, default_value_t = DEFAULT_MAX_BATCH, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=256))]
+    pub max_batch: usize,
     /// Folder of the history database (default: $CHATGLM_DATA_DIR, $XDG_DATA_HOME/chatglm or
     /// ~/.local/share/chatglm).
     #[arg(long, env = "CHATGLM_DATA_DIR")]
@@ -131,7 +134,8 @@ fn engine(args: &Args) -> anyhow::Result<Arc<dyn ChatEngine>> {
         "chatglm-demo"
     };
     let engine = ModelEngine::new(model, base_id, args.prefixes.clone())
-        .with_context(|| format!("serving {}", dir.display()))?;
+        .with_context(|| format!("serving {}", dir.display()))?
+        .with_max_batch(args.max_batch);
     Ok(Arc::new(engine))
 }
 

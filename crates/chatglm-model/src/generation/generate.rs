@@ -4,15 +4,8 @@
 
 use std::ops::ControlFlow;
 
-use burn::tensor::backend::Backend;
-use burn::tensor::{DType, Tensor};
-use chatglm_kernels::KernelBackend;
-
+pub use super::cached::{CachedDecoder, logits_rows};
 use super::sampling::{LogitsProcessor, SamplingConfig};
-use crate::glm::{ForwardInputs, GlmModel};
-use crate::kv_cache::KvCache;
-use crate::positions::{BatchLayout, SpecialIds};
-use crate::prefix::PrefixKv;
 
 /// Errors of generation.
 #[derive(Debug, thiserror::Error)]
@@ -122,11 +115,98 @@ pub struct GenerationOutput {
 }
 
 /// Generates for a batch of prompts, calling `on_token` for each new token (return
-/// `ControlFlow::Break(())` to cancel the whole generation).
+/// `ControlFlow::Break(())` to cancel the whole generation). The rows share one sampler (one
+/// RNG stream) and the settings of `config`.
 pub fn generate<D: Decoder + ?Sized>(
     decoder: &mut D,
     prompts: &[Vec<u32>],
     config: &GenerationConfig,
+    on_token: impl FnMut(TokenEvent) -> ControlFlow<()>,
+) -> Result<GenerationOutput, GenerateError> {
+    let width = prompts.iter().map(Vec::len).max().unwrap_or(0);
+    let plan = Plan {
+        budgets: vec![config.budget(width); prompts.len()],
+        stop_ids: vec![config.stop_ids.as_slice(); prompts.len()],
+        samplers: Samplers::Shared(LogitsProcessor::new(config.sampling.clone(), config.seed)),
+        cancel: Cancel::All,
+    };
+    run(decoder, prompts, plan, on_token)
+}
+
+/// One row of a batch with its own limits and sampling: a server request decoded together with
+/// others.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RowRequest {
+    /// Prompt ids (unpadded).
+    pub prompt: Vec<u32>,
+    /// Most new tokens (at least one is generated).
+    pub max_new_tokens: usize,
+    /// Token choice.
+    pub sampling: SamplingConfig,
+    /// Seed of this row's sampler (`None`: a random one).
+    pub seed: Option<u64>,
+    /// Ids that end this row (included in its output).
+    pub stop_ids: Vec<u32>,
+}
+
+/// Generates for independent rows decoded as one batch: each row has its own sampler, length
+/// limit and stop ids, and `on_token` answering `ControlFlow::Break(())` stops only the row of
+/// that event (its finish reason becomes [`FinishReason::Cancelled`]). A row gets the tokens it
+/// would get alone, up to the rounding of batched arithmetic.
+pub fn generate_rows<D: Decoder + ?Sized>(
+    decoder: &mut D,
+    rows: &[RowRequest],
+    on_token: impl FnMut(TokenEvent) -> ControlFlow<()>,
+) -> Result<GenerationOutput, GenerateError> {
+    let prompts: Vec<Vec<u32>> = rows.iter().map(|r| r.prompt.clone()).collect();
+    let plan = Plan {
+        budgets: rows.iter().map(|r| r.max_new_tokens.max(1)).collect(),
+        stop_ids: rows.iter().map(|r| r.stop_ids.as_slice()).collect(),
+        samplers: Samplers::PerRow(
+            rows.iter()
+                .map(|r| LogitsProcessor::new(r.sampling.clone(), r.seed))
+                .collect(),
+        ),
+        cancel: Cancel::Row,
+    };
+    run(decoder, &prompts, plan, on_token)
+}
+
+/// The samplers of a batch: one for all rows (one RNG stream), or one per row.
+enum Samplers {
+    Shared(LogitsProcessor),
+    PerRow(Vec<LogitsProcessor>),
+}
+
+impl Samplers {
+    fn row(&mut self, row: usize) -> &mut LogitsProcessor {
+        match self {
+            Self::Shared(p) => p,
+            Self::PerRow(ps) => &mut ps[row],
+        }
+    }
+}
+
+/// What a `Break` from the token callback stops.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Cancel {
+    All,
+    Row,
+}
+
+/// Per-row limits of one decoding loop.
+struct Plan<'a> {
+    budgets: Vec<usize>,
+    stop_ids: Vec<&'a [u32]>,
+    samplers: Samplers,
+    cancel: Cancel,
+}
+
+/// The decoding loop shared by [`generate`] and [`generate_rows`].
+fn run<D: Decoder + ?Sized>(
+    decoder: &mut D,
+    prompts: &[Vec<u32>],
+    mut plan: Plan<'_>,
     mut on_token: impl FnMut(TokenEvent) -> ControlFlow<()>,
 ) -> Result<GenerationOutput, GenerateError> {
     let vocab = decoder.vocab_size();
@@ -138,9 +218,7 @@ pub fn generate<D: Decoder + ?Sized>(
             return Err(GenerateError::BadToken { row, id, vocab });
         }
     }
-    let width = prompts.iter().map(Vec::len).max().unwrap_or(0);
-    let budget = config.budget(width);
-    let mut processor = LogitsProcessor::new(config.sampling.clone(), config.seed);
+    let budget = plan.budgets.iter().copied().max().unwrap_or(1);
     let mut history: Vec<Vec<u32>> = prompts.to_vec();
     let mut out = GenerationOutput {
         ids: vec![Vec::new(); prompts.len()],
@@ -156,22 +234,31 @@ pub fn generate<D: Decoder + ?Sized>(
                 feed.push(*out.ids[row].last().unwrap_or(&0));
                 continue;
             }
-            let token = processor.next_token(row_logits, &history[row]);
+            let token = plan.samplers.row(row).next_token(row_logits, &history[row]);
             history[row].push(token);
             out.ids[row].push(token);
             feed.push(token);
-            if config.stop_ids.contains(&token) {
+            if plan.stop_ids[row].contains(&token) {
                 done[row] = true;
                 out.finish[row] = FinishReason::Stop;
+            } else if out.ids[row].len() >= plan.budgets[row] {
+                done[row] = true;
             }
             if !cancelled && on_token(TokenEvent { row, step, token }).is_break() {
-                cancelled = true;
+                match plan.cancel {
+                    Cancel::All => cancelled = true,
+                    Cancel::Row if !done[row] => {
+                        done[row] = true;
+                        out.finish[row] = FinishReason::Cancelled;
+                    }
+                    Cancel::Row => {}
+                }
             }
         }
         if cancelled {
-            for (row, d) in done.iter().enumerate() {
-                if !d {
-                    out.finish[row] = FinishReason::Cancelled;
+            for finish in &mut out.finish {
+                if *finish != FinishReason::Stop {
+                    *finish = FinishReason::Cancelled;
                 }
             }
             break;
@@ -182,108 +269,6 @@ pub fn generate<D: Decoder + ?Sized>(
         logits = decoder.step(&feed)?;
     }
     Ok(out)
-}
-
-/// [`Decoder`] over a [`GlmModel`] with a preallocated [`KvCache`] (fixed shapes per step).
-#[derive(Debug)]
-pub struct CachedDecoder<'m, B: Backend> {
-    model: &'m GlmModel<B>,
-    prefix: Option<&'m PrefixKv<B>>,
-    special: SpecialIds,
-    pad_id: u32,
-    device: B::Device,
-    state: Option<(BatchLayout, KvCache<B>, usize)>,
-}
-
-impl<'m, B: KernelBackend> CachedDecoder<'m, B> {
-    /// A decoder over `model`, with an optional prefix (built for the batch size it will get).
-    pub fn new(
-        model: &'m GlmModel<B>,
-        prefix: Option<&'m PrefixKv<B>>,
-        special: SpecialIds,
-        pad_id: u32,
-        device: &B::Device,
-    ) -> Self {
-        Self {
-            model,
-            prefix,
-            special,
-            pad_id,
-            device: device.clone(),
-            state: None,
-        }
-    }
-}
-
-/// Reads `[batch, 1, vocab]` logits back as f32 rows.
-pub fn logits_rows<B: Backend>(logits: Tensor<B, 3>) -> Result<Vec<Vec<f32>>, GenerateError> {
-    let [b, s, v] = logits.dims();
-    let data = logits.into_data().convert_dtype(DType::F32);
-    let flat: Vec<f32> = data
-        .into_vec()
-        .map_err(|e| GenerateError::Device(format!("{e:?}")))?;
-    Ok((0..b * s)
-        .map(|r| flat[r * v..(r + 1) * v].to_vec())
-        .collect())
-}
-
-impl<B: KernelBackend> Decoder for CachedDecoder<'_, B> {
-    fn vocab_size(&self) -> usize {
-        self.model.vocab_size()
-    }
-
-    fn prefill(
-        &mut self,
-        prompts: &[Vec<u32>],
-        max_new_tokens: usize,
-    ) -> Result<Vec<Vec<f32>>, GenerateError> {
-        let layout = BatchLayout::new(prompts, self.special);
-        let prefix_len = self
-            .prefix
-            .and_then(|p| p.first())
-            .map_or(0, |(k, _)| k.dims()[2]);
-        let needed = prefix_len + layout.width + max_new_tokens;
-        let mut cache = self
-            .model
-            .new_cache(prompts.len(), needed, self.prefix, &self.device);
-        let keys = cache.capacity;
-        let inputs = ForwardInputs::new(
-            &layout.padded_ids(prompts, self.pad_id),
-            &layout.prompt_positions(),
-            layout.prompt_mask(prefix_len, keys),
-            keys,
-            self.model.head_dim(),
-            &self.device,
-        );
-        let hidden = self.model.hidden_cached(&inputs, &mut cache);
-        let last = hidden.narrow(1, layout.width - 1, 1);
-        let rows = logits_rows(self.model.lm_head(last))?;
-        self.state = Some((layout, cache, 0));
-        Ok(rows)
-    }
-
-    fn step(&mut self, tokens: &[u32]) -> Result<Vec<Vec<f32>>, GenerateError> {
-        let (layout, cache, step) = self
-            .state
-            .as_mut()
-            .ok_or(GenerateError::State("step before prefill"))?;
-        if cache.remaining() == 0 {
-            return Err(GenerateError::State("KV cache full"));
-        }
-        let keys = cache.capacity;
-        let ids: Vec<i64> = tokens.iter().map(|&t| t as i64).collect();
-        let inputs = ForwardInputs::new(
-            &ids,
-            &layout.step_positions(*step),
-            layout.step_mask(*step, cache.prefix_len, keys),
-            keys,
-            self.model.head_dim(),
-            &self.device,
-        );
-        let hidden = self.model.hidden_cached(&inputs, cache);
-        *step += 1;
-        logits_rows(self.model.lm_head(hidden))
-    }
 }
 
 #[cfg(test)]
@@ -405,5 +390,110 @@ mod tests {
             generate(&mut d, &[vec![10]], &cfg, |_| ControlFlow::Continue(())),
             Err(GenerateError::BadToken { id: 10, .. })
         ));
+    }
+
+    fn row(prompt: Vec<u32>, max_new_tokens: usize, stop_ids: Vec<u32>) -> RowRequest {
+        RowRequest {
+            prompt,
+            max_new_tokens,
+            sampling: SamplingConfig::greedy(),
+            seed: None,
+            stop_ids,
+        }
+    }
+
+    #[test]
+    fn rows_keep_their_own_limits_and_a_break_stops_one_row() {
+        let mut d = Scripted {
+            script: vec![
+                vec![1, 2, 3, 4, 5, 6],
+                vec![3, 4, 5, 6, 7, 8],
+                vec![5, 9, 1, 1, 1, 1],
+                vec![2, 2, 2, 2, 2, 2],
+            ],
+            step: 0,
+            fed: vec![],
+        };
+        let rows = [
+            row(vec![1], 2, vec![]),
+            row(vec![1, 2], 6, vec![]),
+            row(vec![1], 6, vec![9]),
+            row(vec![4], 6, vec![]),
+        ];
+        let mut seen = vec![0usize; 4];
+        let out = generate_rows(&mut d, &rows, |e| {
+            seen[e.row] += 1;
+            // The client of row 3 leaves after its second token.
+            if e.row == 3 && seen[3] == 2 {
+                ControlFlow::Break(())
+            } else {
+                ControlFlow::Continue(())
+            }
+        })
+        .unwrap();
+        assert_eq!(
+            out.ids,
+            vec![vec![1, 2], vec![3, 4, 5, 6, 7, 8], vec![5, 9], vec![2, 2]]
+        );
+        assert_eq!(
+            out.finish,
+            vec![
+                FinishReason::Length,
+                FinishReason::Length,
+                FinishReason::Stop,
+                FinishReason::Cancelled
+            ]
+        );
+        assert_eq!(seen, vec![2, 6, 2, 2], "no event after a row ended");
+        // The batch ran until its longest row was done; finished rows were fed their last token.
+        assert_eq!(d.fed.len(), 5);
+        assert_eq!(d.fed[4], vec![2, 7, 9, 2]);
+    }
+
+    #[test]
+    fn rows_sample_with_their_own_seeds() {
+        let logits = vec![vec![0.5f32; 10]; 2];
+        struct Flat(Vec<Vec<f32>>);
+        impl Decoder for Flat {
+            fn vocab_size(&self) -> usize {
+                10
+            }
+            fn prefill(
+                &mut self,
+                _: &[Vec<u32>],
+                _: usize,
+            ) -> Result<Vec<Vec<f32>>, GenerateError> {
+                Ok(self.0.clone())
+            }
+            fn step(&mut self, _: &[u32]) -> Result<Vec<Vec<f32>>, GenerateError> {
+                Ok(self.0.clone())
+            }
+        }
+        let sampled = |seed: u64| RowRequest {
+            prompt: vec![1],
+            max_new_tokens: 12,
+            sampling: SamplingConfig {
+                temperature: 1.0,
+                top_p: 1.0,
+                ..SamplingConfig::default()
+            },
+            seed: Some(seed),
+            stop_ids: vec![],
+        };
+        let alone = |seed| {
+            generate_rows(&mut Flat(vec![logits[0].clone()]), &[sampled(seed)], |_| {
+                ControlFlow::Continue(())
+            })
+            .unwrap()
+            .ids
+            .remove(0)
+        };
+        let together = generate_rows(&mut Flat(logits.clone()), &[sampled(7), sampled(8)], |_| {
+            ControlFlow::Continue(())
+        })
+        .unwrap();
+        // Each row draws what it would alone with its seed.
+        assert_eq!(together.ids, vec![alone(7), alone(8)]);
+        assert_ne!(together.ids[0], together.ids[1]);
     }
 }

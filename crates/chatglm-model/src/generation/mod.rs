@@ -2,6 +2,7 @@
 //! chat on top of the tokenizer ([`chat`]) and fitting a conversation into the context
 //! ([`context`]).
 
+mod cached;
 pub mod chat;
 pub mod context;
 pub mod generate;
