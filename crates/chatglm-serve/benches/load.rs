@@ -11,7 +11,8 @@
 //!   must be the prompt echoed back.
 //! - `demo`: the real model engine (`ModelEngine`) on the embedded demo model (the tiny
 //!   ChatGLM-6B-architecture model `chatglm serve` uses without `--model`), on the CPU in f32,
-//!   served as `chatglm-demo`. Each request asks for `max_tokens` = `LOAD_TOKENS` with its own
+//!   served as `chatglm-demo`, decoding up to `LOAD_MAX_BATCH` requests together (default 8; 1
+//!   serves them one at a time). Each request asks for `max_tokens` = `LOAD_TOKENS` with its own
 //!   seed and the default sampling; the answer must stream, end with `finish_reason` and `usage`,
 //!   then `[DONE]`.
 //!
@@ -25,7 +26,7 @@ use std::time::{Duration, Instant};
 
 use chatglm_model::{ChatGlm, ComputeDtype, DeviceSpec};
 use chatglm_serve::testing::EchoEngine;
-use chatglm_serve::{ChatEngine, ModelEngine, Server, ServerConfig};
+use chatglm_serve::{ChatEngine, DEFAULT_MAX_BATCH, ModelEngine, Server, ServerConfig};
 use serde_json::json;
 
 fn env_or(name: &str, default: u64) -> u64 {
@@ -39,7 +40,7 @@ fn env_or(name: &str, default: u64) -> u64 {
 #[derive(Debug, Clone, Copy)]
 enum EngineKind {
     Echo { delay_ms: u64, continuous: bool },
-    Demo,
+    Demo { max_batch: usize },
 }
 
 impl EngineKind {
@@ -49,7 +50,9 @@ impl EngineKind {
                 delay_ms: env_or("LOAD_DELAY_MS", 5),
                 continuous: env_or("LOAD_STATIC", 0) == 0,
             }),
-            Ok("demo") => Ok(Self::Demo),
+            Ok("demo") => Ok(Self::Demo {
+                max_batch: env_or("LOAD_MAX_BATCH", DEFAULT_MAX_BATCH as u64) as usize,
+            }),
             Ok(other) => Err(format!("LOAD_ENGINE={other}: expected `echo` or `demo`")),
         }
     }
@@ -58,7 +61,7 @@ impl EngineKind {
     fn model_id(self) -> &'static str {
         match self {
             Self::Echo { .. } => "echo",
-            Self::Demo => "chatglm-demo",
+            Self::Demo { .. } => "chatglm-demo",
         }
     }
 
@@ -76,12 +79,13 @@ impl EngineKind {
                     .map_err(|e| e.to_string())?;
                 Ok(Arc::new(engine))
             }
-            Self::Demo => {
+            Self::Demo { max_batch } => {
                 let dir = chatglm_ptuning::demo::demo_model_dir().map_err(|e| e.to_string())?;
                 let model = ChatGlm::load(&dir, DeviceSpec::Cpu, ComputeDtype::F32)
                     .map_err(|e| format!("loading {}: {e}", dir.display()))?;
                 let engine = ModelEngine::new(model, self.model_id(), Vec::new())
-                    .map_err(|e| e.to_string())?;
+                    .map_err(|e| e.to_string())?
+                    .with_max_batch(max_batch);
                 Ok(Arc::new(engine))
             }
         }
@@ -96,8 +100,8 @@ impl EngineKind {
                 let mode = if continuous { "continuous" } else { "static" };
                 format!("echo engine, step {delay_ms} ms, {tokens}-token answers, {mode} batching")
             }
-            Self::Demo => format!(
-                "demo model (ModelEngine, CPU f32, one request at a time), max_tokens {tokens}"
+            Self::Demo { max_batch } => format!(
+                "demo model (ModelEngine, CPU f32, batches of up to {max_batch}), max_tokens {tokens}"
             ),
         }
     }

@@ -253,12 +253,8 @@ pub fn train_from<B: AutodiffBackend + chatglm_model::KernelBackend>(
             };
             tokens += rows.iter().map(|&r| features[r].length as u64).sum::<u64>();
             let enc = params::trainable_encoder::<B>(&params)?;
-            // Cast to the base dtype first: the dropout masks then take half the memory on GPU.
-            let mut kv: Vec<_> = enc
-                .forward(batch.len())
-                .into_iter()
-                .map(|(k, v)| (k.cast(base_dtype), v.cast(base_dtype)))
-                .collect();
+            // In the base dtype: the dropout masks then take half the memory on GPU.
+            let mut kv = enc.forward_as(batch.len(), base_dtype);
             if opts.prefix_dropout > 0.0 {
                 B::seed(device, mix(&[opts.seed, step, micro as u64, 0xd209]));
                 kv = prefix_dropout(kv, opts.prefix_dropout);
