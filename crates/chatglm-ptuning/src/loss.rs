@@ -139,6 +139,21 @@ pub(crate) fn head_loss<B: chatglm_model::KernelBackend>(
     if targets.is_empty() {
         return Err(LossError::NoLabels);
     }
+    Ok(head_nll_sum(model, hidden, targets, device).div_scalar(targets.len() as f64))
+}
+
+/// The summed negative log-likelihood (float32) of `targets` (non-empty) under the final
+/// hidden states: [`head_loss`] times the number of targets.
+///
+/// # Shapes
+/// - `hidden`: `[batch, seq, hidden]` (after the final LayerNorm)
+/// - output: `[1]`
+pub(crate) fn head_nll_sum<B: chatglm_model::KernelBackend>(
+    model: &GlmModel<B>,
+    hidden: Tensor<B, 3>,
+    targets: &[(usize, i64)],
+    device: &B::Device,
+) -> Tensor<B, 1> {
     let [b, s, h] = hidden.dims();
     let n = targets.len();
     let rows: Vec<i64> = targets.iter().map(|&(i, _)| i as i64).collect();
@@ -154,6 +169,5 @@ pub(crate) fn head_loss<B: chatglm_model::KernelBackend>(
         .cast(DType::F32);
     let logp = log_softmax(logits, 1);
     let tgt = Tensor::<B, 2, Int>::from_data(TensorData::new(tgt, [n, 1]), device);
-    let nll = logp.gather(1, tgt).reshape([n]);
-    Ok(nll.mean().neg())
+    logp.gather(1, tgt).reshape([n]).sum().neg()
 }

@@ -8,6 +8,8 @@
 //! input and of its prefix keys/values. A last backward pass carries the prefix gradients into
 //! the prefix encoder (and its dropout). At most one block's activations are alive at a time, at
 //! the cost of a second forward pass; the gradients are those of [`batch_loss`] up to rounding.
+//! The loss head runs over chunks of the labelled positions ([`HEAD_CHUNK`]), so the float32
+//! logits of a whole batch never exist at once either.
 //!
 //! [`batch_loss`]: crate::loss::batch_loss
 
@@ -19,7 +21,11 @@ use chatglm_model::modules::KvInput;
 use chatglm_model::positions::SpecialIds;
 use chatglm_model::prefix::PrefixKv;
 
-use crate::loss::{Batch, LossError, batch_inputs, head_loss};
+use crate::loss::{Batch, LossError, batch_inputs, head_nll_sum};
+
+/// Labelled positions per chunk of the loss head: 256 rows of float32 logits over the 130,528-token
+/// vocabulary are 134 MB (their gradients as much again).
+pub const HEAD_CHUNK: usize = 256;
 
 /// One micro-batch's loss and gradients by recomputation: returns the loss (unscaled, detached)
 /// and the gradients of `loss / divisor` for every tensor that `prefix` was computed from.
@@ -35,6 +41,22 @@ pub fn recomputed_backward<B: AutodiffBackend + KernelBackend>(
     special: SpecialIds,
     pad: u32,
     device: &B::Device,
+) -> Result<(Tensor<B::InnerBackend, 1>, B::Gradients), LossError> {
+    backward_with_head_chunk(
+        model, batch, prefix, divisor, special, pad, device, HEAD_CHUNK,
+    )
+}
+
+#[allow(clippy::too_many_arguments)]
+fn backward_with_head_chunk<B: AutodiffBackend + KernelBackend>(
+    model: &GlmModel<B>,
+    batch: &Batch,
+    prefix: &PrefixKv<B>,
+    divisor: f64,
+    special: SpecialIds,
+    pad: u32,
+    device: &B::Device,
+    head_chunk: usize,
 ) -> Result<(Tensor<B::InnerBackend, 1>, B::Gradients), LossError> {
     let targets = batch.targets()?;
     if targets.is_empty() {
@@ -72,14 +94,24 @@ pub fn recomputed_backward<B: AutodiffBackend + KernelBackend>(
         x = next;
     }
 
-    // The head: final LayerNorm, lm_head and the loss, with a graph from the last block's output.
+    // The head: final LayerNorm, lm_head and the loss, with a graph from the last block's output,
+    // over chunks of the labelled positions so that only a chunk's float32 logits (and their
+    // gradients) exist at a time.
     let x = x.require_grad();
-    let hidden = model.transformer.final_layernorm.forward(x.clone());
-    let loss = head_loss(model, hidden, &targets, device)?;
-    let value = loss.clone().inner();
-    let grads = (loss / divisor).backward();
-    let mut g = x.grad(&grads).ok_or_else(missing)?;
-    drop(grads);
+    let n = targets.len() as f64;
+    let mut value: Option<Tensor<B::InnerBackend, 1>> = None;
+    let mut g: Option<Tensor<B::InnerBackend, 3>> = None;
+    for chunk in targets.chunks(head_chunk.max(1)) {
+        let hidden = model.transformer.final_layernorm.forward(x.clone());
+        let part = head_nll_sum(model, hidden, chunk, device).div_scalar(n);
+        let grads = (part.clone() / divisor).backward();
+        let part_g = x.grad(&grads).ok_or_else(missing)?;
+        let part = part.inner();
+        value = Some(value.map_or(part.clone(), |v| v + part));
+        g = Some(g.map_or(part_g.clone(), |acc| acc + part_g));
+    }
+    let value = value.ok_or(LossError::NoLabels)?;
+    let mut g = g.ok_or(LossError::NoLabels)?;
 
     // The blocks, last to first, each re-run with a graph.
     let mut kv_grads = Vec::with_capacity(layers.len());
@@ -114,4 +146,80 @@ pub fn recomputed_backward<B: AutodiffBackend + KernelBackend>(
 
 fn missing() -> LossError {
     LossError::Shape("a block input got no gradient in the recomputed backward pass".into())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use burn::backend::{Autodiff, NdArray};
+    use chatglm_checkpoint::Checkpoint;
+    use chatglm_model::config::GlmConfig;
+    use chatglm_model::load::CheckpointSource;
+    use chatglm_model::prefix::PrefixShape;
+
+    use super::*;
+    use crate::params::{self, DeviceParams};
+
+    type Ad = Autodiff<NdArray<f32>>;
+
+    /// The loss head over chunks of 3 labelled positions gives the loss and gradients of one pass.
+    #[test]
+    fn a_chunked_head_equals_one_pass() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tiny-glm6b");
+        let cfg = GlmConfig::from_file(dir.join("config.json")).unwrap();
+        let device = Default::default();
+        let ckpt = Checkpoint::open(dir.join("model.safetensors")).unwrap();
+        let model: GlmModel<Ad> = crate::train::freeze(
+            GlmModel::build(&cfg, &mut CheckpointSource::new(&ckpt, &device)).unwrap(),
+        );
+        let batch = Batch {
+            ids: vec![
+                vec![5, 17, 42, 291, 294, 30, 31, 32, 295],
+                vec![9, 8, 7, 291, 294, 40, 41, 42, 43],
+            ],
+            labels: vec![
+                vec![-100, -100, -100, -100, 294, 30, 31, 32, 295],
+                vec![-100, -100, -100, -100, 294, 40, 41, 42, 43],
+            ],
+        };
+        let shape = PrefixShape {
+            pre_seq_len: 2,
+            projection: false,
+            num_layers: cfg.num_layers,
+            hidden_size: cfg.hidden_size,
+            num_heads: cfg.num_heads,
+        };
+        let p = DeviceParams::<NdArray<f32>>::from_host(
+            shape,
+            &params::init_params(&shape, 3),
+            &device,
+        )
+        .unwrap();
+        let run = |chunk: usize| {
+            let enc = params::trainable_encoder::<Ad>(&p).unwrap();
+            let kv = enc.forward(batch.len());
+            let (loss, grads) = backward_with_head_chunk(
+                &model,
+                &batch,
+                &kv,
+                1.0,
+                cfg.special_ids(),
+                cfg.pad_token_id,
+                &device,
+                chunk,
+            )
+            .unwrap();
+            let g = params::encoder_grads(&enc, &grads).remove(0).1;
+            (loss.into_scalar(), g.into_data().to_vec::<f32>().unwrap())
+        };
+        let (whole_loss, whole) = run(1000);
+        let (chunked_loss, chunked) = run(3);
+        assert!((whole_loss - chunked_loss).abs() <= 1e-6 * whole_loss.abs());
+        let scale = whole.iter().fold(0f32, |a, &b| a.max(b.abs()));
+        assert!(scale > 0.0);
+        for (a, b) in chunked.iter().zip(&whole) {
+            assert!((a - b).abs() <= 1e-5 * scale, "{a} against {b}");
+        }
+    }
 }
