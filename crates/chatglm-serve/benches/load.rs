@@ -123,7 +123,7 @@ impl Workload {
                 .cycle()
                 .take(self.tokens)
                 .collect(),
-            EngineKind::Demo => format!("你好，我是第 {c} 个客户端，这是第 {i} 个问题。"),
+            EngineKind::Demo { .. } => format!("你好，我是第 {c} 个客户端，这是第 {i} 个问题。"),
         }
     }
 
@@ -133,7 +133,7 @@ impl Workload {
             "stream": true,
             "messages": [{"role": "user", "content": prompt}],
         });
-        if let EngineKind::Demo = self.engine {
+        if let EngineKind::Demo { .. } = self.engine {
             body["max_tokens"] = json!(self.tokens);
             body["seed"] = json!(seed);
         }
@@ -144,7 +144,7 @@ impl Workload {
     fn expected(self, prompt: &str) -> Option<&str> {
         match self.engine {
             EngineKind::Echo { .. } => Some(prompt),
-            EngineKind::Demo => None,
+            EngineKind::Demo { .. } => None,
         }
     }
 }

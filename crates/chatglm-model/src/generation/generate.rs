@@ -127,7 +127,7 @@ pub fn generate<D: Decoder + ?Sized>(
     let plan = Plan {
         budgets: vec![config.budget(width); prompts.len()],
         stop_ids: vec![config.stop_ids.as_slice(); prompts.len()],
-        samplers: Samplers::Shared(LogitsProcessor::new(config.sampling.clone(), config.seed)),
+        samplers: Samplers::shared(LogitsProcessor::new(config.sampling.clone(), config.seed)),
         cancel: Cancel::All,
     };
     run(decoder, prompts, plan, on_token)
@@ -162,7 +162,7 @@ pub fn generate_rows<D: Decoder + ?Sized>(
     let plan = Plan {
         budgets: rows.iter().map(|r| r.max_new_tokens.max(1)).collect(),
         stop_ids: rows.iter().map(|r| r.stop_ids.as_slice()).collect(),
-        samplers: Samplers::PerRow(
+        samplers: Samplers::per_row(
             rows.iter()
                 .map(|r| LogitsProcessor::new(r.sampling.clone(), r.seed))
                 .collect(),
@@ -173,17 +173,29 @@ pub fn generate_rows<D: Decoder + ?Sized>(
 }
 
 /// The samplers of a batch: one for all rows (one RNG stream), or one per row.
-enum Samplers {
-    Shared(LogitsProcessor),
-    PerRow(Vec<LogitsProcessor>),
+struct Samplers {
+    processors: Vec<LogitsProcessor>,
+    shared: bool,
 }
 
 impl Samplers {
-    fn row(&mut self, row: usize) -> &mut LogitsProcessor {
-        match self {
-            Self::Shared(p) => p,
-            Self::PerRow(ps) => &mut ps[row],
+    fn shared(p: LogitsProcessor) -> Self {
+        Self {
+            processors: vec![p],
+            shared: true,
         }
+    }
+
+    fn per_row(ps: Vec<LogitsProcessor>) -> Self {
+        Self {
+            processors: ps,
+            shared: false,
+        }
+    }
+
+    fn row(&mut self, row: usize) -> &mut LogitsProcessor {
+        let i = if self.shared { 0 } else { row };
+        &mut self.processors[i]
     }
 }
 

@@ -1,0 +1,45 @@
+#!/usr/bin/env bash
+# The GPU figures of docs/benchmarks.md. `benches/gpu/run.sh [ptuning] [context2048] [unfused]
+# [launches]` runs the named steps (all four without arguments: more than one 10-minute device
+# call, so name two per call). Run from the repository root on the GPU machine, with the stripped release binaries xz-packed in .dev/bin
+# (chatglm-bench, chatglm-ptuning-bench; see docs/benchmarks.md for how they are built and
+# carried). Results go to $OUT (or ./gpu-out). Each step has its own time limit so that one slow
+# first-use autotune does not take the others with it.
+set -u
+OUT=${OUT:-gpu-out}
+mkdir -p "$OUT" /tmp/bin
+for f in .dev/bin/*.xz; do
+  b=/tmp/bin/$(basename "$f" .xz)
+  xz -dc "$f" >"$b" && chmod +x "$b"
+done
+nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader
+wanted() { [ -z "$STEPS" ] || [[ " $STEPS " == *" $1 "* ]]; }
+STEPS="$*"
+step() { # name, limit (s), command...
+  local name=$1 limit=$2 s
+  shift 2
+  wanted "$name" || return 0
+  s=$(date +%s)
+  timeout "$limit" "$@" >"$OUT/$name.json" 2>"$OUT/$name.err"
+  echo "$name: rc=$? in $(($(date +%s) - s)) s"
+  tail -c 600 "$OUT/$name.json"
+  echo
+}
+# 1. P-Tuning v2 step of the 6B shape (batch 16 x 128 tokens, pre_seq_len 128), block recompute.
+step ptuning 330 /tmp/bin/chatglm-ptuning-bench --device cuda --dtype f16 --batch 16 --seq 128 \
+  --pre-seq-len 128 --steps 3 --warmup 1 --checkpointing
+# 2. f16 inference at 2048 context: a 1920-token prompt and 128 new tokens (peak memory).
+step context2048 150 /tmp/bin/chatglm-bench --prefill 1920 --batches 1 --prompt 1920 --decode-tokens 128
+# 3. Decode on burn's cube backend without the fusion wrapper (host overhead A/B).
+step unfused 150 /tmp/bin/chatglm-bench --unfused --prefill 128 --batches 1,8 --decode-tokens 64
+# 4. Kernel launches per decoded token: cubecl logs every launch (profiling level "minimal") when
+#    a cubecl.toml in the working directory asks for it; two runs differ by 2 x 64 decode steps.
+wanted launches || exit 0
+mkdir -p /tmp/launch && cd /tmp/launch || exit 1
+printf '[profiling.logger]\nlevel = "minimal"\nfile = "/tmp/launch/log"\n' >cubecl.toml
+for n in 32 96; do
+  rm -f log
+  timeout 120 /tmp/bin/chatglm-bench --prefill 128 --batches 1 --decode-tokens $n >/dev/null 2>&1
+  eval "l$n=$(grep -c Executing log 2>/dev/null || echo 0)"
+done
+echo "launches: $l32 (32 tokens), $l96 (96 tokens): $(((l96 - l32) / 128)) per decoded token"
