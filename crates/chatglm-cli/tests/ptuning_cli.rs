@@ -486,3 +486,64 @@ fn export_to_the_official_layout_and_train_from_a_prefix_checkpoint() {
     assert!(!ok);
     assert!(stderr.contains("prefix_projection = true"), "{stderr}");
 }
+
+/// `--gradient_checkpointing` (block recompute) trains what the plain backward trains.
+#[test]
+fn gradient_checkpointing_flag_trains_the_same_prefix() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cache = tmp.path().join("cache");
+    let data = tmp.path().join("train.json");
+    write_train_file(&data);
+    let run = |out: &str, extra: &[&str]| {
+        let out = tmp.path().join(out);
+        let mut args = vec![
+            "train",
+            "--train_file",
+            data.to_str().unwrap(),
+            "--prompt_column",
+            "q",
+            "--response_column",
+            "a",
+            "--pre_seq_len",
+            "4",
+            "--max_source_length",
+            "16",
+            "--max_target_length",
+            "24",
+            "--per_device_train_batch_size",
+            "3",
+            "--gradient_accumulation_steps",
+            "1",
+            "--max_steps",
+            "3",
+            "--logging_steps",
+            "1",
+            "--learning_rate",
+            "0.1",
+            "--json",
+            "--output_dir",
+            out.to_str().unwrap(),
+        ];
+        args.extend_from_slice(extra);
+        let (ok, stdout, stderr) = chatglm(&args, &cache, &[]);
+        assert!(ok, "{stderr}");
+        (
+            logged_losses(&stdout),
+            prefix_tensors(&out.join("checkpoint-3/model.safetensors")),
+        )
+    };
+    let (plain_loss, plain) = run("plain", &[]);
+    let (ckpt_loss, ckpt) = run("recompute", &["--gradient_checkpointing"]);
+    assert_eq!(plain_loss.len(), 3);
+    for ((s, a), (t, b)) in plain_loss.iter().zip(&ckpt_loss) {
+        assert_eq!(s, t);
+        assert!((a - b).abs() <= 1e-5 * a.abs(), "step {s}: {a} against {b}");
+    }
+    for ((name, a), (other, b)) in plain.iter().zip(&ckpt) {
+        assert_eq!(name, other);
+        let scale = a.iter().fold(0f32, |m, v| m.max(v.abs()));
+        for (x, y) in a.iter().zip(b) {
+            assert!((x - y).abs() <= 1e-5 * scale, "{name}: {x} against {y}");
+        }
+    }
+}

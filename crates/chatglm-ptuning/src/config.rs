@@ -348,6 +348,9 @@ mod tests {
         assert!(err.to_string().contains("lerning_rate"), "{err}");
         let epochs: TrainConfig = toml::from_str("num_train_epochs = 2.0").unwrap();
         assert_eq!(epochs.options().unwrap().max_steps, 0);
+        assert!(!o.gradient_checkpointing, "off unless asked for");
+        let recompute: TrainConfig = toml::from_str("gradient_checkpointing = true").unwrap();
+        assert!(recompute.options().unwrap().gradient_checkpointing);
     }
 
     #[test]
