@@ -18,6 +18,7 @@ use crate::generation::generate::{
     CachedDecoder, Decoder, GenerateError, GenerationConfig, GenerationOutput, RowRequest,
     TokenEvent, generate, generate_rows,
 };
+use crate::generation::slots::{RowFeed, SlotDecoder, generate_continuous};
 use crate::glm::{ForwardInputs, GlmModel};
 use crate::load::{CheckpointSource, LoadError};
 use crate::positions::SpecialIds;
@@ -99,6 +100,32 @@ impl<B: KernelBackend> Loaded<B> {
             .convert_dtype(DType::F32)
             .into_vec()
             .map_err(|e| EngineError::Generate(GenerateError::Device(format!("{e:?}"))))
+    }
+
+    /// Serves `feed` with continuous batching over `slots` rows (with the attached prefix).
+    fn continuous(
+        &self,
+        slots: usize,
+        special: SpecialIds,
+        pad: u32,
+        feed: &mut dyn RowFeed,
+    ) -> Result<(), GenerateError> {
+        let kv = self.prefix.as_ref().map(|p| p.forward(1));
+        let needed = kv
+            .as_ref()
+            .and_then(|k| k.first())
+            .map_or(0, |(k, _)| k.dims()[2])
+            + 1;
+        let mut decoder = SlotDecoder::new(
+            &self.model,
+            kv.as_ref(),
+            slots,
+            needed,
+            special,
+            pad,
+            &self.device,
+        );
+        generate_continuous(&mut decoder, feed)
     }
 
     /// Runs `f` on a cached decoder for `batch` rows (with the attached prefix, if any).
@@ -311,6 +338,18 @@ impl ChatGlm {
         let (special, pad) = (self.special_ids(), self.config.pad_token_id);
         let run = |d: &mut dyn Decoder| generate_rows(d, rows, &mut on_token);
         Ok(dispatch!(&self.runtime, m => m.with_decoder(rows.len(), special, pad, run))?)
+    }
+
+    /// Serves the requests of `feed` with continuous batching ([`generate_continuous`]) over
+    /// `slots` rows: a request starts as soon as a row is free, between decoding steps.
+    pub fn generate_continuous(
+        &self,
+        slots: usize,
+        feed: &mut dyn RowFeed,
+    ) -> Result<(), EngineError> {
+        let (special, pad) = (self.special_ids(), self.config.pad_token_id);
+        let slots = slots.max(1);
+        Ok(dispatch!(&self.runtime, m => m.continuous(slots, special, pad, feed))?)
     }
 
     /// A generation config with this model's stop id (`<eop>`) and the given sampling.

@@ -205,6 +205,32 @@ impl<B: KernelBackend> GlmModel<B> {
         self.transformer.final_layernorm.forward(x)
     }
 
+    /// One decoding step of rows at different lengths ([`KvInput::Scatter`]): each row's new
+    /// key/value goes to its own slot of `cache`, and attention runs over the whole capacity
+    /// (the mask says what each row sees). `cache.len` is not used.
+    ///
+    /// # Shapes
+    /// - `inputs.ids`: `[batch, 1]`; `index`: `[batch, heads, 1, head_dim]`;
+    ///   `active`: `[batch, 1, 1, 1]`; output: `[batch, 1, hidden]`
+    pub fn hidden_scattered(
+        &self,
+        inputs: &ForwardInputs<B>,
+        cache: &mut KvCache<B>,
+        index: &Tensor<B, 4, Int>,
+        active: &Tensor<B, 4>,
+    ) -> Tensor<B, 3> {
+        let mut x = self.transformer.word_embeddings.forward(inputs.ids.clone());
+        for (layer, kv) in self.transformer.layers.iter().zip(cache.layers.iter_mut()) {
+            let input = KvInput::Scatter {
+                layer: kv,
+                index,
+                active,
+            };
+            x = layer.forward(x, &inputs.rope, inputs.mask.clone(), input);
+        }
+        self.transformer.final_layernorm.forward(x)
+    }
+
     /// The tied output projection.
     ///
     /// # Shapes

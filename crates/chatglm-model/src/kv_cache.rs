@@ -6,8 +6,8 @@
 //! whole capacity with an additive mask hiding unused slots. Capacities are rounded up to
 //! [`bucket`] sizes so that different prompt lengths share shapes.
 
-use burn::tensor::Tensor;
 use burn::tensor::backend::Backend;
+use burn::tensor::{IndexingUpdateOp, Int, Tensor};
 
 /// Capacity bucket for `needed` key slots: multiples of 256 up to 2048, then of 1024.
 pub fn bucket(needed: usize) -> usize {
@@ -41,25 +41,67 @@ impl<B: Backend> LayerKv<B> {
     ) -> (Tensor<B, 4>, Tensor<B, 4>) {
         let [b, h, n, d] = k.dims();
         let range = [0..b, 0..h, offset..offset + n, 0..d];
-        // Taking the tensors out leaves the cache as the only owner, so burn writes in place.
-        let keys = self
-            .keys
-            .take()
-            .expect("cache layer in use")
-            .slice_assign(range.clone(), k);
-        let values = self
-            .values
-            .take()
-            .expect("cache layer in use")
-            .slice_assign(range, v);
-        self.keys = Some(keys.clone());
-        self.values = Some(values.clone());
-        (keys, values)
+        self.update(
+            |t| t.slice_assign(range.clone(), k),
+            |t| t.slice_assign(range.clone(), v),
+        )
     }
 
     /// The cached keys and values.
     pub fn tensors(&self) -> Option<(Tensor<B, 4>, Tensor<B, 4>)> {
         Some((self.keys.clone()?, self.values.clone()?))
+    }
+
+    /// Overwrites row `row` from slot `offset` on with `k`, `v` (`[1, heads, n, head_dim]`).
+    pub fn write_row(&mut self, row: usize, offset: usize, k: Tensor<B, 4>, v: Tensor<B, 4>) {
+        let [_, h, n, d] = k.dims();
+        let range = [row..row + 1, 0..h, offset..offset + n, 0..d];
+        self.update(
+            |t| t.slice_assign(range.clone(), k),
+            |t| t.slice_assign(range.clone(), v),
+        );
+    }
+
+    /// Adds `k`, `v` (`[batch, heads, 1, head_dim]`) at a slot per row: `index` holds each row's
+    /// slot, repeated to the shape of `k`. The slots must hold zeros (see
+    /// [`SlotDecoder`](crate::generation::slots::SlotDecoder)). Returns the whole cache.
+    pub fn scatter(
+        &mut self,
+        index: Tensor<B, 4, Int>,
+        k: Tensor<B, 4>,
+        v: Tensor<B, 4>,
+    ) -> (Tensor<B, 4>, Tensor<B, 4>) {
+        let add = IndexingUpdateOp::Add;
+        self.update(
+            |t| t.scatter(2, index.clone(), k, add),
+            |t| t.scatter(2, index.clone(), v, add),
+        )
+    }
+
+    /// Grows the slot dimension to `capacity`, keeping the contents (new slots are zeros).
+    pub fn grow(&mut self, capacity: usize) {
+        let grow = |t: Tensor<B, 4>| {
+            let [b, h, c, d] = t.dims();
+            if capacity <= c {
+                return t;
+            }
+            Tensor::zeros([b, h, capacity, d], &t.device())
+                .slice_assign([0..b, 0..h, 0..c, 0..d], t)
+        };
+        self.update(grow, grow);
+    }
+
+    fn update(
+        &mut self,
+        keys: impl FnOnce(Tensor<B, 4>) -> Tensor<B, 4>,
+        values: impl FnOnce(Tensor<B, 4>) -> Tensor<B, 4>,
+    ) -> (Tensor<B, 4>, Tensor<B, 4>) {
+        // Taking the tensors out leaves the cache as the only owner, so burn writes in place.
+        let k = keys(self.keys.take().expect("cache layer in use"));
+        let v = values(self.values.take().expect("cache layer in use"));
+        self.keys = Some(k.clone());
+        self.values = Some(v.clone());
+        (k, v)
     }
 }
 

@@ -27,6 +27,7 @@ pub use generation::generate::{
     TokenEvent, generate, generate_rows,
 };
 pub use generation::sampling::{LogitsProcessor, SamplingConfig};
+pub use generation::slots::{RowFeed, SlotDecoder, generate_continuous};
 pub use glm::{ForwardInputs, GlmModel};
 pub use load::{LoadError, WeightSource};
 pub use positions::SpecialIds;

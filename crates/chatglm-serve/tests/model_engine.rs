@@ -184,3 +184,111 @@ fn a_batch_answers_each_request_as_alone() {
         assert_eq!(left[i].1.as_ref().expect("result"), &alone[i].1);
     }
 }
+
+/// Continuous batching on the real server: a short request sent while a long one streams is
+/// answered before the long one ends (it joins the running batch instead of waiting for it), and
+/// both answers are the ones each gets alone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_joins_a_running_generation() {
+    let solo = demo_engine();
+    let alone = |query: &str, max: usize| {
+        let mut text = String::new();
+        let c = solo
+            .generate(&greedy_request(query, max), &mut |e| {
+                text.push_str(&e.text);
+                ControlFlow::Continue(())
+            })
+            .expect("generate");
+        (text, c)
+    };
+    let (long_text, long) = alone("请写一篇很长的文章。", 300);
+    let (short_text, short) = alone("你好", 6);
+    assert_eq!(
+        long.finish_reason,
+        FinishReason::Length,
+        "the long answer runs to its limit"
+    );
+
+    let engine: Arc<dyn ChatEngine> = Arc::new(demo_engine());
+    let config = chatglm_serve::ServerConfig::builder()
+        .host("127.0.0.1")
+        .port(0)
+        .build()
+        .expect("config");
+    let server = chatglm_serve::Server::bind(config, engine)
+        .await
+        .expect("bind");
+    let url = format!(
+        "http://{}/v1/chat/completions",
+        server.local_addr().expect("addr")
+    );
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let serving = tokio::spawn(server.serve(async move {
+        let _ = stop_rx.await;
+    }));
+    let body = |query: &str, max: usize, stream: bool| {
+        serde_json::json!({"model": "chatglm-demo", "stream": stream, "temperature": 0,
+            "max_tokens": max, "messages": [{"role": "user", "content": query}]})
+    };
+    let client = reqwest::Client::new();
+    let mut long_stream = client
+        .post(&url)
+        .json(&body("请写一篇很长的文章。", 300, true))
+        .send()
+        .await
+        .expect("long request");
+    // Wait for the long answer's first piece, then send the short request.
+    let mut sse = String::new();
+    while !sse.contains("\"content\"") {
+        let chunk = long_stream
+            .chunk()
+            .await
+            .expect("chunk")
+            .expect("stream open");
+        sse.push_str(&String::from_utf8_lossy(&chunk));
+    }
+    // Read the rest of the long answer concurrently, noting when it ends.
+    let reader = tokio::spawn(async move {
+        while let Some(chunk) = long_stream.chunk().await.expect("chunk") {
+            sse.push_str(&String::from_utf8_lossy(&chunk));
+        }
+        (sse, std::time::Instant::now())
+    });
+    let short_reply: serde_json::Value = client
+        .post(&url)
+        .json(&body("你好", 6, false))
+        .send()
+        .await
+        .expect("short request")
+        .json()
+        .await
+        .expect("json");
+    let short_at = std::time::Instant::now();
+    let (sse, long_done_at) = reader.await.expect("reader");
+    assert!(sse.contains("[DONE]"));
+    assert!(
+        short_at < long_done_at,
+        "the short request was answered only after the long one ended"
+    );
+    assert_eq!(
+        short_reply["choices"][0]["message"]["content"], short_text,
+        "{short_reply}"
+    );
+    assert_eq!(
+        short_reply["usage"]["completion_tokens"],
+        short.completion_tokens
+    );
+    let streamed: String = sse
+        .lines()
+        .filter_map(|l| l.strip_prefix("data: "))
+        .filter_map(|d| serde_json::from_str::<serde_json::Value>(d).ok())
+        .filter_map(|v| {
+            v["choices"][0]["delta"]["content"]
+                .as_str()
+                .map(str::to_owned)
+        })
+        .collect();
+    assert_eq!(streamed, long_text);
+    let _ = stop_tx.send(());
+    serving.await.expect("join").expect("serve");
+}

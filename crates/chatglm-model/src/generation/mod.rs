@@ -7,3 +7,4 @@ pub mod chat;
 pub mod context;
 pub mod generate;
 pub mod sampling;
+pub mod slots;

@@ -1,10 +1,12 @@
 //! [`ChatEngine`] for a loaded ChatGLM model: one base model in memory, several tuned P-Tuning v2
 //! prefixes of it chosen per request.
 //!
-//! Waiting requests are decoded together, up to [`ModelEngine::with_max_batch`] at a time: one
-//! batch per model id, each row with its own sampling, seed, length limit and client (a client
-//! that leaves stops only its row). The model sits behind a mutex; switching to another prefix
-//! between batches re-attaches that prefix's (small) encoder, the base weights stay in place.
+//! Requests are decoded together with continuous batching, up to [`ModelEngine::with_max_batch`]
+//! rows: a request starts as soon as a row is free, between decoding steps, each row with its own
+//! sampling, seed, length limit and client (a client that leaves stops only its row). Rows decoded
+//! together share one model id (see `continuous`). The model sits behind a mutex; switching to
+//! another prefix re-attaches that prefix's (small) encoder, the base weights stay in place.
+//! [`ChatEngine::generate_batch`] (static batches) is kept for callers that hold their requests.
 //! The engine keeps its own copy of the tokenizer, so counting a prompt (which the server does on
 //! its async threads while validating a request) never waits for a running generation.
 
@@ -13,11 +15,16 @@ use std::ops::ControlFlow;
 use std::path::PathBuf;
 use std::sync::Mutex;
 
-use chatglm_model::{ChatGlm, FinishReason as ModelFinish, RowRequest, SamplingConfig};
-use chatglm_tokenizer::{DecodeStream, Tokenizer};
+use chatglm_model::{ChatGlm, RowRequest, SamplingConfig};
+use chatglm_tokenizer::Tokenizer;
+
+use self::stream::RowStream;
+
+mod continuous;
+mod stream;
 
 use crate::engine::{
-    BatchJob, ChatEngine, Completion, Conversation, EngineError, FinishReason, GenerateRequest,
+    BatchJob, ChatEngine, Completion, Conversation, EngineError, GenerateRequest, JobFeed,
     TokenEvent,
 };
 
@@ -139,36 +146,6 @@ fn prompt_ids(tokenizer: &Tokenizer, conversation: &Conversation) -> Vec<u32> {
     tokenizer.build_prompt_ids(&query, &history)
 }
 
-/// Characters `process_response` may still rewrite once the next character arrives (half-width
-/// punctuation next to CJK) or drop (trailing whitespace): held back while streaming.
-fn unsettled(c: char) -> bool {
-    matches!(c, ',' | '!' | ':' | ';' | '?') || c.is_whitespace()
-}
-
-/// Streams the processed response as deltas that always add up to the final text.
-struct DeltaStream {
-    raw: String,
-    sent: String,
-}
-
-impl DeltaStream {
-    /// The next delta given the processed text so far (`None` while nothing new is settled).
-    fn next(&mut self, processed: &str, last: bool) -> Option<String> {
-        let settled = if last {
-            processed
-        } else {
-            processed.trim_end_matches(unsettled)
-        };
-        let delta = settled.strip_prefix(self.sent.as_str())?;
-        if delta.is_empty() {
-            return None;
-        }
-        let delta = delta.to_string();
-        self.sent.push_str(&delta);
-        Some(delta)
-    }
-}
-
 impl ChatEngine for ModelEngine {
     fn models(&self) -> Vec<String> {
         std::iter::once(self.base_id.clone())
@@ -202,6 +179,10 @@ impl ChatEngine for ModelEngine {
 
     fn max_batch_size(&self) -> usize {
         self.max_batch
+    }
+
+    fn generate_continuous(&self, feed: &mut dyn JobFeed) {
+        self.serve_continuous(feed);
     }
 
     /// Decodes the jobs of each model id as one batch (one group after the other when they name
@@ -242,7 +223,11 @@ impl ChatEngine for ModelEngine {
                 guard
                     .generate_rows(&rows, |event| {
                         let job = &mut jobs[runnable[event.row]];
-                        streams[event.row].push(event.token, &rows[event.row].stop_ids, job)
+                        streams[event.row].push(
+                            event.token,
+                            &rows[event.row].stop_ids,
+                            &mut *job.on_token,
+                        )
                     })
                     .map_err(|e| EngineError::Failed(e.to_string()))
             });
@@ -305,93 +290,5 @@ impl ModelEngine {
             seed: params.seed,
             stop_ids,
         })
-    }
-}
-
-/// One row's text while it is generated: token ids to text, `process_response`, held-back deltas.
-struct RowStream<'t> {
-    tokenizer: &'t Tokenizer,
-    decode: DecodeStream<'t>,
-    deltas: DeltaStream,
-    stopped_by_client: bool,
-}
-
-impl<'t> RowStream<'t> {
-    fn new(tokenizer: &'t Tokenizer) -> Self {
-        Self {
-            tokenizer,
-            decode: DecodeStream::new(tokenizer, false),
-            deltas: DeltaStream {
-                raw: String::new(),
-                sent: String::new(),
-            },
-            stopped_by_client: false,
-        }
-    }
-
-    /// Takes the next token; `Break` when the client stopped this row.
-    fn push(&mut self, token: u32, stop_ids: &[u32], job: &mut BatchJob<'_>) -> ControlFlow<()> {
-        if stop_ids.contains(&token) {
-            return ControlFlow::Continue(());
-        }
-        if let Ok(Some(piece)) = self.decode.push(token) {
-            self.deltas.raw.push_str(&piece);
-            let processed = self.tokenizer.process_response(&self.deltas.raw);
-            if let Some(text) = self.deltas.next(&processed, false)
-                && (job.on_token)(TokenEvent { text }).is_break()
-            {
-                self.stopped_by_client = true;
-                return ControlFlow::Break(());
-            }
-        }
-        ControlFlow::Continue(())
-    }
-
-    /// Sends the held-back tail and reports the usage.
-    fn finish(
-        mut self,
-        row: &RowRequest,
-        ids: &[u32],
-        finish: ModelFinish,
-        on_token: &mut dyn FnMut(TokenEvent) -> ControlFlow<()>,
-    ) -> Completion {
-        if !self.stopped_by_client {
-            if let Some(rest) = self.decode.finish() {
-                self.deltas.raw.push_str(&rest);
-            }
-            let processed = self.tokenizer.process_response(&self.deltas.raw);
-            if let Some(text) = self.deltas.next(&processed, true) {
-                let _ = on_token(TokenEvent { text });
-            }
-        }
-        let ended_by_stop_id = ids.last().is_some_and(|t| row.stop_ids.contains(t));
-        Completion {
-            prompt_tokens: row.prompt.len(),
-            completion_tokens: ids.len() - usize::from(ended_by_stop_id),
-            finish_reason: match finish {
-                ModelFinish::Length if !self.stopped_by_client => FinishReason::Length,
-                _ => FinishReason::Stop,
-            },
-        }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::DeltaStream;
-
-    #[test]
-    fn deltas_hold_back_what_process_response_may_rewrite() {
-        let mut s = DeltaStream {
-            raw: String::new(),
-            sent: String::new(),
-        };
-        assert_eq!(s.next("你好", false).as_deref(), Some("你好"));
-        // A half-width comma after CJK may still become full-width: held back.
-        assert_eq!(s.next("你好,", false), None);
-        assert_eq!(s.next("你好，世界", false).as_deref(), Some("，世界"));
-        assert_eq!(s.next("你好，世界 ", false), None);
-        assert_eq!(s.next("你好，世界", true), None);
-        assert_eq!(s.sent, "你好，世界");
     }
 }
