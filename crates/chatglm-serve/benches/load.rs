@@ -12,7 +12,8 @@
 //! - `demo`: the real model engine (`ModelEngine`) on the embedded demo model (the tiny
 //!   ChatGLM-6B-architecture model `chatglm serve` uses without `--model`), on the CPU in f32,
 //!   served as `chatglm-demo`, decoding up to `LOAD_MAX_BATCH` requests together (default 8; 1
-//!   serves them one at a time). Each request asks for `max_tokens` = `LOAD_TOKENS` with its own
+//!   serves them one at a time) with continuous batching (`LOAD_STATIC=1`: static batches).
+//!   Each request asks for `max_tokens` = `LOAD_TOKENS` with its own
 //!   seed and the default sampling; the answer must stream, end with `finish_reason` and `usage`,
 //!   then `[DONE]`.
 //!
@@ -40,7 +41,7 @@ fn env_or(name: &str, default: u64) -> u64 {
 #[derive(Debug, Clone, Copy)]
 enum EngineKind {
     Echo { delay_ms: u64, continuous: bool },
-    Demo { max_batch: usize },
+    Demo { max_batch: usize, continuous: bool },
 }
 
 impl EngineKind {
@@ -52,6 +53,7 @@ impl EngineKind {
             }),
             Ok("demo") => Ok(Self::Demo {
                 max_batch: env_or("LOAD_MAX_BATCH", DEFAULT_MAX_BATCH as u64) as usize,
+                continuous: env_or("LOAD_STATIC", 0) == 0,
             }),
             Ok(other) => Err(format!("LOAD_ENGINE={other}: expected `echo` or `demo`")),
         }
@@ -79,13 +81,17 @@ impl EngineKind {
                     .map_err(|e| e.to_string())?;
                 Ok(Arc::new(engine))
             }
-            Self::Demo { max_batch } => {
+            Self::Demo {
+                max_batch,
+                continuous,
+            } => {
                 let dir = chatglm_ptuning::demo::demo_model_dir().map_err(|e| e.to_string())?;
                 let model = ChatGlm::load(&dir, DeviceSpec::Cpu, ComputeDtype::F32)
                     .map_err(|e| format!("loading {}: {e}", dir.display()))?;
                 let engine = ModelEngine::new(model, self.model_id(), Vec::new())
                     .map_err(|e| e.to_string())?
-                    .with_max_batch(max_batch);
+                    .with_max_batch(max_batch)
+                    .with_continuous_batching(continuous);
                 Ok(Arc::new(engine))
             }
         }
@@ -100,9 +106,15 @@ impl EngineKind {
                 let mode = if continuous { "continuous" } else { "static" };
                 format!("echo engine, step {delay_ms} ms, {tokens}-token answers, {mode} batching")
             }
-            Self::Demo { max_batch } => format!(
-                "demo model (ModelEngine, CPU f32, batches of up to {max_batch}), max_tokens {tokens}"
-            ),
+            Self::Demo {
+                max_batch,
+                continuous,
+            } => {
+                let mode = if continuous { "continuous" } else { "static" };
+                format!(
+                    "demo model (ModelEngine, CPU f32, {mode} batching, up to {max_batch} rows), max_tokens {tokens}"
+                )
+            }
         }
     }
 }

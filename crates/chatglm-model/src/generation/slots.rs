@@ -96,22 +96,30 @@ impl<'m, B: KernelBackend> SlotDecoder<'m, B> {
         self.rows.iter().all(Option::is_none)
     }
 
-    /// Prefills `prompt` alone and puts it in free row `slot`, with room for `max_new_tokens`
-    /// more (the cache grows if needed). Returns the logits of its next token.
+    /// Prefills new prompts together (left-padded, as one batch) and puts each in its free row:
+    /// `(slot, prompt, max_new_tokens)`, with room for that many more tokens (the cache grows if
+    /// needed). Returns the logits of each one's next token, in order.
     pub fn admit(
         &mut self,
-        slot: usize,
-        prompt: &[u32],
-        max_new_tokens: usize,
-    ) -> Result<Vec<f32>, GenerateError> {
-        if self.rows.get(slot).is_none_or(Option::is_some) {
-            return Err(GenerateError::State(
-                "admit into an occupied or unknown slot",
-            ));
+        entries: &[(usize, &[u32], usize)],
+    ) -> Result<Vec<Vec<f32>>, GenerateError> {
+        if entries.is_empty() {
+            return Ok(Vec::new());
         }
         let p = self.cache.prefix_len;
-        let used = p + prompt.len();
-        let needed = used + max_new_tokens;
+        for (i, &(slot, prompt, _)) in entries.iter().enumerate() {
+            let taken = entries[..i].iter().any(|e| e.0 == slot);
+            if self.rows.get(slot).is_none_or(Option::is_some) || taken || prompt.is_empty() {
+                return Err(GenerateError::State(
+                    "admit an empty prompt, or into an occupied or unknown slot",
+                ));
+            }
+        }
+        let needed = entries
+            .iter()
+            .map(|&(_, prompt, max_new)| p + prompt.len() + max_new)
+            .max()
+            .unwrap_or(0);
         if needed > self.cache.capacity {
             let capacity = bucket(needed);
             for layer in &mut self.cache.layers {
@@ -119,10 +127,18 @@ impl<'m, B: KernelBackend> SlotDecoder<'m, B> {
             }
             self.cache.capacity = capacity;
         }
-        let prompts = [prompt.to_vec()];
+        let prompts: Vec<Vec<u32>> = entries.iter().map(|e| e.1.to_vec()).collect();
+        let n = prompts.len();
         let layout = BatchLayout::new(&prompts, self.special);
-        let mut alone = self.model.new_cache(1, used, self.prefix, &self.device);
-        let keys = alone.capacity;
+        let prefix: Option<PrefixKv<B>> = self.prefix.map(|kv| {
+            kv.iter()
+                .map(|(k, v)| (k.clone().repeat_dim(0, n), v.clone().repeat_dim(0, n)))
+                .collect()
+        });
+        let mut fresh = self
+            .model
+            .new_cache(n, p + layout.width, prefix.as_ref(), &self.device);
+        let keys = fresh.capacity;
         let inputs = ForwardInputs::new(
             &layout.padded_ids(&prompts, self.pad_id),
             &layout.prompt_positions(),
@@ -131,30 +147,30 @@ impl<'m, B: KernelBackend> SlotDecoder<'m, B> {
             self.model.head_dim(),
             &self.device,
         );
-        let hidden = self.model.hidden_cached(&inputs, &mut alone);
-        let last = hidden.narrow(1, prompt.len() - 1, 1);
-        let logits = logits_rows(self.model.lm_head(last))?
-            .pop()
-            .ok_or(GenerateError::State("no logits"))?;
-        let rest = self.cache.capacity - used;
-        for (row, one) in self.cache.layers.iter_mut().zip(&alone.layers) {
-            let (k, v) = one.tensors().ok_or(GenerateError::State("empty cache"))?;
+        let hidden = self.model.hidden_cached(&inputs, &mut fresh);
+        let last = hidden.narrow(1, layout.width - 1, 1);
+        let logits = logits_rows(self.model.lm_head(last))?;
+        for (row, new) in self.cache.layers.iter_mut().zip(&fresh.layers) {
+            let (k, v) = new.tensors().ok_or(GenerateError::State("empty cache"))?;
             let ([_, h, _, d], dtype) = (k.dims(), k.dtype());
-            row.write_row(
-                slot,
-                p,
-                k.narrow(2, p, prompt.len()),
-                v.narrow(2, p, prompt.len()),
-            );
-            if rest > 0 {
-                let zeros = Tensor::<B, 4>::zeros([1, h, rest, d], (&self.device, dtype));
-                row.write_row(slot, used, zeros.clone(), zeros);
+            for (i, &(slot, prompt, _)) in entries.iter().enumerate() {
+                // Row i's tokens sit after its left padding.
+                let (start, len) = (p + layout.pad(i), prompt.len());
+                let take = |t: &Tensor<B, 4>| t.clone().narrow(0, i, 1).narrow(2, start, len);
+                row.write_row(slot, p, take(&k), take(&v));
+                let rest = self.cache.capacity - p - len;
+                if rest > 0 {
+                    let zeros = Tensor::<B, 4>::zeros([1, h, rest, d], (&self.device, dtype));
+                    row.write_row(slot, p + len, zeros.clone(), zeros);
+                }
             }
         }
-        self.rows[slot] = Some(Occupant {
-            layout: layout.rows[0],
-            generated: 0,
-        });
+        for (i, &(slot, _, _)) in entries.iter().enumerate() {
+            self.rows[slot] = Some(Occupant {
+                layout: layout.rows[i],
+                generated: 0,
+            });
+        }
         Ok(logits)
     }
 
@@ -287,18 +303,24 @@ pub fn generate_continuous<B: KernelBackend>(
     loop {
         let free = decoder.free();
         if !free.is_empty() {
-            let mut free = free.into_iter();
+            let mut admitted = Vec::new();
             for (key, request) in feed.next_rows(free.len()) {
                 if request.prompt.is_empty() {
                     feed.on_error(key, GenerateError::EmptyPrompt(0));
-                    continue;
-                }
-                if let Some(&id) = request.prompt.iter().find(|&&t| t as usize >= vocab) {
+                } else if let Some(&id) = request.prompt.iter().find(|&&t| t as usize >= vocab) {
                     feed.on_error(key, GenerateError::BadToken { row: 0, id, vocab });
-                    continue;
+                } else if admitted.len() < free.len() {
+                    admitted.push((free[admitted.len()], key, request));
+                } else {
+                    feed.on_error(key, GenerateError::State("more requests than free rows"));
                 }
-                let Some(slot) = free.next() else { break };
-                let mut logits = decoder.admit(slot, &request.prompt, request.max_new_tokens)?;
+            }
+            let entries: Vec<(usize, &[u32], usize)> = admitted
+                .iter()
+                .map(|(slot, _, r)| (*slot, r.prompt.as_slice(), r.max_new_tokens.max(1)))
+                .collect();
+            let logits = decoder.admit(&entries)?;
+            for ((slot, key, request), mut logits) in admitted.into_iter().zip(logits) {
                 let mut run = Running {
                     key,
                     sampler: LogitsProcessor::new(request.sampling.clone(), request.seed),

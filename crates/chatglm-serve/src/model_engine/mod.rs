@@ -39,6 +39,7 @@ pub struct ModelEngine {
     /// End-of-answer id of the model (`<eop>`), a stop id besides the tokenizer's.
     eos: u32,
     max_batch: usize,
+    continuous: bool,
     model: Mutex<ChatGlm>,
 }
 
@@ -83,6 +84,7 @@ impl ModelEngine {
             tokenizer,
             eos: model.config().eos_token_id,
             max_batch: DEFAULT_MAX_BATCH,
+            continuous: true,
             model: Mutex::new(model),
         })
     }
@@ -90,6 +92,14 @@ impl ModelEngine {
     /// Decodes at most `n` requests together (1: one at a time).
     pub fn with_max_batch(mut self, n: usize) -> Self {
         self.max_batch = n.max(1);
+        self
+    }
+
+    /// Continuous batching (the default: a request starts as soon as a row is free) or static
+    /// batches (waiting requests start together once the running batch has ended; they are
+    /// prefilled as one batch, which gives a little more throughput under saturation).
+    pub fn with_continuous_batching(mut self, on: bool) -> Self {
+        self.continuous = on;
         self
     }
 
@@ -182,7 +192,11 @@ impl ChatEngine for ModelEngine {
     }
 
     fn generate_continuous(&self, feed: &mut dyn JobFeed) {
-        self.serve_continuous(feed);
+        if self.continuous {
+            self.serve_continuous(feed);
+        } else {
+            crate::engine::static_batches(self, feed);
+        }
     }
 
     /// Decodes the jobs of each model id as one batch (one group after the other when they name
