@@ -32,6 +32,43 @@ fn write_train_file(path: &Path) {
     std::fs::write(path, text).unwrap();
 }
 
+/// `chatglm train` on `data` into `out` with the official flag names: pre_seq_len 4, lengths
+/// 16 / 24, `batch` rows per step, `steps` steps, a log line per step, lr 0.1, JSON output.
+fn train_args(data: &str, out: &str, batch: usize, steps: usize) -> Vec<String> {
+    let (batch, steps) = (batch.to_string(), steps.to_string());
+    [
+        "train",
+        "--train_file",
+        data,
+        "--prompt_column",
+        "q",
+        "--response_column",
+        "a",
+        "--pre_seq_len",
+        "4",
+        "--max_source_length",
+        "16",
+        "--max_target_length",
+        "24",
+        "--per_device_train_batch_size",
+        &batch,
+        "--gradient_accumulation_steps",
+        "1",
+        "--max_steps",
+        &steps,
+        "--logging_steps",
+        "1",
+        "--learning_rate",
+        "0.1",
+        "--output_dir",
+        out,
+        "--json",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect()
+}
+
 fn complete_checkpoints(dir: &Path) -> Vec<String> {
     let mut v: Vec<String> = std::fs::read_dir(dir)
         .unwrap()
@@ -52,40 +89,9 @@ fn killed_during_save_leaves_complete_checkpoints_and_resume_is_exact() {
     let data_s = data.to_str().unwrap();
     // The official flag names (snake_case), as pasted from train.sh.
     let common = |out: &str| -> Vec<String> {
-        [
-            "train",
-            "--do_train",
-            "--train_file",
-            data_s,
-            "--prompt_column",
-            "q",
-            "--response_column",
-            "a",
-            "--pre_seq_len",
-            "4",
-            "--max_source_length",
-            "16",
-            "--max_target_length",
-            "24",
-            "--per_device_train_batch_size",
-            "2",
-            "--gradient_accumulation_steps",
-            "1",
-            "--max_steps",
-            "4",
-            "--logging_steps",
-            "1",
-            "--save_steps",
-            "2",
-            "--learning_rate",
-            "0.1",
-            "--output_dir",
-            out,
-            "--json",
-        ]
-        .iter()
-        .map(|s| s.to_string())
-        .collect()
+        let mut args = train_args(data_s, out, 2, 4);
+        args.extend(["--save_steps", "2", "--do_train"].map(String::from));
+        args
     };
     let killed = tmp.path().join("killed");
     let args = common(killed.to_str().unwrap());
@@ -496,35 +502,9 @@ fn gradient_checkpointing_flag_trains_the_same_prefix() {
     write_train_file(&data);
     let run = |out: &str, extra: &[&str]| {
         let out = tmp.path().join(out);
-        let mut args = vec![
-            "train",
-            "--train_file",
-            data.to_str().unwrap(),
-            "--prompt_column",
-            "q",
-            "--response_column",
-            "a",
-            "--pre_seq_len",
-            "4",
-            "--max_source_length",
-            "16",
-            "--max_target_length",
-            "24",
-            "--per_device_train_batch_size",
-            "3",
-            "--gradient_accumulation_steps",
-            "1",
-            "--max_steps",
-            "3",
-            "--logging_steps",
-            "1",
-            "--learning_rate",
-            "0.1",
-            "--json",
-            "--output_dir",
-            out.to_str().unwrap(),
-        ];
-        args.extend_from_slice(extra);
+        let mut args = train_args(data.to_str().unwrap(), out.to_str().unwrap(), 3, 3);
+        args.extend(extra.iter().map(|s| s.to_string()));
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
         let (ok, stdout, stderr) = chatglm(&args, &cache, &[]);
         assert!(ok, "{stderr}");
         (

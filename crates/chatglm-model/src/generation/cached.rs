@@ -63,27 +63,15 @@ impl<B: KernelBackend> Decoder for CachedDecoder<'_, B> {
         prompts: &[Vec<u32>],
         max_new_tokens: usize,
     ) -> Result<Vec<Vec<f32>>, GenerateError> {
-        let layout = BatchLayout::new(prompts, self.special);
-        let prefix_len = self
-            .prefix
-            .and_then(|p| p.first())
-            .map_or(0, |(k, _)| k.dims()[2]);
-        let needed = prefix_len + layout.width + max_new_tokens;
-        let mut cache = self
-            .model
-            .new_cache(prompts.len(), needed, self.prefix, &self.device);
-        let keys = cache.capacity;
-        let inputs = ForwardInputs::new(
-            &layout.padded_ids(prompts, self.pad_id),
-            &layout.prompt_positions(),
-            layout.prompt_mask(prefix_len, keys),
-            keys,
-            self.model.head_dim(),
+        let (layout, cache, rows) = prefill(
+            self.model,
+            prompts,
+            self.prefix,
+            max_new_tokens,
+            self.special,
+            self.pad_id,
             &self.device,
-        );
-        let hidden = self.model.hidden_cached(&inputs, &mut cache);
-        let last = hidden.narrow(1, layout.width - 1, 1);
-        let rows = logits_rows(self.model.lm_head(last))?;
+        )?;
         self.state = Some((layout, cache, 0));
         Ok(rows)
     }
@@ -110,4 +98,39 @@ impl<B: KernelBackend> Decoder for CachedDecoder<'_, B> {
         *step += 1;
         logits_rows(self.model.lm_head(hidden))
     }
+}
+
+/// A prefilled batch: its layout, its cache and each row's last-position logits.
+pub(super) type Prefilled<B> = (BatchLayout, KvCache<B>, Vec<Vec<f32>>);
+
+/// Prefills left-padded `prompts` into a new cache (with `prefix`, built for as many rows, in
+/// front) that has room for `extra` more slots.
+pub(super) fn prefill<B: KernelBackend>(
+    model: &GlmModel<B>,
+    prompts: &[Vec<u32>],
+    prefix: Option<&PrefixKv<B>>,
+    extra: usize,
+    special: SpecialIds,
+    pad_id: u32,
+    device: &B::Device,
+) -> Result<Prefilled<B>, GenerateError> {
+    let layout = BatchLayout::new(prompts, special);
+    let prefix_len = prefix
+        .and_then(|p| p.first())
+        .map_or(0, |(k, _)| k.dims()[2]);
+    let needed = prefix_len + layout.width + extra;
+    let mut cache = model.new_cache(prompts.len(), needed, prefix, device);
+    let keys = cache.capacity;
+    let inputs = ForwardInputs::new(
+        &layout.padded_ids(prompts, pad_id),
+        &layout.prompt_positions(),
+        layout.prompt_mask(prefix_len, keys),
+        keys,
+        model.head_dim(),
+        device,
+    );
+    let hidden = model.hidden_cached(&inputs, &mut cache);
+    let last = hidden.narrow(1, layout.width - 1, 1);
+    let rows = logits_rows(model.lm_head(last))?;
+    Ok((layout, cache, rows))
 }

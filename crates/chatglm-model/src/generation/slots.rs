@@ -15,13 +15,13 @@ use burn::tensor::backend::Backend;
 use burn::tensor::{Int, Tensor, TensorData};
 use chatglm_kernels::KernelBackend;
 
-use super::cached::logits_rows;
+use super::cached::{logits_rows, prefill};
 use super::generate::{FinishReason, GenerateError, RowRequest};
 use super::sampling::LogitsProcessor;
 use crate::glm::{ForwardInputs, GlmModel};
 use crate::kv_cache::{KvCache, bucket};
 use crate::modules::attention::MASK_VALUE;
-use crate::positions::{BatchLayout, PositionIds, SeqLayout, SpecialIds};
+use crate::positions::{PositionIds, SeqLayout, SpecialIds};
 use crate::prefix::PrefixKv;
 
 /// The state of an occupied slot: its layout and the tokens generated so far.
@@ -129,27 +129,20 @@ impl<'m, B: KernelBackend> SlotDecoder<'m, B> {
         }
         let prompts: Vec<Vec<u32>> = entries.iter().map(|e| e.1.to_vec()).collect();
         let n = prompts.len();
-        let layout = BatchLayout::new(&prompts, self.special);
         let prefix: Option<PrefixKv<B>> = self.prefix.map(|kv| {
             kv.iter()
                 .map(|(k, v)| (k.clone().repeat_dim(0, n), v.clone().repeat_dim(0, n)))
                 .collect()
         });
-        let mut fresh = self
-            .model
-            .new_cache(n, p + layout.width, prefix.as_ref(), &self.device);
-        let keys = fresh.capacity;
-        let inputs = ForwardInputs::new(
-            &layout.padded_ids(&prompts, self.pad_id),
-            &layout.prompt_positions(),
-            layout.prompt_mask(p, keys),
-            keys,
-            self.model.head_dim(),
+        let (layout, fresh, logits) = prefill(
+            self.model,
+            &prompts,
+            prefix.as_ref(),
+            0,
+            self.special,
+            self.pad_id,
             &self.device,
-        );
-        let hidden = self.model.hidden_cached(&inputs, &mut fresh);
-        let last = hidden.narrow(1, layout.width - 1, 1);
-        let logits = logits_rows(self.model.lm_head(last))?;
+        )?;
         for (row, new) in self.cache.layers.iter_mut().zip(&fresh.layers) {
             let (k, v) = new.tensors().ok_or(GenerateError::State("empty cache"))?;
             let ([_, h, _, d], dtype) = (k.dims(), k.dtype());
