@@ -5,6 +5,7 @@ use burn::tensor::{DType, Tensor};
 use chatglm_kernels::KernelBackend;
 
 use super::generate::{Decoder, GenerateError};
+use super::sampling::GUARD_TOKEN;
 use crate::glm::{ForwardInputs, GlmModel};
 use crate::kv_cache::KvCache;
 use crate::positions::{BatchLayout, SpecialIds};
@@ -53,17 +54,34 @@ pub fn logits_rows<B: Backend>(logits: Tensor<B, 3>) -> Result<Vec<Vec<f32>>, Ge
         .collect())
 }
 
-impl<B: KernelBackend> Decoder for CachedDecoder<'_, B> {
-    fn vocab_size(&self) -> usize {
-        self.model.vocab_size()
-    }
+/// Reads `[batch, 1, vocab]` logits back as each row's greedy token, picked on the device
+/// ([`greedy_token`](super::sampling::greedy_token): the argmax, the first on ties; the guard token for a row with a NaN or
+/// infinite value): only the ids cross to the host.
+pub fn greedy_rows<B: Backend>(logits: Tensor<B, 3>) -> Result<Vec<u32>, GenerateError> {
+    let [b, s, v] = logits.dims();
+    let flat = logits.reshape([b * s, v]);
+    let bad = flat
+        .clone()
+        .is_nan()
+        .bool_or(flat.clone().is_inf())
+        .any_dim(1);
+    let ids = flat.argmax(1).mask_fill(bad, GUARD_TOKEN as i64);
+    let ids: Vec<i64> = ids
+        .into_data()
+        .convert::<i64>()
+        .into_vec()
+        .map_err(|e| GenerateError::Device(format!("{e:?}")))?;
+    Ok(ids.into_iter().map(|t| t as u32).collect())
+}
 
-    fn prefill(
+impl<B: KernelBackend> CachedDecoder<'_, B> {
+    /// Prefills and keeps the state; returns the last position's logits tensor.
+    fn prefill_tensor(
         &mut self,
         prompts: &[Vec<u32>],
         max_new_tokens: usize,
-    ) -> Result<Vec<Vec<f32>>, GenerateError> {
-        let (layout, cache, rows) = prefill(
+    ) -> Result<Tensor<B, 3>, GenerateError> {
+        let (layout, cache, last) = prefill(
             self.model,
             prompts,
             self.prefix,
@@ -73,10 +91,11 @@ impl<B: KernelBackend> Decoder for CachedDecoder<'_, B> {
             &self.device,
         )?;
         self.state = Some((layout, cache, 0));
-        Ok(rows)
+        Ok(last)
     }
 
-    fn step(&mut self, tokens: &[u32]) -> Result<Vec<Vec<f32>>, GenerateError> {
+    /// One step; returns the logits tensor `[batch, 1, vocab]`.
+    fn step_tensor(&mut self, tokens: &[u32]) -> Result<Tensor<B, 3>, GenerateError> {
         let (layout, cache, step) = self
             .state
             .as_mut()
@@ -96,12 +115,42 @@ impl<B: KernelBackend> Decoder for CachedDecoder<'_, B> {
         );
         let hidden = self.model.hidden_cached(&inputs, cache);
         *step += 1;
-        logits_rows(self.model.lm_head(hidden))
+        Ok(self.model.lm_head(hidden))
     }
 }
 
-/// A prefilled batch: its layout, its cache and each row's last-position logits.
-pub(super) type Prefilled<B> = (BatchLayout, KvCache<B>, Vec<Vec<f32>>);
+impl<B: KernelBackend> Decoder for CachedDecoder<'_, B> {
+    fn vocab_size(&self) -> usize {
+        self.model.vocab_size()
+    }
+
+    fn prefill(
+        &mut self,
+        prompts: &[Vec<u32>],
+        max_new_tokens: usize,
+    ) -> Result<Vec<Vec<f32>>, GenerateError> {
+        logits_rows(self.prefill_tensor(prompts, max_new_tokens)?)
+    }
+
+    fn step(&mut self, tokens: &[u32]) -> Result<Vec<Vec<f32>>, GenerateError> {
+        logits_rows(self.step_tensor(tokens)?)
+    }
+
+    fn prefill_greedy(
+        &mut self,
+        prompts: &[Vec<u32>],
+        max_new_tokens: usize,
+    ) -> Result<Vec<u32>, GenerateError> {
+        greedy_rows(self.prefill_tensor(prompts, max_new_tokens)?)
+    }
+
+    fn step_greedy(&mut self, tokens: &[u32]) -> Result<Vec<u32>, GenerateError> {
+        greedy_rows(self.step_tensor(tokens)?)
+    }
+}
+
+/// A prefilled batch: its layout, its cache and the last position's logits `[batch, 1, vocab]`.
+pub(super) type Prefilled<B> = (BatchLayout, KvCache<B>, Tensor<B, 3>);
 
 /// Prefills left-padded `prompts` into a new cache (with `prefix`, built for as many rows, in
 /// front) that has room for `extra` more slots.
@@ -131,6 +180,43 @@ pub(super) fn prefill<B: KernelBackend>(
     );
     let hidden = model.hidden_cached(&inputs, &mut cache);
     let last = hidden.narrow(1, layout.width - 1, 1);
-    let rows = logits_rows(model.lm_head(last))?;
-    Ok((layout, cache, rows))
+    Ok((layout, cache, model.lm_head(last)))
+}
+
+#[cfg(test)]
+mod tests {
+    use burn::backend::NdArray;
+    use burn::tensor::{Tensor, TensorData};
+
+    use super::{greedy_rows, logits_rows};
+    use crate::generation::sampling::greedy_token;
+
+    #[test]
+    fn device_greedy_equals_host_greedy() {
+        let v = 7;
+        let mut rows: Vec<Vec<f32>> = (0..4)
+            .map(|r| {
+                (0..v)
+                    .map(|i| ((i * 37 + r * 11) % 13) as f32 * 0.5 - 2.0)
+                    .collect()
+            })
+            .collect();
+        rows[1][2] = f32::NAN;
+        rows[2][0] = f32::NEG_INFINITY;
+        rows[3] = vec![1.0, 3.0, 0.5, 3.0, 3.0, -1.0, 2.0]; // a tie: the first one wins
+        let flat: Vec<f32> = rows.concat();
+        let t = || {
+            Tensor::<NdArray<f32>, 3>::from_data(
+                TensorData::new(flat.clone(), [4, 1, v]),
+                &Default::default(),
+            )
+        };
+        let host: Vec<u32> = logits_rows(t())
+            .unwrap()
+            .iter()
+            .map(|l| greedy_token(l))
+            .collect();
+        assert_eq!(host, vec![greedy_token(&rows[0]), 5, 5, 1]);
+        assert_eq!(greedy_rows(t()).unwrap(), host);
+    }
 }

@@ -5,7 +5,7 @@
 use std::ops::ControlFlow;
 
 pub use super::cached::{CachedDecoder, logits_rows};
-use super::sampling::{LogitsProcessor, SamplingConfig};
+use super::sampling::{LogitsProcessor, SamplingConfig, greedy_token};
 
 /// Errors of generation.
 #[derive(Debug, thiserror::Error)]
@@ -44,6 +44,22 @@ pub trait Decoder {
     ) -> Result<Vec<Vec<f32>>, GenerateError>;
     /// Feeds one token per row; returns each row's next logits.
     fn step(&mut self, tokens: &[u32]) -> Result<Vec<Vec<f32>>, GenerateError>;
+
+    /// [`prefill`](Self::prefill) for greedy decoding: each row's [`greedy_token`] instead of
+    /// its logits. A decoder on a device overrides it to read back only the ids.
+    fn prefill_greedy(
+        &mut self,
+        prompts: &[Vec<u32>],
+        max_new_tokens: usize,
+    ) -> Result<Vec<u32>, GenerateError> {
+        let logits = self.prefill(prompts, max_new_tokens)?;
+        Ok(logits.iter().map(|l| greedy_token(l)).collect())
+    }
+
+    /// [`step`](Self::step) for greedy decoding: each row's [`greedy_token`].
+    fn step_greedy(&mut self, tokens: &[u32]) -> Result<Vec<u32>, GenerateError> {
+        Ok(self.step(tokens)?.iter().map(|l| greedy_token(l)).collect())
+    }
 }
 
 /// Length limits, stop ids and sampling of one generation.
@@ -193,6 +209,10 @@ impl Samplers {
         }
     }
 
+    fn all_plain_greedy(&self) -> bool {
+        self.processors.iter().all(LogitsProcessor::is_plain_greedy)
+    }
+
     fn row(&mut self, row: usize) -> &mut LogitsProcessor {
         let i = if self.shared { 0 } else { row };
         &mut self.processors[i]
@@ -237,16 +257,28 @@ fn run<D: Decoder + ?Sized>(
         finish: vec![FinishReason::Length; prompts.len()],
     };
     let mut done = vec![false; prompts.len()];
-    let mut logits = decoder.prefill(prompts, budget)?;
+    // Greedy rows only: the decoder picks the tokens (on its device) and hands back ids alone.
+    let greedy = plan.samplers.all_plain_greedy();
+    let mut next = if greedy {
+        Next::Ids(decoder.prefill_greedy(prompts, budget)?)
+    } else {
+        Next::Logits(decoder.prefill(prompts, budget)?)
+    };
     for step in 0..budget {
         let mut feed = Vec::with_capacity(prompts.len());
         let mut cancelled = false;
-        for (row, row_logits) in logits.iter_mut().enumerate() {
+        for row in 0..prompts.len() {
             if done[row] {
                 feed.push(*out.ids[row].last().unwrap_or(&0));
                 continue;
             }
-            let token = plan.samplers.row(row).next_token(row_logits, &history[row]);
+            let token = match &mut next {
+                Next::Ids(ids) => ids[row],
+                Next::Logits(logits) => plan
+                    .samplers
+                    .row(row)
+                    .next_token(&mut logits[row], &history[row]),
+            };
             history[row].push(token);
             out.ids[row].push(token);
             feed.push(token);
@@ -278,9 +310,19 @@ fn run<D: Decoder + ?Sized>(
         if done.iter().all(|&d| d) || step + 1 == budget {
             break;
         }
-        logits = decoder.step(&feed)?;
+        next = if greedy {
+            Next::Ids(decoder.step_greedy(&feed)?)
+        } else {
+            Next::Logits(decoder.step(&feed)?)
+        };
     }
     Ok(out)
+}
+
+/// What the decoder handed back for the next tokens: logits to sample from, or the ids.
+enum Next {
+    Logits(Vec<Vec<f32>>),
+    Ids(Vec<u32>),
 }
 
 #[cfg(test)]
@@ -507,5 +549,65 @@ mod tests {
         // Each row draws what it would alone with its seed.
         assert_eq!(together.ids, vec![alone(7), alone(8)]);
         assert_ne!(together.ids[0], together.ids[1]);
+    }
+
+    /// Counts which of the decoder's methods the loop calls.
+    struct Counting {
+        inner: Scripted,
+        greedy_calls: usize,
+        logits_calls: usize,
+    }
+
+    impl Decoder for Counting {
+        fn vocab_size(&self) -> usize {
+            10
+        }
+        fn prefill(&mut self, p: &[Vec<u32>], m: usize) -> Result<Vec<Vec<f32>>, GenerateError> {
+            self.logits_calls += 1;
+            self.inner.prefill(p, m)
+        }
+        fn step(&mut self, t: &[u32]) -> Result<Vec<Vec<f32>>, GenerateError> {
+            self.logits_calls += 1;
+            self.inner.step(t)
+        }
+        fn prefill_greedy(&mut self, p: &[Vec<u32>], m: usize) -> Result<Vec<u32>, GenerateError> {
+            self.greedy_calls += 1;
+            let logits = self.inner.prefill(p, m)?;
+            Ok(logits.iter().map(|l| greedy_token(l)).collect())
+        }
+        fn step_greedy(&mut self, t: &[u32]) -> Result<Vec<u32>, GenerateError> {
+            self.greedy_calls += 1;
+            let logits = self.inner.step(t)?;
+            Ok(logits.iter().map(|l| greedy_token(l)).collect())
+        }
+    }
+
+    #[test]
+    fn greedy_decoding_asks_the_decoder_for_ids_only() {
+        let run = |sampling: SamplingConfig| {
+            let mut d = Counting {
+                inner: Scripted {
+                    script: vec![vec![1, 2, 3]],
+                    step: 0,
+                    fed: vec![],
+                },
+                greedy_calls: 0,
+                logits_calls: 0,
+            };
+            let config = GenerationConfig {
+                sampling,
+                ..greedy(Some(3), 0, vec![])
+            };
+            let out = generate(&mut d, &[vec![1]], &config, |_| ControlFlow::Continue(())).unwrap();
+            (out.ids[0].clone(), d.greedy_calls, d.logits_calls)
+        };
+        assert_eq!(run(SamplingConfig::greedy()), (vec![1, 2, 3], 3, 0));
+        // A repetition penalty needs the logits on the host.
+        let penalised = SamplingConfig {
+            repetition_penalty: 1.2,
+            ..SamplingConfig::greedy()
+        };
+        assert_eq!(run(penalised).1, 0);
+        assert_eq!(run(SamplingConfig::default()).2, 3);
     }
 }

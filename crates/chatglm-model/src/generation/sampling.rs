@@ -72,6 +72,13 @@ impl LogitsProcessor {
         &self.config
     }
 
+    /// Whether the next token is always [`greedy_token`] of the raw logits: argmax decoding
+    /// without a repetition penalty (then a decoder may pick it on the device).
+    pub fn is_plain_greedy(&self) -> bool {
+        let c = &self.config;
+        (!c.do_sample || c.temperature <= 0.0) && c.repetition_penalty == 1.0
+    }
+
     /// Chooses the next token from `logits` (modified in place) given the ids so far.
     pub fn next_token(&mut self, logits: &mut [f32], previous: &[u32]) -> u32 {
         if logits.is_empty() {
@@ -122,6 +129,16 @@ pub fn nan_inf_guard(logits: &mut [f32]) {
         if let Some(v) = logits.get_mut(GUARD_TOKEN) {
             *v = 5e4;
         }
+    }
+}
+
+/// The token greedy decoding takes from raw `logits`: the argmax, or [`GUARD_TOKEN`] when a
+/// value is NaN or infinite (the NaN/inf guard's result).
+pub fn greedy_token(logits: &[f32]) -> u32 {
+    if logits.iter().any(|v| !v.is_finite()) {
+        GUARD_TOKEN as u32
+    } else {
+        argmax(logits) as u32
     }
 }
 

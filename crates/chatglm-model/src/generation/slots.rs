@@ -134,7 +134,7 @@ impl<'m, B: KernelBackend> SlotDecoder<'m, B> {
                 .map(|(k, v)| (k.clone().repeat_dim(0, n), v.clone().repeat_dim(0, n)))
                 .collect()
         });
-        let (layout, fresh, logits) = prefill(
+        let (layout, fresh, last) = prefill(
             self.model,
             &prompts,
             prefix.as_ref(),
@@ -143,6 +143,7 @@ impl<'m, B: KernelBackend> SlotDecoder<'m, B> {
             self.pad_id,
             &self.device,
         )?;
+        let logits = logits_rows(last)?;
         for (row, new) in self.cache.layers.iter_mut().zip(&fresh.layers) {
             let (k, v) = new.tensors().ok_or(GenerateError::State("empty cache"))?;
             let ([_, h, _, d], dtype) = (k.dims(), k.dtype());
