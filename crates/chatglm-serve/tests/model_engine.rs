@@ -292,3 +292,17 @@ async fn a_request_joins_a_running_generation() {
     let _ = stop_tx.send(());
     serving.await.expect("join").expect("serve");
 }
+
+/// The warm-up runs one short request through the serving path and leaves the engine usable.
+#[test]
+fn warm_up_runs_the_serving_path() {
+    let engine = demo_engine();
+    let took = engine.warm_up().expect("warm up");
+    assert!(took.as_secs_f64() > 0.0);
+    let c = engine
+        .generate(&greedy_request("你好", 3), &mut |_| {
+            ControlFlow::Continue(())
+        })
+        .expect("generate after the warm-up");
+    assert!(c.completion_tokens > 0);
+}

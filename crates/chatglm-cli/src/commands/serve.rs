@@ -136,6 +136,13 @@ fn engine(args: &Args) -> anyhow::Result<Arc<dyn ChatEngine>> {
     let engine = ModelEngine::new(model, base_id, args.prefixes.clone())
         .with_context(|| format!("serving {}", dir.display()))?
         .with_max_batch(args.max_batch);
+    if matches!(args.device, DeviceSpec::Cuda(_)) {
+        eprintln!(
+            "warming up: compiling the GPU kernels of the decoding step (once, can take a minute)"
+        );
+        let took = engine.warm_up().context("warming up the model")?;
+        eprintln!("warmed up in {:.1} s", took.as_secs_f64());
+    }
     Ok(Arc::new(engine))
 }
 

@@ -145,3 +145,63 @@ impl RowFeed for Rows<'_, '_> {
         }
     }
 }
+
+/// The feed of [`ModelEngine::warm_up`]: one request, whose tokens are dropped.
+struct WarmUp {
+    row: Option<RowRequest>,
+    error: Option<GenerateError>,
+}
+
+impl RowFeed for WarmUp {
+    fn next_rows(&mut self, _max: usize) -> Vec<(u64, RowRequest)> {
+        self.row.take().map(|r| (0, r)).into_iter().collect()
+    }
+
+    fn on_token(&mut self, _key: u64, _token: u32) -> ControlFlow<()> {
+        ControlFlow::Continue(())
+    }
+
+    fn on_finish(&mut self, _key: u64, _ids: Vec<u32>, _finish: ModelFinish) {}
+
+    fn on_error(&mut self, _key: u64, error: GenerateError) {
+        self.error = Some(error);
+    }
+}
+
+impl ModelEngine {
+    /// Runs one short request through the serving path (the base model, `max_batch` rows), so
+    /// that a GPU compiles the kernels of the decoding step before the first client comes; on
+    /// CUDA that takes tens of seconds once, which would otherwise be the first user's wait.
+    /// Returns how long it took.
+    ///
+    /// # Errors
+    /// A failure of the model.
+    pub fn warm_up(&self) -> Result<std::time::Duration, EngineError> {
+        let start = std::time::Instant::now();
+        let mut guard = self.lock()?;
+        self.select(&mut guard, &self.base_id)?;
+        let request = crate::engine::GenerateRequest {
+            model: self.base_id.clone(),
+            conversation: crate::engine::Conversation {
+                query: "你好".into(),
+                ..Default::default()
+            },
+            sampling: crate::engine::SamplingParams {
+                temperature: 0.0,
+                ..Default::default()
+            },
+            max_new_tokens: 2,
+        };
+        let mut feed = WarmUp {
+            row: Some(self.row_request(&request)?),
+            error: None,
+        };
+        guard
+            .generate_continuous(self.max_batch, &mut feed)
+            .map_err(|e| EngineError::Failed(e.to_string()))?;
+        match feed.error {
+            Some(e) => Err(EngineError::Failed(e.to_string())),
+            None => Ok(start.elapsed()),
+        }
+    }
+}
