@@ -154,3 +154,56 @@ fn requests_joining_a_running_batch_get_their_solo_tokens() {
         }
     }
 }
+
+/// A batch mixing a greedy row and a sampling row reads logits back (no device argmax): the
+/// greedy row still gets its solo tokens, and the sampled row is reproducible from its seed.
+#[test]
+fn greedy_and_sampled_rows_share_a_batch() {
+    let device = Default::default();
+    let (cfg, model) = load::<B>("tiny-glm6b", &device);
+    let prompt = |i: usize| ids(&cases()["cases"][i]["input_ids"]);
+    let solo = {
+        let mut d = CachedDecoder::new(&model, None, special(&cfg), cfg.pad_token_id, &device);
+        let config = GenerationConfig {
+            max_new_tokens: Some(6),
+            sampling: SamplingConfig::greedy(),
+            ..GenerationConfig::default()
+        };
+        generate(&mut d, &[prompt(0)], &config, |_| ControlFlow::Continue(()))
+            .unwrap()
+            .ids
+            .remove(0)
+    };
+    let sampled = RowRequest {
+        sampling: SamplingConfig {
+            temperature: 1.0,
+            top_p: 1.0,
+            top_k: 0,
+            ..SamplingConfig::default()
+        },
+        seed: Some(11),
+        ..greedy(prompt(1), 6)
+    };
+    let run = || {
+        let mut feed = Feed {
+            waiting: [(0, greedy(prompt(0), 6)), (1, sampled.clone())].into(),
+            late: None,
+            stop_after: None,
+            tokens: BTreeMap::new(),
+            finished: BTreeMap::new(),
+            peak: 0,
+        };
+        let mut decoder =
+            SlotDecoder::new(&model, None, 2, 1, special(&cfg), cfg.pad_token_id, &device);
+        generate_continuous(&mut decoder, &mut feed).unwrap();
+        feed.finished
+    };
+    let first = run();
+    assert_eq!(first[&0].0, solo, "the greedy row's tokens");
+    assert_eq!(first[&1].0.len(), 6);
+    assert_eq!(
+        run()[&1],
+        first[&1],
+        "the same seed samples the same tokens"
+    );
+}

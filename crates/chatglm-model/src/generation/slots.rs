@@ -15,7 +15,7 @@ use burn::tensor::backend::Backend;
 use burn::tensor::{Int, Tensor, TensorData};
 use chatglm_kernels::KernelBackend;
 
-use super::cached::{logits_rows, prefill};
+use super::cached::{greedy_rows, logits_rows, prefill};
 use super::generate::{FinishReason, GenerateError, RowRequest};
 use super::sampling::LogitsProcessor;
 use crate::glm::{ForwardInputs, GlmModel};
@@ -98,13 +98,15 @@ impl<'m, B: KernelBackend> SlotDecoder<'m, B> {
 
     /// Prefills new prompts together (left-padded, as one batch) and puts each in its free row:
     /// `(slot, prompt, max_new_tokens)`, with room for that many more tokens (the cache grows if
-    /// needed). Returns the logits of each one's next token, in order.
+    /// needed). Returns each one's next-token logits, in order, or with `greedy` its
+    /// [`greedy_token`](super::sampling::greedy_token) picked on the device.
     pub fn admit(
         &mut self,
         entries: &[(usize, &[u32], usize)],
-    ) -> Result<Vec<Vec<f32>>, GenerateError> {
+        greedy: bool,
+    ) -> Result<Picked, GenerateError> {
         if entries.is_empty() {
-            return Ok(Vec::new());
+            return Ok(Picked::Ids(Vec::new()));
         }
         let p = self.cache.prefix_len;
         for (i, &(slot, prompt, _)) in entries.iter().enumerate() {
@@ -143,7 +145,7 @@ impl<'m, B: KernelBackend> SlotDecoder<'m, B> {
             self.pad_id,
             &self.device,
         )?;
-        let logits = logits_rows(last)?;
+        let picked = Picked::read(last, greedy)?;
         for (row, new) in self.cache.layers.iter_mut().zip(&fresh.layers) {
             let (k, v) = new.tensors().ok_or(GenerateError::State("empty cache"))?;
             let ([_, h, _, d], dtype) = (k.dims(), k.dtype());
@@ -165,7 +167,7 @@ impl<'m, B: KernelBackend> SlotDecoder<'m, B> {
                 generated: 0,
             });
         }
-        Ok(logits)
+        Ok(picked)
     }
 
     /// Frees row `slot` (its slots are cleared when the next prompt comes).
@@ -176,8 +178,9 @@ impl<'m, B: KernelBackend> SlotDecoder<'m, B> {
     }
 
     /// Feeds one token to every occupied row (`tokens[slot]`; free rows' entries are ignored)
-    /// and returns each row's next logits (`None` for free rows).
-    pub fn step(&mut self, tokens: &[u32]) -> Result<Vec<Option<Vec<f32>>>, GenerateError> {
+    /// and returns every row's next logits, or with `greedy` its greedy token (free rows'
+    /// entries mean nothing).
+    pub fn step(&mut self, tokens: &[u32], greedy: bool) -> Result<Picked, GenerateError> {
         let n = self.rows.len();
         let p = self.cache.prefix_len;
         let keys = self.cache.capacity;
@@ -228,15 +231,31 @@ impl<'m, B: KernelBackend> SlotDecoder<'m, B> {
         let hidden = self
             .model
             .hidden_scattered(&inputs, &mut self.cache, &index, &active);
-        let rows = logits_rows(self.model.lm_head(hidden))?;
+        let picked = Picked::read(self.model.lm_head(hidden), greedy)?;
         for row in self.rows.iter_mut().flatten() {
             row.generated += 1;
         }
-        Ok(rows
-            .into_iter()
-            .zip(&self.rows)
-            .map(|(l, r)| r.as_ref().map(|_| l))
-            .collect())
+        Ok(picked)
+    }
+}
+
+/// What a [`SlotDecoder`] hands back per row: the logits to sample from, or (greedy decoding)
+/// the token itself, picked on the device so that only ids are read back.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Picked {
+    /// Logits per row.
+    Logits(Vec<Vec<f32>>),
+    /// Greedy token per row.
+    Ids(Vec<u32>),
+}
+
+impl Picked {
+    fn read<B: Backend>(logits: Tensor<B, 3>, greedy: bool) -> Result<Self, GenerateError> {
+        Ok(if greedy {
+            Self::Ids(greedy_rows(logits)?)
+        } else {
+            Self::Logits(logits_rows(logits)?)
+        })
     }
 }
 
@@ -263,9 +282,18 @@ struct Running {
 }
 
 impl Running {
-    /// Samples the next token, reports it, and says whether the request has ended.
-    fn advance(&mut self, logits: &mut [f32], feed: &mut dyn RowFeed) -> Option<FinishReason> {
-        let token = self.sampler.next_token(logits, &self.history);
+    /// Takes row `i` of `picked` (sampling when it holds logits), reports the token, and says
+    /// whether the request has ended.
+    fn advance(
+        &mut self,
+        picked: &mut Picked,
+        i: usize,
+        feed: &mut dyn RowFeed,
+    ) -> Option<FinishReason> {
+        let token = match picked {
+            Picked::Ids(ids) => ids[i],
+            Picked::Logits(logits) => self.sampler.next_token(&mut logits[i], &self.history),
+        };
         self.history.push(token);
         self.ids.push(token);
         let ended = if self.request.stop_ids.contains(&token) {
@@ -313,16 +341,21 @@ pub fn generate_continuous<B: KernelBackend>(
                 .iter()
                 .map(|(slot, _, r)| (*slot, r.prompt.as_slice(), r.max_new_tokens.max(1)))
                 .collect();
-            let logits = decoder.admit(&entries)?;
-            for ((slot, key, request), mut logits) in admitted.into_iter().zip(logits) {
-                let mut run = Running {
-                    key,
+            let runs: Vec<Running> = admitted
+                .iter()
+                .map(|(_, key, request)| Running {
+                    key: *key,
                     sampler: LogitsProcessor::new(request.sampling.clone(), request.seed),
                     history: request.prompt.clone(),
                     ids: Vec::new(),
-                    request,
-                };
-                match run.advance(&mut logits, feed) {
+                    request: request.clone(),
+                })
+                .collect();
+            let greedy = runs.iter().all(|r| r.sampler.is_plain_greedy());
+            let mut picked = decoder.admit(&entries, greedy)?;
+            for (i, ((slot, key, _), mut run)) in admitted.iter().zip(runs).enumerate() {
+                let (slot, key) = (*slot, *key);
+                match run.advance(&mut picked, i, feed) {
                     Some(finish) => {
                         decoder.release(slot);
                         feed.on_finish(key, run.ids, finish);
@@ -338,13 +371,17 @@ pub fn generate_continuous<B: KernelBackend>(
             .iter()
             .map(|r| r.as_ref().and_then(|r| r.ids.last().copied()).unwrap_or(0))
             .collect();
-        let logits = decoder.step(&tokens)?;
-        for (slot, logits) in logits.into_iter().enumerate() {
-            let (Some(mut logits), Some(run)) = (logits, running[slot].as_mut()) else {
+        let greedy = running
+            .iter()
+            .flatten()
+            .all(|r| r.sampler.is_plain_greedy());
+        let mut picked = decoder.step(&tokens, greedy)?;
+        for (slot, entry) in running.iter_mut().enumerate() {
+            let Some(run) = entry.as_mut() else {
                 continue;
             };
-            if let Some(finish) = run.advance(&mut logits, feed)
-                && let Some(run) = running[slot].take()
+            if let Some(finish) = run.advance(&mut picked, slot, feed)
+                && let Some(run) = entry.take()
             {
                 decoder.release(slot);
                 feed.on_finish(run.key, run.ids, finish);
