@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The GPU figures of docs/benchmarks.md. `benches/gpu/run.sh [ptuning] [context2048] [unfused]
-# [launches]` runs the named steps (all four without arguments: more than one 10-minute device
-# call, so name two per call). Run from the repository root on the GPU machine, with the stripped release binaries xz-packed in .dev/bin
+# [lengths] [launches]` runs the named steps (all without arguments: more than one 10-minute
+# device call, so name two or three per call). Run from the repository root on the GPU machine,
+# with the stripped release binaries xz-packed in .dev/bin
 # (chatglm-bench, chatglm-ptuning-bench; see docs/benchmarks.md for how they are built and
 # carried). Results go to $OUT (or ./gpu-out). Each step has its own time limit so that one slow
 # first-use autotune does not take the others with it.
@@ -32,6 +33,9 @@ step ptuning 330 /tmp/bin/chatglm-ptuning-bench --device cuda --dtype f16 --batc
 step context2048 150 /tmp/bin/chatglm-bench --prefill 1920 --batches 1 --prompt 1920 --decode-tokens 128
 # 3. Decode on burn's cube backend without the fusion wrapper (host overhead A/B).
 step unfused 150 /tmp/bin/chatglm-bench --unfused --prefill 128 --batches 1,8 --decode-tokens 64
+# 3b. First-use cost of new prompt lengths: warmup_s per prefill length (the first pays for all
+#     kernels; the others show whether a new length compiles or tunes again).
+step lengths 150 /tmp/bin/chatglm-bench --prefill 100,101,130,257 --batches 1 --decode-tokens 8
 # 4. Kernel launches per decoded token: cubecl logs every launch (profiling level "minimal") when
 #    a cubecl.toml in the working directory asks for it; two runs differ by 2 x 64 decode steps.
 wanted launches || exit 0
