@@ -53,7 +53,7 @@ pub(crate) fn first_occurrences(records: &[Record]) -> Vec<bool> {
 ///
 /// `round(len * ratio)` items go to dev. Which ones is decided by a Fisher–Yates shuffle of the
 /// indices driven by ChaCha8 (`rand_chacha` 0.10, `ChaCha8Rng::seed_from_u64(seed)`), walking
-/// from the last index down and drawing each swap partner with [`below`]'s rejection sampling
+/// from the last index down and drawing each swap partner with `below`'s rejection sampling
 /// over `next_u64`. ChaCha8 and `seed_from_u64` are value-stable across platforms and releases,
 /// so the same input, ratio and seed always give the same files. Both halves keep the input order.
 ///

@@ -1,5 +1,8 @@
 //! ChatGLM-6B on burn: config, checkpoint loading, the KV-cached forward pass with 2D rotary
 //! positions, the P-Tuning v2 prefix, generation (greedy / sampling / streaming) and chat.
+//! Several requests decode as one batch ([`generate_rows`], each row with its own sampling and
+//! limits) or with continuous batching ([`generate_continuous`]: a request starts as soon as a
+//! row is free).
 //!
 //! The model code is generic over [`KernelBackend`] (burn's `Backend` plus chatglm-kernels' fused ops): CPU runs on `NdArray<f32>`, NVIDIA GPUs on
 //! `Cuda<F>` with fusion (feature `cuda`, on by default). [`ChatGlm`] is the one entry point that

@@ -34,7 +34,7 @@ pub enum TokenizerError {
 
 /// Names of the specials that ChatGLM2/3 place after the SentencePiece vocabulary, in id order.
 const V2_SPECIALS: [&str; 5] = ["[MASK]", "[gMASK]", "[sMASK]", "sop", "eop"];
-/// ChatGLM3 role tokens, following [`V2_SPECIALS`].
+/// ChatGLM3 role tokens, following `V2_SPECIALS`.
 pub const ROLE_TOKENS: [&str; 4] = ["<|system|>", "<|user|>", "<|assistant|>", "<|observation|>"];
 
 /// A ChatGLM tokenizer (any generation).

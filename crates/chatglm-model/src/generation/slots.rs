@@ -6,7 +6,7 @@
 //! the slot, and every step writes each row's new key/value at that row's own next slot
 //! ([`KvInput::Scatter`](crate::modules::KvInput::Scatter)). A row's slots after its length are
 //! kept at zero, which the scatter (an addition) relies on. The capacity grows in
-//! [`bucket`](crate::kv_cache::bucket) steps when a longer request arrives, so shapes change
+//! [`bucket`] steps when a longer request arrives, so shapes change
 //! only then.
 
 use std::ops::ControlFlow;
