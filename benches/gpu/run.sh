@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The GPU figures of docs/benchmarks.md. `benches/gpu/run.sh [ptuning] [context2048] [unfused]
-# [lengths] [launches]` runs the named steps (all without arguments: more than one 10-minute
+# [continuous] [lengths] [launches]` runs the named steps (all without arguments: more than one 10-minute
 # device call, so name two or three per call). Run from the repository root on the GPU machine,
 # with the stripped release binaries xz-packed in .dev/bin
 # (chatglm-bench, chatglm-ptuning-bench; see docs/benchmarks.md for how they are built and
@@ -33,6 +33,8 @@ step ptuning 330 /tmp/bin/chatglm-ptuning-bench --device cuda --dtype f16 --batc
 step context2048 150 /tmp/bin/chatglm-bench --prefill 1920 --batches 1 --prompt 1920 --decode-tokens 128
 # 3. Decode on burn's cube backend without the fusion wrapper (host overhead A/B).
 step unfused 150 /tmp/bin/chatglm-bench --unfused --prefill 128 --batches 1,8 --decode-tokens 64
+# 3a. Decode through the server's continuous-batching path (SlotDecoder) against step 3's.
+step continuous 150 /tmp/bin/chatglm-bench --continuous --prefill 128 --batches 1,8 --decode-tokens 64
 # 3b. First-use cost of new prompt lengths: warmup_s per prefill length (the first pays for all
 #     kernels; the others show whether a new length compiles or tunes again).
 step lengths 150 /tmp/bin/chatglm-bench --prefill 100,101,130,257 --batches 1 --decode-tokens 8

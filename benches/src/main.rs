@@ -15,8 +15,8 @@ use std::time::{Duration, Instant};
 use chatglm_model::generation::generate::CachedDecoder;
 use chatglm_model::load::RandomSource;
 use chatglm_model::{
-    ComputeDtype, Decoder, DeviceSpec, GenerationConfig, GlmConfig, GlmModel, SamplingConfig,
-    SpecialIds, generate,
+    ComputeDtype, Decoder, DeviceSpec, GenerationConfig, GlmConfig, GlmModel, RowFeed, RowRequest,
+    SamplingConfig, SlotDecoder, SpecialIds, generate, generate_continuous,
 };
 use clap::Parser;
 use serde_json::{Value, json};
@@ -56,6 +56,10 @@ struct Opts {
     /// operation launches its own kernel at once instead of being recorded and fused).
     #[arg(long)]
     unfused: bool,
+    /// Decode through the server's continuous-batching path (`SlotDecoder`: rows at their own
+    /// lengths) instead of the static batch decoder.
+    #[arg(long)]
+    continuous: bool,
 }
 
 /// Samples the GPU's used memory (MiB) with nvidia-smi until stopped.
@@ -118,6 +122,68 @@ fn prompt_ids(cfg: &GlmConfig, len: usize, salt: usize) -> Vec<u32> {
 
 fn secs(d: Duration) -> f64 {
     d.as_secs_f64()
+}
+
+/// When row 0's tokens arrived: the first, the last, how many.
+struct RowClock {
+    start: Instant,
+    first: Option<Instant>,
+    last: Instant,
+    steps: usize,
+}
+
+impl RowClock {
+    fn new(start: Instant) -> Self {
+        Self {
+            start,
+            first: None,
+            last: start,
+            steps: 0,
+        }
+    }
+
+    fn tick(&mut self) {
+        let now = Instant::now();
+        self.first.get_or_insert(now);
+        self.last = now;
+        self.steps += 1;
+    }
+
+    /// (time to the first token, time from the first to the last, tokens).
+    fn figures(&self) -> (f64, f64, usize) {
+        let first = self.first.unwrap_or(self.start);
+        (
+            secs(first - self.start),
+            secs(self.last - first),
+            self.steps,
+        )
+    }
+}
+
+/// All prompts at once for `--continuous`, timing row 0.
+struct BenchFeed<'c> {
+    rows: Vec<(u64, RowRequest)>,
+    clock: &'c mut RowClock,
+}
+
+impl RowFeed for BenchFeed<'_> {
+    fn next_rows(&mut self, max: usize) -> Vec<(u64, RowRequest)> {
+        let n = max.min(self.rows.len());
+        self.rows.drain(..n).collect()
+    }
+
+    fn on_token(&mut self, key: u64, _token: u32) -> ControlFlow<()> {
+        if key == 0 {
+            self.clock.tick();
+        }
+        ControlFlow::Continue(())
+    }
+
+    fn on_finish(&mut self, _key: u64, _ids: Vec<u32>, _finish: chatglm_model::FinishReason) {}
+
+    fn on_error(&mut self, key: u64, error: chatglm_model::GenerateError) {
+        eprintln!("row {key}: {error}");
+    }
 }
 
 fn run<B: chatglm_model::KernelBackend>(opts: &Opts, device: B::Device) -> anyhow::Result<Value> {
@@ -186,22 +252,39 @@ fn run<B: chatglm_model::KernelBackend>(opts: &Opts, device: B::Device) -> anyho
             ..Default::default()
         };
         let measure = || -> anyhow::Result<(f64, f64, usize)> {
-            let mut dec = CachedDecoder::new(&model, None, special, cfg.pad_token_id, &device);
             let start = Instant::now();
-            let mut first = None;
-            let mut last = start;
-            let mut steps = 0usize;
-            generate(&mut dec, &prompts, &config, |e| {
-                if e.row == 0 {
-                    let now = Instant::now();
-                    first.get_or_insert(now);
-                    last = now;
-                    steps += 1;
-                }
-                ControlFlow::Continue(())
-            })?;
-            let first = first.unwrap_or(start);
-            Ok((secs(first - start), secs(last - first), steps))
+            let mut clock = RowClock::new(start);
+            if opts.continuous {
+                let mut dec =
+                    SlotDecoder::new(&model, None, batch, 1, special, cfg.pad_token_id, &device);
+                let mut feed = BenchFeed {
+                    rows: prompts
+                        .iter()
+                        .enumerate()
+                        .map(|(i, p)| {
+                            let row = RowRequest {
+                                prompt: p.clone(),
+                                max_new_tokens: opts.decode_tokens,
+                                sampling: SamplingConfig::greedy(),
+                                seed: None,
+                                stop_ids: Vec::new(),
+                            };
+                            (i as u64, row)
+                        })
+                        .collect(),
+                    clock: &mut clock,
+                };
+                generate_continuous(&mut dec, &mut feed)?;
+            } else {
+                let mut dec = CachedDecoder::new(&model, None, special, cfg.pad_token_id, &device);
+                generate(&mut dec, &prompts, &config, |e| {
+                    if e.row == 0 {
+                        clock.tick();
+                    }
+                    ControlFlow::Continue(())
+                })?;
+            }
+            Ok(clock.figures())
         };
         let t = Instant::now();
         measure()?;
@@ -224,7 +307,7 @@ fn run<B: chatglm_model::KernelBackend>(opts: &Opts, device: B::Device) -> anyho
         json!({ "baseline_mib": base, "peak_mib": peak, "peak_gib_over_baseline": (peak - base) as f64 / 1024.0 })
     });
     Ok(json!({
-        "device": opts.device.to_string(), "dtype": opts.dtype.to_string(), "backend": B::name(&device), "unfused": opts.unfused,
+        "device": opts.device.to_string(), "dtype": opts.dtype.to_string(), "backend": B::name(&device), "unfused": opts.unfused, "continuous": opts.continuous,
         "layers": cfg.num_layers, "hidden": cfg.hidden_size, "vocab": cfg.vocab_size, "params": params,
         "load_s": load_s, "prefill": prefill, "decode": decode,
         "time_to_first_token_s": ttft, "prompt_len": opts.prompt, "warmup_s": warmup, "gpu_memory": memory,
