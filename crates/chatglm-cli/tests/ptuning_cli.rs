@@ -514,6 +514,11 @@ fn gradient_checkpointing_flag_trains_the_same_prefix() {
     };
     let (plain_loss, plain) = run("plain", &[]);
     let (ckpt_loss, ckpt) = run("recompute", &["--gradient_checkpointing"]);
+    // train.sh's spelling, and switching it off again.
+    let (pasted_loss, _) = run("pasted", &["--gradient_checkpointing", "True"]);
+    assert_eq!(pasted_loss, ckpt_loss);
+    let (off_loss, _) = run("off", &["--gradient_checkpointing", "false"]);
+    assert_eq!(off_loss, plain_loss);
     assert_eq!(plain_loss.len(), 3);
     for ((s, a), (t, b)) in plain_loss.iter().zip(&ckpt_loss) {
         assert_eq!(s, t);

@@ -111,16 +111,11 @@ impl<B: KernelBackend> Loaded<B> {
         feed: &mut dyn RowFeed,
     ) -> Result<(), GenerateError> {
         let kv = self.prefix.as_ref().map(|p| p.forward(1));
-        let needed = kv
-            .as_ref()
-            .and_then(|k| k.first())
-            .map_or(0, |(k, _)| k.dims()[2])
-            + 1;
         let mut decoder = SlotDecoder::new(
             &self.model,
             kv.as_ref(),
             slots,
-            needed,
+            1,
             special,
             pad,
             &self.device,

@@ -210,22 +210,17 @@ impl<B: KernelBackend> GlmModel<B> {
     /// (the mask says what each row sees). `cache.len` is not used.
     ///
     /// # Shapes
-    /// - `inputs.ids`: `[batch, 1]`; `index`: `[batch, heads, 1, head_dim]`;
-    ///   `active`: `[batch, 1, 1, 1]`; output: `[batch, 1, hidden]`
+    /// - `inputs.ids`: `[batch, 1]`; `index`: `[batch, heads, 1, head_dim]`; output:
+    ///   `[batch, 1, hidden]`
     pub fn hidden_scattered(
         &self,
         inputs: &ForwardInputs<B>,
         cache: &mut KvCache<B>,
         index: &Tensor<B, 4, Int>,
-        active: &Tensor<B, 4>,
     ) -> Tensor<B, 3> {
         let mut x = self.transformer.word_embeddings.forward(inputs.ids.clone());
         for (layer, kv) in self.transformer.layers.iter().zip(cache.layers.iter_mut()) {
-            let input = KvInput::Scatter {
-                layer: kv,
-                index,
-                active,
-            };
+            let input = KvInput::Scatter { layer: kv, index };
             x = layer.forward(x, &inputs.rope, inputs.mask.clone(), input);
         }
         self.transformer.final_layernorm.forward(x)
@@ -239,7 +234,10 @@ impl<B: KernelBackend> GlmModel<B> {
         self.transformer.word_embeddings.attend(hidden)
     }
 
-    /// A cache for `batch` rows and `needed` slots, pre-filled with `prefix` (if any).
+    /// A cache for `batch` rows and `needed` slots (rounded up to a [`bucket`]), pre-filled with
+    /// `prefix` (if any, built for `batch` rows).
+    ///
+    /// [`bucket`]: crate::kv_cache::bucket
     pub fn new_cache(
         &self,
         batch: usize,
@@ -247,21 +245,31 @@ impl<B: KernelBackend> GlmModel<B> {
         prefix: Option<&PrefixKv<B>>,
         device: &B::Device,
     ) -> KvCache<B> {
-        let mut cache = KvCache::new(
+        self.cache_with_capacity(batch, crate::kv_cache::bucket(needed), prefix, device)
+    }
+
+    /// [`new_cache`](Self::new_cache) with exactly `capacity` slots per row.
+    pub fn cache_with_capacity(
+        &self,
+        batch: usize,
+        capacity: usize,
+        prefix: Option<&PrefixKv<B>>,
+        device: &B::Device,
+    ) -> KvCache<B> {
+        let mut cache = KvCache::with_capacity(
             self.num_layers(),
             batch,
             self.num_heads,
             self.head_dim(),
-            needed,
+            capacity,
             device,
         );
         if let Some(prefix) = prefix {
-            let p = prefix.first().map_or(0, |(k, _)| k.dims()[2]);
             for (layer, (k, v)) in cache.layers.iter_mut().zip(prefix.iter()) {
                 layer.write(0, k.clone(), v.clone());
             }
-            cache.prefix_len = p;
-            cache.len = p;
+            cache.prefix_len = crate::prefix::prefix_len(Some(prefix));
+            cache.len = cache.prefix_len;
         }
         cache
     }

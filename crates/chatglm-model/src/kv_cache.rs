@@ -130,7 +130,18 @@ impl<B: Backend> KvCache<B> {
         needed: usize,
         device: &B::Device,
     ) -> Self {
-        let capacity = bucket(needed);
+        Self::with_capacity(num_layers, batch, heads, head_dim, bucket(needed), device)
+    }
+
+    /// An empty cache of exactly `capacity` slots per row.
+    pub fn with_capacity(
+        num_layers: usize,
+        batch: usize,
+        heads: usize,
+        head_dim: usize,
+        capacity: usize,
+        device: &B::Device,
+    ) -> Self {
         let layers = (0..num_layers)
             .map(|_| LayerKv::zeros([batch, heads, capacity, head_dim], device))
             .collect();

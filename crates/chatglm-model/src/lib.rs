@@ -26,7 +26,7 @@ pub use engine::{ChatGlm, EngineError};
 pub use generation::chat::{ChatReply, History};
 pub use generation::context::{ContextOverflow, FittedPrompt, fit_history};
 pub use generation::generate::{
-    Decoder, FinishReason, GenerateError, GenerationConfig, GenerationOutput, RowRequest,
+    Decoder, FinishReason, GenerateError, GenerationConfig, GenerationOutput, Picked, RowRequest,
     TokenEvent, generate, generate_rows,
 };
 pub use generation::sampling::{LogitsProcessor, SamplingConfig};

@@ -20,6 +20,13 @@ pub const PREFIX_KEY: &str = "transformer.prefix_encoder.";
 /// Per-layer prefix keys and values, each `[batch, heads, pre_seq_len, head_dim]`.
 pub type PrefixKv<B> = Vec<(Tensor<B, 4>, Tensor<B, 4>)>;
 
+/// The number of key slots `prefix` takes (0 without one).
+pub fn prefix_len<B: Backend>(prefix: Option<&PrefixKv<B>>) -> usize {
+    prefix
+        .and_then(|p| p.first())
+        .map_or(0, |(k, _)| k.dims()[2])
+}
+
 /// The projection MLP of `prefix_projection` (checkpoint keys `trans.0`, `trans.2`).
 #[derive(Module, Debug)]
 pub struct PrefixProjection<B: Backend> {

@@ -207,3 +207,43 @@ fn greedy_and_sampled_rows_share_a_batch() {
         "the same seed samples the same tokens"
     );
 }
+
+/// A long request arriving while another runs grows the cache (256 -> 512 slots): the running
+/// row keeps its keys and values, and both get their solo tokens.
+#[test]
+fn the_cache_grows_under_a_running_row() {
+    let device = Default::default();
+    let (cfg, model) = load::<B>("tiny-glm6b", &device);
+    let prompt = |i: usize| ids(&cases()["cases"][i]["input_ids"]);
+    let solo = |p: Vec<u32>, n: usize| {
+        let mut d = CachedDecoder::new(&model, None, special(&cfg), cfg.pad_token_id, &device);
+        let config = GenerationConfig {
+            max_new_tokens: Some(n),
+            sampling: SamplingConfig::greedy(),
+            ..GenerationConfig::default()
+        };
+        generate(&mut d, &[p], &config, |_| ControlFlow::Continue(()))
+            .unwrap()
+            .ids
+            .remove(0)
+    };
+    let (short, long) = (12, 260);
+    let mut feed = Feed {
+        waiting: [(0, greedy(prompt(0), short))].into(),
+        late: Some((1, greedy(prompt(1), long))),
+        stop_after: None,
+        tokens: BTreeMap::new(),
+        finished: BTreeMap::new(),
+        peak: 0,
+    };
+    let mut decoder =
+        SlotDecoder::new(&model, None, 2, 1, special(&cfg), cfg.pad_token_id, &device);
+    generate_continuous(&mut decoder, &mut feed).unwrap();
+    assert!(
+        prompt(1).len() + long > 256,
+        "the long request needs more than the first bucket"
+    );
+    assert_eq!(feed.peak, 2, "the rows ran together");
+    assert_eq!(feed.finished[&0].0, solo(prompt(0), short));
+    assert_eq!(feed.finished[&1].0, solo(prompt(1), long));
+}

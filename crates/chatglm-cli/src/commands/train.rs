@@ -138,13 +138,18 @@ pub struct Args {
     /// Dropout on the prefix while training (default 0.1, as the model code).
     #[arg(long = "prefix_dropout", visible_alias = "prefix-dropout")]
     pub prefix_dropout: Option<f64>,
-    /// Recompute activations in the backward pass instead of keeping them: a 6B model's
-    /// P-Tuning step then fits in about 18 GB of GPU memory, at the cost of one more forward.
+    /// Recompute each block's activations in the backward pass instead of keeping them: far
+    /// less memory (a 6B step's activations shrink about 12x), one more forward pass. `false`
+    /// turns off a `gradient_checkpointing = true` of the TOML config; `True`/`False` as in
+    /// train.sh are accepted.
     #[arg(
         long = "gradient_checkpointing",
-        visible_alias = "gradient-checkpointing"
+        visible_alias = "gradient-checkpointing",
+        num_args = 0..=1,
+        default_missing_value = "true",
+        value_parser = clap::builder::BoolishValueParser::new()
     )]
-    pub gradient_checkpointing: bool,
+    pub gradient_checkpointing: Option<bool>,
     /// `cpu`, `cuda` or `cuda:N`.
     #[arg(long)]
     pub device: Option<String>,
@@ -212,7 +217,7 @@ impl Args {
             save_steps: self.save_steps,
             seed: self.seed,
             prefix_dropout: self.prefix_dropout,
-            gradient_checkpointing: self.gradient_checkpointing.then_some(true),
+            gradient_checkpointing: self.gradient_checkpointing,
             output_dir: self.output_dir.clone(),
             resume_from_checkpoint: self.resume_from_checkpoint.clone(),
             ptuning_checkpoint: self.ptuning_checkpoint.clone(),

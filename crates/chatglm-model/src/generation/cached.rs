@@ -4,7 +4,7 @@ use burn::tensor::backend::Backend;
 use burn::tensor::{DType, Tensor};
 use chatglm_kernels::KernelBackend;
 
-use super::generate::{Decoder, GenerateError};
+use super::generate::{Decoder, GenerateError, Picked};
 use super::sampling::GUARD_TOKEN;
 use crate::glm::{ForwardInputs, GlmModel};
 use crate::kv_cache::KvCache;
@@ -72,6 +72,19 @@ pub fn greedy_rows<B: Backend>(logits: Tensor<B, 3>) -> Result<Vec<u32>, Generat
         .into_vec()
         .map_err(|e| GenerateError::Device(format!("{e:?}")))?;
     Ok(ids.into_iter().map(|t| t as u32).collect())
+}
+
+/// Reads `[batch, 1, vocab]` logits back as each row's logits, or with `greedy` as each row's
+/// greedy token ([`greedy_rows`]).
+pub(super) fn pick<B: Backend>(
+    logits: Tensor<B, 3>,
+    greedy: bool,
+) -> Result<Picked, GenerateError> {
+    Ok(if greedy {
+        Picked::Ids(greedy_rows(logits)?)
+    } else {
+        Picked::Logits(logits_rows(logits)?)
+    })
 }
 
 impl<B: KernelBackend> CachedDecoder<'_, B> {

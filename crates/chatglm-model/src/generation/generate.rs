@@ -191,30 +191,26 @@ pub fn generate_rows<D: Decoder + ?Sized>(
 /// The samplers of a batch: one for all rows (one RNG stream), or one per row.
 struct Samplers {
     processors: Vec<LogitsProcessor>,
-    shared: bool,
 }
 
 impl Samplers {
     fn shared(p: LogitsProcessor) -> Self {
         Self {
             processors: vec![p],
-            shared: true,
         }
     }
 
     fn per_row(ps: Vec<LogitsProcessor>) -> Self {
-        Self {
-            processors: ps,
-            shared: false,
-        }
+        Self { processors: ps }
     }
 
     fn all_plain_greedy(&self) -> bool {
         self.processors.iter().all(LogitsProcessor::is_plain_greedy)
     }
 
+    /// Row `row`'s sampler (the one shared sampler when there is one).
     fn row(&mut self, row: usize) -> &mut LogitsProcessor {
-        let i = if self.shared { 0 } else { row };
+        let i = if self.processors.len() == 1 { 0 } else { row };
         &mut self.processors[i]
     }
 }
@@ -243,12 +239,7 @@ fn run<D: Decoder + ?Sized>(
 ) -> Result<GenerationOutput, GenerateError> {
     let vocab = decoder.vocab_size();
     for (row, p) in prompts.iter().enumerate() {
-        if p.is_empty() {
-            return Err(GenerateError::EmptyPrompt(row));
-        }
-        if let Some(&id) = p.iter().find(|&&id| id as usize >= vocab) {
-            return Err(GenerateError::BadToken { row, id, vocab });
-        }
+        check_prompt(row, p, vocab)?;
     }
     let budget = plan.budgets.iter().copied().max().unwrap_or(1);
     let mut history: Vec<Vec<u32>> = prompts.to_vec();
@@ -260,9 +251,9 @@ fn run<D: Decoder + ?Sized>(
     // Greedy rows only: the decoder picks the tokens (on its device) and hands back ids alone.
     let greedy = plan.samplers.all_plain_greedy();
     let mut next = if greedy {
-        Next::Ids(decoder.prefill_greedy(prompts, budget)?)
+        Picked::Ids(decoder.prefill_greedy(prompts, budget)?)
     } else {
-        Next::Logits(decoder.prefill(prompts, budget)?)
+        Picked::Logits(decoder.prefill(prompts, budget)?)
     };
     for step in 0..budget {
         let mut feed = Vec::with_capacity(prompts.len());
@@ -272,21 +263,18 @@ fn run<D: Decoder + ?Sized>(
                 feed.push(*out.ids[row].last().unwrap_or(&0));
                 continue;
             }
-            let token = match &mut next {
-                Next::Ids(ids) => ids[row],
-                Next::Logits(logits) => plan
-                    .samplers
-                    .row(row)
-                    .next_token(&mut logits[row], &history[row]),
-            };
+            let token = next.token(row, plan.samplers.row(row), &history[row]);
             history[row].push(token);
             out.ids[row].push(token);
             feed.push(token);
-            if plan.stop_ids[row].contains(&token) {
+            if let Some(end) = ended(
+                token,
+                out.ids[row].len(),
+                plan.budgets[row],
+                plan.stop_ids[row],
+            ) {
                 done[row] = true;
-                out.finish[row] = FinishReason::Stop;
-            } else if out.ids[row].len() >= plan.budgets[row] {
-                done[row] = true;
+                out.finish[row] = end;
             }
             if !cancelled && on_token(TokenEvent { row, step, token }).is_break() {
                 match plan.cancel {
@@ -311,18 +299,59 @@ fn run<D: Decoder + ?Sized>(
             break;
         }
         next = if greedy {
-            Next::Ids(decoder.step_greedy(&feed)?)
+            Picked::Ids(decoder.step_greedy(&feed)?)
         } else {
-            Next::Logits(decoder.step(&feed)?)
+            Picked::Logits(decoder.step(&feed)?)
         };
     }
     Ok(out)
 }
 
-/// What the decoder handed back for the next tokens: logits to sample from, or the ids.
-enum Next {
+/// What a decoder hands back per row for the next token: the logits to sample from, or (greedy
+/// decoding) the token itself, picked on the device so that only ids are read back.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Picked {
+    /// Logits per row.
     Logits(Vec<Vec<f32>>),
+    /// Greedy token per row.
     Ids(Vec<u32>),
+}
+
+impl Picked {
+    /// Row `row`'s token: its id, or drawn by `sampler` from its logits given `history`.
+    pub fn token(&mut self, row: usize, sampler: &mut LogitsProcessor, history: &[u32]) -> u32 {
+        match self {
+            Self::Ids(ids) => ids[row],
+            Self::Logits(logits) => sampler.next_token(&mut logits[row], history),
+        }
+    }
+}
+
+/// Whether a row ends with `token`, its `produced`-th new token: on a stop id, or at its budget.
+pub(super) fn ended(
+    token: u32,
+    produced: usize,
+    budget: usize,
+    stop_ids: &[u32],
+) -> Option<FinishReason> {
+    if stop_ids.contains(&token) {
+        Some(FinishReason::Stop)
+    } else if produced >= budget {
+        Some(FinishReason::Length)
+    } else {
+        None
+    }
+}
+
+/// Refuses an empty prompt or an id outside the vocabulary.
+pub(super) fn check_prompt(row: usize, prompt: &[u32], vocab: usize) -> Result<(), GenerateError> {
+    if prompt.is_empty() {
+        return Err(GenerateError::EmptyPrompt(row));
+    }
+    match prompt.iter().find(|&&id| id as usize >= vocab) {
+        Some(&id) => Err(GenerateError::BadToken { row, id, vocab }),
+        None => Ok(()),
+    }
 }
 
 #[cfg(test)]

@@ -5,9 +5,9 @@
 //! Each slot holds one sequence at its own length: its prompt is prefilled alone and copied into
 //! the slot, and every step writes each row's new key/value at that row's own next slot
 //! ([`KvInput::Scatter`](crate::modules::KvInput::Scatter)). A row's slots after its length are
-//! kept at zero, which the scatter (an addition) relies on. The capacity grows in
-//! [`bucket`] steps when a longer request arrives, so shapes change
-//! only then.
+//! kept at zero, which the scatter (an addition) relies on; a free row writes into its first
+//! slot after the prefix, which the next prompt overwrites. The capacity is the prefix plus a
+//! [`bucket`] and grows when a longer request arrives, so shapes change only then.
 
 use std::ops::ControlFlow;
 
@@ -15,14 +15,14 @@ use burn::tensor::backend::Backend;
 use burn::tensor::{Int, Tensor, TensorData};
 use chatglm_kernels::KernelBackend;
 
-use super::cached::{greedy_rows, logits_rows, prefill};
-use super::generate::{FinishReason, GenerateError, RowRequest};
+use super::cached::{pick, prefill};
+use super::generate::{FinishReason, GenerateError, Picked, RowRequest, check_prompt, ended};
 use super::sampling::LogitsProcessor;
 use crate::glm::{ForwardInputs, GlmModel};
-use crate::kv_cache::{KvCache, bucket};
+use crate::kv_cache::{KvCache, LayerKv, bucket};
 use crate::modules::attention::MASK_VALUE;
 use crate::positions::{PositionIds, SeqLayout, SpecialIds};
-use crate::prefix::PrefixKv;
+use crate::prefix::{PrefixKv, prefix_len};
 
 /// The state of an occupied slot: its layout and the tokens generated so far.
 #[derive(Debug, Clone)]
@@ -45,29 +45,20 @@ pub struct SlotDecoder<'m, B: Backend> {
 }
 
 impl<'m, B: KernelBackend> SlotDecoder<'m, B> {
-    /// `slots` empty rows with room for `needed` key slots each (prefix included; grown later
+    /// `slots` empty rows with room for `extra` key slots each after the prefix (grown later
     /// when a longer request comes). `prefix` is built for one row.
     pub fn new(
         model: &'m GlmModel<B>,
         prefix: Option<&'m PrefixKv<B>>,
         slots: usize,
-        needed: usize,
+        extra: usize,
         special: SpecialIds,
         pad_id: u32,
         device: &B::Device,
     ) -> Self {
-        let mut cache = model.new_cache(slots, needed, None, device);
-        if let Some(prefix) = prefix {
-            let p = prefix.first().map_or(0, |(k, _)| k.dims()[2]);
-            for (layer, (k, v)) in cache.layers.iter_mut().zip(prefix) {
-                layer.write(
-                    0,
-                    k.clone().repeat_dim(0, slots),
-                    v.clone().repeat_dim(0, slots),
-                );
-            }
-            cache.prefix_len = p;
-        }
+        let repeated = prefix.map(|kv| repeat_rows(kv, slots));
+        let capacity = prefix_len(prefix) + bucket(extra.max(1));
+        let cache = model.cache_with_capacity(slots, capacity, repeated.as_ref(), device);
         Self {
             model,
             prefix,
@@ -117,25 +108,21 @@ impl<'m, B: KernelBackend> SlotDecoder<'m, B> {
                 ));
             }
         }
-        let needed = entries
+        // The last new token is never written, hence the - 1.
+        let extra = entries
             .iter()
-            .map(|&(_, prompt, max_new)| p + prompt.len() + max_new)
+            .map(|&(_, prompt, max_new)| prompt.len() + max_new.max(1) - 1)
             .max()
-            .unwrap_or(0);
-        if needed > self.cache.capacity {
-            let capacity = bucket(needed);
+            .unwrap_or(1);
+        let capacity = p + bucket(extra);
+        if capacity > self.cache.capacity {
             for layer in &mut self.cache.layers {
                 layer.grow(capacity);
             }
             self.cache.capacity = capacity;
         }
         let prompts: Vec<Vec<u32>> = entries.iter().map(|e| e.1.to_vec()).collect();
-        let n = prompts.len();
-        let prefix: Option<PrefixKv<B>> = self.prefix.map(|kv| {
-            kv.iter()
-                .map(|(k, v)| (k.clone().repeat_dim(0, n), v.clone().repeat_dim(0, n)))
-                .collect()
-        });
+        let prefix = self.prefix.map(|kv| repeat_rows(kv, prompts.len()));
         let (layout, fresh, last) = prefill(
             self.model,
             &prompts,
@@ -145,19 +132,31 @@ impl<'m, B: KernelBackend> SlotDecoder<'m, B> {
             self.pad_id,
             &self.device,
         )?;
-        let picked = Picked::read(last, greedy)?;
+        let picked = pick(last, greedy)?;
+        let (heads, hd) = (self.model.num_heads, self.model.head_dim());
+        let dtype = fresh
+            .layers
+            .first()
+            .and_then(LayerKv::tensors)
+            .ok_or(GenerateError::State("empty cache"))?
+            .0
+            .dtype();
+        let zeros: Vec<Option<Tensor<B, 4>>> = entries
+            .iter()
+            .map(|&(_, prompt, _)| {
+                let rest = self.cache.capacity - p - prompt.len();
+                (rest > 0).then(|| Tensor::zeros([1, heads, rest, hd], (&self.device, dtype)))
+            })
+            .collect();
         for (row, new) in self.cache.layers.iter_mut().zip(&fresh.layers) {
             let (k, v) = new.tensors().ok_or(GenerateError::State("empty cache"))?;
-            let ([_, h, _, d], dtype) = (k.dims(), k.dtype());
             for (i, &(slot, prompt, _)) in entries.iter().enumerate() {
                 // Row i's tokens sit after its left padding.
                 let (start, len) = (p + layout.pad(i), prompt.len());
                 let take = |t: &Tensor<B, 4>| t.clone().narrow(0, i, 1).narrow(2, start, len);
                 row.write_row(slot, p, take(&k), take(&v));
-                let rest = self.cache.capacity - p - len;
-                if rest > 0 {
-                    let zeros = Tensor::<B, 4>::zeros([1, h, rest, d], (&self.device, dtype));
-                    row.write_row(slot, p + len, zeros.clone(), zeros);
+                if let Some(z) = &zeros[i] {
+                    row.write_row(slot, p + len, z.clone(), z.clone());
                 }
             }
         }
@@ -187,12 +186,13 @@ impl<'m, B: KernelBackend> SlotDecoder<'m, B> {
         let mut ids = vec![i64::from(self.pad_id); n];
         let (mut position, mut block) = (vec![0i64; n], vec![0i64; n]);
         let mut mask = vec![MASK_VALUE; n * keys];
-        let mut slot_of = vec![0i64; n];
-        let mut active = vec![0f32; n];
+        // A free row writes into its first slot after the prefix: the next prompt overwrites it.
+        let mut slot_of = vec![p as i64; n];
+        let mut occupied = Vec::with_capacity(n);
         for (r, row) in self.rows.iter().enumerate() {
             let line = &mut mask[r * keys..(r + 1) * keys];
             let Some(row) = row else {
-                line[0] = 0.0;
+                line[p] = 0.0;
                 continue;
             };
             let t = row.layout.len + row.generated;
@@ -207,7 +207,7 @@ impl<'m, B: KernelBackend> SlotDecoder<'m, B> {
             (position[r], block[r]) = row.layout.position(t);
             line[..p + t + 1].fill(0.0);
             slot_of[r] = (p + t) as i64;
-            active[r] = 1.0;
+            occupied.push(r);
         }
         let positions = PositionIds {
             batch: n,
@@ -227,36 +227,48 @@ impl<'m, B: KernelBackend> SlotDecoder<'m, B> {
         let index =
             Tensor::<B, 4, Int>::from_data(TensorData::new(slot_of, [n, 1, 1, 1]), &self.device)
                 .expand([n, heads, 1, hd]);
-        let active = Tensor::<B, 4>::from_data(TensorData::new(active, [n, 1, 1, 1]), &self.device);
-        let hidden = self
+        let mut hidden = self
             .model
-            .hidden_scattered(&inputs, &mut self.cache, &index, &active);
-        let picked = Picked::read(self.model.lm_head(hidden), greedy)?;
+            .hidden_scattered(&inputs, &mut self.cache, &index);
+        // Only the occupied rows go through the lm_head and back to the host.
+        if occupied.len() < n {
+            let rows: Vec<i64> = occupied.iter().map(|&r| r as i64).collect();
+            let rows = Tensor::<B, 1, Int>::from_data(
+                TensorData::new(rows, [occupied.len()]),
+                &self.device,
+            );
+            hidden = hidden.select(0, rows);
+        }
+        let picked = pick(self.model.lm_head(hidden), greedy)?;
         for row in self.rows.iter_mut().flatten() {
             row.generated += 1;
         }
-        Ok(picked)
-    }
-}
-
-/// What a [`SlotDecoder`] hands back per row: the logits to sample from, or (greedy decoding)
-/// the token itself, picked on the device so that only ids are read back.
-#[derive(Debug, Clone, PartialEq)]
-pub enum Picked {
-    /// Logits per row.
-    Logits(Vec<Vec<f32>>),
-    /// Greedy token per row.
-    Ids(Vec<u32>),
-}
-
-impl Picked {
-    fn read<B: Backend>(logits: Tensor<B, 3>, greedy: bool) -> Result<Self, GenerateError> {
-        Ok(if greedy {
-            Self::Ids(greedy_rows(logits)?)
-        } else {
-            Self::Logits(logits_rows(logits)?)
+        // Back to one entry per row (free rows get a placeholder).
+        Ok(match picked {
+            Picked::Ids(got) => {
+                let mut all = vec![0u32; n];
+                for (&r, id) in occupied.iter().zip(got) {
+                    all[r] = id;
+                }
+                Picked::Ids(all)
+            }
+            Picked::Logits(got) => {
+                let mut all = vec![Vec::new(); n];
+                for (&r, l) in occupied.iter().zip(got) {
+                    all[r] = l;
+                }
+                Picked::Logits(all)
+            }
         })
     }
+}
+
+/// `prefix` (built for one row) repeated for `rows` rows.
+fn repeat_rows<B: Backend>(prefix: &PrefixKv<B>, rows: usize) -> PrefixKv<B> {
+    prefix
+        .iter()
+        .map(|(k, v)| (k.clone().repeat_dim(0, rows), v.clone().repeat_dim(0, rows)))
+        .collect()
 }
 
 /// The requests and the receiver of their tokens in [`generate_continuous`].
@@ -290,22 +302,18 @@ impl Running {
         i: usize,
         feed: &mut dyn RowFeed,
     ) -> Option<FinishReason> {
-        let token = match picked {
-            Picked::Ids(ids) => ids[i],
-            Picked::Logits(logits) => self.sampler.next_token(&mut logits[i], &self.history),
-        };
+        let token = picked.token(i, &mut self.sampler, &self.history);
         self.history.push(token);
         self.ids.push(token);
-        let ended = if self.request.stop_ids.contains(&token) {
-            Some(FinishReason::Stop)
-        } else if self.ids.len() >= self.request.max_new_tokens.max(1) {
-            Some(FinishReason::Length)
-        } else {
-            None
-        };
+        let end = ended(
+            token,
+            self.ids.len(),
+            self.request.max_new_tokens.max(1),
+            &self.request.stop_ids,
+        );
         match feed.on_token(self.key, token) {
-            ControlFlow::Break(()) => Some(ended.unwrap_or(FinishReason::Cancelled)),
-            ControlFlow::Continue(()) => ended,
+            ControlFlow::Break(()) => Some(end.unwrap_or(FinishReason::Cancelled)),
+            ControlFlow::Continue(()) => end,
         }
     }
 }
@@ -327,10 +335,8 @@ pub fn generate_continuous<B: KernelBackend>(
         if !free.is_empty() {
             let mut admitted = Vec::new();
             for (key, request) in feed.next_rows(free.len()) {
-                if request.prompt.is_empty() {
-                    feed.on_error(key, GenerateError::EmptyPrompt(0));
-                } else if let Some(&id) = request.prompt.iter().find(|&&t| t as usize >= vocab) {
-                    feed.on_error(key, GenerateError::BadToken { row: 0, id, vocab });
+                if let Err(e) = check_prompt(0, &request.prompt, vocab) {
+                    feed.on_error(key, e);
                 } else if admitted.len() < free.len() {
                     admitted.push((free[admitted.len()], key, request));
                 } else {

@@ -34,15 +34,12 @@ pub enum KvInput<'a, B: Backend> {
     },
     /// One token per row written at a slot of its own (rows at different lengths, as in
     /// continuous batching), attending over the whole capacity. `index` holds each row's slot,
-    /// `[batch, heads, 1, head_dim]`; rows whose `active` entry (`[batch, 1, 1, 1]`) is 0 write
-    /// nothing.
+    /// `[batch, heads, 1, head_dim]`.
     Scatter {
         /// The layer's cache.
         layer: &'a mut LayerKv<B>,
         /// Each row's slot, repeated over heads and head dimension.
         index: &'a Tensor<B, 4, burn::tensor::Int>,
-        /// 1 for rows that write, 0 for idle rows.
-        active: &'a Tensor<B, 4>,
     },
 }
 
@@ -90,11 +87,7 @@ impl<B: KernelBackend> Attention<B> {
                 (Tensor::cat(vec![pk, k], 2), Tensor::cat(vec![pv, v], 2))
             }
             KvInput::Cache { layer, offset } => layer.write(offset, k, v),
-            KvInput::Scatter {
-                layer,
-                index,
-                active,
-            } => layer.scatter(index.clone(), k * active.clone(), v * active.clone()),
+            KvInput::Scatter { layer, index } => layer.scatter(index.clone(), k, v),
         };
         let ctx = attend_in_chunks(q, keys.swap_dims(2, 3), mask, values, QUERY_CHUNK);
         self.dense

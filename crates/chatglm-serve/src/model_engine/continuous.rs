@@ -20,20 +20,22 @@ impl ModelEngine {
     pub(super) fn serve_continuous(&self, feed: &mut dyn JobFeed) {
         let mut waiting: VecDeque<Job> = VecDeque::new();
         loop {
+            // The model first, then the jobs: with several workers, one waiting for the model
+            // holds no job that another worker's session could have started.
+            let mut guard = match self.lock() {
+                Ok(guard) => guard,
+                Err(e) => {
+                    for job in waiting.drain(..).chain(feed.take(usize::MAX)) {
+                        job.finish(Err(EngineError::Failed(e.to_string())));
+                    }
+                    return;
+                }
+            };
             if waiting.is_empty() {
                 waiting.extend(feed.take(self.max_batch));
             }
             let Some(id) = waiting.front().map(|j| j.request().model.clone()) else {
                 return;
-            };
-            let mut guard = match self.lock() {
-                Ok(guard) => guard,
-                Err(e) => {
-                    for job in waiting.drain(..) {
-                        job.finish(Err(EngineError::Failed(e.to_string())));
-                    }
-                    return;
-                }
             };
             if let Err(e) = self.select(&mut guard, &id) {
                 let message = e.to_string();
@@ -60,16 +62,12 @@ impl ModelEngine {
     }
 }
 
-/// Removes up to `max` jobs for model `id` from `waiting`, oldest first.
+/// Removes up to `max` jobs for model `id` from the front of `waiting`: the ones before the
+/// first job for another id (which is served next, first come, first served).
 fn take_id(waiting: &mut VecDeque<Job>, id: &str, max: usize) -> Vec<Job> {
     let mut out = Vec::new();
-    let mut i = 0;
-    while out.len() < max && i < waiting.len() {
-        if waiting[i].request().model == id {
-            out.extend(waiting.remove(i));
-        } else {
-            i += 1;
-        }
+    while out.len() < max && waiting.front().is_some_and(|j| j.request().model == id) {
+        out.extend(waiting.pop_front());
     }
     out
 }
