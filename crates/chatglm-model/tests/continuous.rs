@@ -8,7 +8,10 @@ use std::collections::{BTreeMap, VecDeque};
 use std::ops::ControlFlow;
 
 use burn::backend::NdArray;
+use chatglm_model::config::GlmConfig;
 use chatglm_model::generation::generate::CachedDecoder;
+use chatglm_model::glm::GlmModel;
+use chatglm_model::prefix::PrefixKv;
 use chatglm_model::{
     FinishReason, GenerateError, GenerationConfig, RowFeed, RowRequest, SamplingConfig,
     SlotDecoder, generate, generate_continuous,
@@ -72,6 +75,70 @@ fn greedy(prompt: Vec<u32>, max_new_tokens: usize) -> RowRequest {
     }
 }
 
+/// The first `n` greedy tokens of `prompt` alone, through the static decoder.
+fn solo_greedy(
+    model: &GlmModel<B>,
+    cfg: &GlmConfig,
+    prefix: Option<&PrefixKv<B>>,
+    prompt: &[u32],
+    n: usize,
+) -> Vec<u32> {
+    let mut d = CachedDecoder::new(
+        model,
+        prefix,
+        special(cfg),
+        cfg.pad_token_id,
+        &Default::default(),
+    );
+    let config = GenerationConfig {
+        max_new_tokens: Some(n),
+        sampling: SamplingConfig::greedy(),
+        ..GenerationConfig::default()
+    };
+    generate(&mut d, &[prompt.to_vec()], &config, |_| {
+        ControlFlow::Continue(())
+    })
+    .unwrap()
+    .ids
+    .remove(0)
+}
+
+impl Feed {
+    fn new(waiting: Vec<(u64, RowRequest)>, late: Option<(u64, RowRequest)>) -> Self {
+        Self {
+            waiting: waiting.into(),
+            late,
+            stop_after: None,
+            tokens: BTreeMap::new(),
+            finished: BTreeMap::new(),
+            peak: 0,
+        }
+    }
+
+    /// Serves the feed on `slots` rows of `model` and returns it.
+    fn run(
+        mut self,
+        model: &GlmModel<B>,
+        cfg: &GlmConfig,
+        prefix: Option<&PrefixKv<B>>,
+        slots: usize,
+    ) -> Self {
+        let device = Default::default();
+        let mut decoder = SlotDecoder::new(
+            model,
+            prefix,
+            slots,
+            1,
+            special(cfg),
+            cfg.pad_token_id,
+            &device,
+        );
+        generate_continuous(&mut decoder, &mut self).unwrap();
+        assert!(decoder.is_idle());
+        self
+    }
+}
+
 #[test]
 fn requests_joining_a_running_batch_get_their_solo_tokens() {
     let device = Default::default();
@@ -91,50 +158,19 @@ fn requests_joining_a_running_batch_get_their_solo_tokens() {
         let solo: Vec<Vec<u32>> = prompts
             .iter()
             .zip(limits)
-            .map(|(p, n)| {
-                let mut d = CachedDecoder::new(
-                    &model,
-                    kv.as_ref(),
-                    special(&cfg),
-                    cfg.pad_token_id,
-                    &device,
-                );
-                let config = GenerationConfig {
-                    max_new_tokens: Some(n),
-                    sampling: SamplingConfig::greedy(),
-                    ..GenerationConfig::default()
-                };
-                let out = generate(&mut d, std::slice::from_ref(p), &config, |_| {
-                    ControlFlow::Continue(())
-                })
-                .unwrap();
-                out.ids[0].clone()
-            })
+            .map(|(p, n)| solo_greedy(&model, &cfg, kv.as_ref(), p, n))
             .collect();
 
         // Two rows for four requests; request 3 arrives once request 0 has two tokens, and
         // request 1's client stops it after two tokens.
-        let mut feed = Feed {
-            waiting: (0..3)
+        let mut feed = Feed::new(
+            (0..3)
                 .map(|i| (i as u64, greedy(prompts[i].clone(), limits[i])))
                 .collect(),
-            late: Some((3, greedy(prompts[3].clone(), limits[3]))),
-            stop_after: Some((1, 2)),
-            tokens: BTreeMap::new(),
-            finished: BTreeMap::new(),
-            peak: 0,
-        };
-        let mut decoder = SlotDecoder::new(
-            &model,
-            kv.as_ref(),
-            2,
-            1,
-            special(&cfg),
-            cfg.pad_token_id,
-            &device,
+            Some((3, greedy(prompts[3].clone(), limits[3]))),
         );
-        generate_continuous(&mut decoder, &mut feed).unwrap();
-        assert!(decoder.is_idle());
+        feed.stop_after = Some((1, 2));
+        let feed = feed.run(&model, &cfg, kv.as_ref(), 2);
         assert_eq!(feed.peak, 2, "{variant}: never more requests than rows");
         assert_eq!(feed.finished.len(), 4, "{variant}: every request ended");
         for (key, want) in solo.iter().enumerate() {
@@ -162,18 +198,7 @@ fn greedy_and_sampled_rows_share_a_batch() {
     let device = Default::default();
     let (cfg, model) = load::<B>("tiny-glm6b", &device);
     let prompt = |i: usize| ids(&cases()["cases"][i]["input_ids"]);
-    let solo = {
-        let mut d = CachedDecoder::new(&model, None, special(&cfg), cfg.pad_token_id, &device);
-        let config = GenerationConfig {
-            max_new_tokens: Some(6),
-            sampling: SamplingConfig::greedy(),
-            ..GenerationConfig::default()
-        };
-        generate(&mut d, &[prompt(0)], &config, |_| ControlFlow::Continue(()))
-            .unwrap()
-            .ids
-            .remove(0)
-    };
+    let solo = solo_greedy(&model, &cfg, None, &prompt(0), 6);
     let sampled = RowRequest {
         sampling: SamplingConfig {
             temperature: 1.0,
@@ -185,18 +210,9 @@ fn greedy_and_sampled_rows_share_a_batch() {
         ..greedy(prompt(1), 6)
     };
     let run = || {
-        let mut feed = Feed {
-            waiting: [(0, greedy(prompt(0), 6)), (1, sampled.clone())].into(),
-            late: None,
-            stop_after: None,
-            tokens: BTreeMap::new(),
-            finished: BTreeMap::new(),
-            peak: 0,
-        };
-        let mut decoder =
-            SlotDecoder::new(&model, None, 2, 1, special(&cfg), cfg.pad_token_id, &device);
-        generate_continuous(&mut decoder, &mut feed).unwrap();
-        feed.finished
+        Feed::new(vec![(0, greedy(prompt(0), 6)), (1, sampled.clone())], None)
+            .run(&model, &cfg, None, 2)
+            .finished
     };
     let first = run();
     assert_eq!(first[&0].0, solo, "the greedy row's tokens");
@@ -215,35 +231,23 @@ fn the_cache_grows_under_a_running_row() {
     let device = Default::default();
     let (cfg, model) = load::<B>("tiny-glm6b", &device);
     let prompt = |i: usize| ids(&cases()["cases"][i]["input_ids"]);
-    let solo = |p: Vec<u32>, n: usize| {
-        let mut d = CachedDecoder::new(&model, None, special(&cfg), cfg.pad_token_id, &device);
-        let config = GenerationConfig {
-            max_new_tokens: Some(n),
-            sampling: SamplingConfig::greedy(),
-            ..GenerationConfig::default()
-        };
-        generate(&mut d, &[p], &config, |_| ControlFlow::Continue(()))
-            .unwrap()
-            .ids
-            .remove(0)
-    };
     let (short, long) = (12, 260);
-    let mut feed = Feed {
-        waiting: [(0, greedy(prompt(0), short))].into(),
-        late: Some((1, greedy(prompt(1), long))),
-        stop_after: None,
-        tokens: BTreeMap::new(),
-        finished: BTreeMap::new(),
-        peak: 0,
-    };
-    let mut decoder =
-        SlotDecoder::new(&model, None, 2, 1, special(&cfg), cfg.pad_token_id, &device);
-    generate_continuous(&mut decoder, &mut feed).unwrap();
+    let feed = Feed::new(
+        vec![(0, greedy(prompt(0), short))],
+        Some((1, greedy(prompt(1), long))),
+    )
+    .run(&model, &cfg, None, 2);
     assert!(
         prompt(1).len() + long > 256,
         "the long request needs more than the first bucket"
     );
     assert_eq!(feed.peak, 2, "the rows ran together");
-    assert_eq!(feed.finished[&0].0, solo(prompt(0), short));
-    assert_eq!(feed.finished[&1].0, solo(prompt(1), long));
+    assert_eq!(
+        feed.finished[&0].0,
+        solo_greedy(&model, &cfg, None, &prompt(0), short)
+    );
+    assert_eq!(
+        feed.finished[&1].0,
+        solo_greedy(&model, &cfg, None, &prompt(1), long)
+    );
 }
