@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# The GPU figures of docs/benchmarks.md. `benches/gpu/run.sh [ptuning] [context2048] [unfused]
-# [continuous] [lengths] [launches]` runs the named steps (all without arguments: more than one 10-minute
+# The GPU figures of docs/benchmarks.md. `benches/gpu/run.sh [ptuning] [context2048] [restart]
+# [unfused] [continuous] [lengths] [launches]` runs the named steps (all without arguments: more than one 10-minute
 # device call, so name two or three per call). Run from the repository root on the GPU machine,
 # with the stripped release binaries xz-packed in .dev/bin
 # (chatglm-bench, chatglm-ptuning-bench; see docs/benchmarks.md for how they are built and
@@ -14,7 +14,14 @@ for f in .dev/bin/*.xz; do
   xz -dc "$f" >"$b" && chmod +x "$b"
 done
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader
-wanted() { [ -z "$STEPS" ] || [[ " $STEPS " == *" $1 "* ]]; }
+# Compiled kernels and autotune results (chatglm_kernels::runtime) live in /tmp/kcache, seeded
+# from .dev/kcache.tar.xz (a previous call's $OUT/kcache.tar.xz) and packed back at the end, so
+# that only the first call pays for compiling and tuning.
+export CHATGLM_KERNEL_CACHE=/tmp/kcache
+mkdir -p /tmp/kcache
+[ -f .dev/kcache.tar.xz ] && tar -xJf .dev/kcache.tar.xz -C /tmp/kcache
+trap 'tar -cJf "$OUT/kcache.tar.xz" -C /tmp/kcache .' EXIT
+wanted() { [ -z "$STEPS" ] || [[ " $STEPS " == *" ${1%%-*} "* ]]; }
 STEPS="$*"
 step() { # name, limit (s), command...
   local name=$1 limit=$2 s
@@ -31,13 +38,19 @@ step ptuning 330 /tmp/bin/chatglm-ptuning-bench --device cuda --dtype f16 --batc
   --pre-seq-len 128 --steps 3 --warmup 1 --checkpointing
 # 2. f16 inference at 2048 context: a 1920-token prompt and 128 new tokens (peak memory).
 step context2048 150 /tmp/bin/chatglm-bench --prefill 1920 --batches 1 --prompt 1920 --decode-tokens 128
+# 2a. First-use cost with and without the kernel cache: the same short run twice in fresh
+#     processes over one new, empty cache (cold, then warm).
+for run in cold warm; do
+  CHATGLM_KERNEL_CACHE=/tmp/kcache-restart step restart-$run 200 /tmp/bin/chatglm-bench \
+    --prefill 128 --batches 1 --decode-tokens 16
+done
 # 3. Decode on burn's cube backend without the fusion wrapper (host overhead A/B).
 step unfused 150 /tmp/bin/chatglm-bench --unfused --prefill 128 --batches 1,8 --decode-tokens 64
 # 3a. Decode through the server's continuous-batching path (SlotDecoder) against step 3's.
 step continuous 150 /tmp/bin/chatglm-bench --continuous --prefill 128 --batches 1,8 --decode-tokens 64
 # 3b. First-use cost of new prompt lengths: warmup_s per prefill length (the first pays for all
 #     kernels; the others show whether a new length compiles or tunes again).
-step lengths 150 /tmp/bin/chatglm-bench --prefill 100,101,130,257 --batches 1 --decode-tokens 8
+CHATGLM_KERNEL_CACHE=/tmp/kcache-lengths step lengths 150 /tmp/bin/chatglm-bench --prefill 100,101,130,257 --batches 1 --decode-tokens 8
 # 4. Kernel launches per decoded token: cubecl logs every launch (profiling level "minimal") when
 #    a cubecl.toml in the working directory asks for it; two runs differ by 2 x 64 decode steps.
 wanted launches || exit 0

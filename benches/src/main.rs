@@ -114,6 +114,16 @@ impl MemSampler {
     }
 }
 
+/// The GPU allocator's bytes in live tensors and reserved (GiB), from cubecl.
+fn allocator(device: DeviceSpec) -> Option<Value> {
+    let DeviceSpec::Cuda(i) = device else {
+        return None;
+    };
+    let gib = |b: u64| b as f64 / (1u64 << 30) as f64;
+    chatglm_kernels::memory::cuda_memory(i)
+        .map(|m| json!({ "in_use_gib": gib(m.in_use), "reserved_gib": gib(m.reserved) }))
+}
+
 fn prompt_ids(cfg: &GlmConfig, len: usize, salt: usize) -> Vec<u32> {
     let body = (0..len.saturating_sub(2))
         .map(|i| (((i * 7919 + salt * 104729) % 20000) + 10) as u32 % cfg.vocab_size as u32);
@@ -211,6 +221,7 @@ fn run<B: chatglm_model::KernelBackend>(opts: &Opts, device: B::Device) -> anyho
     let model = GlmModel::<B>::build(&cfg, &mut RandomSource::new(&device, 0.02))?;
     B::sync(&device).map_err(|e| anyhow::anyhow!("{e:?}"))?;
     let load_s = secs(t.elapsed());
+    let allocator_after_load = allocator(opts.device);
     let params: usize = {
         let (h, i, l, v) = (
             cfg.hidden_size,
@@ -304,7 +315,8 @@ fn run<B: chatglm_model::KernelBackend>(opts: &Opts, device: B::Device) -> anyho
 
     let memory = sampler.map(|s| {
         let (base, peak) = s.finish();
-        json!({ "baseline_mib": base, "peak_mib": peak, "peak_gib_over_baseline": (peak - base) as f64 / 1024.0 })
+        json!({ "baseline_mib": base, "peak_mib": peak, "peak_gib_over_baseline": (peak - base) as f64 / 1024.0,
+                "allocator_after_load": allocator_after_load, "allocator_at_end": allocator(opts.device) })
     });
     Ok(json!({
         "device": opts.device.to_string(), "dtype": opts.dtype.to_string(), "backend": B::name(&device), "unfused": opts.unfused, "continuous": opts.continuous,
@@ -322,6 +334,8 @@ fn main() -> anyhow::Result<()> {
         #[cfg(feature = "cuda")]
         (DeviceSpec::Cuda(i), dtype) => {
             type Unfused<F> = burn_cubecl::CubeBackend<cubecl::cuda::CudaRuntime, F, i32, u8>;
+            let cache = chatglm_model::device::prepare_cuda(i);
+            eprintln!("kernel cache: {cache:?}");
             let dev = burn::backend::cuda::CudaDevice::new(i);
             match (dtype, opts.unfused) {
                 (ComputeDtype::F32, false) => run::<burn::backend::Cuda<f32, i32>>(&opts, dev)?,

@@ -12,7 +12,9 @@ mod backend;
 mod cube;
 #[cfg(feature = "cuda")]
 mod fusion;
+pub mod memory;
 pub mod reference;
+pub mod runtime;
 
 pub use api::{add_layer_norm, bias_gelu, fused_enabled, matmul};
 pub use backend::KernelBackend;

@@ -98,6 +98,16 @@ pub fn check_supported(device: DeviceSpec, dtype: ComputeDtype) -> Result<(), De
     }
 }
 
+/// Readies CUDA device `index` before its first use: turns on the on-disk caches of compiled
+/// kernels and autotune results (see [`chatglm_kernels::runtime::use_kernel_cache`]), so that
+/// only the first run on a machine pays for compiling and tuning. Logs and returns the cache
+/// folder (`None` when the caches were left as configured).
+pub fn prepare_cuda(index: usize) -> Option<std::path::PathBuf> {
+    let dir = chatglm_kernels::runtime::use_kernel_cache(index, None)?;
+    tracing::info!(cache = %dir.display(), "kernel and autotune cache");
+    Some(dir)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -231,6 +231,7 @@ pub fn run_training(
         DeviceSpec::Cuda(i) => {
             use burn::backend::Cuda;
             use burn::backend::cuda::CudaDevice;
+            chatglm_model::device::prepare_cuda(i);
             let dev = CudaDevice::new(i);
             match dtype {
                 ComputeDtype::F32 => train_with::<Autodiff<Cuda<f32, i32>>>(job, dev, on_event),

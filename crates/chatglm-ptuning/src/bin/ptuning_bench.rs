@@ -146,6 +146,18 @@ fn features(o: &Opts) -> Vec<TrainFeature> {
         .collect()
 }
 
+/// The GPU allocator's bytes in live tensors and reserved (GiB), from cubecl.
+fn allocator(o: &Opts) -> Option<serde_json::Value> {
+    let idx = o
+        .device
+        .strip_prefix("cuda")
+        .map(|r| r.trim_start_matches(':').parse().unwrap_or(0))?;
+    let gib = |b: u64| b as f64 / (1u64 << 30) as f64;
+    chatglm_kernels::memory::cuda_memory(idx).map(
+        |m| serde_json::json!({ "in_use_gib": gib(m.in_use), "reserved_gib": gib(m.reserved) }),
+    )
+}
+
 fn bench<B: AutodiffBackend + chatglm_model::KernelBackend>(
     o: &Opts,
     device: B::Device,
@@ -154,6 +166,7 @@ fn bench<B: AutodiffBackend + chatglm_model::KernelBackend>(
     let model: GlmModel<B> = freeze(
         GlmModel::build(&cfg, &mut RandomSource::new(&device, 0.02)).map_err(|e| e.to_string())?,
     );
+    let after_load = allocator(o);
     let base = Base {
         model: &model,
         config_json: serde_json::json!({"model_type": "chatglm"}),
@@ -205,6 +218,8 @@ fn bench<B: AutodiffBackend + chatglm_model::KernelBackend>(
         "step_seconds": total / n,
         "tokens_per_second": tokens * n / total.max(1e-9),
         "step_times": step_times,
+        "allocator_after_load": after_load,
+        "allocator_at_end": allocator(o),
     }))
 }
 
@@ -257,6 +272,8 @@ fn run(o: &Opts) -> Result<serde_json::Value, String> {
                 .strip_prefix("cuda:")
                 .and_then(|s| s.parse().ok())
                 .unwrap_or(0);
+            let cache = chatglm_model::device::prepare_cuda(idx);
+            eprintln!("kernel cache: {cache:?}");
             let dev = burn::backend::cuda::CudaDevice::new(idx);
             macro_rules! go {
                 ($f:ty) => {

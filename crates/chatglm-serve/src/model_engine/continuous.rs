@@ -170,6 +170,8 @@ impl ModelEngine {
     /// Runs one short request through the serving path (the base model, `max_batch` rows), so
     /// that a GPU compiles the kernels of the decoding step before the first client comes; on
     /// CUDA that takes tens of seconds once, which would otherwise be the first user's wait.
+    /// The scratch buffers of that first use then go back to the driver
+    /// ([`chatglm_model::ChatGlm::release_free_memory`]).
     /// Returns how long it took.
     ///
     /// # Errors
@@ -197,6 +199,7 @@ impl ModelEngine {
         guard
             .generate_continuous(self.max_batch, &mut feed)
             .map_err(|e| EngineError::Failed(e.to_string()))?;
+        guard.release_free_memory();
         match feed.error {
             Some(e) => Err(EngineError::Failed(e.to_string())),
             None => Ok(start.elapsed()),

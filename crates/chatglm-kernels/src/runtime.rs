@@ -1,0 +1,92 @@
+//! cubecl's on-disk caches of compiled kernels (PTX) and autotune results.
+//!
+//! Without them every start of a CUDA process compiles each kernel again with NVRTC and
+//! re-benchmarks every matmul shape: tens of seconds to minutes before the first token (see
+//! `docs/benchmarks.md`). [`use_kernel_cache`] turns both on under a per-GPU-architecture folder
+//! (compiled kernels are keyed by the kernel alone, not by the GPU they were built for).
+
+use std::path::{Path, PathBuf};
+
+/// Environment variable naming the cache folder; `off` disables the caches.
+pub const CACHE_ENV: &str = "CHATGLM_KERNEL_CACHE";
+
+/// The default root of the caches: `$XDG_CACHE_HOME/chatglm-rs/kernels` (or the platform's
+/// equivalent), `None` where the platform has no cache folder.
+pub fn default_cache_root() -> Option<PathBuf> {
+    dirs::cache_dir().map(|d| d.join("chatglm-rs").join("kernels"))
+}
+
+/// Turns on the kernel and autotune caches for CUDA device `device_index` under `root` (or
+/// [`CACHE_ENV`], or [`default_cache_root`]), in a subfolder named after the GPU's compute
+/// capability. Settings a `cubecl.toml` in the working folder makes explicitly are kept (a
+/// compilation cache it names, an autotune cache other than the default). Must run before the
+/// device's first use; returns the folder, or `None` when the caches stay as they were (already
+/// configured, disabled with `off`, no such GPU, or a build without CUDA).
+pub fn use_kernel_cache(device_index: usize, root: Option<&Path>) -> Option<PathBuf> {
+    let root = match std::env::var_os(CACHE_ENV) {
+        Some(v) if v == "off" => return None,
+        Some(v) if !v.is_empty() => PathBuf::from(v),
+        _ => root.map(Path::to_path_buf).or_else(default_cache_root)?,
+    };
+    imp::configure(device_index, &root)
+}
+
+#[cfg(feature = "cuda")]
+mod imp {
+    use std::path::{Path, PathBuf};
+    use std::sync::Arc;
+
+    use cubecl::config::cache::CacheConfig;
+    use cubecl::config::{CubeClRuntimeConfig, RuntimeConfig};
+
+    /// `sm_XY` of the device, read through the driver without creating a context.
+    fn arch(device_index: usize) -> Option<String> {
+        use cudarc::driver::result;
+        use cudarc::driver::sys::CUdevice_attribute::{
+            CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MAJOR as MAJOR,
+            CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MINOR as MINOR,
+        };
+        // Loading the driver library can panic where none is installed.
+        std::panic::catch_unwind(|| {
+            result::init().ok()?;
+            let dev = result::device::get(i32::try_from(device_index).ok()?).ok()?;
+            // SAFETY: `dev` is a device handle the driver just returned; the attributes are
+            // read-only properties.
+            let (major, minor) = unsafe {
+                (
+                    result::device::get_attribute(dev, MAJOR).ok()?,
+                    result::device::get_attribute(dev, MINOR).ok()?,
+                )
+            };
+            Some(format!("sm_{major}{minor}"))
+        })
+        .ok()
+        .flatten()
+    }
+
+    pub(super) fn configure(device_index: usize, root: &Path) -> Option<PathBuf> {
+        let dir = root.join(arch(device_index)?);
+        let mut slot = CubeClRuntimeConfig::storage().lock();
+        if slot.is_some() {
+            return None;
+        }
+        let mut config = CubeClRuntimeConfig::from_current_dir().override_from_env();
+        if config.compilation.cache.is_none() {
+            config.compilation.cache = Some(CacheConfig::File(dir.clone()));
+        }
+        if matches!(config.autotune.cache, CacheConfig::Target) {
+            config.autotune.cache = CacheConfig::File(dir.clone());
+        }
+        *slot = Some(Arc::new(config));
+        Some(dir)
+    }
+}
+
+#[cfg(not(feature = "cuda"))]
+mod imp {
+    use std::path::{Path, PathBuf};
+
+    pub(super) fn configure(_device_index: usize, _root: &Path) -> Option<PathBuf> {
+        None
+    }
+}
