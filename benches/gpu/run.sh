@@ -19,7 +19,8 @@ nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader
 # that only the first call pays for compiling and tuning.
 export CHATGLM_KERNEL_CACHE=/tmp/kcache
 mkdir -p /tmp/kcache
-[ -f .dev/kcache.tar.xz ] && tar -xJf .dev/kcache.tar.xz -C /tmp/kcache
+# (Only into an empty cache: a second call of this script on the same machine keeps the newer.)
+[ -f .dev/kcache.tar.xz ] && [ -z "$(ls -A /tmp/kcache)" ] && tar -xJf .dev/kcache.tar.xz -C /tmp/kcache
 trap 'tar -cJf "$OUT/kcache.tar.xz" -C /tmp/kcache .' EXIT
 wanted() { [ -z "$STEPS" ] || [[ " $STEPS " == *" ${1%%-*} "* ]]; }
 STEPS="$*"
