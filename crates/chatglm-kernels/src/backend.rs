@@ -16,6 +16,11 @@ use crate::reference;
 /// Prefer the tensor-level wrappers ([`crate::matmul`], [`crate::add_layer_norm`],
 /// [`crate::bias_gelu`]), which check shapes and reshape to what these methods expect.
 pub trait KernelBackend: Backend {
+    /// Whether the backend compiles (and autotunes) kernels per tensor shape, as burn's cube
+    /// backends do: callers then keep the number of distinct shapes small, e.g. by padding prompts
+    /// to a few widths, because every new shape costs seconds on first use.
+    const SHAPE_COMPILED: bool = false;
+
     /// burn's matrix product semantics, with float32 inputs multiplied in float32 (no TF32
     /// rounding). Half-precision inputs use the backend's fastest matmul.
     fn glm_matmul(lhs: FloatTensor<Self>, rhs: FloatTensor<Self>) -> FloatTensor<Self> {
@@ -60,4 +65,6 @@ impl KernelBackend for NdArray<f32> {}
 impl KernelBackend for NdArray<f64> {}
 
 /// Training runs the reference ops under autodiff, so gradients come from burn's own backward.
-impl<B: KernelBackend, C: CheckpointStrategy> KernelBackend for Autodiff<B, C> {}
+impl<B: KernelBackend, C: CheckpointStrategy> KernelBackend for Autodiff<B, C> {
+    const SHAPE_COMPILED: bool = B::SHAPE_COMPILED;
+}

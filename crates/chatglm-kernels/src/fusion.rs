@@ -95,6 +95,8 @@ fn matmul_shape(lhs: &Shape, rhs: &Shape) -> Shape {
 }
 
 impl<B: FusionBackend + KernelBackend> KernelBackend for Fusion<B> {
+    const SHAPE_COMPILED: bool = B::SHAPE_COMPILED;
+
     fn glm_matmul(lhs: FloatTensor<Self>, rhs: FloatTensor<Self>) -> FloatTensor<Self> {
         if lhs.dtype != DType::F32 {
             // Half precision: burn's own matmul, which fusion can combine with its neighbours.

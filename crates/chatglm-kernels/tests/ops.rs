@@ -229,6 +229,22 @@ fn fused_ops_match_host_math_and_reference() {
     }
 }
 
+/// Backends that compile kernels per shape say so (callers pad prompts to few widths for them).
+#[test]
+fn cube_backends_are_shape_compiled() {
+    assert!(!<burn::backend::NdArray<f32> as KernelBackend>::SHAPE_COMPILED);
+    assert!(
+        !<burn::backend::Autodiff<burn::backend::NdArray<f32>> as KernelBackend>::SHAPE_COMPILED
+    );
+    #[cfg(feature = "cuda")]
+    {
+        type Cube = burn_cubecl::CubeBackend<cubecl::cuda::CudaRuntime, f32, i32, u8>;
+        assert!(<burn::backend::Cuda<f32, i32> as KernelBackend>::SHAPE_COMPILED);
+        assert!(<burn::backend::Autodiff<burn::backend::Cuda<f32, i32>> as KernelBackend>::SHAPE_COMPILED);
+        assert!(<Cube as KernelBackend>::SHAPE_COMPILED);
+    }
+}
+
 #[test]
 fn reference_gelu_matches_the_model_formula_at_known_points() {
     let dev = Default::default();

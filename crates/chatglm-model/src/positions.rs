@@ -94,6 +94,13 @@ impl BatchLayout {
         Self { rows, width }
     }
 
+    /// Widens the padded prompt to `width` columns (more left padding on every row; a narrower
+    /// `width` is ignored). The real tokens' results do not change: pads are masked out.
+    pub fn pad_to(mut self, width: usize) -> Self {
+        self.width = self.width.max(width);
+        self
+    }
+
     /// Left padding of row `i`.
     pub fn pad(&self, i: usize) -> usize {
         self.width - self.rows[i].len

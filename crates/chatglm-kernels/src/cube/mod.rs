@@ -17,6 +17,8 @@ where
     I: IntElement,
     BT: BoolElement,
 {
+    const SHAPE_COMPILED: bool = true;
+
     fn glm_matmul(lhs: FloatTensor<Self>, rhs: FloatTensor<Self>) -> FloatTensor<Self> {
         matmul::matmul::<R, F, I, BT>(lhs, rhs)
     }

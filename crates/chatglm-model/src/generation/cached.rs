@@ -7,7 +7,7 @@ use chatglm_kernels::KernelBackend;
 use super::generate::{Decoder, GenerateError, Picked};
 use super::sampling::GUARD_TOKEN;
 use crate::glm::{ForwardInputs, GlmModel};
-use crate::kv_cache::KvCache;
+use crate::kv_cache::{KvCache, prefill_width};
 use crate::positions::{BatchLayout, SpecialIds};
 use crate::prefix::PrefixKv;
 
@@ -166,7 +166,9 @@ impl<B: KernelBackend> Decoder for CachedDecoder<'_, B> {
 pub(super) type Prefilled<B> = (BatchLayout, KvCache<B>, Tensor<B, 3>);
 
 /// Prefills left-padded `prompts` into a new cache (with `prefix`, built for as many rows, in
-/// front) that has room for `extra` more slots.
+/// front) that has room for `extra` more slots. On backends that compile kernels per shape
+/// ([`KernelBackend::SHAPE_COMPILED`]) the prompts are left-padded to a bucket width
+/// ([`prefill_width`]), so that a new prompt length does not compile new kernels.
 pub(super) fn prefill<B: KernelBackend>(
     model: &GlmModel<B>,
     prompts: &[Vec<u32>],
@@ -177,6 +179,32 @@ pub(super) fn prefill<B: KernelBackend>(
     device: &B::Device,
 ) -> Result<Prefilled<B>, GenerateError> {
     let layout = BatchLayout::new(prompts, special);
+    let width = if B::SHAPE_COMPILED {
+        prefill_width(layout.width)
+    } else {
+        layout.width
+    };
+    prefill_layout(
+        model,
+        prompts,
+        layout.pad_to(width),
+        prefix,
+        extra,
+        pad_id,
+        device,
+    )
+}
+
+/// [`prefill`] over a given (possibly widened) layout of `prompts`.
+fn prefill_layout<B: KernelBackend>(
+    model: &GlmModel<B>,
+    prompts: &[Vec<u32>],
+    layout: BatchLayout,
+    prefix: Option<&PrefixKv<B>>,
+    extra: usize,
+    pad_id: u32,
+    device: &B::Device,
+) -> Result<Prefilled<B>, GenerateError> {
     let prefix_len = prefix
         .and_then(|p| p.first())
         .map_or(0, |(k, _)| k.dims()[2]);
@@ -201,8 +229,65 @@ mod tests {
     use burn::backend::NdArray;
     use burn::tensor::{Tensor, TensorData};
 
-    use super::{greedy_rows, logits_rows};
+    use super::{CachedDecoder, greedy_rows, logits_rows, prefill_layout};
+    use crate::config::GlmConfig;
     use crate::generation::sampling::greedy_token;
+    use crate::glm::GlmModel;
+    use crate::load::CheckpointSource;
+    use crate::positions::BatchLayout;
+
+    /// Extra left padding (the prompt widths of backends that compile per shape) changes neither
+    /// the prefill's last logits nor the decoding steps that follow.
+    #[test]
+    fn a_wider_prefill_gives_the_same_logits() {
+        type B = NdArray<f32>;
+        let dir =
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tiny-glm6b");
+        let cfg = GlmConfig::from_file(dir.join("config.json")).unwrap();
+        let ckpt = chatglm_checkpoint::Checkpoint::open(&dir).unwrap();
+        let device = Default::default();
+        let model: GlmModel<B> =
+            GlmModel::build(&cfg, &mut CheckpointSource::new(&ckpt, &device)).unwrap();
+        let sp = cfg.special_ids();
+        let prompts = vec![
+            vec![10, 11, 12, 13, sp.gmask, sp.bos],
+            vec![20, 21, sp.gmask, sp.bos],
+        ];
+        let run = |extra_pad: usize| {
+            let layout = BatchLayout::new(&prompts, sp);
+            let width = layout.width + extra_pad;
+            let (layout, cache, last) = prefill_layout(
+                &model,
+                &prompts,
+                layout.pad_to(width),
+                None,
+                4,
+                cfg.pad_token_id,
+                &device,
+            )
+            .unwrap();
+            assert_eq!(layout.width, width);
+            let mut rows = logits_rows(last).unwrap();
+            let mut dec = CachedDecoder::new(&model, None, sp, cfg.pad_token_id, &device);
+            dec.state = Some((layout, cache, 0));
+            for step in [[30, 31], [32, 33], [34, 35]] {
+                rows.extend(logits_rows(dec.step_tensor(&step).unwrap()).unwrap());
+            }
+            rows
+        };
+        let plain = run(0);
+        for extra in [1, 7] {
+            let wide = run(extra);
+            for (a, b) in plain.iter().zip(&wide) {
+                let diff = a
+                    .iter()
+                    .zip(b)
+                    .map(|(x, y)| (x - y).abs())
+                    .fold(0.0, f32::max);
+                assert!(diff < 1e-5, "{extra} extra pads moved a logit by {diff}");
+            }
+        }
+    }
 
     #[test]
     fn device_greedy_equals_host_greedy() {
