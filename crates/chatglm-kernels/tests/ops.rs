@@ -230,18 +230,19 @@ fn fused_ops_match_host_math_and_reference() {
 }
 
 /// Backends that compile kernels per shape say so (callers pad prompts to few widths for them).
+/// Checked at compile time.
 #[test]
 fn cube_backends_are_shape_compiled() {
-    assert!(!<burn::backend::NdArray<f32> as KernelBackend>::SHAPE_COMPILED);
-    assert!(
-        !<burn::backend::Autodiff<burn::backend::NdArray<f32>> as KernelBackend>::SHAPE_COMPILED
-    );
+    use burn::backend::{Autodiff, NdArray};
+    const { assert!(!<NdArray<f32> as KernelBackend>::SHAPE_COMPILED) };
+    const { assert!(!<Autodiff<NdArray<f32>> as KernelBackend>::SHAPE_COMPILED) };
     #[cfg(feature = "cuda")]
     {
+        use burn::backend::Cuda;
         type Cube = burn_cubecl::CubeBackend<cubecl::cuda::CudaRuntime, f32, i32, u8>;
-        assert!(<burn::backend::Cuda<f32, i32> as KernelBackend>::SHAPE_COMPILED);
-        assert!(<burn::backend::Autodiff<burn::backend::Cuda<f32, i32>> as KernelBackend>::SHAPE_COMPILED);
-        assert!(<Cube as KernelBackend>::SHAPE_COMPILED);
+        const { assert!(<Cuda<f32, i32> as KernelBackend>::SHAPE_COMPILED) };
+        const { assert!(<Autodiff<Cuda<f32, i32>> as KernelBackend>::SHAPE_COMPILED) };
+        const { assert!(<Cube as KernelBackend>::SHAPE_COMPILED) };
     }
 }
 
