@@ -18,3 +18,11 @@ pub mod runtime;
 
 pub use api::{add_layer_norm, bias_gelu, fused_enabled, matmul};
 pub use backend::KernelBackend;
+
+/// burn-cuda without burn's fusion wrapper: every operation launches its kernel directly. For
+/// inference this decodes faster than the fused `burn::backend::Cuda` (83.8 against 53.4 tok/s
+/// for the 6B model at batch 1 on an H200, see `docs/benchmarks.md`): at one token per step the
+/// step is bound by host time per operation, and fusion's recording and matching costs more than
+/// the launches it saves.
+#[cfg(feature = "cuda")]
+pub type CudaDirect<F> = burn_cubecl::CubeBackend<cubecl::cuda::CudaRuntime, F, i32, u8>;

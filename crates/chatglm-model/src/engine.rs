@@ -141,8 +141,10 @@ impl<B: KernelBackend> Loaded<B> {
     }
 }
 
+/// The CUDA backend of inference: burn-cuda without the fusion wrapper, which decodes faster
+/// (see [`chatglm_kernels::CudaDirect`]). Training keeps fusion (`chatglm-ptuning`).
 #[cfg(feature = "cuda")]
-type CudaB<F> = burn::backend::Cuda<F, i32>;
+type CudaB<F> = chatglm_kernels::CudaDirect<F>;
 
 #[derive(Debug)]
 enum Runtime {

@@ -32,7 +32,10 @@ macro_rules! on_backends {
         $f::<common::Cpu>(&Default::default(), 1e-4);
         #[cfg(feature = "cuda")]
         if common::cuda_requested() {
-            $f::<burn::backend::Cuda<f32, i32>>(&burn::backend::cuda::CudaDevice::new(0), 1e-3);
+            let dev = burn::backend::cuda::CudaDevice::new(0);
+            // With burn's fusion wrapper (training) and without it (inference, `ChatGlm`).
+            $f::<burn::backend::Cuda<f32, i32>>(&dev, 1e-3);
+            $f::<chatglm_kernels::CudaDirect<f32>>(&dev, 1e-3);
         }
     }};
 }
