@@ -52,10 +52,11 @@ struct Opts {
     /// Prompt length of the decode and time-to-first-token measurements.
     #[arg(long, default_value_t = 128)]
     prompt: usize,
-    /// CUDA: run on burn's cube backend directly, without its fusion wrapper (each tensor
-    /// operation launches its own kernel at once instead of being recorded and fused).
+    /// CUDA: run on burn's fusion wrapper (`burn::backend::Cuda`: operations recorded and fused
+    /// before launching) instead of the backend inference uses, `chatglm_kernels::CudaDirect`
+    /// (each operation launches its kernel at once). The A/B of per-operation host cost.
     #[arg(long)]
-    unfused: bool,
+    fusion: bool,
     /// Decode through the server's continuous-batching path (`SlotDecoder`: rows at their own
     /// lengths) instead of the static batch decoder.
     #[arg(long)]
@@ -319,7 +320,7 @@ fn run<B: chatglm_model::KernelBackend>(opts: &Opts, device: B::Device) -> anyho
                 "allocator_after_load": allocator_after_load, "allocator_at_end": allocator(opts.device) })
     });
     Ok(json!({
-        "device": opts.device.to_string(), "dtype": opts.dtype.to_string(), "backend": B::name(&device), "unfused": opts.unfused, "continuous": opts.continuous,
+        "device": opts.device.to_string(), "dtype": opts.dtype.to_string(), "backend": B::name(&device), "fusion": opts.fusion, "continuous": opts.continuous,
         "layers": cfg.num_layers, "hidden": cfg.hidden_size, "vocab": cfg.vocab_size, "params": params,
         "load_s": load_s, "prefill": prefill, "decode": decode,
         "time_to_first_token_s": ttft, "prompt_len": opts.prompt, "warmup_s": warmup, "gpu_memory": memory,
@@ -333,21 +334,21 @@ fn main() -> anyhow::Result<()> {
         (DeviceSpec::Cpu, _) => run::<burn::backend::NdArray<f32>>(&opts, Default::default())?,
         #[cfg(feature = "cuda")]
         (DeviceSpec::Cuda(i), dtype) => {
-            type Unfused<F> = burn_cubecl::CubeBackend<cubecl::cuda::CudaRuntime, F, i32, u8>;
+            use chatglm_kernels::CudaDirect;
             let cache = chatglm_model::device::prepare_cuda(i);
             eprintln!("kernel cache: {cache:?}");
             let dev = burn::backend::cuda::CudaDevice::new(i);
-            match (dtype, opts.unfused) {
-                (ComputeDtype::F32, false) => run::<burn::backend::Cuda<f32, i32>>(&opts, dev)?,
-                (ComputeDtype::F16, false) => {
+            match (dtype, opts.fusion) {
+                (ComputeDtype::F32, true) => run::<burn::backend::Cuda<f32, i32>>(&opts, dev)?,
+                (ComputeDtype::F16, true) => {
                     run::<burn::backend::Cuda<half::f16, i32>>(&opts, dev)?
                 }
-                (ComputeDtype::Bf16, false) => {
+                (ComputeDtype::Bf16, true) => {
                     run::<burn::backend::Cuda<half::bf16, i32>>(&opts, dev)?
                 }
-                (ComputeDtype::F32, true) => run::<Unfused<f32>>(&opts, dev)?,
-                (ComputeDtype::F16, true) => run::<Unfused<half::f16>>(&opts, dev)?,
-                (ComputeDtype::Bf16, true) => run::<Unfused<half::bf16>>(&opts, dev)?,
+                (ComputeDtype::F32, false) => run::<CudaDirect<f32>>(&opts, dev)?,
+                (ComputeDtype::F16, false) => run::<CudaDirect<half::f16>>(&opts, dev)?,
+                (ComputeDtype::Bf16, false) => run::<CudaDirect<half::bf16>>(&opts, dev)?,
             }
         }
         #[cfg(not(feature = "cuda"))]
