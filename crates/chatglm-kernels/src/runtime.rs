@@ -21,7 +21,8 @@ pub fn default_cache_root() -> Option<PathBuf> {
 /// capability. Settings a `cubecl.toml` in the working folder makes explicitly are kept (a
 /// compilation cache it names, an autotune cache other than the default). Must run before the
 /// device's first use; returns the folder, or `None` when the caches stay as they were (already
-/// configured, disabled with `off`, no such GPU, or a build without CUDA).
+/// configured, disabled with `off`, the folder cannot be created, no such GPU, or a build
+/// without CUDA).
 pub fn use_kernel_cache(device_index: usize, root: Option<&Path>) -> Option<PathBuf> {
     let root = match std::env::var_os(CACHE_ENV) {
         Some(v) if v == "off" => return None,
@@ -66,6 +67,8 @@ mod imp {
 
     pub(super) fn configure(device_index: usize, root: &Path) -> Option<PathBuf> {
         let dir = root.join(arch(device_index)?);
+        // A folder that cannot be made (read-only home, bad path) leaves the caches off.
+        std::fs::create_dir_all(&dir).ok()?;
         let mut slot = CubeClRuntimeConfig::storage().lock();
         if slot.is_some() {
             return None;
