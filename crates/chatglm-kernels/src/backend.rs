@@ -49,6 +49,14 @@ pub trait KernelBackend: Backend {
         out.into_primitive().tensor()
     }
 
+    /// `softmax(scores + mask)` over the last dimension of `[batch, heads, seq, keys]` scores,
+    /// with a `[batch, 1, seq, keys]` additive mask, in float32 and returned in the scores' dtype.
+    fn glm_masked_softmax(scores: FloatTensor<Self>, mask: FloatTensor<Self>) -> FloatTensor<Self> {
+        reference::masked_softmax::<Self>(float(scores), float(mask))
+            .into_primitive()
+            .tensor()
+    }
+
     /// `gelu_tanh(x + bias)` for `x: [rows, n]` and `bias: [n]`.
     fn glm_bias_gelu(x: FloatTensor<Self>, bias: FloatTensor<Self>) -> FloatTensor<Self> {
         reference::bias_gelu::<Self>(float(x), float(bias))

@@ -18,6 +18,7 @@ enum Kind {
     Matmul,
     AddLayerNorm { alpha: f32, eps: f32, has_b: bool },
     BiasGelu,
+    MaskedSoftmax,
 }
 
 /// A registered custom operation.
@@ -53,6 +54,10 @@ impl<B: FusionBackend + KernelBackend> Operation<B::FusionRuntime> for Custom<B>
             Kind::BiasGelu => {
                 let x = next();
                 B::glm_bias_gelu(x, next())
+            }
+            Kind::MaskedSoftmax => {
+                let scores = next();
+                B::glm_masked_softmax(scores, next())
             }
         };
         handles.register_float_tensor::<B>(&self.desc.outputs[0].id, out);
@@ -127,5 +132,11 @@ impl<B: FusionBackend + KernelBackend> KernelBackend for Fusion<B> {
     fn glm_bias_gelu(x: FloatTensor<Self>, bias: FloatTensor<Self>) -> FloatTensor<Self> {
         let shape = x.shape.clone();
         register::<B>("chatglm_bias_gelu", Kind::BiasGelu, vec![x, bias], shape)
+    }
+
+    fn glm_masked_softmax(scores: FloatTensor<Self>, mask: FloatTensor<Self>) -> FloatTensor<Self> {
+        let shape = scores.shape.clone();
+        let kind = Kind::MaskedSoftmax;
+        register::<B>("chatglm_masked_softmax", kind, vec![scores, mask], shape)
     }
 }

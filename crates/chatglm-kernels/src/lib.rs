@@ -16,7 +16,9 @@ pub mod memory;
 pub mod reference;
 pub mod runtime;
 
-pub use api::{add_layer_norm, bias_gelu, fused_enabled, matmul};
+pub use api::{
+    add_layer_norm, bias_gelu, fused_enabled, masked_softmax, matmul, unverified_enabled,
+};
 pub use backend::KernelBackend;
 
 /// burn-cuda without burn's fusion wrapper: every operation launches its kernel directly. For

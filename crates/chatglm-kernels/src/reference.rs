@@ -1,8 +1,9 @@
 //! Plain burn implementations of the fused ops: the definition the kernels are tested against,
 //! and what CPU and autodiff backends run.
 
-use burn::tensor::Tensor;
+use burn::tensor::activation::softmax;
 use burn::tensor::backend::Backend;
+use burn::tensor::{DType, Tensor};
 
 /// `sqrt(2 / pi)`.
 const GELU_C: f64 = 0.797_884_560_802_865_4;
@@ -45,4 +46,20 @@ pub fn bias_gelu<B: Backend>(x: Tensor<B, 2>, bias: Tensor<B, 1>) -> Tensor<B, 2
 pub fn gelu_tanh<B: Backend, const D: usize>(x: Tensor<B, D>) -> Tensor<B, D> {
     let inner = (x.clone() * x.clone() * 0.044715 + 1.0) * x.clone() * GELU_C;
     x * 0.5 * (inner.tanh() + 1.0)
+}
+
+/// `softmax(scores + mask)` over the last dimension, computed in float32 for half-precision inputs
+/// (the original's `attention_scores.float()`) and returned in the scores' dtype.
+///
+/// # Shapes
+/// - `scores`: `[batch, heads, seq, keys]`, `mask`: `[batch, 1, seq, keys]` (additive) -> as
+///   `scores`
+pub fn masked_softmax<B: Backend>(scores: Tensor<B, 4>, mask: Tensor<B, 4>) -> Tensor<B, 4> {
+    let x = scores + mask;
+    let dtype = x.dtype();
+    if matches!(dtype, DType::F32 | DType::F64) {
+        softmax(x, 3)
+    } else {
+        softmax(x.cast(DType::F32), 3).cast(dtype)
+    }
 }

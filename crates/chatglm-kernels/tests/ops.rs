@@ -203,10 +203,76 @@ fn check_matmul<B: KernelBackend>(dev: &B::Device, tol: Tol) {
     );
 }
 
+/// Row-wise `softmax(scores + mask)` in f64, the mask broadcast over heads.
+fn host_masked_softmax(scores: &[f32], mask: &[f32], [b, h, s, k]: [usize; 4]) -> Vec<f32> {
+    let mut out = Vec::with_capacity(scores.len());
+    for row in 0..b * h * s {
+        let (bi, si) = (row / (h * s), row % s);
+        let m = &mask[(bi * s + si) * k..(bi * s + si + 1) * k];
+        let x: Vec<f64> = (0..k)
+            .map(|c| scores[row * k + c] as f64 + m[c] as f64)
+            .collect();
+        let max = x.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+        let sum: f64 = x.iter().map(|v| (v - max).exp()).sum();
+        out.extend(x.iter().map(|v| ((v - max).exp() / sum) as f32));
+    }
+    out
+}
+
+fn check_masked_softmax<B: KernelBackend>(dev: &B::Device, tol: Tol) {
+    use burn::tensor::TensorPrimitive;
+    // A decode step over a 2048-slot cache, a prefill chunk, and widths that are not a multiple
+    // of the cube (partial last pass, fewer keys than units).
+    for shape in [[1usize, 4, 1, 2048], [2, 3, 5, 300], [1, 2, 3, 7]] {
+        let [b, h, s, k] = shape;
+        let scores = random(b * h * s * k, 11, 6.0);
+        // Hidden keys (-10000) past a per-row length, as the cache mask has them.
+        let mask: Vec<f32> = (0..b * s * k)
+            .map(|i| {
+                if i % k > (i / k) % s + k / 2 {
+                    -10000.0
+                } else {
+                    0.0
+                }
+            })
+            .collect();
+        let want = host_masked_softmax(&scores, &mask, shape);
+        let t = |v: &[f32], shape: [usize; 4]| tensor::<B, 4>(v, shape, dev);
+        // The backend's op itself, whatever `CHATGLM_KERNELS` says.
+        let got = B::glm_masked_softmax(
+            t(&scores, shape).into_primitive().tensor(),
+            t(&mask, [b, 1, s, k]).into_primitive().tensor(),
+        );
+        let got = values(Tensor::<B, 4>::from_primitive(TensorPrimitive::Float(got)));
+        let d = max_diff(&got, &want);
+        assert!(
+            d <= tol.ln,
+            "{}: masked_softmax {shape:?}: max diff {d}",
+            name::<B>()
+        );
+        let reference = reference::masked_softmax(t(&scores, shape), t(&mask, [b, 1, s, k]));
+        let d = max_diff(&got, &values(reference));
+        assert!(
+            d <= tol.ln,
+            "{}: masked_softmax vs reference {shape:?}: max diff {d}",
+            name::<B>()
+        );
+        // Through the public entry point (kernel or reference, per `CHATGLM_KERNELS`).
+        let api = chatglm_kernels::masked_softmax(t(&scores, shape), t(&mask, [b, 1, s, k]));
+        let d = max_diff(&values(api), &want);
+        assert!(
+            d <= tol.ln,
+            "{}: masked_softmax api: max diff {d}",
+            name::<B>()
+        );
+    }
+}
+
 fn check_all<B: KernelBackend>(dev: &B::Device, tol: Tol) {
     check_layer_norm::<B>(dev, tol);
     check_bias_gelu::<B>(dev, tol);
     check_matmul::<B>(dev, tol);
+    check_masked_softmax::<B>(dev, tol);
 }
 
 // Float32 sums of 4096 products measured 2.1e-6 (x sqrt(k)) on the H200; TF32 inputs (10-bit

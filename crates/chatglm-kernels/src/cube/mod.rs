@@ -4,6 +4,7 @@
 mod elementwise;
 mod layer_norm;
 mod matmul;
+mod softmax;
 
 use burn::tensor::ops::FloatTensor;
 use burn_cubecl::{BoolElement, CubeBackend, CubeRuntime, FloatElement, IntElement};
@@ -36,5 +37,9 @@ where
 
     fn glm_bias_gelu(x: FloatTensor<Self>, bias: FloatTensor<Self>) -> FloatTensor<Self> {
         elementwise::bias_gelu(x, bias)
+    }
+
+    fn glm_masked_softmax(scores: FloatTensor<Self>, mask: FloatTensor<Self>) -> FloatTensor<Self> {
+        softmax::masked_softmax(scores, mask)
     }
 }

@@ -3,9 +3,8 @@
 //! output projection.
 
 use burn::module::Module;
-use burn::tensor::activation::softmax;
+use burn::tensor::Tensor;
 use burn::tensor::backend::Backend;
-use burn::tensor::{DType, Tensor};
 use chatglm_kernels::KernelBackend;
 
 use super::linear::Linear;
@@ -139,15 +138,9 @@ fn attend<B: KernelBackend>(
     mask: Tensor<B, 4>,
     values: Tensor<B, 4>,
 ) -> Tensor<B, 4> {
-    let scores = chatglm_kernels::matmul(q, keys) + mask;
     // The original takes the softmax of float16/bfloat16 scores in float32
     // (`attention_scores.float()`), then casts the probabilities back.
-    let dtype = scores.dtype();
-    let probs = if dtype == DType::F32 || dtype == DType::F64 {
-        softmax(scores, 3)
-    } else {
-        softmax(scores.cast(DType::F32), 3).cast(dtype)
-    };
+    let probs = chatglm_kernels::masked_softmax(chatglm_kernels::matmul(q, keys), mask);
     chatglm_kernels::matmul(probs, values)
 }
 
