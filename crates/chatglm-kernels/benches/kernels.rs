@@ -4,7 +4,7 @@
 //! path); with `CHATGLM_BENCH_DEVICE=cuda` it runs on GPU 0 in float16 (and the float32 matmul),
 //! synchronising the device after every iteration.
 
-use burn::tensor::{Distribution, Tensor};
+use burn::tensor::{Distribution, Tensor, TensorPrimitive};
 use chatglm_kernels::{KernelBackend, reference};
 use criterion::{Criterion, criterion_group, criterion_main};
 
@@ -50,6 +50,25 @@ fn bench_backend<B: KernelBackend>(c: &mut Criterion, label: &str, dev: &B::Devi
     let plain = || reference::bias_gelu(x.clone(), bias.clone());
     let name = format!("{label}/bias_gelu/128x{INNER}");
     compare::<B>(c, name, dev, [("fused", &fused), ("reference", &plain)]);
+
+    // Attention's masked softmax: a decode step over a 2048-slot cache, and a 128-token prefill.
+    // The kernel side calls the backend's op directly (whatever `CHATGLM_KERNELS` says).
+    const HEADS: usize = 32;
+    for (s, k) in [(1usize, 2048usize), (128, 256)] {
+        let scores = Tensor::<B, 4>::random([1, HEADS, s, k], Distribution::Normal(0.0, 1.0), dev);
+        let mask = Tensor::<B, 4>::zeros([1, 1, s, k], dev);
+        let fused = || {
+            let out = B::glm_masked_softmax(
+                scores.clone().into_primitive().tensor(),
+                mask.clone().into_primitive().tensor(),
+            );
+            Tensor::<B, 4>::from_primitive(TensorPrimitive::Float(out)).reshape([HEADS * s, k])
+        };
+        let plain =
+            || reference::masked_softmax(scores.clone(), mask.clone()).reshape([HEADS * s, k]);
+        let name = format!("{label}/masked_softmax/{HEADS}x{s}x{k}");
+        compare::<B>(c, name, dev, [("fused", &fused), ("reference", &plain)]);
+    }
 }
 
 /// The float32 matmul: the exact kernel against burn's (TF32 on tensor cores).
