@@ -69,6 +69,27 @@ fn bench_backend<B: KernelBackend>(c: &mut Criterion, label: &str, dev: &B::Devi
         let name = format!("{label}/masked_softmax/{HEADS}x{s}x{k}");
         compare::<B>(c, name, dev, [("fused", &fused), ("reference", &plain)]);
     }
+
+    // Rotary on q and k of a decode step and a 128-token prefill, read out of the QKV output.
+    for s in [1usize, 128] {
+        let d = 2 * HIDDEN / HEADS;
+        let wide = [1, HEADS, s, 3 * d / 2];
+        let mixed = Tensor::<B, 4>::random(wide, Distribution::Normal(0.0, 1.0), dev);
+        let table = || Tensor::<B, 4>::random([1, 1, s, d], Distribution::Normal(0.0, 1.0), dev);
+        let (cos, sin) = (table(), table());
+        let qk = || mixed.clone().narrow(3, 0, d);
+        let fused = || {
+            let out = B::glm_rotary(
+                qk().into_primitive().tensor(),
+                cos.clone().into_primitive().tensor(),
+                sin.clone().into_primitive().tensor(),
+            );
+            Tensor::<B, 4>::from_primitive(TensorPrimitive::Float(out)).reshape([HEADS * s, d])
+        };
+        let plain = || reference::rotary(qk(), cos.clone(), sin.clone()).reshape([HEADS * s, d]);
+        let name = format!("{label}/rotary/{HEADS}x{s}x{d}");
+        compare::<B>(c, name, dev, [("fused", &fused), ("reference", &plain)]);
+    }
 }
 
 /// The float32 matmul: the exact kernel against burn's (TF32 on tensor cores).

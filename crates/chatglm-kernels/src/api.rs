@@ -24,11 +24,51 @@ pub fn fused_enabled() -> bool {
     kernels_setting() != "reference"
 }
 
-/// Whether kernels that have not yet passed their tests on a GPU run ([`masked_softmax`]): only
+/// Whether kernels that have not yet passed their tests on a GPU run ([`masked_softmax`],
+/// [`rotary`]): only
 /// with `CHATGLM_KERNELS=all`. Their tests exist (`tests/ops.rs` with `CHATGLM_TEST_DEVICE=cuda`
 /// calls them whatever this says); a kernel moves to the default set once they pass on the GPU.
 pub fn unverified_enabled() -> bool {
     kernels_setting() == "all"
+}
+
+/// ChatGLM-6B's rotary embedding of q and k together ([`reference::rotary`]): one elementwise
+/// kernel on cube backends with `CHATGLM_KERNELS=all` ([`unverified_enabled`]), reading `qk`
+/// through its strides (a slice of the QKV projection), else the reference ops.
+///
+/// # Shapes
+/// - `qk`: `[batch, heads, seq, d]` (`d` a multiple of 8), `cos`, `sin`: `[batch, 1, seq, d]`
+///   -> as `qk`
+pub fn rotary<B: KernelBackend>(
+    qk: Tensor<B, 4>,
+    cos: Tensor<B, 4>,
+    sin: Tensor<B, 4>,
+) -> Tensor<B, 4> {
+    let [b, _, s, d] = qk.dims();
+    assert_eq!(
+        d % 8,
+        0,
+        "rotary: the last dimension must be a multiple of 8"
+    );
+    assert_eq!(
+        cos.dims(),
+        [b, 1, s, d],
+        "rotary: cos must be [batch, 1, seq, d]"
+    );
+    assert_eq!(
+        sin.dims(),
+        [b, 1, s, d],
+        "rotary: sin must be [batch, 1, seq, d]"
+    );
+    if !unverified_enabled() {
+        return reference::rotary(qk, cos, sin);
+    }
+    let out = B::glm_rotary(
+        qk.into_primitive().tensor(),
+        cos.into_primitive().tensor(),
+        sin.into_primitive().tensor(),
+    );
+    Tensor::from_primitive(TensorPrimitive::Float(out))
 }
 
 /// `softmax(scores + mask)` over the keys of attention scores, in float32 for half-precision

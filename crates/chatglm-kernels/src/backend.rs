@@ -57,6 +57,18 @@ pub trait KernelBackend: Backend {
             .tensor()
     }
 
+    /// ChatGLM-6B's rotary embedding of `[batch, heads, seq, d]` q and k with `[batch, 1, seq, d]`
+    /// tables ([`reference::rotary`]).
+    fn glm_rotary(
+        qk: FloatTensor<Self>,
+        cos: FloatTensor<Self>,
+        sin: FloatTensor<Self>,
+    ) -> FloatTensor<Self> {
+        reference::rotary::<Self>(float(qk), float(cos), float(sin))
+            .into_primitive()
+            .tensor()
+    }
+
     /// `gelu_tanh(x + bias)` for `x: [rows, n]` and `bias: [n]`.
     fn glm_bias_gelu(x: FloatTensor<Self>, bias: FloatTensor<Self>) -> FloatTensor<Self> {
         reference::bias_gelu::<Self>(float(x), float(bias))

@@ -19,6 +19,7 @@ enum Kind {
     AddLayerNorm { alpha: f32, eps: f32, has_b: bool },
     BiasGelu,
     MaskedSoftmax,
+    Rotary,
 }
 
 /// A registered custom operation.
@@ -58,6 +59,11 @@ impl<B: FusionBackend + KernelBackend> Operation<B::FusionRuntime> for Custom<B>
             Kind::MaskedSoftmax => {
                 let scores = next();
                 B::glm_masked_softmax(scores, next())
+            }
+            Kind::Rotary => {
+                let qk = next();
+                let cos = next();
+                B::glm_rotary(qk, cos, next())
             }
         };
         handles.register_float_tensor::<B>(&self.desc.outputs[0].id, out);
@@ -138,5 +144,14 @@ impl<B: FusionBackend + KernelBackend> KernelBackend for Fusion<B> {
         let shape = scores.shape.clone();
         let kind = Kind::MaskedSoftmax;
         register::<B>("chatglm_masked_softmax", kind, vec![scores, mask], shape)
+    }
+
+    fn glm_rotary(
+        qk: FloatTensor<Self>,
+        cos: FloatTensor<Self>,
+        sin: FloatTensor<Self>,
+    ) -> FloatTensor<Self> {
+        let shape = qk.shape.clone();
+        register::<B>("chatglm_rotary", Kind::Rotary, vec![qk, cos, sin], shape)
     }
 }

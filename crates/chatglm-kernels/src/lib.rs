@@ -17,7 +17,7 @@ pub mod reference;
 pub mod runtime;
 
 pub use api::{
-    add_layer_norm, bias_gelu, fused_enabled, masked_softmax, matmul, unverified_enabled,
+    add_layer_norm, bias_gelu, fused_enabled, masked_softmax, matmul, rotary, unverified_enabled,
 };
 pub use backend::KernelBackend;
 

@@ -63,3 +63,20 @@ pub fn masked_softmax<B: Backend>(scores: Tensor<B, 4>, mask: Tensor<B, 4>) -> T
         softmax(x.cast(DType::F32), 3).cast(dtype)
     }
 }
+
+/// ChatGLM-6B's rotary embedding of q and k together: `x * cos + rotate_half(x) * sin`, where
+/// `rotate_half` swaps the two halves of each of the four quarters of the last dimension (the
+/// position and block halves of q and of k; the sign is folded into `sin`).
+///
+/// # Shapes
+/// - `qk`: `[batch, heads, seq, d]` (`d` a multiple of 8), `cos`, `sin`: `[batch, 1, seq, d]`
+///   -> as `qk`
+pub fn rotary<B: Backend>(qk: Tensor<B, 4>, cos: Tensor<B, 4>, sin: Tensor<B, 4>) -> Tensor<B, 4> {
+    let [b, h, s, d] = qk.dims();
+    let swapped: Tensor<B, 4> = qk
+        .clone()
+        .reshape([b * h * s, 4, 2, d / 8])
+        .flip([2])
+        .reshape([b, h, s, d]);
+    qk * cos + swapped * sin
+}

@@ -268,7 +268,68 @@ fn check_masked_softmax<B: KernelBackend>(dev: &B::Device, tol: Tol) {
     }
 }
 
+/// `x * cos + partner(x) * sin`, the partner being the other half of the element's quarter.
+fn host_rotary(x: &[f32], cos: &[f32], sin: &[f32], [b, h, s, d]: [usize; 4]) -> Vec<f32> {
+    let q = d / 4;
+    (0..b * h * s * d)
+        .map(|i| {
+            let (col, row) = (i % d, i / d);
+            let (bi, si) = (row / (h * s), row % s);
+            let partner = (col / q) * q + (col % q + q / 2) % q;
+            let t = (bi * s + si) * d + col;
+            (x[i] as f64 * cos[t] as f64 + x[row * d + partner] as f64 * sin[t] as f64) as f32
+        })
+        .collect()
+}
+
+fn check_rotary<B: KernelBackend>(dev: &B::Device, tol: Tol) {
+    use burn::tensor::TensorPrimitive;
+    // ChatGLM-6B's q and k (2 x 128 wide) and a small width; q and k are read as a slice of the
+    // wider QKV output, as the model passes them (not contiguous).
+    for shape in [[1usize, 2, 3, 256], [2, 3, 5, 16]] {
+        let [b, h, s, d] = shape;
+        let wide = [b, h, s, d + d / 2];
+        let full = random(wide.iter().product(), 12, 2.0);
+        let x: Vec<f32> = full
+            .chunks(d + d / 2)
+            .flat_map(|row| row[..d].to_vec())
+            .collect();
+        let cos = random(b * s * d, 13, 1.0);
+        let sin = random(b * s * d, 14, 1.0);
+        let want = host_rotary(&x, &cos, &sin, shape);
+        let qk = || tensor::<B, 4>(&full, wide, dev).narrow(3, 0, d);
+        let table = |v: &[f32]| tensor::<B, 4>(v, [b, 1, s, d], dev);
+        let got = B::glm_rotary(
+            qk().into_primitive().tensor(),
+            table(&cos).into_primitive().tensor(),
+            table(&sin).into_primitive().tensor(),
+        );
+        let got = values(Tensor::<B, 4>::from_primitive(TensorPrimitive::Float(got)));
+        let d1 = max_diff(&got, &want);
+        assert!(
+            d1 <= tol.ln,
+            "{}: rotary {shape:?}: max diff {d1}",
+            name::<B>()
+        );
+        let reference = reference::rotary(qk(), table(&cos), table(&sin));
+        let d2 = max_diff(&got, &values(reference));
+        assert!(
+            d2 <= tol.ln,
+            "{}: rotary vs reference {shape:?}: max diff {d2}",
+            name::<B>()
+        );
+        let api = chatglm_kernels::rotary(qk(), table(&cos), table(&sin));
+        let d3 = max_diff(&values(api), &want);
+        assert!(
+            d3 <= tol.ln,
+            "{}: rotary api {shape:?}: max diff {d3}",
+            name::<B>()
+        );
+    }
+}
+
 fn check_all<B: KernelBackend>(dev: &B::Device, tol: Tol) {
+    check_rotary::<B>(dev, tol);
     check_layer_norm::<B>(dev, tol);
     check_bias_gelu::<B>(dev, tol);
     check_matmul::<B>(dev, tol);

@@ -42,4 +42,12 @@ where
     fn glm_masked_softmax(scores: FloatTensor<Self>, mask: FloatTensor<Self>) -> FloatTensor<Self> {
         softmax::masked_softmax(scores, mask)
     }
+
+    fn glm_rotary(
+        qk: FloatTensor<Self>,
+        cos: FloatTensor<Self>,
+        sin: FloatTensor<Self>,
+    ) -> FloatTensor<Self> {
+        elementwise::rotary(qk, cos, sin)
+    }
 }

@@ -53,20 +53,16 @@ impl<B: Backend> Rope<B> {
             sin: Tensor::from_data(TensorData::new(sin_qk, shape), device),
         }
     }
+}
 
-    /// Rotates q and k (concatenated on the last dimension) and scales q by `1/sqrt(head_dim)`.
+impl<B: chatglm_kernels::KernelBackend> Rope<B> {
+    /// Rotates q and k (concatenated on the last dimension) and scales q by `1/sqrt(head_dim)`
+    /// ([`chatglm_kernels::rotary`]).
     ///
     /// # Shapes
     /// - `qk`: `[batch, heads, seq, 2 * head_dim]` -> same
     pub fn apply(&self, qk: Tensor<B, 4>) -> Tensor<B, 4> {
-        let [b, h, s, d] = qk.dims();
-        // Each rotary half of q and k is [x1 | x2]; rotate-half needs [x2 | x1] (signs are in sin).
-        let swapped: Tensor<B, 4> = qk
-            .clone()
-            .reshape([b * h * s, 4, 2, d / 8])
-            .flip([2])
-            .reshape([b, h, s, d]);
-        qk * self.cos.clone() + swapped * self.sin.clone()
+        chatglm_kernels::rotary(qk, self.cos.clone(), self.sin.clone())
     }
 }
 
