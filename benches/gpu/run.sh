@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The GPU figures of docs/benchmarks.md. `benches/gpu/run.sh [ptuning] [context2048] [restart]
-# [fusion] [continuous] [lengths] [launches]` runs the named steps (all without arguments: more than one 10-minute
+# [fusion] [unverified] [continuous] [lengths] [launches]` runs the named steps (all without arguments: more than one 10-minute
 # device call, so name two or three per call). Run from the repository root on the GPU machine,
 # with the stripped release binaries xz-packed in .dev/bin
 # (chatglm-bench, chatglm-ptuning-bench; see docs/benchmarks.md for how they are built and
@@ -48,6 +48,11 @@ done
 # 3. Decode on burn's fusion wrapper, against the direct backend of every other step (host
 #    overhead A/B; the direct backend is what inference uses since c11d1a9).
 step fusion 150 /tmp/bin/chatglm-bench --fusion --prefill 128 --batches 1,8 --decode-tokens 64
+# 3'. The kernels whose GPU tests had not run when they were written (masked softmax, rotary):
+#     CHATGLM_KERNELS=all against step 3's and the other steps' default set. Run
+#     benches/gpu/tests.sh first: its ops test calls them directly.
+CHATGLM_KERNELS=all step unverified 150 /tmp/bin/chatglm-bench --prefill 128,1920 --batches 1,8 \
+  --decode-tokens 64
 # 3a. Decode through the server's continuous-batching path (SlotDecoder) against step 3's.
 step continuous 150 /tmp/bin/chatglm-bench --continuous --prefill 128 --batches 1,8 --decode-tokens 64
 # 3b. First-use cost of new prompt lengths: warmup_s per prefill length over the carried cache
