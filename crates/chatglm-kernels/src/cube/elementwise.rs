@@ -56,9 +56,10 @@ pub(crate) fn bias_gelu<R: CubeRuntime>(x: CubeTensor<R>, bias: CubeTensor<R>) -
     out
 }
 
-/// Offset of element `(b, h, s, col)` through the strides of a 4D tensor.
+/// Offset of element `(b, h, s, col)` through the strides of a 4D tensor (`h` is 0 for a tensor
+/// broadcast over heads).
 #[cube]
-fn offset4<F: Float>(t: &Tensor<F>, b: usize, h: usize, s: usize, col: usize) -> usize {
+pub(crate) fn offset4<F: Float>(t: &Tensor<F>, b: usize, h: usize, s: usize, col: usize) -> usize {
     b * t.stride(0) + h * t.stride(1) + s * t.stride(2) + col * t.stride(3)
 }
 

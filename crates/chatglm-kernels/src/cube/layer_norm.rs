@@ -8,6 +8,8 @@ use burn_cubecl::ops::numeric::empty_device_dtype;
 use burn_cubecl::tensor::CubeTensor;
 use cubecl::prelude::*;
 
+use super::reduce::block_sum;
+
 /// Threads per row (rows of ChatGLM-6B are 4096 wide: 16 elements per thread).
 const MAX_BLOCK: u32 = 256;
 
@@ -27,26 +29,6 @@ fn residual<F: Float>(
         v += f32::cast_from(b[row * b.stride(0) + col * b.stride(1)]);
     }
     v
-}
-
-/// Sum of `value` over the cube's units (a power of two of them); every unit gets the total.
-#[cube]
-fn block_sum(shared: &mut SharedMemory<f32>, value: f32, tid: usize) -> f32 {
-    shared[tid] = value;
-    sync_cube();
-    // From a runtime value: a variable initialised from a comptime one cannot be mutated.
-    let mut stride = CUBE_DIM_X as usize / 2;
-    while stride > 0 {
-        if tid < stride {
-            let other = shared[tid + stride];
-            shared[tid] += other;
-        }
-        sync_cube();
-        stride /= 2;
-    }
-    let total = shared[0];
-    sync_cube();
-    total
 }
 
 #[cube(launch)]

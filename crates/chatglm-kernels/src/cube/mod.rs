@@ -4,6 +4,7 @@
 mod elementwise;
 mod layer_norm;
 mod matmul;
+mod reduce;
 mod softmax;
 
 use burn::tensor::ops::FloatTensor;

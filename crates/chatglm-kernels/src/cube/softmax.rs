@@ -8,54 +8,11 @@ use burn_cubecl::ops::numeric::empty_device_dtype;
 use burn_cubecl::tensor::CubeTensor;
 use cubecl::prelude::*;
 
+use super::elementwise::offset4;
+use super::reduce::{block_max, block_sum};
+
 /// Threads per row (decode rows have up to a few thousand keys).
 const MAX_BLOCK: u32 = 256;
-
-/// Offset of element `(b, h, s, col)` through the strides of a 4D tensor (`h` is 0 for the mask).
-#[cube]
-fn offset<F: Float>(t: &Tensor<F>, b: usize, h: usize, s: usize, col: usize) -> usize {
-    b * t.stride(0) + h * t.stride(1) + s * t.stride(2) + col * t.stride(3)
-}
-
-/// Maximum of `value` over the cube's units (a power of two of them); every unit gets it.
-#[cube]
-fn block_max(shared: &mut SharedMemory<f32>, value: f32, tid: usize) -> f32 {
-    shared[tid] = value;
-    sync_cube();
-    let mut stride = CUBE_DIM_X as usize / 2;
-    while stride > 0 {
-        if tid < stride {
-            let other = shared[tid + stride];
-            if other > shared[tid] {
-                shared[tid] = other;
-            }
-        }
-        sync_cube();
-        stride /= 2;
-    }
-    let total = shared[0];
-    sync_cube();
-    total
-}
-
-/// Sum of `value` over the cube's units (a power of two of them); every unit gets it.
-#[cube]
-fn block_sum(shared: &mut SharedMemory<f32>, value: f32, tid: usize) -> f32 {
-    shared[tid] = value;
-    sync_cube();
-    let mut stride = CUBE_DIM_X as usize / 2;
-    while stride > 0 {
-        if tid < stride {
-            let other = shared[tid + stride];
-            shared[tid] += other;
-        }
-        sync_cube();
-        stride /= 2;
-    }
-    let total = shared[0];
-    sync_cube();
-    total
-}
 
 #[cube(launch)]
 fn masked_softmax_kernel<F: Float>(
@@ -81,8 +38,8 @@ fn masked_softmax_kernel<F: Float>(
     for it in 0..iters {
         let col = tid + it * step;
         if col < keys {
-            let v = f32::cast_from(scores[offset::<F>(scores, b, h, s, col)])
-                + f32::cast_from(mask[offset::<F>(mask, b, 0, s, col)]);
+            let v = f32::cast_from(scores[offset4::<F>(scores, b, h, s, col)])
+                + f32::cast_from(mask[offset4::<F>(mask, b, 0, s, col)]);
             if v > local_max {
                 local_max = v;
             }
@@ -94,8 +51,8 @@ fn masked_softmax_kernel<F: Float>(
     for it in 0..iters {
         let col = tid + it * step;
         if col < keys {
-            let v = f32::cast_from(scores[offset::<F>(scores, b, h, s, col)])
-                + f32::cast_from(mask[offset::<F>(mask, b, 0, s, col)]);
+            let v = f32::cast_from(scores[offset4::<F>(scores, b, h, s, col)])
+                + f32::cast_from(mask[offset4::<F>(mask, b, 0, s, col)]);
             local_sum += f32::exp(v - max);
         }
     }
@@ -104,9 +61,9 @@ fn masked_softmax_kernel<F: Float>(
     for it in 0..iters {
         let col = tid + it * step;
         if col < keys {
-            let v = f32::cast_from(scores[offset::<F>(scores, b, h, s, col)])
-                + f32::cast_from(mask[offset::<F>(mask, b, 0, s, col)]);
-            out[offset::<F>(out, b, h, s, col)] = F::cast_from(f32::exp(v - max) * inv);
+            let v = f32::cast_from(scores[offset4::<F>(scores, b, h, s, col)])
+                + f32::cast_from(mask[offset4::<F>(mask, b, 0, s, col)]);
+            out[offset4::<F>(out, b, h, s, col)] = F::cast_from(f32::exp(v - max) * inv);
         }
     }
 }
