@@ -120,9 +120,8 @@ fn allocator(device: DeviceSpec) -> Option<Value> {
     let DeviceSpec::Cuda(i) = device else {
         return None;
     };
-    let gib = |b: u64| b as f64 / (1u64 << 30) as f64;
     chatglm_kernels::memory::cuda_memory(i)
-        .map(|m| json!({ "in_use_gib": gib(m.in_use), "reserved_gib": gib(m.reserved) }))
+        .map(|m| json!({ "in_use_gib": m.in_use_gib(), "reserved_gib": m.reserved_gib() }))
 }
 
 fn prompt_ids(cfg: &GlmConfig, len: usize, salt: usize) -> Vec<u32> {

@@ -10,6 +10,20 @@ pub struct GpuMemory {
     pub reserved: u64,
 }
 
+impl GpuMemory {
+    /// [`GpuMemory::in_use`] in GiB.
+    pub fn in_use_gib(&self) -> f64 {
+        self.in_use as f64 / GIB
+    }
+
+    /// [`GpuMemory::reserved`] in GiB.
+    pub fn reserved_gib(&self) -> f64 {
+        self.reserved as f64 / GIB
+    }
+}
+
+const GIB: f64 = (1u64 << 30) as f64;
+
 /// The allocator of CUDA device `index` as burn-cuda uses it; `None` in builds without CUDA.
 pub fn cuda_memory(index: usize) -> Option<GpuMemory> {
     #[cfg(feature = "cuda")]

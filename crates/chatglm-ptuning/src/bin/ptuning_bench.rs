@@ -18,6 +18,7 @@ use std::time::Instant;
 
 use burn::backend::Autodiff;
 use burn::tensor::backend::AutodiffBackend;
+use chatglm_model::DeviceSpec;
 use chatglm_model::config::GlmConfig;
 use chatglm_model::glm::GlmModel;
 use chatglm_model::load::RandomSource;
@@ -148,13 +149,11 @@ fn features(o: &Opts) -> Vec<TrainFeature> {
 
 /// The GPU allocator's bytes in live tensors and reserved (GiB), from cubecl.
 fn allocator(o: &Opts) -> Option<serde_json::Value> {
-    let idx = o
-        .device
-        .strip_prefix("cuda")
-        .map(|r| r.trim_start_matches(':').parse().unwrap_or(0))?;
-    let gib = |b: u64| b as f64 / (1u64 << 30) as f64;
+    let Ok(DeviceSpec::Cuda(idx)) = o.device.parse() else {
+        return None;
+    };
     chatglm_kernels::memory::cuda_memory(idx).map(
-        |m| serde_json::json!({ "in_use_gib": gib(m.in_use), "reserved_gib": gib(m.reserved) }),
+        |m| serde_json::json!({ "in_use_gib": m.in_use_gib(), "reserved_gib": m.reserved_gib() }),
     )
 }
 
@@ -259,19 +258,15 @@ fn main() {
 }
 
 fn run(o: &Opts) -> Result<serde_json::Value, String> {
-    match o.device.as_str() {
-        "cpu" => {
+    match o.device.parse::<DeviceSpec>().map_err(|e| e.to_string())? {
+        DeviceSpec::Cpu => {
             type Nd = burn::backend::NdArray<f32>;
             let dev = burn::backend::ndarray::NdArrayDevice::Cpu;
             bench::<Autodiff<Nd>>(o, dev)
         }
         #[cfg(feature = "cuda")]
-        d if d.starts_with("cuda") => {
+        DeviceSpec::Cuda(idx) => {
             use burn::backend::Cuda;
-            let idx = d
-                .strip_prefix("cuda:")
-                .and_then(|s| s.parse().ok())
-                .unwrap_or(0);
             let cache = chatglm_model::device::prepare_cuda(idx);
             eprintln!("kernel cache: {cache:?}");
             let dev = burn::backend::cuda::CudaDevice::new(idx);
@@ -286,6 +281,7 @@ fn run(o: &Opts) -> Result<serde_json::Value, String> {
                 _ => go!(half::f16),
             }
         }
-        other => Err(format!("unsupported device {other}")),
+        #[cfg(not(feature = "cuda"))]
+        DeviceSpec::Cuda(_) => Err("built without the cuda feature".into()),
     }
 }
