@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# The GPU figures of docs/benchmarks.md. `benches/gpu/run.sh [ptuning] [context2048] [restart]
-# [fusion] [unverified] [continuous] [lengths] [launches]` runs the named steps (all without arguments: more than one 10-minute
+# The GPU figures of docs/benchmarks.md. `benches/gpu/run.sh [ptuning] [ptfull] [context2048]
+# [restart] [fusion] [gemm] [continuous] [lengths] [launches]` runs the named steps (all without arguments: more than one 10-minute
 # device call, so name two or three per call). Run from the repository root on the GPU machine,
 # with the stripped release binaries xz-packed in .dev/bin
 # (chatglm-bench, chatglm-ptuning-bench; see docs/benchmarks.md for how they are built and
@@ -34,9 +34,12 @@ step() { # name, limit (s), command...
   tail -c 600 "$OUT/$name.json"
   echo
 }
-# 1. P-Tuning v2 step of the 6B shape (batch 16 x 128 tokens, pre_seq_len 128), block recompute.
+# 1. P-Tuning v2 step of the 6B shape (batch 16 x 128 tokens, pre_seq_len 128), block recompute;
+#    1a. the same without recompute (frozen weights: no linear layer keeps its input).
 step ptuning 330 /tmp/bin/chatglm-ptuning-bench --device cuda --dtype f16 --batch 16 --seq 128 \
   --pre-seq-len 128 --steps 3 --warmup 1 --checkpointing
+step ptfull 330 /tmp/bin/chatglm-ptuning-bench --device cuda --dtype f16 --batch 16 --seq 128 \
+  --pre-seq-len 128 --steps 3 --warmup 1
 # 2. f16 inference at 2048 context: a 1920-token prompt and 128 new tokens (peak memory).
 step context2048 150 /tmp/bin/chatglm-bench --prefill 1920 --batches 1 --prompt 1920 --decode-tokens 128
 # 2a. First-use cost with and without the kernel cache: the same short run twice in fresh
@@ -48,11 +51,11 @@ done
 # 3. Decode on burn's fusion wrapper, against the direct backend of every other step (host
 #    overhead A/B; the direct backend is what inference uses since c11d1a9).
 step fusion 150 /tmp/bin/chatglm-bench --fusion --prefill 128 --batches 1,8 --decode-tokens 64
-# 3'. The kernels whose GPU tests had not run when they were written (masked softmax, rotary):
-#     CHATGLM_KERNELS=all against step 3's and the other steps' default set. Run
-#     benches/gpu/tests.sh first: its ops test calls them directly.
-CHATGLM_KERNELS=all step unverified 150 /tmp/bin/chatglm-bench --prefill 128,1920 --batches 1,8 \
-  --decode-tokens 64
+# 3'. GEMMs on cuBLAS (the default since this step was added) against burn's matmul, for prefill
+#     (time to first token, 1920-token prompt); decode keeps burn's GEMV either way.
+CHATGLM_GEMM=burn step gemm-burn 150 /tmp/bin/chatglm-bench --prefill 128,1920 --batches 1 \
+  --decode-tokens 32
+step gemm-cublas 150 /tmp/bin/chatglm-bench --prefill 128,1920 --batches 1,8 --decode-tokens 64
 # 3a. Decode through the server's continuous-batching path (SlotDecoder) against step 3's.
 step continuous 150 /tmp/bin/chatglm-bench --continuous --prefill 128 --batches 1,8 --decode-tokens 64
 # 3b. First-use cost of new prompt lengths: warmup_s per prefill length over the carried cache
@@ -69,5 +72,10 @@ for n in 32 96; do
   rm -f log
   timeout 120 /tmp/bin/chatglm-bench --prefill 128 --batches 1 --decode-tokens $n >/dev/null 2>&1
   eval "l$n=$(grep -c Executing log 2>/dev/null || echo 0)"
+  grep Executing log | sed 's/.*Executing //' | cut -c1-90 | sort | uniq -c >"/tmp/launch/k$n"
 done
 echo "launches: $l32 (32 tokens), $l96 (96 tokens): $(((l96 - l32) / 128)) per decoded token"
+# Per kernel, launches per decoded token (the difference of the two runs over 128 tokens).
+awk 'FNR == NR { c = $1; $1 = ""; a[$0] = c; next }
+     { c = $1; $1 = ""; d = (c - a[$0]) / 128; if (d >= 0.5) printf "%6.1f %s\n", d, $0 }' \
+  /tmp/launch/k32 /tmp/launch/k96 | sort -rn | head -40

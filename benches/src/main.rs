@@ -313,6 +313,7 @@ fn run<B: chatglm_model::KernelBackend>(opts: &Opts, device: B::Device) -> anyho
         );
     }
 
+    let op_cost = op_cost::<B>(&device)?;
     let memory = sampler.map(|s| {
         let (base, peak) = s.finish();
         json!({ "baseline_mib": base, "peak_mib": peak, "peak_gib_over_baseline": (peak - base) as f64 / 1024.0,
@@ -323,11 +324,43 @@ fn run<B: chatglm_model::KernelBackend>(opts: &Opts, device: B::Device) -> anyho
         "layers": cfg.num_layers, "hidden": cfg.hidden_size, "vocab": cfg.vocab_size, "params": params,
         "load_s": load_s, "prefill": prefill, "decode": decode,
         "time_to_first_token_s": ttft, "prompt_len": opts.prompt, "warmup_s": warmup, "gpu_memory": memory,
+        "small_op": op_cost, "gemm": format!("{:?}", chatglm_kernels::gemm_status()),
     }))
+}
+
+/// Cost of one small operation (an add of two `[1, 4096]` tensors, as the many small operations of
+/// a decode step): host time to queue it, and time per operation once the GPU has run them all.
+/// When the two are close, a stream of such operations is bound by the host.
+fn op_cost<B: chatglm_model::KernelBackend>(device: &B::Device) -> anyhow::Result<Value> {
+    const OPS: u32 = 2000;
+    let b = burn::tensor::Tensor::<B, 2>::zeros([1, 4096], device);
+    let mut x = b.clone();
+    for _ in 0..16 {
+        x = x + b.clone();
+    }
+    B::sync(device).map_err(|e| anyhow::anyhow!("{e:?}"))?;
+    let t = Instant::now();
+    for _ in 0..OPS {
+        x = x + b.clone();
+    }
+    let queued = t.elapsed();
+    B::sync(device).map_err(|e| anyhow::anyhow!("{e:?}"))?;
+    let done = t.elapsed();
+    drop(x);
+    let us = |d: Duration| 1e6 * secs(d) / f64::from(OPS);
+    Ok(json!({ "ops": OPS, "host_us_per_op": us(queued), "us_per_op": us(done) }))
 }
 
 fn main() -> anyhow::Result<()> {
     let opts = Opts::parse();
+    // Warnings (a fallback from cuBLAS, say) on stderr, beside the JSON on stdout.
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .init();
     chatglm_model::device::check_supported(opts.device, opts.dtype)?;
     let result = match (opts.device, opts.dtype) {
         (DeviceSpec::Cpu, _) => run::<burn::backend::NdArray<f32>>(&opts, Default::default())?,

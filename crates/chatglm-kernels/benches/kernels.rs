@@ -35,13 +35,17 @@ fn bench_backend<B: KernelBackend>(c: &mut Criterion, label: &str, dev: &B::Devi
     let rand2 =
         |r: usize, n: usize| Tensor::<B, 2>::random([r, n], Distribution::Normal(0.0, 1.0), dev);
     let rand1 = |n: usize| Tensor::<B, 1>::random([n], Distribution::Normal(0.0, 1.0), dev);
-    let (gamma, beta) = (rand1(HIDDEN), rand1(HIDDEN));
+    let (gamma, beta, lin_bias) = (rand1(HIDDEN), rand1(HIDDEN), rand1(HIDDEN));
     for rows in [1usize, 128] {
         let (a, b) = (rand2(rows, HIDDEN), rand2(rows, HIDDEN));
         let (g, be) = (|| gamma.clone(), || beta.clone());
-        let fused =
-            || chatglm_kernels::add_layer_norm(a.clone(), Some(b.clone()), 7.48, g(), be(), 1e-5);
-        let plain = || reference::add_layer_norm(a.clone(), Some(b.clone()), 7.48, g(), be(), 1e-5);
+        // With the bias of the linear layer that produced `b`, as the model calls it.
+        let lb = || Some(lin_bias.clone());
+        let fused = || {
+            chatglm_kernels::add_layer_norm(a.clone(), Some(b.clone()), lb(), 7.48, g(), be(), 1e-5)
+        };
+        let plain =
+            || reference::add_layer_norm(a.clone(), Some(b.clone()), lb(), 7.48, g(), be(), 1e-5);
         let name = format!("{label}/add_layer_norm/{rows}x{HIDDEN}");
         compare::<B>(c, name, dev, [("fused", &fused), ("reference", &plain)]);
     }

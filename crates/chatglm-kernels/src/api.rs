@@ -6,8 +6,7 @@ use burn::tensor::{Tensor, TensorPrimitive};
 
 use crate::{KernelBackend, reference};
 
-/// `CHATGLM_KERNELS`: `reference` (no kernel), unset (the kernels tested on a GPU) or `all` (also
-/// those not yet run on one).
+/// `CHATGLM_KERNELS`: `reference` (no kernel) or unset (the kernels).
 fn kernels_setting() -> &'static str {
     static SETTING: OnceLock<String> = OnceLock::new();
     SETTING.get_or_init(|| {
@@ -17,24 +16,17 @@ fn kernels_setting() -> &'static str {
     })
 }
 
-/// Whether [`add_layer_norm`] and [`bias_gelu`] run the backend's fused kernels (the default) or
+/// Whether [`add_layer_norm`], [`bias_gelu`], [`masked_softmax`] and [`rotary`] run the backend's
+/// fused kernels (the default) or
 /// the reference ops on every backend (`CHATGLM_KERNELS=reference`: A/B measurements, and ruling
 /// the kernels out when a result looks wrong). [`matmul`] stays float32-exact either way.
 pub fn fused_enabled() -> bool {
     kernels_setting() != "reference"
 }
 
-/// Whether kernels that have not yet passed their tests on a GPU run ([`masked_softmax`],
-/// [`rotary`]): only
-/// with `CHATGLM_KERNELS=all`. Their tests exist (`tests/ops.rs` with `CHATGLM_TEST_DEVICE=cuda`
-/// calls them whatever this says); a kernel moves to the default set once they pass on the GPU.
-pub fn unverified_enabled() -> bool {
-    kernels_setting() == "all"
-}
-
 /// ChatGLM-6B's rotary embedding of q and k together ([`reference::rotary`]): one elementwise
-/// kernel on cube backends with `CHATGLM_KERNELS=all` ([`unverified_enabled`]), reading `qk`
-/// through its strides (a slice of the QKV projection), else the reference ops.
+/// kernel on cube backends ([`fused_enabled`]), reading `qk` through its strides (a slice of the
+/// QKV projection), else the reference ops.
 ///
 /// # Shapes
 /// - `qk`: `[batch, heads, seq, d]` (`d` a multiple of 8), `cos`, `sin`: `[batch, 1, seq, d]`
@@ -60,7 +52,7 @@ pub fn rotary<B: KernelBackend>(
         [b, 1, s, d],
         "rotary: sin must be [batch, 1, seq, d]"
     );
-    if !unverified_enabled() {
+    if !fused_enabled() {
         return reference::rotary(qk, cos, sin);
     }
     let out = B::glm_rotary(
@@ -73,7 +65,7 @@ pub fn rotary<B: KernelBackend>(
 
 /// `softmax(scores + mask)` over the keys of attention scores, in float32 for half-precision
 /// scores, returned in the scores' dtype: the original's masked softmax. One kernel on cube
-/// backends with `CHATGLM_KERNELS=all` ([`unverified_enabled`]), else the reference ops.
+/// backends ([`fused_enabled`]), else the reference ops.
 ///
 /// # Shapes
 /// - `scores`: `[batch, heads, seq, keys]`, `mask`: `[batch, 1, seq, keys]` -> as `scores`
@@ -84,7 +76,7 @@ pub fn masked_softmax<B: KernelBackend>(scores: Tensor<B, 4>, mask: Tensor<B, 4>
         [b, 1, s, k],
         "masked_softmax: mask must be [batch, 1, seq, keys]"
     );
-    if !unverified_enabled() {
+    if !fused_enabled() {
         return reference::masked_softmax(scores, mask);
     }
     let out = B::glm_masked_softmax(
@@ -94,8 +86,33 @@ pub fn masked_softmax<B: KernelBackend>(scores: Tensor<B, 4>, mask: Tensor<B, 4>
     Tensor::from_primitive(TensorPrimitive::Float(out))
 }
 
+/// What the matrix products of at least 32 rows have run on in this process (on CUDA: cuBLAS, or
+/// burn's matmul and why).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum GemmStatus {
+    /// No such product has run on CUDA yet.
+    NotUsed,
+    /// cuBLAS ran this many of them.
+    Cublas {
+        /// GEMMs queued on cuBLAS.
+        calls: u64,
+    },
+    /// burn's matmul ran them, for this reason.
+    Burn(String),
+}
+
+/// See [`GemmStatus`].
+pub fn gemm_status() -> GemmStatus {
+    #[cfg(feature = "cuda")]
+    return crate::cube::gemm_status();
+    #[cfg(not(feature = "cuda"))]
+    GemmStatus::NotUsed
+}
+
 /// Matrix product as [`Tensor::matmul`], but float32 stays float32 on every backend (burn's
-/// CUDA matmul rounds float32 inputs to TF32 on tensor cores).
+/// CUDA matmul rounds float32 inputs to TF32 on tensor cores). On CUDA, products of at least 32
+/// rows run on cuBLAS (`CHATGLM_GEMM=burn` keeps burn's matmul); under autodiff both gradients
+/// are such products too.
 ///
 /// # Shapes
 /// - `lhs`: `[..., m, k]`, `rhs`: `[..., k, n]` (batch dimensions broadcast) -> `[..., m, n]`
@@ -107,14 +124,16 @@ pub fn matmul<B: KernelBackend, const D: usize>(
     Tensor::from_primitive(TensorPrimitive::Float(out))
 }
 
-/// `LayerNorm(a * alpha + b)` over the last dimension: ChatGLM-6B's residual (`alpha` scales the
-/// normalised input of the previous sublayer) fused with the next LayerNorm.
+/// `LayerNorm(a * alpha + (b + bias))` over the last dimension: ChatGLM-6B's residual (`alpha`
+/// scales the normalised input of the previous sublayer; `b` is that sublayer's output before
+/// the bias of its last linear layer) fused with the next LayerNorm.
 ///
 /// # Shapes
-/// - `a`, `b`: `[..., n]` (same shape), `gamma`, `beta`: `[n]` -> `[..., n]`
+/// - `a`, `b`: `[..., n]` (same shape), `bias`, `gamma`, `beta`: `[n]` -> `[..., n]`
 pub fn add_layer_norm<B: KernelBackend, const D: usize>(
     a: Tensor<B, D>,
     b: Option<Tensor<B, D>>,
+    bias: Option<Tensor<B, 1>>,
     alpha: f32,
     gamma: Tensor<B, 1>,
     beta: Tensor<B, 1>,
@@ -125,18 +144,22 @@ pub fn add_layer_norm<B: KernelBackend, const D: usize>(
         assert_eq!(b.dims(), dims, "add_layer_norm: a and b differ in shape");
     }
     let n = dims[D - 1];
+    if let Some(bias) = &bias {
+        assert_eq!(bias.dims(), [n], "add_layer_norm: bias must be [n]");
+    }
     assert_eq!(gamma.dims(), [n], "add_layer_norm: gamma must be [n]");
     assert_eq!(beta.dims(), [n], "add_layer_norm: beta must be [n]");
     let rows = dims[..D - 1].iter().product::<usize>();
     if !fused_enabled() {
         let flat = |t: Tensor<B, D>| t.reshape([rows, n]);
-        return reference::add_layer_norm(flat(a), b.map(flat), alpha, gamma, beta, eps)
+        return reference::add_layer_norm(flat(a), b.map(flat), bias, alpha, gamma, beta, eps)
             .reshape(dims);
     }
     let flat = |t: Tensor<B, D>| t.reshape([rows, n]).into_primitive().tensor();
     let out = B::glm_add_layer_norm(
         flat(a),
         b.map(flat),
+        bias.map(|t| t.into_primitive().tensor()),
         alpha,
         gamma.into_primitive().tensor(),
         beta.into_primitive().tensor(),

@@ -1,9 +1,7 @@
 //! The backend extension trait and its implementations for the backends that only have the
-//! reference path.
+//! reference path (autodiff's is in `crate::autodiff`).
 
-use burn::backend::Autodiff;
 use burn::backend::NdArray;
-use burn::backend::autodiff::checkpoint::strategy::CheckpointStrategy;
 use burn::tensor::backend::Backend;
 use burn::tensor::ops::FloatTensor;
 use burn::tensor::{Tensor, TensorPrimitive};
@@ -27,12 +25,14 @@ pub trait KernelBackend: Backend {
         Self::float_matmul(lhs, rhs)
     }
 
-    /// `LayerNorm(a * alpha + b)` over the last dimension of `[rows, n]` tensors (`b` absent:
-    /// `LayerNorm(a * alpha)`), `gamma`/`beta` of shape `[n]`, biased variance, statistics in
+    /// `LayerNorm(a * alpha + (b + bias))` over the last dimension of `[rows, n]` tensors (`b`,
+    /// `bias` optional), `bias`/`gamma`/`beta` of shape `[n]`, biased variance, statistics in
     /// float32.
+    #[allow(clippy::too_many_arguments)]
     fn glm_add_layer_norm(
         a: FloatTensor<Self>,
         b: Option<FloatTensor<Self>>,
+        bias: Option<FloatTensor<Self>>,
         alpha: f32,
         gamma: FloatTensor<Self>,
         beta: FloatTensor<Self>,
@@ -41,6 +41,7 @@ pub trait KernelBackend: Backend {
         let out = reference::add_layer_norm::<Self>(
             float(a),
             b.map(float),
+            bias.map(float),
             alpha,
             float(gamma),
             float(beta),
@@ -83,8 +84,3 @@ fn float<B: Backend, const D: usize>(t: FloatTensor<B>) -> Tensor<B, D> {
 
 impl KernelBackend for NdArray<f32> {}
 impl KernelBackend for NdArray<f64> {}
-
-/// Training runs the reference ops under autodiff, so gradients come from burn's own backward.
-impl<B: KernelBackend, C: CheckpointStrategy> KernelBackend for Autodiff<B, C> {
-    const SHAPE_COMPILED: bool = B::SHAPE_COMPILED;
-}

@@ -7,6 +7,7 @@
 //! fusion) run CubeCL kernels instead, and the tests compare the two.
 
 mod api;
+mod autodiff;
 mod backend;
 #[cfg(feature = "cuda")]
 mod cube;
@@ -17,7 +18,8 @@ pub mod reference;
 pub mod runtime;
 
 pub use api::{
-    add_layer_norm, bias_gelu, fused_enabled, masked_softmax, matmul, rotary, unverified_enabled,
+    GemmStatus, add_layer_norm, bias_gelu, fused_enabled, gemm_status, masked_softmax, matmul,
+    rotary,
 };
 pub use backend::KernelBackend;
 

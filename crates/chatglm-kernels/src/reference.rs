@@ -8,27 +8,50 @@ use burn::tensor::{DType, Tensor};
 /// `sqrt(2 / pi)`.
 const GELU_C: f64 = 0.797_884_560_802_865_4;
 
-/// `LayerNorm(a * alpha + b)` over the last dimension, biased variance.
+/// `LayerNorm(a * alpha + (b + bias))` over the last dimension, biased variance (`b` and `bias`
+/// optional; `bias` is the bias of the linear layer that produced `b`).
 ///
 /// # Shapes
-/// - `a`, `b`: `[rows, n]`, `gamma`, `beta`: `[n]` -> `[rows, n]`
+/// - `a`, `b`: `[rows, n]`, `bias`, `gamma`, `beta`: `[n]` -> `[rows, n]`
 pub fn add_layer_norm<B: Backend>(
     a: Tensor<B, 2>,
     b: Option<Tensor<B, 2>>,
+    bias: Option<Tensor<B, 1>>,
     alpha: f32,
     gamma: Tensor<B, 1>,
     beta: Tensor<B, 1>,
     eps: f32,
 ) -> Tensor<B, 2> {
-    let mut h = if alpha == 1.0 { a } else { a * alpha };
-    if let Some(b) = b {
-        h = h + b;
-    }
+    let h = residual_sum(a, b, bias, alpha);
     let mean = h.clone().mean_dim(1);
     let centered = h - mean;
     let var = centered.clone().square().mean_dim(1);
     let normed = centered / (var + eps).sqrt();
     normed * gamma.unsqueeze::<2>() + beta.unsqueeze::<2>()
+}
+
+/// `a * alpha + (b + bias)`, rounded as the original rounds it (the linear layer's output with its
+/// bias first, then the scaled residual).
+///
+/// # Shapes
+/// - `a`, `b`: `[..., n]`, `bias`: `[n]` -> `[..., n]`
+pub fn residual_sum<B: Backend, const D: usize>(
+    a: Tensor<B, D>,
+    b: Option<Tensor<B, D>>,
+    bias: Option<Tensor<B, 1>>,
+    alpha: f32,
+) -> Tensor<B, D> {
+    let scaled = if alpha == 1.0 { a } else { a * alpha };
+    let b = match (b, bias) {
+        (Some(b), Some(bias)) => Some(b + bias.unsqueeze::<D>()),
+        (Some(b), None) => Some(b),
+        (None, Some(bias)) => return scaled + bias.unsqueeze::<D>(),
+        (None, None) => None,
+    };
+    match b {
+        Some(b) => scaled + b,
+        None => scaled,
+    }
 }
 
 /// `gelu_tanh(x + bias)`.

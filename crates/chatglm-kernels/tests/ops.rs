@@ -35,9 +35,10 @@ fn max_diff(a: &[f32], b: &[f32]) -> f32 {
         .fold(0.0, f32::max)
 }
 
+/// `LayerNorm(a * alpha + b + bias)` in f64; `bias` is `[n]`.
 fn host_add_layer_norm(
     a: &[f32],
-    b: Option<&[f32]>,
+    (b, bias): (Option<&[f32]>, Option<&[f32]>),
     alpha: f32,
     g: &[f32],
     beta: &[f32],
@@ -47,7 +48,11 @@ fn host_add_layer_norm(
     let mut out = Vec::with_capacity(a.len());
     for r in 0..a.len() / n {
         let h: Vec<f64> = (0..n)
-            .map(|i| a[r * n + i] as f64 * alpha as f64 + b.map_or(0.0, |b| b[r * n + i] as f64))
+            .map(|i| {
+                a[r * n + i] as f64 * alpha as f64
+                    + b.map_or(0.0, |b| b[r * n + i] as f64)
+                    + bias.map_or(0.0, |c| c[i] as f64)
+            })
             .collect();
         let mean = h.iter().sum::<f64>() / n as f64;
         let var = h.iter().map(|x| (x - mean) * (x - mean)).sum::<f64>() / n as f64;
@@ -101,12 +106,21 @@ fn check_layer_norm<B: KernelBackend>(dev: &B::Device, tol: Tol) {
         let b = random(rows * n, 2, 3.0);
         let g = random(n, 3, 1.5);
         let beta = random(n, 4, 0.5);
-        for (alpha, with_b) in [(7.483_315f32, true), (1.0, false)] {
-            let want = host_add_layer_norm(&a, with_b.then_some(&b[..]), alpha, &g, &beta, 1e-5);
+        let bias = random(n, 5, 1.0);
+        let cases = [
+            (7.483_315f32, true, true),
+            (7.483_315, true, false),
+            (1.0, false, false),
+        ];
+        for (alpha, with_b, with_bias) in cases {
+            let terms = (with_b.then_some(&b[..]), with_bias.then_some(&bias[..]));
+            let want = host_add_layer_norm(&a, terms, alpha, &g, &beta, 1e-5);
             let b3 = with_b.then(|| tensor::<B, 3>(&b, [1, rows, n], dev));
+            let bias1 = || with_bias.then(|| tensor::<B, 1>(&bias, [n], dev));
             let got = chatglm_kernels::add_layer_norm(
                 tensor::<B, 3>(&a, [1, rows, n], dev),
                 b3,
+                bias1(),
                 alpha,
                 tensor(&g, [n], dev),
                 tensor(&beta, [n], dev),
@@ -116,12 +130,13 @@ fn check_layer_norm<B: KernelBackend>(dev: &B::Device, tol: Tol) {
             let d = max_diff(&got, &want);
             assert!(
                 d <= tol.ln,
-                "{}: add_layer_norm rows={rows} n={n} alpha={alpha}: max diff {d}",
+                "{}: add_layer_norm rows={rows} n={n} alpha={alpha} bias={with_bias}: max diff {d}",
                 name::<B>()
             );
             let reference = reference::add_layer_norm(
                 tensor::<B, 2>(&a, [rows, n], dev),
                 with_b.then(|| tensor::<B, 2>(&b, [rows, n], dev)),
+                bias1(),
                 alpha,
                 tensor(&g, [n], dev),
                 tensor(&beta, [n], dev),
@@ -161,7 +176,14 @@ fn check_bias_gelu<B: KernelBackend>(dev: &B::Device, tol: Tol) {
 fn check_matmul<B: KernelBackend>(dev: &B::Device, tol: Tol) {
     // k = 4096 makes TF32 rounding visible (about 5e-4 relative per input), well above `tol.mm`
     // in float32.
-    for (m, k, n) in [(1usize, 4096usize, 48usize), (9, 4096, 40), (17, 64, 130)] {
+    // 64 and 40 rows reach cuBLAS on CUDA (at least 32 rows); 1, 9 and 17 stay with burn.
+    for (m, k, n) in [
+        (1usize, 4096usize, 48usize),
+        (9, 4096, 40),
+        (17, 64, 130),
+        (64, 4096, 48),
+        (40, 256, 130),
+    ] {
         let x = random(m * k, 7, 1.0);
         let w = random(n * k, 8, 1.0);
         let want = host_linear(&x, &w, m, k, n);
@@ -176,8 +198,53 @@ fn check_matmul<B: KernelBackend>(dev: &B::Device, tol: Tol) {
             name::<B>()
         );
     }
-    // Batched, as attention scores: [b, h, s, d] x [b, h, d, s].
-    let (b, h, s, d) = (2usize, 3usize, 5usize, 64usize);
+    // Batched, as attention scores: [b, h, s, d] x [b, h, d, s] (5 queries: burn; 40: cuBLAS).
+    for s in [5, 40] {
+        check_batched_matmul::<B>(dev, tol, s);
+    }
+    // One weight broadcast over the batch: [3, 40, 64] x [1, 64, 16].
+    let (x, w) = (random(3 * 40 * 64, 11, 1.0), random(64 * 16, 12, 1.0));
+    let got = values(chatglm_kernels::matmul(
+        tensor::<B, 3>(&x, [3, 40, 64], dev),
+        tensor::<B, 3>(&w, [1, 64, 16], dev),
+    ));
+    let mut wt = vec![0.0; 16 * 64]; // host_linear takes [n, k]
+    for (i, v) in w.iter().enumerate() {
+        wt[(i % 16) * 64 + i / 16] = *v;
+    }
+    let want = host_linear(&x, &wt, 3 * 40, 64, 16);
+    let diff = max_diff(&got, &want) / 8.0;
+    assert!(
+        diff <= tol.mm,
+        "{}: broadcast matmul: max diff / sqrt(k) = {diff}",
+        name::<B>()
+    );
+}
+
+/// Twelve dependent products, each followed by a kernel that reads its output: on CUDA every
+/// product (48 rows) runs on cuBLAS's stream, so a missing wait on either side of the handoff
+/// shows up as stale or unfinished data.
+fn check_gemm_chain<B: KernelBackend>(dev: &B::Device, tol: Tol) {
+    let (m, n) = (48usize, 64usize);
+    let mut host = random(m * n, 13, 1.0);
+    let mut x = tensor::<B, 2>(&host, [m, n], dev);
+    for step in 0..12u64 {
+        let w = random(n * n, 100 + step, 0.25);
+        let bias = random(n, 200 + step, 0.5);
+        let y = chatglm_kernels::matmul(x, tensor::<B, 2>(&w, [n, n], dev).transpose());
+        x = chatglm_kernels::bias_gelu(y, tensor::<B, 1>(&bias, [n], dev));
+        host = host_bias_gelu(&host_linear(&host, &w, m, n, n), &bias);
+    }
+    let d = max_diff(&values(x), &host);
+    assert!(
+        d <= 5.0 * tol.ln,
+        "{}: chain of products: max diff {d}",
+        name::<B>()
+    );
+}
+
+fn check_batched_matmul<B: KernelBackend>(dev: &B::Device, tol: Tol, s: usize) {
+    let (b, h, d) = (2usize, 3usize, 64usize);
     let q = random(b * h * s * d, 9, 1.0);
     let kk = random(b * h * s * d, 10, 1.0);
     let got = values(chatglm_kernels::matmul(
@@ -198,7 +265,7 @@ fn check_matmul<B: KernelBackend>(dev: &B::Device, tol: Tol) {
     let diff = max_diff(&got, &want) / (d as f32).sqrt();
     assert!(
         diff <= tol.mm,
-        "{}: batched matmul: max diff / sqrt(k) = {diff}",
+        "{}: batched matmul ({s} queries): max diff / sqrt(k) = {diff}",
         name::<B>()
     );
 }
@@ -333,6 +400,7 @@ fn check_all<B: KernelBackend>(dev: &B::Device, tol: Tol) {
     check_layer_norm::<B>(dev, tol);
     check_bias_gelu::<B>(dev, tol);
     check_matmul::<B>(dev, tol);
+    check_gemm_chain::<B>(dev, tol);
     check_masked_softmax::<B>(dev, tol);
 }
 
@@ -353,6 +421,76 @@ fn fused_ops_match_host_math_and_reference() {
         // Half precision: inputs and outputs rounded to 11 bits.
         let half = Tol { ln: 2e-2, mm: 2e-2 };
         check_all::<burn::backend::Cuda<burn::tensor::f16, i32>>(&dev, half);
+        check_all::<Cube<burn::tensor::f16>>(&dev, half);
+        // The products of at least 32 rows above ran on cuBLAS, unless it was switched off.
+        if std::env::var("CHATGLM_GEMM").is_ok_and(|v| v.eq_ignore_ascii_case("burn")) {
+            return;
+        }
+        let status = chatglm_kernels::gemm_status();
+        assert!(
+            matches!(status, chatglm_kernels::GemmStatus::Cublas { calls } if calls >= 20),
+            "products did not run on cuBLAS: {status:?}"
+        );
+    }
+}
+
+/// Gradients of `lhs x rhs^T` (a linear layer's shape, 48 rows so that on CUDA the forward and
+/// both gradient products run on cuBLAS) through `chatglm_kernels::matmul` against burn's matmul.
+fn check_matmul_gradients<B: burn::tensor::backend::AutodiffBackend + KernelBackend>(
+    dev: &B::Device,
+    tol: f32,
+) {
+    let (m, k, n) = (48usize, 64usize, 40usize);
+    let (x, w, g) = (
+        random(m * k, 21, 1.0),
+        random(n * k, 22, 1.0),
+        random(m * n, 23, 1.0),
+    );
+    let grads = |ours: bool| {
+        let xt = tensor::<B, 2>(&x, [m, k], dev).require_grad();
+        let wt = tensor::<B, 2>(&w, [n, k], dev).require_grad();
+        let y = if ours {
+            chatglm_kernels::matmul(xt.clone(), wt.clone().transpose())
+        } else {
+            xt.clone().matmul(wt.clone().transpose())
+        };
+        let loss = (y * tensor::<B, 2>(&g, [m, n], dev)).sum();
+        let gr = loss.backward();
+        let gx = xt.grad(&gr).expect("x gradient");
+        let gw = wt.grad(&gr).expect("w gradient");
+        (
+            gx.into_data().convert::<f32>().to_vec::<f32>().unwrap(),
+            gw.into_data().convert::<f32>().to_vec::<f32>().unwrap(),
+        )
+    };
+    let (ours, burns) = (grads(true), grads(false));
+    // d x = g w: sums of n products; d w = g^T x: sums of m.
+    let dx = max_diff(&ours.0, &burns.0) / (n as f32).sqrt();
+    let dw = max_diff(&ours.1, &burns.1) / (m as f32).sqrt();
+    assert!(
+        dx <= tol && dw <= tol,
+        "{}: gradients differ by {dx}, {dw}",
+        name::<B>()
+    );
+    // And both against the host: d x[i, t] = sum_j g[i, j] w[j, t].
+    let mut wt = vec![0.0; k * n];
+    for (i, v) in w.iter().enumerate() {
+        wt[(i % k) * n + i / k] = *v;
+    }
+    let want = host_linear(&g, &wt, m, n, k);
+    let d = max_diff(&ours.0, &want) / (n as f32).sqrt();
+    assert!(d <= tol, "{}: x gradient vs host: {d}", name::<B>());
+}
+
+#[test]
+fn matmul_gradients_match_burns_matmul() {
+    use burn::backend::Autodiff;
+    check_matmul_gradients::<Autodiff<burn::backend::NdArray<f32>>>(&Default::default(), 1e-5);
+    #[cfg(feature = "cuda")]
+    if std::env::var("CHATGLM_TEST_DEVICE").is_ok_and(|v| v.eq_ignore_ascii_case("cuda")) {
+        let dev = burn::backend::cuda::CudaDevice::new(0);
+        // burn's float32 matmul on CUDA rounds to TF32 (about 5e-4 relative per input).
+        check_matmul_gradients::<Autodiff<burn::backend::Cuda<f32, i32>>>(&dev, 2e-3);
     }
 }
 

@@ -8,7 +8,9 @@ use chatglm_kernels::KernelBackend;
 use crate::config::GlmConfig;
 use crate::kv_cache::KvCache;
 use crate::load::{LoadError, WeightSource};
-use crate::modules::{Attention, Block, Embedding, KvInput, LayerNorm, Linear, Mlp, Rope};
+use crate::modules::{
+    Attention, Block, Embedding, KvInput, LayerNorm, Linear, Mlp, Residual, Rope,
+};
 use crate::positions::{BatchLayout, PositionIds, SpecialIds};
 use crate::prefix::PrefixKv;
 
@@ -167,12 +169,17 @@ impl<B: KernelBackend> GlmModel<B> {
     /// # Shapes
     /// - output: `[batch, seq, hidden]`; the mask's key dimension is `prefix + seq`
     pub fn hidden(&self, inputs: &ForwardInputs<B>, prefix: Option<&PrefixKv<B>>) -> Tensor<B, 3> {
-        let mut x = self.transformer.word_embeddings.forward(inputs.ids.clone());
+        let mut x = self.embed(inputs);
         for (i, layer) in self.transformer.layers.iter().enumerate() {
             let past = prefix.map(|p| p[i].clone());
-            x = layer.forward(x, &inputs.rope, inputs.mask.clone(), KvInput::Fresh(past));
+            x = layer.forward_parts(x, &inputs.rope, inputs.mask.clone(), KvInput::Fresh(past));
         }
-        self.transformer.final_layernorm.forward(x)
+        self.transformer.final_layernorm.forward_residual(x)
+    }
+
+    /// The token embeddings of `inputs`, as the first block's input.
+    fn embed(&self, inputs: &ForwardInputs<B>) -> Residual<B> {
+        Residual::new(self.transformer.word_embeddings.forward(inputs.ids.clone()))
     }
 
     /// Full logits without a cache.
@@ -192,9 +199,9 @@ impl<B: KernelBackend> GlmModel<B> {
     pub fn hidden_cached(&self, inputs: &ForwardInputs<B>, cache: &mut KvCache<B>) -> Tensor<B, 3> {
         let offset = cache.len;
         let seq = inputs.ids.dims()[1];
-        let mut x = self.transformer.word_embeddings.forward(inputs.ids.clone());
+        let mut x = self.embed(inputs);
         for (layer, kv) in self.transformer.layers.iter().zip(cache.layers.iter_mut()) {
-            x = layer.forward(
+            x = layer.forward_parts(
                 x,
                 &inputs.rope,
                 inputs.mask.clone(),
@@ -202,7 +209,7 @@ impl<B: KernelBackend> GlmModel<B> {
             );
         }
         cache.len += seq;
-        self.transformer.final_layernorm.forward(x)
+        self.transformer.final_layernorm.forward_residual(x)
     }
 
     /// One decoding step of rows at different lengths ([`KvInput::Scatter`]): each row's new
@@ -218,12 +225,12 @@ impl<B: KernelBackend> GlmModel<B> {
         cache: &mut KvCache<B>,
         index: &Tensor<B, 4, Int>,
     ) -> Tensor<B, 3> {
-        let mut x = self.transformer.word_embeddings.forward(inputs.ids.clone());
+        let mut x = self.embed(inputs);
         for (layer, kv) in self.transformer.layers.iter().zip(cache.layers.iter_mut()) {
             let input = KvInput::Scatter { layer: kv, index };
-            x = layer.forward(x, &inputs.rope, inputs.mask.clone(), input);
+            x = layer.forward_parts(x, &inputs.rope, inputs.mask.clone(), input);
         }
-        self.transformer.final_layernorm.forward(x)
+        self.transformer.final_layernorm.forward_residual(x)
     }
 
     /// The tied output projection.

@@ -1,4 +1,4 @@
-//! `LayerNorm(a * alpha + b)` in one kernel: one cube per row, statistics in float32 with a
+//! `LayerNorm(a * alpha + b + bias)` in one kernel: one cube per row, statistics in float32 with a
 //! two-pass (mean, then centred variance) shared-memory reduction.
 
 use burn::tensor::Shape;
@@ -13,20 +13,25 @@ use super::reduce::block_sum;
 /// Threads per row (rows of ChatGLM-6B are 4096 wide: 16 elements per thread).
 const MAX_BLOCK: u32 = 256;
 
-/// `a[row, col] * alpha (+ b[row, col])` through each tensor's strides (burn-cuda may pitch the
-/// rows of 2D buffers, so a row does not always start at `row * n`).
+/// `a[row, col] * alpha (+ b[row, col]) (+ bias[col])` through each tensor's strides (burn-cuda
+/// may pitch the rows of 2D buffers, so a row does not always start at `row * n`).
 #[cube]
 fn residual<F: Float>(
     a: &Tensor<F>,
     b: &Tensor<F>,
+    bias: &Tensor<F>,
     row: usize,
     col: usize,
     alpha: f32,
     #[comptime] has_b: bool,
+    #[comptime] has_bias: bool,
 ) -> f32 {
     let mut v = f32::cast_from(a[row * a.stride(0) + col * a.stride(1)]) * alpha;
     if has_b {
         v += f32::cast_from(b[row * b.stride(0) + col * b.stride(1)]);
+    }
+    if has_bias {
+        v += f32::cast_from(bias[col * bias.stride(0)]);
     }
     v
 }
@@ -36,12 +41,14 @@ fn residual<F: Float>(
 fn add_layer_norm_kernel<F: Float>(
     a: &Tensor<F>,
     b: &Tensor<F>,
+    bias: &Tensor<F>,
     gamma: &Tensor<F>,
     beta: &Tensor<F>,
     out: &mut Tensor<F>,
     alpha: f32,
     eps: f32,
     #[comptime] has_b: bool,
+    #[comptime] has_bias: bool,
     #[comptime] block: u32,
     #[define(F)] _dtype: StorageType,
 ) {
@@ -58,7 +65,7 @@ fn add_layer_norm_kernel<F: Float>(
     for it in 0..iters {
         let idx = tid + it * step;
         if idx < n {
-            sum += residual::<F>(a, b, row, idx, alpha, has_b);
+            sum += residual::<F>(a, b, bias, row, idx, alpha, has_b, has_bias);
         }
     }
     let mean = block_sum(&mut shared, sum, tid) / n as f32;
@@ -67,7 +74,7 @@ fn add_layer_norm_kernel<F: Float>(
     for it in 0..iters {
         let idx = tid + it * step;
         if idx < n {
-            let d = residual::<F>(a, b, row, idx, alpha, has_b) - mean;
+            let d = residual::<F>(a, b, bias, row, idx, alpha, has_b, has_bias) - mean;
             sq += d * d;
         }
     }
@@ -77,7 +84,7 @@ fn add_layer_norm_kernel<F: Float>(
     for it in 0..iters {
         let idx = tid + it * step;
         if idx < n {
-            let d = residual::<F>(a, b, row, idx, alpha, has_b) - mean;
+            let d = residual::<F>(a, b, bias, row, idx, alpha, has_b, has_bias) - mean;
             let g = f32::cast_from(gamma[idx * gamma.stride(0)]);
             let bb = f32::cast_from(beta[idx * beta.stride(0)]);
             out[row * out.stride(0) + idx * out.stride(1)] = F::cast_from(d * inv * g + bb);
@@ -86,10 +93,11 @@ fn add_layer_norm_kernel<F: Float>(
 }
 
 /// # Shapes
-/// - `a`, `b`: `[rows, n]`, `gamma`, `beta`: `[n]` -> `[rows, n]`
+/// - `a`, `b`: `[rows, n]`, `bias`, `gamma`, `beta`: `[n]` -> `[rows, n]`
 pub(crate) fn add_layer_norm<R: CubeRuntime>(
     a: CubeTensor<R>,
     b: Option<CubeTensor<R>>,
+    bias: Option<CubeTensor<R>>,
     alpha: f32,
     gamma: CubeTensor<R>,
     beta: CubeTensor<R>,
@@ -99,6 +107,9 @@ pub(crate) fn add_layer_norm<R: CubeRuntime>(
     let has_b = b.is_some();
     let b = b.map(into_contiguous).unwrap_or_else(|| a.clone());
     let gamma = into_contiguous(gamma);
+    let has_bias = bias.is_some();
+    // Absent terms are not read (comptime flags); any tensor fills their argument slot.
+    let bias = bias.map(into_contiguous).unwrap_or_else(|| gamma.clone());
     let beta = into_contiguous(beta);
     let dims = a.meta.shape().clone();
     let (rows, n) = (dims[0], dims[1]);
@@ -121,12 +132,14 @@ pub(crate) fn add_layer_norm<R: CubeRuntime>(
         CubeDim::new_1d(block),
         a.into_tensor_arg(),
         b.into_tensor_arg(),
+        bias.into_tensor_arg(),
         gamma.into_tensor_arg(),
         beta.into_tensor_arg(),
         out.clone().into_tensor_arg(),
         alpha,
         eps,
         has_b,
+        has_bias,
         block,
         dtype.into(),
     );

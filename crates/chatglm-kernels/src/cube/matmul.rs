@@ -5,18 +5,37 @@
 //! the tiny ChatGLM fixture. Here float32 goes to cubek's register-tiled unit kernel (float32
 //! multiply-add, no tensor cores), or the naive kernel for layouts it rejects; half precision
 //! keeps burn's autotuned path.
+//!
+//! Before either, products of at least [`cublas::MIN_ROWS`] rows on CUDA go to cuBLAS
+//! ([`super::cublas`]): in float32 without TF32, in half precision with float32 accumulation.
+
+use std::any::Any;
 
 use burn::tensor::DType;
 use burn::tensor::ops::FloatTensorOps;
 use burn_cubecl::kernel::matmul::init_matmul_output;
 use burn_cubecl::tensor::CubeTensor;
 use burn_cubecl::{BoolElement, CubeBackend, CubeRuntime, FloatElement, IntElement};
+use cubecl::cuda::CudaRuntime;
 use cubek::matmul::definition::{MatmulElems, MatmulGlobalElems};
 use cubek::matmul::launch::Strategy;
 use cubek::matmul::routines::{
     BlueprintStrategy, TileSizeSelection, simple_unit::SimpleUnitSelectionArgs,
 };
 use cubek::std::InputBinding;
+
+use super::cublas;
+
+/// [`cublas::matmul`] when `R` is the CUDA runtime.
+fn cublas_matmul<R: CubeRuntime>(
+    lhs: &CubeTensor<R>,
+    rhs: &CubeTensor<R>,
+) -> Option<CubeTensor<R>> {
+    let lhs = (lhs as &dyn Any).downcast_ref::<CubeTensor<CudaRuntime>>()?;
+    let rhs = (rhs as &dyn Any).downcast_ref::<CubeTensor<CudaRuntime>>()?;
+    let out: Box<dyn Any> = Box::new(cublas::matmul(lhs, rhs)?);
+    out.downcast::<CubeTensor<R>>().ok().map(|out| *out)
+}
 
 pub(crate) fn matmul<R, F, I, BT>(lhs: CubeTensor<R>, rhs: CubeTensor<R>) -> CubeTensor<R>
 where
@@ -25,6 +44,9 @@ where
     I: IntElement,
     BT: BoolElement,
 {
+    if let Some(out) = cublas_matmul(&lhs, &rhs) {
+        return out;
+    }
     if lhs.dtype != DType::F32 || rhs.dtype != DType::F32 {
         return CubeBackend::<R, F, I, BT>::float_matmul(lhs, rhs);
     }

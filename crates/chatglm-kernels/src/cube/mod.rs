@@ -1,6 +1,7 @@
 //! CubeCL implementations of [`KernelBackend`] for burn's cube backends (burn-cuda without fusion;
 //! the fusion wrapper forwards to these through custom operations, see `crate::fusion`).
 
+mod cublas;
 mod elementwise;
 mod layer_norm;
 mod matmul;
@@ -11,6 +12,8 @@ use burn::tensor::ops::FloatTensor;
 use burn_cubecl::{BoolElement, CubeBackend, CubeRuntime, FloatElement, IntElement};
 
 use crate::KernelBackend;
+
+pub(crate) use cublas::status as gemm_status;
 
 impl<R, F, I, BT> KernelBackend for CubeBackend<R, F, I, BT>
 where
@@ -28,12 +31,13 @@ where
     fn glm_add_layer_norm(
         a: FloatTensor<Self>,
         b: Option<FloatTensor<Self>>,
+        bias: Option<FloatTensor<Self>>,
         alpha: f32,
         gamma: FloatTensor<Self>,
         beta: FloatTensor<Self>,
         eps: f32,
     ) -> FloatTensor<Self> {
-        layer_norm::add_layer_norm(a, b, alpha, gamma, beta, eps)
+        layer_norm::add_layer_norm(a, b, bias, alpha, gamma, beta, eps)
     }
 
     fn glm_bias_gelu(x: FloatTensor<Self>, bias: FloatTensor<Self>) -> FloatTensor<Self> {

@@ -67,6 +67,25 @@ impl<B: KernelBackend> Attention<B> {
         mask: Tensor<B, 4>,
         kv: KvInput<'_, B>,
     ) -> Tensor<B, 3> {
+        let out = self.forward_no_bias(x, rope, mask, kv);
+        match &self.dense.bias {
+            Some(bias) => out + bias.val().unsqueeze::<3>(),
+            None => out,
+        }
+    }
+
+    /// [`Attention::forward`] without the output projection's bias (for a caller that fuses it
+    /// into the next op).
+    ///
+    /// # Shapes
+    /// - as [`Attention::forward`]
+    pub fn forward_no_bias(
+        &self,
+        x: Tensor<B, 3>,
+        rope: &Rope<B>,
+        mask: Tensor<B, 4>,
+        kv: KvInput<'_, B>,
+    ) -> Tensor<B, 3> {
         let [b, s, hidden] = x.dims();
         let nh = self.num_heads;
         let hd = hidden / nh;
@@ -90,7 +109,7 @@ impl<B: KernelBackend> Attention<B> {
         };
         let ctx = attend_in_chunks(q, keys.swap_dims(2, 3), mask, values, QUERY_CHUNK);
         self.dense
-            .forward(ctx.swap_dims(1, 2).reshape([b, s, hidden]))
+            .forward_no_bias(ctx.swap_dims(1, 2).reshape([b, s, hidden]))
     }
 }
 

@@ -1,4 +1,5 @@
 //! One GLM block: `a = LN1(x); h = a*alpha + Attn(a); m = LN2(h); out = m*alpha + MLP(m)`.
+//! [`Block::forward_parts`] leaves both residual sums to the LayerNorm that follows them.
 
 use burn::module::Module;
 use burn::tensor::Tensor;
@@ -6,7 +7,7 @@ use burn::tensor::backend::Backend;
 use chatglm_kernels::KernelBackend;
 
 use super::attention::{Attention, KvInput};
-use super::layer_norm::LayerNorm;
+use super::layer_norm::{LayerNorm, Residual};
 use super::mlp::Mlp;
 use super::rotary::Rope;
 
@@ -38,12 +39,36 @@ impl<B: KernelBackend> Block<B> {
         mask: Tensor<B, 4>,
         kv: KvInput<'_, B>,
     ) -> Tensor<B, 3> {
-        let a = self.input_layernorm.forward(x);
-        let attn = self.attention.forward(a.clone(), rope, mask, kv);
-        let m = self
-            .post_attention_layernorm
-            .forward_residual(a, Some(attn), self.alpha);
-        let mlp = self.mlp.forward(m.clone());
-        m * self.alpha + mlp
+        self.forward_parts(Residual::new(x), rope, mask, kv).sum()
+    }
+
+    /// Runs the block on the parts of its input's residual sum and returns its output the same
+    /// way, for the next block's (or the final) LayerNorm to add.
+    ///
+    /// # Shapes
+    /// - `x`, output: parts of `[batch, seq, hidden]`
+    /// - `mask`: `[batch, 1, seq, keys]`
+    pub fn forward_parts(
+        &self,
+        x: Residual<B>,
+        rope: &Rope<B>,
+        mask: Tensor<B, 4>,
+        kv: KvInput<'_, B>,
+    ) -> Residual<B> {
+        let a = self.input_layernorm.forward_residual(x);
+        let attn = self.attention.forward_no_bias(a.clone(), rope, mask, kv);
+        let m = self.post_attention_layernorm.forward_residual(Residual {
+            a,
+            b: Some(attn),
+            bias: self.attention.dense.bias.as_ref().map(|b| b.val()),
+            alpha: self.alpha,
+        });
+        let mlp = self.mlp.forward_no_bias(m.clone());
+        Residual {
+            a: m,
+            b: Some(mlp),
+            bias: self.mlp.dense_4h_to_h.bias.as_ref().map(|b| b.val()),
+            alpha: self.alpha,
+        }
     }
 }

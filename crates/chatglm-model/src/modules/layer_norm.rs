@@ -33,26 +33,58 @@ impl<B: KernelBackend> LayerNorm<B> {
     /// # Shapes
     /// - `x`: `[batch, seq, hidden]` -> same
     pub fn forward(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
-        self.forward_residual(x, None, 1.0)
+        self.forward_residual(Residual::new(x))
     }
 
-    /// Normalises `a * alpha + b` (the block's scaled residual) in one fused op.
+    /// Normalises the sum a [`Residual`] stands for, in one fused op.
     ///
     /// # Shapes
-    /// - `a`, `b`: `[batch, seq, hidden]` -> same
-    pub fn forward_residual(
-        &self,
-        a: Tensor<B, 3>,
-        b: Option<Tensor<B, 3>>,
-        alpha: f64,
-    ) -> Tensor<B, 3> {
+    /// - `x`'s parts: `[batch, seq, hidden]` -> same
+    pub fn forward_residual(&self, x: Residual<B>) -> Tensor<B, 3> {
         chatglm_kernels::add_layer_norm(
-            a,
-            b,
-            alpha as f32,
+            x.a,
+            x.b,
+            x.bias,
+            x.alpha as f32,
             self.weight.val(),
             self.bias.val(),
             self.eps as f32,
         )
+    }
+}
+
+/// The hidden state between two LayerNorms, kept as the parts of ChatGLM-6B's residual sum
+/// `a * alpha + (b + bias)`: `a` the sublayer's normalised input, `b` its output before the bias
+/// of its last linear layer. The next LayerNorm adds them in its fused kernel, which saves the
+/// bias add, the scale and the sum (three launches) per sublayer.
+#[derive(Debug, Clone)]
+pub struct Residual<B: Backend> {
+    /// `[batch, seq, hidden]`.
+    pub a: Tensor<B, 3>,
+    /// `[batch, seq, hidden]`, when there is a sublayer output.
+    pub b: Option<Tensor<B, 3>>,
+    /// `[hidden]`: the bias `b` still lacks.
+    pub bias: Option<Tensor<B, 1>>,
+    /// Scale of `a`.
+    pub alpha: f64,
+}
+
+impl<B: Backend> Residual<B> {
+    /// A plain hidden state (`x * 1`).
+    pub fn new(x: Tensor<B, 3>) -> Self {
+        Self {
+            a: x,
+            b: None,
+            bias: None,
+            alpha: 1.0,
+        }
+    }
+
+    /// The sum itself, as the original rounds it.
+    ///
+    /// # Shapes
+    /// - output: `[batch, seq, hidden]`
+    pub fn sum(self) -> Tensor<B, 3> {
+        chatglm_kernels::reference::residual_sum(self.a, self.b, self.bias, self.alpha as f32)
     }
 }

@@ -30,11 +30,24 @@ impl<B: KernelBackend> Mlp<B> {
     /// # Shapes
     /// - `x`: `[batch, seq, hidden]` -> same
     pub fn forward(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
+        self.dense_4h_to_h.forward(self.activation(x))
+    }
+
+    /// [`Mlp::forward`] without the last projection's bias (for a caller that fuses it into the
+    /// next op).
+    ///
+    /// # Shapes
+    /// - `x`: `[batch, seq, hidden]` -> same
+    pub fn forward_no_bias(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
+        self.dense_4h_to_h.forward_no_bias(self.activation(x))
+    }
+
+    /// `gelu(dense_h_to_4h(x))`, the bias fused into the activation.
+    fn activation(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
         let up = self.dense_h_to_4h.forward_no_bias(x);
-        let act = match &self.dense_h_to_4h.bias {
+        match &self.dense_h_to_4h.bias {
             Some(bias) => chatglm_kernels::bias_gelu(up, bias.val()),
             None => gelu_tanh(up),
-        };
-        self.dense_4h_to_h.forward(act)
+        }
     }
 }

@@ -10,7 +10,7 @@ pub mod rotary;
 
 pub use attention::{Attention, KvInput};
 pub use block::Block;
-pub use layer_norm::LayerNorm;
+pub use layer_norm::{LayerNorm, Residual};
 pub use linear::{Embedding, Linear};
 pub use mlp::Mlp;
 pub use rotary::Rope;

@@ -248,6 +248,7 @@ fn main() {
                 "device": o.device, "dtype": o.dtype, "layers": o.layers, "batch": o.batch,
                 "seq": o.seq, "pre_seq_len": o.pre_seq_len, "checkpointing": o.checkpointing,
             });
+            v["gemm"] = serde_json::json!(format!("{:?}", chatglm_kernels::gemm_status()));
             println!("{v}");
         }
         Err(e) => {
