@@ -96,6 +96,52 @@ fn bench_backend<B: KernelBackend>(c: &mut Criterion, label: &str, dev: &B::Devi
     }
 }
 
+/// A decode step's attention inputs (one token into a 256-slot cache): the fused op against the
+/// reference ops. Each iteration's cache is a clone, so the kernel side also copies the cache
+/// (0.5 MB each for keys and values), as burn's slice assignment on the reference side does.
+fn bench_qkv_to_cache<B: KernelBackend>(c: &mut Criterion, label: &str, dev: &B::Device) {
+    const HEADS: usize = 32;
+    let hd = HIDDEN / HEADS;
+    let normal =
+        |shape: [usize; 4]| Tensor::<B, 4>::random(shape, Distribution::Normal(0.0, 1.0), dev);
+    let qkv = normal([1, 1, HEADS, 3 * hd]);
+    let bias = Tensor::<B, 1>::random([3 * HIDDEN], Distribution::Normal(0.0, 1.0), dev);
+    let (cos, sin) = (normal([1, 1, 1, 2 * hd]), normal([1, 1, 1, 2 * hd]));
+    let (keys, values) = (normal([1, HEADS, 256, hd]), normal([1, HEADS, 256, hd]));
+    let inputs = || {
+        (
+            qkv.clone(),
+            Some(bias.clone()),
+            (cos.clone(), sin.clone()),
+            (keys.clone(), values.clone()),
+        )
+    };
+    let fused = || {
+        let (qkv, bias, tables, cache) = inputs();
+        chatglm_kernels::qkv_to_cache(qkv, bias, tables, cache, 100)
+            .0
+            .reshape([HEADS, hd])
+    };
+    let plain = || {
+        let (qkv, bias, tables, cache) = inputs();
+        let q = reference::qkv_to_cache(qkv, bias, tables, cache, 100, reference::rotary).0;
+        q.reshape([HEADS, hd])
+    };
+    let name = format!("{label}/qkv_to_cache/{HEADS}x{hd}");
+    compare::<B>(c, name, dev, [("fused", &fused), ("reference", &plain)]);
+}
+
+/// A prefill-sized half-precision product through `chatglm_kernels::matmul` (cuBLAS on CUDA)
+/// against burn's matmul: 512 tokens through the QKV projection's `[out, in]` weight.
+fn bench_gemm<B: KernelBackend>(c: &mut Criterion, label: &str, dev: &B::Device) {
+    let w = Tensor::<B, 2>::random([3 * HIDDEN, HIDDEN], Distribution::Normal(0.0, 1.0), dev);
+    let x = Tensor::<B, 2>::random([512, HIDDEN], Distribution::Normal(0.0, 1.0), dev);
+    let ours = || chatglm_kernels::matmul(x.clone(), w.clone().transpose());
+    let burn = || x.clone().matmul(w.clone().transpose());
+    let name = format!("{label}/gemm/512x{HIDDEN}x{}", 3 * HIDDEN);
+    compare::<B>(c, name, dev, [("chatglm", &ours), ("burn", &burn)]);
+}
+
 /// The float32 matmul: the exact kernel against burn's (TF32 on tensor cores).
 fn bench_matmul<B: KernelBackend>(c: &mut Criterion, label: &str, dev: &B::Device) {
     let w = Tensor::<B, 2>::random([HIDDEN, HIDDEN], Distribution::Normal(0.0, 1.0), dev);
@@ -113,6 +159,7 @@ fn benches(c: &mut Criterion) {
     if !cuda {
         let dev = Default::default();
         bench_backend::<burn::backend::NdArray<f32>>(c, "cpu-f32", &dev);
+        bench_qkv_to_cache::<burn::backend::NdArray<f32>>(c, "cpu-f32", &dev);
         bench_matmul::<burn::backend::NdArray<f32>>(c, "cpu-f32", &dev);
         return;
     }
@@ -120,6 +167,10 @@ fn benches(c: &mut Criterion) {
     {
         let dev = burn::backend::cuda::CudaDevice::new(0);
         bench_backend::<burn::backend::Cuda<burn::tensor::f16, i32>>(c, "cuda-f16", &dev);
+        // Inference's backend (no fusion wrapper) for the ops of the cached and prefill paths.
+        type Direct = chatglm_kernels::CudaDirect<burn::tensor::f16>;
+        bench_qkv_to_cache::<Direct>(c, "cuda-direct-f16", &dev);
+        bench_gemm::<Direct>(c, "cuda-direct-f16", &dev);
         bench_matmul::<burn::backend::Cuda<f32, i32>>(c, "cuda-f32", &dev);
     }
     #[cfg(not(feature = "cuda"))]

@@ -63,6 +63,82 @@ pub fn rotary<B: KernelBackend>(
     Tensor::from_primitive(TensorPrimitive::Float(out))
 }
 
+/// The attention inputs of a cached step in one op: the QKV projection's output (without its
+/// bias) split into q, k and v per head, the bias added, q and k rotated as [`rotary`] does, and
+/// k and v written into the KV cache at slots `offset..offset + seq` (in place when nothing else
+/// holds the cache's buffers). One kernel on cube backends ([`fused_enabled`]), instead of a bias
+/// add, three slices, the rotary and two slice assignments; else [`reference::qkv_to_cache`].
+///
+/// # Shapes
+/// - `qkv`: `[batch, seq, heads, 3 * head_dim]`, `bias`: `[heads * 3 * head_dim]`
+/// - `cos`, `sin`: `[batch, 1, seq, 2 * head_dim]`
+/// - `keys`, `values`: `[batch, heads, capacity, head_dim]`
+/// - returns q `[batch, heads, seq, head_dim]` and the updated keys and values
+#[allow(clippy::type_complexity)]
+pub fn qkv_to_cache<B: KernelBackend>(
+    qkv: Tensor<B, 4>,
+    bias: Option<Tensor<B, 1>>,
+    (cos, sin): (Tensor<B, 4>, Tensor<B, 4>),
+    (keys, values): (Tensor<B, 4>, Tensor<B, 4>),
+    offset: usize,
+) -> (Tensor<B, 4>, Tensor<B, 4>, Tensor<B, 4>) {
+    let [b, s, heads, width] = qkv.dims();
+    let hd = width / 3;
+    assert_eq!(
+        width,
+        3 * hd,
+        "qkv_to_cache: the last dimension must be 3 * head_dim"
+    );
+    assert_eq!(hd % 4, 0, "qkv_to_cache: head_dim must be a multiple of 4");
+    if let Some(bias) = &bias {
+        assert_eq!(
+            bias.dims(),
+            [heads * width],
+            "qkv_to_cache: bias must be [heads * 3 * head_dim]"
+        );
+    }
+    assert_eq!(
+        cos.dims(),
+        [b, 1, s, 2 * hd],
+        "qkv_to_cache: cos must be [batch, 1, seq, 2 * head_dim]"
+    );
+    assert_eq!(
+        sin.dims(),
+        cos.dims(),
+        "qkv_to_cache: sin must be shaped as cos"
+    );
+    let [kb, kh, capacity, kd] = keys.dims();
+    assert!(
+        [kb, kh, kd] == [b, heads, hd] && values.dims() == keys.dims(),
+        "qkv_to_cache: keys and values must be [batch, heads, capacity, head_dim]"
+    );
+    assert!(
+        offset + s <= capacity && u32::try_from(capacity).is_ok(),
+        "qkv_to_cache: slots {offset}..{} outside the cache's {capacity}",
+        offset + s
+    );
+    if !fused_enabled() {
+        return reference::qkv_to_cache(
+            qkv,
+            bias,
+            (cos, sin),
+            (keys, values),
+            offset,
+            reference::rotary,
+        );
+    }
+    let prim = |t: Tensor<B, 4>| t.into_primitive().tensor();
+    let (q, keys, values) = B::glm_qkv_to_cache(
+        prim(qkv),
+        bias.map(|t| t.into_primitive().tensor()),
+        (prim(cos), prim(sin)),
+        (prim(keys), prim(values)),
+        offset,
+    );
+    let t = |p| Tensor::from_primitive(TensorPrimitive::Float(p));
+    (t(q), t(keys), t(values))
+}
+
 /// `softmax(scores + mask)` over the keys of attention scores, in float32 for half-precision
 /// scores, returned in the scores' dtype: the original's masked softmax. One kernel on cube
 /// backends ([`fused_enabled`]), else the reference ops.

@@ -70,6 +70,28 @@ pub trait KernelBackend: Backend {
             .tensor()
     }
 
+    /// The attention inputs of a cached step ([`reference::qkv_to_cache`], with the backend's
+    /// rotary): returns q and the keys and values with this step's written at `offset..`.
+    #[allow(clippy::type_complexity)]
+    fn glm_qkv_to_cache(
+        qkv: FloatTensor<Self>,
+        bias: Option<FloatTensor<Self>>,
+        (cos, sin): (FloatTensor<Self>, FloatTensor<Self>),
+        (keys, values): (FloatTensor<Self>, FloatTensor<Self>),
+        offset: usize,
+    ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>) {
+        let (q, keys, values) = reference::qkv_to_cache::<Self>(
+            float(qkv),
+            bias.map(float),
+            (float(cos), float(sin)),
+            (float(keys), float(values)),
+            offset,
+            |qk, cos, sin| crate::rotary(qk, cos, sin),
+        );
+        let prim = |t: Tensor<Self, 4>| t.into_primitive().tensor();
+        (prim(q), prim(keys), prim(values))
+    }
+
     /// `gelu_tanh(x + bias)` for `x: [rows, n]` and `bias: [n]`.
     fn glm_bias_gelu(x: FloatTensor<Self>, bias: FloatTensor<Self>) -> FloatTensor<Self> {
         reference::bias_gelu::<Self>(float(x), float(bias))

@@ -19,7 +19,7 @@ pub mod runtime;
 
 pub use api::{
     GemmStatus, add_layer_norm, bias_gelu, fused_enabled, gemm_status, masked_softmax, matmul,
-    rotary,
+    qkv_to_cache, rotary,
 };
 pub use backend::KernelBackend;
 

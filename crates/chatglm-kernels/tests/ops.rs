@@ -395,8 +395,85 @@ fn check_rotary<B: KernelBackend>(dev: &B::Device, tol: Tol) {
     }
 }
 
+/// A cached step's attention inputs against host math: bias, split, rotary, cache writes at
+/// `offset`; the slots around them keep their contents, and a cache buffer held elsewhere is not
+/// written.
+fn check_qkv_to_cache<B: KernelBackend>(dev: &B::Device, tol: Tol) {
+    // ChatGLM-6B's head width with one token, and a small head with a 5-token prefill.
+    for (b, s, h, hd, cap, offset) in [
+        (1usize, 1usize, 2usize, 128usize, 8usize, 3usize),
+        (2, 5, 3, 8, 12, 4),
+    ] {
+        let width = 3 * hd;
+        let qkv = random(b * s * h * width, 31, 2.0);
+        let bias = random(h * width, 32, 0.5);
+        let cos = random(b * s * 2 * hd, 33, 1.0);
+        let sin = random(b * s * 2 * hd, 34, 1.0);
+        let keys = random(b * h * cap * hd, 35, 1.0);
+        let vals = random(b * h * cap * hd, 36, 1.0);
+        // Host: q|k rows [b, h, s, 2 hd] and v rows [b, h, s, hd], bias added.
+        let mut qk = vec![0.0; b * h * s * 2 * hd];
+        let mut v = vec![0.0; b * h * s * hd];
+        for (i, x) in qkv.iter().enumerate() {
+            let (c, hi, si, bi) = (
+                i % width,
+                (i / width) % h,
+                (i / (width * h)) % s,
+                i / (width * h * s),
+            );
+            let x = x + bias[hi * width + c];
+            let row = (bi * h + hi) * s + si;
+            if c < 2 * hd {
+                qk[row * 2 * hd + c] = x;
+            } else {
+                v[row * hd + c - 2 * hd] = x;
+            }
+        }
+        let rot = host_rotary(&qk, &cos, &sin, [b, h, s, 2 * hd]);
+        let (mut want_q, mut want_k, mut want_v) = (Vec::new(), keys.clone(), vals.clone());
+        for row in 0..b * h * s {
+            let (bh, si) = (row / s, row % s);
+            want_q.extend_from_slice(&rot[row * 2 * hd..row * 2 * hd + hd]);
+            let slot = (bh * cap + offset + si) * hd;
+            want_k[slot..slot + hd].copy_from_slice(&rot[row * 2 * hd + hd..(row + 1) * 2 * hd]);
+            want_v[slot..slot + hd].copy_from_slice(&v[row * hd..(row + 1) * hd]);
+        }
+        let t4 = |v: &[f32], shape: [usize; 4]| tensor::<B, 4>(v, shape, dev);
+        let cache = [b, h, cap, hd];
+        let held = t4(&keys, cache);
+        let (q, k, vv) = chatglm_kernels::qkv_to_cache(
+            t4(&qkv, [b, s, h, width]),
+            Some(tensor::<B, 1>(&bias, [h * width], dev)),
+            (t4(&cos, [b, 1, s, 2 * hd]), t4(&sin, [b, 1, s, 2 * hd])),
+            (held.clone(), t4(&vals, cache)),
+            offset,
+        );
+        let got = [
+            ("q", values(q), &want_q),
+            ("keys", values(k), &want_k),
+            ("values", values(vv), &want_v),
+        ];
+        for (what, got, want) in got {
+            let d = max_diff(&got, want);
+            assert!(
+                d <= tol.ln,
+                "{}: qkv_to_cache {what} {:?}: max diff {d}",
+                name::<B>(),
+                (b, s, h, hd)
+            );
+        }
+        assert_eq!(
+            values(held),
+            values(t4(&keys, cache)),
+            "{}: qkv_to_cache wrote into a buffer held elsewhere",
+            name::<B>()
+        );
+    }
+}
+
 fn check_all<B: KernelBackend>(dev: &B::Device, tol: Tol) {
     check_rotary::<B>(dev, tol);
+    check_qkv_to_cache::<B>(dev, tol);
     check_layer_norm::<B>(dev, tol);
     check_bias_gelu::<B>(dev, tol);
     check_matmul::<B>(dev, tol);

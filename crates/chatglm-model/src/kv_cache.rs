@@ -8,6 +8,9 @@
 
 use burn::tensor::backend::Backend;
 use burn::tensor::{IndexingUpdateOp, Int, Tensor};
+use chatglm_kernels::KernelBackend;
+
+use crate::modules::Rope;
 
 /// Capacity bucket for `needed` key slots: multiples of 256 up to 2048, then of 1024.
 pub fn bucket(needed: usize) -> usize {
@@ -58,6 +61,30 @@ impl<B: Backend> LayerKv<B> {
             |t| t.slice_assign(range.clone(), k),
             |t| t.slice_assign(range.clone(), v),
         )
+    }
+
+    /// Writes a cached step's keys and values with [`chatglm_kernels::qkv_to_cache`]: `qkv` is
+    /// the QKV projection's output without its bias, `[batch, seq, heads, 3 * head_dim]`, written
+    /// at slots `offset..offset + seq`. Returns q and the whole cache (keys, values).
+    pub fn write_qkv(
+        &mut self,
+        offset: usize,
+        qkv: Tensor<B, 4>,
+        bias: Option<Tensor<B, 1>>,
+        rope: &Rope<B>,
+    ) -> (Tensor<B, 4>, Tensor<B, 4>, Tensor<B, 4>)
+    where
+        B: KernelBackend,
+    {
+        // Taking the tensors out leaves the cache as the only owner, so the kernel writes in
+        // place.
+        let keys = self.keys.take().expect("cache layer in use");
+        let values = self.values.take().expect("cache layer in use");
+        let tables = (rope.cos.clone(), rope.sin.clone());
+        let (q, k, v) = chatglm_kernels::qkv_to_cache(qkv, bias, tables, (keys, values), offset);
+        self.keys = Some(k.clone());
+        self.values = Some(v.clone());
+        (q, k, v)
     }
 
     /// The cached keys and values.

@@ -5,6 +5,7 @@ mod cublas;
 mod elementwise;
 mod layer_norm;
 mod matmul;
+mod qkv;
 mod reduce;
 mod softmax;
 
@@ -46,6 +47,16 @@ where
 
     fn glm_masked_softmax(scores: FloatTensor<Self>, mask: FloatTensor<Self>) -> FloatTensor<Self> {
         softmax::masked_softmax(scores, mask)
+    }
+
+    fn glm_qkv_to_cache(
+        qkv: FloatTensor<Self>,
+        bias: Option<FloatTensor<Self>>,
+        tables: (FloatTensor<Self>, FloatTensor<Self>),
+        (keys, values): (FloatTensor<Self>, FloatTensor<Self>),
+        offset: usize,
+    ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>) {
+        qkv::qkv_to_cache(qkv, bias, tables, keys, values, offset)
     }
 
     fn glm_rotary(

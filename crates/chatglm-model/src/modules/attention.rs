@@ -89,28 +89,52 @@ impl<B: KernelBackend> Attention<B> {
         let [b, s, hidden] = x.dims();
         let nh = self.num_heads;
         let hd = hidden / nh;
-        let mixed = self
+        let qkv = self
             .query_key_value
-            .forward(x)
-            .reshape([b, s, nh, 3 * hd])
-            .swap_dims(1, 2);
+            .forward_no_bias(x)
+            .reshape([b, s, nh, 3 * hd]);
+        let bias = self.query_key_value.bias.as_ref().map(|p| p.val());
         // q arrives scaled by 1/sqrt(head_dim) from the rotary tables.
-        let qk = rope.apply(mixed.clone().narrow(3, 0, 2 * hd));
-        let q = qk.clone().narrow(3, 0, hd);
-        let k = qk.narrow(3, hd, hd);
-        let v = mixed.narrow(3, 2 * hd, hd);
-        let (keys, values) = match kv {
-            KvInput::Fresh(None) => (k, v),
-            KvInput::Fresh(Some((pk, pv))) => {
-                (Tensor::cat(vec![pk, k], 2), Tensor::cat(vec![pv, v], 2))
+        let (q, keys, values) = match kv {
+            // Bias, split, rotary and cache writes in one op.
+            KvInput::Cache { layer, offset } => layer.write_qkv(offset, qkv, bias, rope),
+            KvInput::Fresh(past) => {
+                let (q, k, v) = split_rotate(qkv, bias, rope);
+                match past {
+                    None => (q, k, v),
+                    Some((pk, pv)) => (q, Tensor::cat(vec![pk, k], 2), Tensor::cat(vec![pv, v], 2)),
+                }
             }
-            KvInput::Cache { layer, offset } => layer.write(offset, k, v),
-            KvInput::Scatter { layer, index } => layer.scatter(index.clone(), k, v),
+            KvInput::Scatter { layer, index } => {
+                let (q, k, v) = split_rotate(qkv, bias, rope);
+                let (keys, values) = layer.scatter(index.clone(), k, v);
+                (q, keys, values)
+            }
         };
         let ctx = attend_in_chunks(q, keys.swap_dims(2, 3), mask, values, QUERY_CHUNK);
         self.dense
             .forward_no_bias(ctx.swap_dims(1, 2).reshape([b, s, hidden]))
     }
+}
+
+/// q, k and v (`[batch, heads, seq, head_dim]` each) from the QKV output `[batch, seq, heads,
+/// 3 * head_dim]` without its bias: the bias added, q and k rotated.
+fn split_rotate<B: KernelBackend>(
+    qkv: Tensor<B, 4>,
+    bias: Option<Tensor<B, 1>>,
+    rope: &Rope<B>,
+) -> (Tensor<B, 4>, Tensor<B, 4>, Tensor<B, 4>) {
+    let [_, _, nh, width] = qkv.dims();
+    let hd = width / 3;
+    let mixed = match bias {
+        Some(bias) => qkv + bias.reshape([1, 1, nh, width]),
+        None => qkv,
+    }
+    .swap_dims(1, 2);
+    let qk = rope.apply(mixed.clone().narrow(3, 0, 2 * hd));
+    let q = qk.clone().narrow(3, 0, hd);
+    let k = qk.narrow(3, hd, hd);
+    (q, k, mixed.narrow(3, 2 * hd, hd))
 }
 
 /// Queries per attention chunk. A longer input (a long prompt's prefill) is attended a chunk of

@@ -62,6 +62,9 @@ impl GemmPlan {
         }
         let batch_dims: Vec<usize> = (0..d - 2).map(|i| ls[i].max(rs[i])).collect();
         let batch: usize = batch_dims.iter().product();
+        if batch == 0 {
+            return None;
+        }
         let out_shape: Vec<usize> = batch_dims.iter().copied().chain([m, n]).collect();
         let second = operand(lhs.0, lhs.1, &batch_dims)?;
         let first = operand(rhs.0, rhs.1, &batch_dims)?;
@@ -84,6 +87,15 @@ impl GemmPlan {
             .all(|&ld| i32::try_from(ld).is_ok())
             .then_some(plan)
     }
+}
+
+/// Element strides of a contiguous row-major tensor of `shape`.
+pub(crate) fn contiguous_strides(shape: &[usize]) -> Vec<usize> {
+    let mut strides = vec![1; shape.len()];
+    for i in (0..shape.len().saturating_sub(1)).rev() {
+        strides[i] = strides[i + 1] * shape[i + 1];
+    }
+    strides
 }
 
 /// A row-major `[batch.., rows, cols]` tensor (shape, strides) as a cuBLAS operand of a product
@@ -142,13 +154,7 @@ fn batch_stride(shape: &[usize], strides: &[usize], batch_dims: &[usize]) -> Opt
 mod tests {
     use super::*;
 
-    fn contiguous(shape: &[usize]) -> Vec<usize> {
-        let mut s = vec![1; shape.len()];
-        for i in (0..shape.len().saturating_sub(1)).rev() {
-            s[i] = s[i + 1] * shape[i + 1];
-        }
-        s
-    }
+    use super::contiguous_strides as contiguous;
 
     #[test]
     fn a_linear_layer_reads_the_out_in_weight_transposed() {

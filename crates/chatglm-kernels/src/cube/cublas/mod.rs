@@ -33,11 +33,12 @@ use cubecl::cuda::CudaRuntime;
 use cubecl::prelude::*;
 use cubecl::server::Handle;
 use cudarc::cublas::sys as cublas;
+use cudarc::cublas::sys::cudaDataType as cudaType;
 use cudarc::driver::{result as cu, sys as cusys};
 
 use crate::GemmStatus;
 
-pub(crate) use layout::{GemmPlan, MIN_ROWS};
+pub(crate) use layout::{GemmPlan, MIN_ROWS, contiguous_strides};
 
 /// Environment variable choosing the GEMM of half- and single-precision products with at least
 /// [`MIN_ROWS`] rows: unset or `cublas` for cuBLAS where it loads, `burn` for burn's matmul.
@@ -96,7 +97,7 @@ fn handoff(flag: &Array<Atomic<u32>>, seq: u32) {
 
 /// `lhs x rhs` (burn semantics, see [`GemmPlan`]) through cuBLAS, or `None` when this product
 /// stays with burn: switched off, unsupported dtype or layout, too few rows, or cuBLAS unusable
-/// on this GPU (a warning is logged once).
+/// on this GPU (logged as a warning, and reported by [`status`]).
 pub(crate) fn matmul(
     lhs: &CubeTensor<CudaRuntime>,
     rhs: &CubeTensor<CudaRuntime>,
@@ -165,16 +166,6 @@ pub(crate) fn matmul(
         }
     })
 }
-
-fn contiguous_strides(shape: &[usize]) -> Vec<usize> {
-    let mut strides = vec![1; shape.len()];
-    for i in (0..shape.len().saturating_sub(1)).rev() {
-        strides[i] = strides[i + 1] * shape[i + 1];
-    }
-    strides
-}
-
-use cudarc::cublas::sys::cudaDataType as cudaType;
 
 thread_local! {
     /// This thread's lane per GPU index (`None`: cuBLAS unusable there).
