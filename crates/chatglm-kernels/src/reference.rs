@@ -104,10 +104,33 @@ pub fn rotary<B: Backend>(qk: Tensor<B, 4>, cos: Tensor<B, 4>, sin: Tensor<B, 4>
     qk * cos + swapped * sin
 }
 
-/// The attention inputs of a cached step: the QKV projection's output (without its bias) split
-/// into q, k and v per head, the bias added, q and k rotated by `rotate` (ChatGLM's 2D rotary,
-/// [`rotary`] or its kernel), and k and v written into the cache at slots
-/// `offset..offset + seq`. Returns q and the updated keys and values.
+/// q, k and v (`[batch, heads, seq, head_dim]` each) from the QKV projection's output without its
+/// bias: the bias added, the heads moved before the sequence, q and k rotated together by
+/// `rotate` (ChatGLM's 2D rotary: [`rotary`] or its kernel, with the tables captured).
+///
+/// # Shapes
+/// - `qkv`: `[batch, seq, heads, 3 * head_dim]`, `bias`: `[heads * 3 * head_dim]`
+pub fn split_qkv<B: Backend>(
+    qkv: Tensor<B, 4>,
+    bias: Option<Tensor<B, 1>>,
+    rotate: impl FnOnce(Tensor<B, 4>) -> Tensor<B, 4>,
+) -> (Tensor<B, 4>, Tensor<B, 4>, Tensor<B, 4>) {
+    let [_, _, heads, width] = qkv.dims();
+    let hd = width / 3;
+    let mixed = match bias {
+        Some(bias) => qkv + bias.reshape([1, 1, heads, width]),
+        None => qkv,
+    }
+    .swap_dims(1, 2);
+    let qk = rotate(mixed.clone().narrow(3, 0, 2 * hd));
+    let q = qk.clone().narrow(3, 0, hd);
+    let k = qk.narrow(3, hd, hd);
+    (q, k, mixed.narrow(3, 2 * hd, hd))
+}
+
+/// The attention inputs of a cached step: [`split_qkv`] with `rotate` (the rotary of [`rotary`]'s
+/// signature), then k and v written into the cache at slots `offset..offset + seq`. Returns q and
+/// the updated keys and values.
 ///
 /// # Shapes
 /// - `qkv`: `[batch, seq, heads, 3 * head_dim]`, `bias`: `[heads * 3 * head_dim]`
@@ -125,15 +148,7 @@ pub fn qkv_to_cache<B: Backend>(
 ) -> (Tensor<B, 4>, Tensor<B, 4>, Tensor<B, 4>) {
     let [b, s, heads, width] = qkv.dims();
     let hd = width / 3;
-    let mixed = match bias {
-        Some(bias) => qkv + bias.reshape([1, 1, heads, width]),
-        None => qkv,
-    }
-    .swap_dims(1, 2);
-    let qk = rotate(mixed.clone().narrow(3, 0, 2 * hd), cos, sin);
-    let q = qk.clone().narrow(3, 0, hd);
-    let k = qk.narrow(3, hd, hd);
-    let v = mixed.narrow(3, 2 * hd, hd);
+    let (q, k, v) = split_qkv(qkv, bias, |qk| rotate(qk, cos, sin));
     let range = [0..b, 0..heads, offset..offset + s, 0..hd];
     let keys = keys.slice_assign(range.clone(), k);
     (q, keys, values.slice_assign(range, v))

@@ -117,24 +117,14 @@ impl<B: KernelBackend> Attention<B> {
     }
 }
 
-/// q, k and v (`[batch, heads, seq, head_dim]` each) from the QKV output `[batch, seq, heads,
-/// 3 * head_dim]` without its bias: the bias added, q and k rotated.
+/// q, k and v from the QKV output without its bias ([`chatglm_kernels::reference::split_qkv`],
+/// rotated by the backend's rotary).
 fn split_rotate<B: KernelBackend>(
     qkv: Tensor<B, 4>,
     bias: Option<Tensor<B, 1>>,
     rope: &Rope<B>,
 ) -> (Tensor<B, 4>, Tensor<B, 4>, Tensor<B, 4>) {
-    let [_, _, nh, width] = qkv.dims();
-    let hd = width / 3;
-    let mixed = match bias {
-        Some(bias) => qkv + bias.reshape([1, 1, nh, width]),
-        None => qkv,
-    }
-    .swap_dims(1, 2);
-    let qk = rope.apply(mixed.clone().narrow(3, 0, 2 * hd));
-    let q = qk.clone().narrow(3, 0, hd);
-    let k = qk.narrow(3, hd, hd);
-    (q, k, mixed.narrow(3, 2 * hd, hd))
+    chatglm_kernels::reference::split_qkv(qkv, bias, |qk| rope.apply(qk))
 }
 
 /// Queries per attention chunk. A longer input (a long prompt's prefill) is attended a chunk of
