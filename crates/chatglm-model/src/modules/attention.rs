@@ -112,8 +112,15 @@ impl<B: KernelBackend> Attention<B> {
             }
         };
         let ctx = attend_in_chunks(q, keys.swap_dims(2, 3), mask, values, QUERY_CHUNK);
-        self.dense
-            .forward_no_bias(ctx.swap_dims(1, 2).reshape([b, s, hidden]))
+        // Heads back next to each other: `[b, heads, s, hd]` -> `[b, s, hidden]`. With one token
+        // the heads already are, and a reshape is a view where the transpose would be a copy
+        // kernel per layer and decoded token.
+        let ctx = if s == 1 {
+            ctx.reshape([b, s, hidden])
+        } else {
+            ctx.swap_dims(1, 2).reshape([b, s, hidden])
+        };
+        self.dense.forward_no_bias(ctx)
     }
 }
 
