@@ -67,11 +67,7 @@ impl<B: KernelBackend> Attention<B> {
         mask: Tensor<B, 4>,
         kv: KvInput<'_, B>,
     ) -> Tensor<B, 3> {
-        let out = self.forward_no_bias(x, rope, mask, kv);
-        match &self.dense.bias {
-            Some(bias) => out + bias.val().unsqueeze::<3>(),
-            None => out,
-        }
+        self.dense.add_bias(self.forward_no_bias(x, rope, mask, kv))
     }
 
     /// [`Attention::forward`] without the output projection's bias (for a caller that fuses it

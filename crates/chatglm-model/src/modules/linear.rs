@@ -39,7 +39,15 @@ impl<B: KernelBackend> Linear<B> {
     /// # Shapes
     /// - `x`: `[..., in]` -> `[..., out]`
     pub fn forward<const D: usize>(&self, x: Tensor<B, D>) -> Tensor<B, D> {
-        let y = self.forward_no_bias(x);
+        self.add_bias(self.forward_no_bias(x))
+    }
+
+    /// `y + b` over the last dimension (`y` unchanged without a bias): the second half of
+    /// [`Linear::forward`], for callers that computed `x W^T` themselves.
+    ///
+    /// # Shapes
+    /// - `y`: `[..., out]` -> same
+    pub fn add_bias<const D: usize>(&self, y: Tensor<B, D>) -> Tensor<B, D> {
         match &self.bias {
             Some(bias) => y + bias.val().unsqueeze::<D>(),
             None => y,

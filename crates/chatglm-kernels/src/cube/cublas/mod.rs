@@ -127,8 +127,7 @@ pub(crate) fn matmul(
     if rs.num_dims() != d || d < 2 || ls[d - 2] < MIN_ROWS {
         return None;
     }
-    let mut out_shape: Vec<usize> = (0..d - 2).map(|i| ls[i].max(rs[i])).collect();
-    out_shape.extend([ls[d - 2], rs[d - 1]]);
+    let out_shape = burn::tensor::calculate_matmul_output(ls, rs).ok()?;
     let operands = |out_strides: &[usize]| {
         GemmPlan::new(
             (ls, lhs.meta.strides()),
@@ -148,7 +147,7 @@ pub(crate) fn matmul(
         let out = empty_device_dtype(
             lhs.client.clone(),
             lhs.device.clone(),
-            out_shape.clone().into(),
+            out_shape.clone(),
             dtype,
         );
         let plan = operands(out.meta.strides())?;
