@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The GPU figures of docs/benchmarks.md. `benches/gpu/run.sh [ptuning] [ptfull] [context2048]
-# [restart] [fusion] [gemm] [continuous] [lengths] [launches]` runs the named steps (all without arguments: more than one 10-minute
+# [restart] [fusion] [gemm] [continuous] [lengths] [profile] [launches]` runs the named steps (all without arguments: more than one 10-minute
 # device call, so name two or three per call). Run from the repository root on the GPU machine,
 # with the stripped release binaries xz-packed in .dev/bin
 # (chatglm-bench, chatglm-ptuning-bench; see docs/benchmarks.md for how they are built and
@@ -63,6 +63,33 @@ step continuous 150 /tmp/bin/chatglm-bench --continuous --prefill 128 --batches 
 #     (kv_cache::prefill_width): 100, 101 and 127 run as 128, 130 and 150 as 160, so only 130
 #     should pay for compiling.
 step lengths 240 /tmp/bin/chatglm-bench --prefill 100,101,127,130,150 --batches 1 --decode-tokens 8
+# 3c. GPU time per kernel and decoded token: cubecl's "basic" profiling runs each launch on its
+#     own and times it on the device (so the run is slow, but each kernel's time is its own).
+#     Two runs per batch size differ by 2 x 64 decode steps.
+if wanted profile; then
+  mkdir -p /tmp/prof && (
+    cd /tmp/prof || exit 1
+    printf '[profiling.logger]\nlevel = "basic"\nfile = "/tmp/prof/log"\n' >cubecl.toml
+    for b in 1 8; do
+      for n in 32 96; do
+        rm -f log
+        timeout 200 /tmp/bin/chatglm-bench --prefill 128 --batches $b --decode-tokens $n >/dev/null 2>&1
+        # Lines "| 12.3µs     | name": microseconds per kernel name.
+        awk -F'|' '$2 ~ /^ *[0-9.]+(ns|µs|ms|s) *$/ { d = $2; gsub(/ /, "", d); u = 1
+             if (d ~ /ms$/) u = 1000; else if (d ~ /ns$/) u = 0.001; else if (d ~ /µs$/) u = 1; else if (d ~ /s$/) u = 1e6
+             gsub(/[a-zµ]+$/, "", d); n = $0; sub(/^\|[^|]*\| */, "", n); gsub(/ +$/, "", n); n = substr(n, 1, 90)
+             t[n] += d * u; c[n]++ }
+             END { for (k in t) printf "%.3f %d %s\n", t[k], c[k], k }' log >"k$b-$n"
+      done
+      echo "batch $b: GPU time per decoded token (us), launches per token, kernel"
+      awk -v b=$b 'FNR == NR { t = $1; c = $2; $1 = $2 = ""; a[$0] = t; ac[$0] = c; next }
+           { t = $1; c = $2; $1 = $2 = ""; d = (t - a[$0]) / 128; dc = (c - ac[$0]) / 128
+             if (dc >= 0.5) { printf "%9.1f %6.1f %s\n", d, dc, $0; s += d } }
+           END { printf "%9.1f total (batch %d)\n", s, b }' "k$b-32" "k$b-96" | sort -rn | head -24
+    done
+  ) | tee "$OUT/profile.txt"
+  cp /tmp/prof/k* "$OUT/" 2>/dev/null
+fi
 # 4. Kernel launches per decoded token: cubecl logs every launch (profiling level "minimal") when
 #    a cubecl.toml in the working directory asks for it; two runs differ by 2 x 64 decode steps.
 wanted launches || exit 0

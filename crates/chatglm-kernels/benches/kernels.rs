@@ -142,6 +142,23 @@ fn bench_gemm<B: KernelBackend>(c: &mut Criterion, label: &str, dev: &B::Device)
     compare::<B>(c, name, dev, [("chatglm", &ours), ("burn", &burn)]);
 }
 
+/// Decode's linear layers (1 and 8 rows against the `[out, in]` h->4h and 4h->h weights):
+/// `chatglm_kernels::matmul` (the GEMV kernel on CUDA) against burn's matmul. Each iteration runs
+/// the product 10 times before its sync, so that the time is the GPU's rather than the sync's.
+fn bench_gemv<B: KernelBackend>(c: &mut Criterion, label: &str, dev: &B::Device) {
+    for (out, inp) in [(INNER, HIDDEN), (HIDDEN, INNER)] {
+        let w = Tensor::<B, 2>::random([out, inp], Distribution::Normal(0.0, 1.0), dev);
+        for rows in [1usize, 8] {
+            let x = Tensor::<B, 2>::random([rows, inp], Distribution::Normal(0.0, 1.0), dev);
+            let times10 = |f: &dyn Fn() -> Tensor<B, 2>| (0..9).fold(f(), |_, _| f());
+            let ours = || times10(&|| chatglm_kernels::matmul(x.clone(), w.clone().transpose()));
+            let burn = || times10(&|| x.clone().matmul(w.clone().transpose()));
+            let name = format!("{label}/gemv_x10/{rows}x{inp}x{out}");
+            compare::<B>(c, name, dev, [("chatglm", &ours), ("burn", &burn)]);
+        }
+    }
+}
+
 /// The float32 matmul: the exact kernel against burn's (TF32 on tensor cores).
 fn bench_matmul<B: KernelBackend>(c: &mut Criterion, label: &str, dev: &B::Device) {
     let w = Tensor::<B, 2>::random([HIDDEN, HIDDEN], Distribution::Normal(0.0, 1.0), dev);
@@ -161,6 +178,7 @@ fn benches(c: &mut Criterion) {
         bench_backend::<burn::backend::NdArray<f32>>(c, "cpu-f32", &dev);
         bench_qkv_to_cache::<burn::backend::NdArray<f32>>(c, "cpu-f32", &dev);
         bench_matmul::<burn::backend::NdArray<f32>>(c, "cpu-f32", &dev);
+        bench_gemv::<burn::backend::NdArray<f32>>(c, "cpu-f32", &dev);
         return;
     }
     #[cfg(feature = "cuda")]
@@ -171,6 +189,7 @@ fn benches(c: &mut Criterion) {
         type Direct = chatglm_kernels::CudaDirect<burn::tensor::f16>;
         bench_qkv_to_cache::<Direct>(c, "cuda-direct-f16", &dev);
         bench_gemm::<Direct>(c, "cuda-direct-f16", &dev);
+        bench_gemv::<Direct>(c, "cuda-direct-f16", &dev);
         bench_matmul::<burn::backend::Cuda<f32, i32>>(c, "cuda-f32", &dev);
     }
     #[cfg(not(feature = "cuda"))]

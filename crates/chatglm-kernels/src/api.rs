@@ -185,10 +185,21 @@ pub fn gemm_status() -> GemmStatus {
     GemmStatus::NotUsed
 }
 
+/// Matrix products of at most 8 rows (decode: a row per sequence) that ran on this crate's CubeCL
+/// GEMV kernel in this process: linear layers with `[out, in]` weights and attention scores
+/// against cached keys (any cube backend; 0 elsewhere).
+pub fn gemv_calls() -> u64 {
+    #[cfg(feature = "cuda")]
+    return crate::cube::gemv_calls();
+    #[cfg(not(feature = "cuda"))]
+    0
+}
+
 /// Matrix product as [`Tensor::matmul`], but float32 stays float32 on every backend (burn's
 /// CUDA matmul rounds float32 inputs to TF32 on tensor cores). On CUDA, products of at least 32
-/// rows run on cuBLAS (`CHATGLM_GEMM=burn` keeps burn's matmul); under autodiff both gradients
-/// are such products too.
+/// rows run on cuBLAS (`CHATGLM_GEMM=burn` keeps burn's matmul), and products of at most 8 rows
+/// against a matrix with contiguous columns on a GEMV kernel ([`gemv_calls`]); under autodiff
+/// both gradients are such products too.
 ///
 /// # Shapes
 /// - `lhs`: `[..., m, k]`, `rhs`: `[..., k, n]` (batch dimensions broadcast) -> `[..., m, n]`

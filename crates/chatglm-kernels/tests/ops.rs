@@ -176,9 +176,15 @@ fn check_bias_gelu<B: KernelBackend>(dev: &B::Device, tol: Tol) {
 fn check_matmul<B: KernelBackend>(dev: &B::Device, tol: Tol) {
     // k = 4096 makes TF32 rounding visible (about 5e-4 relative per input), well above `tol.mm`
     // in float32.
-    // 64 and 40 rows reach cuBLAS on CUDA (at least 32 rows); 1, 9 and 17 stay with burn.
+    // On CUDA: 64 and 40 rows reach cuBLAS (at least 32 rows); 9 and 17 stay with burn; at most
+    // 8 rows go to the GEMV kernel, whose vector width and passes depend on k: 4096 and 16384
+    // (8 halves per load, 4 loads in flight), 200 (4 per load, a partial pass), 7 (scalars).
     for (m, k, n) in [
         (1usize, 4096usize, 48usize),
+        (8, 4096, 130),
+        (2, 16384, 40),
+        (3, 200, 33),
+        (5, 7, 3),
         (9, 4096, 40),
         (17, 64, 130),
         (64, 4096, 48),
@@ -198,10 +204,23 @@ fn check_matmul<B: KernelBackend>(dev: &B::Device, tol: Tol) {
             name::<B>()
         );
     }
-    // Batched, as attention scores: [b, h, s, d] x [b, h, d, s] (5 queries: burn; 40: cuBLAS).
-    for s in [5, 40] {
-        check_batched_matmul::<B>(dev, tol, s);
+    // Batched, as attention scores: [b, h, s, d] x [b, h, d, keys] (5 queries: burn; 40:
+    // cuBLAS; one query against a cache of 257 slots: the GEMV kernel).
+    for (s, keys) in [(5, 5), (40, 40), (1, 257)] {
+        check_batched_matmul::<B>(dev, tol, s, keys);
     }
+    // A weight broadcast over the batch, seen transposed (GEMV): [3, 2, 64] x [1, 64, 16].
+    let (x, w) = (random(3 * 2 * 64, 13, 1.0), random(16 * 64, 14, 1.0));
+    let got = values(chatglm_kernels::matmul(
+        tensor::<B, 3>(&x, [3, 2, 64], dev),
+        tensor::<B, 3>(&w, [1, 16, 64], dev).swap_dims(1, 2),
+    ));
+    let diff = max_diff(&got, &host_linear(&x, &w, 3 * 2, 64, 16)) / 8.0;
+    assert!(
+        diff <= tol.mm,
+        "{}: broadcast GEMV: max diff / sqrt(k) = {diff}",
+        name::<B>()
+    );
     // One weight broadcast over the batch: [3, 40, 64] x [1, 64, 16].
     let (x, w) = (random(3 * 40 * 64, 11, 1.0), random(64 * 16, 12, 1.0));
     let got = values(chatglm_kernels::matmul(
@@ -243,29 +262,29 @@ fn check_gemm_chain<B: KernelBackend>(dev: &B::Device, tol: Tol) {
     );
 }
 
-fn check_batched_matmul<B: KernelBackend>(dev: &B::Device, tol: Tol, s: usize) {
-    let (b, h, d) = (2usize, 3usize, 64usize);
+fn check_batched_matmul<B: KernelBackend>(dev: &B::Device, tol: Tol, s: usize, keys: usize) {
+    let (b, h, d) = (2usize, 3usize, 128usize);
     let q = random(b * h * s * d, 9, 1.0);
-    let kk = random(b * h * s * d, 10, 1.0);
+    let kk = random(b * h * keys * d, 10, 1.0);
     let got = values(chatglm_kernels::matmul(
         tensor::<B, 4>(&q, [b, h, s, d], dev),
-        tensor::<B, 4>(&kk, [b, h, s, d], dev).swap_dims(2, 3),
+        tensor::<B, 4>(&kk, [b, h, keys, d], dev).swap_dims(2, 3),
     ));
     let mut want = Vec::new();
     for bh in 0..b * h {
-        let off = bh * s * d;
+        let (qo, ko) = (bh * s * d, bh * keys * d);
         want.extend(host_linear(
-            &q[off..off + s * d],
-            &kk[off..off + s * d],
+            &q[qo..qo + s * d],
+            &kk[ko..ko + keys * d],
             s,
             d,
-            s,
+            keys,
         ));
     }
     let diff = max_diff(&got, &want) / (d as f32).sqrt();
     assert!(
         diff <= tol.mm,
-        "{}: batched matmul ({s} queries): max diff / sqrt(k) = {diff}",
+        "{}: batched matmul ({s} queries, {keys} keys): max diff / sqrt(k) = {diff}",
         name::<B>()
     );
 }
@@ -499,6 +518,9 @@ fn fused_ops_match_host_math_and_reference() {
         let half = Tol { ln: 2e-2, mm: 2e-2 };
         check_all::<burn::backend::Cuda<burn::tensor::f16, i32>>(&dev, half);
         check_all::<Cube<burn::tensor::f16>>(&dev, half);
+        // The products of at most 8 rows above ran on the GEMV kernel.
+        let gemv = chatglm_kernels::gemv_calls();
+        assert!(gemv >= 20, "only {gemv} products ran on the GEMV kernel");
         // The products of at least 32 rows above ran on cuBLAS, unless it was switched off.
         if std::env::var("CHATGLM_GEMM").is_ok_and(|v| v.eq_ignore_ascii_case("burn")) {
             return;

@@ -1,5 +1,5 @@
-//! `LayerNorm(a * alpha + b + bias)` in one kernel: one cube per row, statistics in float32 with a
-//! two-pass (mean, then centred variance) shared-memory reduction.
+//! `LayerNorm(a * alpha + b + bias)` in one kernel: one cube per row, the row held in registers,
+//! statistics in float32 (mean, then the centred variance) with warp reductions.
 
 use burn::tensor::Shape;
 use burn_cubecl::CubeRuntime;
@@ -8,10 +8,12 @@ use burn_cubecl::ops::numeric::empty_device_dtype;
 use burn_cubecl::tensor::CubeTensor;
 use cubecl::prelude::*;
 
-use super::reduce::block_sum;
+use super::reduce::cube_sum;
 
-/// Threads per row (rows of ChatGLM-6B are 4096 wide: 16 elements per thread).
-const MAX_BLOCK: u32 = 256;
+/// Threads per row (rows of ChatGLM-6B are 4096 wide: 4 elements per thread). A row is one
+/// cube, and at one token per step there is one row: a wide cube keeps few loads per unit, so the
+/// kernel is not bound by the latency of loads issued one after another.
+const MAX_BLOCK: u32 = 1024;
 
 /// `a[row, col] * alpha (+ b[row, col]) (+ bias[col])` through each tensor's strides (burn-cuda
 /// may pitch the rows of 2D buffers, so a row does not always start at `row * n`).
@@ -50,44 +52,48 @@ fn add_layer_norm_kernel<F: Float>(
     #[comptime] has_b: bool,
     #[comptime] has_bias: bool,
     #[comptime] block: u32,
+    #[comptime] per_unit: usize,
     #[define(F)] _dtype: StorageType,
 ) {
     let n = out.shape(1);
     let row = CUBE_POS_X as usize;
     let tid = UNIT_POS_X as usize;
     let step = block as usize;
-    // Every unit runs the same number of iterations and guards the index: rows narrower than the
-    // cube (and widths that are not a multiple of it) leave some units idle on the last pass.
-    let iters = n.div_ceil(step);
-    let mut shared = SharedMemory::<f32>::new(block as usize);
-
+    let mut shared = SharedMemory::<f32>::new((block / 32) as usize);
+    // Each unit reads its `per_unit` inputs once, all loads in flight together, and keeps them in
+    // registers for both statistics and the output (the row is never read twice).
+    let mut vals = Array::<f32>::new(per_unit);
     let mut sum = 0.0f32;
-    for it in 0..iters {
-        let idx = tid + it * step;
+    #[unroll]
+    for i in 0..per_unit {
+        let idx = tid + i * step;
+        let mut v = 0.0f32;
         if idx < n {
-            sum += residual::<F>(a, b, bias, row, idx, alpha, has_b, has_bias);
+            v = residual::<F>(a, b, bias, row, idx, alpha, has_b, has_bias);
         }
+        vals[i] = v;
+        sum += v;
     }
-    let mean = block_sum(&mut shared, sum, tid) / n as f32;
+    let mean = cube_sum(&mut shared, sum) / n as f32;
 
     let mut sq = 0.0f32;
-    for it in 0..iters {
-        let idx = tid + it * step;
-        if idx < n {
-            let d = residual::<F>(a, b, bias, row, idx, alpha, has_b, has_bias) - mean;
+    #[unroll]
+    for i in 0..per_unit {
+        if tid + i * step < n {
+            let d = vals[i] - mean;
             sq += d * d;
         }
     }
-    let var = block_sum(&mut shared, sq, tid) / n as f32;
-    let inv = 1.0f32 / f32::sqrt(var + eps);
+    let inv = 1.0f32 / f32::sqrt(cube_sum(&mut shared, sq) / n as f32 + eps);
 
-    for it in 0..iters {
-        let idx = tid + it * step;
+    #[unroll]
+    for i in 0..per_unit {
+        let idx = tid + i * step;
         if idx < n {
-            let d = residual::<F>(a, b, bias, row, idx, alpha, has_b, has_bias) - mean;
             let g = f32::cast_from(gamma[idx * gamma.stride(0)]);
             let bb = f32::cast_from(beta[idx * beta.stride(0)]);
-            out[row * out.stride(0) + idx * out.stride(1)] = F::cast_from(d * inv * g + bb);
+            out[row * out.stride(0) + idx * out.stride(1)] =
+                F::cast_from((vals[i] - mean) * inv * g + bb);
         }
     }
 }
@@ -124,8 +130,9 @@ pub(crate) fn add_layer_norm<R: CubeRuntime>(
     if rows == 0 {
         return out;
     }
-    // A power of two (the reduction halves it), at least one warp, at most MAX_BLOCK.
-    let block = (n as u32).next_power_of_two().clamp(32, MAX_BLOCK);
+    // Whole warps (the reduction sums per warp first), at most MAX_BLOCK.
+    let block = (n as u32).next_multiple_of(32).min(MAX_BLOCK);
+    let per_unit = n.div_ceil(block as usize);
     add_layer_norm_kernel::launch::<R>(
         &client,
         CubeCount::Static(rows as u32, 1, 1),
@@ -141,6 +148,7 @@ pub(crate) fn add_layer_norm<R: CubeRuntime>(
         has_b,
         has_bias,
         block,
+        per_unit,
         dtype.into(),
     );
     out

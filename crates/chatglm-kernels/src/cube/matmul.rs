@@ -6,8 +6,10 @@
 //! multiply-add, no tensor cores), or the naive kernel for layouts it rejects; half precision
 //! keeps burn's autotuned path.
 //!
-//! Before either, products of at least [`cublas::MIN_ROWS`] rows on CUDA go to cuBLAS
-//! ([`super::cublas`]): in float32 without TF32, in half precision with float32 accumulation.
+//! Before either, products of at most [`gemv::MAX_ROWS`] rows against a matrix with contiguous
+//! columns (decode's linear layers and attention scores) go to [`super::gemv`], and products of
+//! at least [`cublas::MIN_ROWS`] rows on CUDA go to cuBLAS ([`super::cublas`]): in float32
+//! without TF32, in half precision with float32 accumulation.
 
 use std::any::Any;
 
@@ -24,7 +26,7 @@ use cubek::matmul::routines::{
 };
 use cubek::std::InputBinding;
 
-use super::cublas;
+use super::{cublas, gemv};
 
 /// [`cublas::matmul`] when `R` is the CUDA runtime.
 fn cublas_matmul<R: CubeRuntime>(
@@ -44,6 +46,9 @@ where
     I: IntElement,
     BT: BoolElement,
 {
+    if let Some(out) = gemv::matmul(&lhs, &rhs) {
+        return out;
+    }
     if let Some(out) = cublas_matmul(&lhs, &rhs) {
         return out;
     }

@@ -3,6 +3,7 @@
 
 mod cublas;
 mod elementwise;
+mod gemv;
 mod layer_norm;
 mod matmul;
 mod qkv;
@@ -15,6 +16,7 @@ use burn_cubecl::{BoolElement, CubeBackend, CubeRuntime, FloatElement, IntElemen
 use crate::KernelBackend;
 
 pub(crate) use cublas::status as gemm_status;
+pub(crate) use gemv::calls as gemv_calls;
 
 impl<R, F, I, BT> KernelBackend for CubeBackend<R, F, I, BT>
 where

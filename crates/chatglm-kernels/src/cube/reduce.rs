@@ -1,4 +1,5 @@
-//! Reductions over the units of one cube (a power of two of them) through shared memory.
+//! Reductions over the units of one cube: through shared memory (a power of two of units), or
+//! per warp first (whole warps of 32).
 
 use cubecl::prelude::*;
 
@@ -39,6 +40,25 @@ pub(crate) fn block_sum(shared: &mut SharedMemory<f32>, value: f32, tid: usize) 
         stride /= 2;
     }
     let total = shared[0];
+    sync_cube();
+    total
+}
+
+/// Sum of `value` over the cube's units (whole warps, `shared` holding a slot per warp); every
+/// unit gets the total. Each warp sums its units with a warp reduction, then every unit adds the
+/// warps' sums.
+#[cube]
+pub(crate) fn cube_sum(shared: &mut SharedMemory<f32>, value: f32) -> f32 {
+    let warps = (CUBE_DIM_X / PLANE_DIM) as usize;
+    let warp_total = plane_sum(value);
+    if UNIT_POS_PLANE == 0 {
+        shared[(UNIT_POS_X / PLANE_DIM) as usize] = warp_total;
+    }
+    sync_cube();
+    let mut total = 0.0f32;
+    for w in 0..warps {
+        total += shared[w];
+    }
     sync_cube();
     total
 }

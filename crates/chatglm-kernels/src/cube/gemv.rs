@@ -1,0 +1,233 @@
+//! Products of a few rows (decode: one row per sequence) against a matrix whose columns are
+//! contiguous: the `[out, in]` weight of a linear layer seen transposed, or the keys of a KV
+//! cache seen as `[.., head_dim, slots]`. Such a product reads the matrix once and is bound by
+//! memory bandwidth, so the kernel is built around the matrix read:
+//! - one warp per output column (a weight row), its 32 units reading 16-byte vectors along `k`,
+//!   several vectors in flight per unit;
+//! - every row of the left operand (at most [`MAX_ROWS`], a compile-time count) is multiplied
+//!   with each loaded vector, so a batch of 8 sequences reads each weight once, not 8 times;
+//! - float32 accumulation, a warp reduction per row, one store per output.
+//!
+//! burn's autotuned matmul runs such products below the bandwidth limit (its GEMV) or far below
+//! it for 2-8 rows (tiled kernels that pad the rows): see `docs/benchmarks.md`.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use burn::tensor::{DType, Shape};
+use burn_cubecl::CubeRuntime;
+use burn_cubecl::ops::numeric::empty_device_dtype;
+use burn_cubecl::tensor::CubeTensor;
+use cubecl::prelude::*;
+
+/// Most rows of the left operand the kernel takes (the accumulators are registers).
+pub(crate) const MAX_ROWS: usize = 8;
+/// Warps (output columns) per cube.
+const WARPS: u32 = 8;
+/// Units per warp the launch assumes (NVIDIA).
+const WARP: usize = 32;
+
+/// Products run on this kernel so far in this process.
+static CALLS: AtomicU64 = AtomicU64::new(0);
+
+/// See [`crate::gemv_calls`].
+pub(crate) fn calls() -> u64 {
+    CALLS.load(Ordering::Relaxed)
+}
+
+/// Offset (in elements) of batch entry `batch` of `t`, whose batch dimensions (all but the last
+/// two) broadcast against `out`'s.
+#[cube]
+fn batch_offset<F: Float, N: Size>(
+    t: &Tensor<Vector<F, N>>,
+    out: &Tensor<F>,
+    batch: usize,
+) -> usize {
+    let rank = out.rank();
+    let mut rem = batch;
+    let mut offset = 0usize;
+    let mut d = rank - 2;
+    while d > 0 {
+        d -= 1;
+        let size = out.shape(d);
+        let index = rem % size;
+        rem /= size;
+        if t.shape(d) != 1 {
+            offset += index * t.stride(d);
+        }
+    }
+    offset
+}
+
+#[cube(launch)]
+fn gemv_kernel<F: Float, N: Size>(
+    lhs: &Tensor<Vector<F, N>>,
+    rhs: &Tensor<Vector<F, N>>,
+    out: &mut Tensor<F>,
+    #[comptime] rows: usize,
+    #[comptime] unroll: usize,
+    #[comptime] checked: bool,
+    #[define(F)] _dtype: StorageType,
+) {
+    let rank = out.rank();
+    let n = out.shape(rank - 1);
+    let col = (CUBE_POS_X * CUBE_DIM_Y + UNIT_POS_Y) as usize;
+    if col >= n {
+        terminate!();
+    }
+    let lane = UNIT_POS_X as usize;
+    let batch = CUBE_POS_Y as usize;
+    let width = lhs.vector_size();
+    // In vectors: the left operand's rows, the matrix column (`k` contiguous) and its length.
+    let lhs_base = batch_offset::<F, N>(lhs, out, batch) / width;
+    let lhs_row = lhs.stride(rank - 2) / width;
+    let rhs_base = (batch_offset::<F, N>(rhs, out, batch) + col * rhs.stride(rank - 1)) / width;
+    let kv = lhs.shape(rank - 1) / width;
+
+    // Per row, lane-wise partial sums (reduced across lanes and units at the end).
+    let mut acc = Array::<Vector<f32, N>>::new(rows);
+    #[unroll]
+    for r in 0..rows {
+        acc[r] = Vector::<f32, N>::new(0.0f32);
+    }
+    let mut w = Array::<Vector<F, N>>::new(unroll);
+    // Units step through `k` a warp's width (32 vectors) at a time, `unroll` steps per pass.
+    let mut base = lane;
+    while base < kv {
+        // All of this pass's matrix loads first, so they are in flight together.
+        #[unroll]
+        for u in 0..unroll {
+            let v = base + u * 32;
+            if checked {
+                w[u] = Vector::<F, N>::new(F::new(0.0));
+                if v < kv {
+                    w[u] = rhs[rhs_base + v];
+                }
+            } else {
+                w[u] = rhs[rhs_base + v];
+            }
+        }
+        #[unroll]
+        for u in 0..unroll {
+            let v = base + u * 32;
+            let wf = Vector::<f32, N>::cast_from(w[u]);
+            #[unroll]
+            for r in 0..rows {
+                let mut x = Vector::<f32, N>::new(0.0f32);
+                if checked {
+                    if v < kv {
+                        x = Vector::<f32, N>::cast_from(lhs[lhs_base + r * lhs_row + v]);
+                    }
+                } else {
+                    x = Vector::<f32, N>::cast_from(lhs[lhs_base + r * lhs_row + v]);
+                }
+                acc[r] += x * wf;
+            }
+        }
+        base += 32 * unroll;
+    }
+    let out_base = batch_offset_out(out, batch) + col * out.stride(rank - 1);
+    #[unroll]
+    for r in 0..rows {
+        let total = plane_sum(f32::cast_from(acc[r].vector_sum()));
+        if lane == 0 {
+            out[out_base + r * out.stride(rank - 2)] = F::cast_from(total);
+        }
+    }
+}
+
+/// Offset (in elements) of batch entry `batch` of `out`.
+#[cube]
+fn batch_offset_out<F: Float>(out: &Tensor<F>, batch: usize) -> usize {
+    let rank = out.rank();
+    let mut rem = batch;
+    let mut offset = 0usize;
+    let mut d = rank - 2;
+    while d > 0 {
+        d -= 1;
+        let size = out.shape(d);
+        offset += (rem % size) * out.stride(d);
+        rem /= size;
+    }
+    offset
+}
+
+/// Widest vector (elements) that divides `k` and every other stride of both operands (their
+/// `k` axes have unit stride), with both buffers' offsets aligned to it; 1 when none. `k_axes`
+/// gives each operand's `k` axis.
+fn vector_width<R: CubeRuntime>(operands: [(&CubeTensor<R>, usize); 2], k: usize) -> usize {
+    let aligned = |t: &CubeTensor<R>, k_axis: usize, w: usize| {
+        let bytes = (w * t.dtype.size()) as u64;
+        let (shape, strides) = (t.meta.shape(), t.meta.strides());
+        t.handle.offset_start.is_none_or(|o| o % bytes == 0)
+            && (0..strides.len())
+                .all(|d| d == k_axis || shape[d] == 1 || strides[d].is_multiple_of(w))
+    };
+    [8usize, 4, 2]
+        .into_iter()
+        // At least a warp's worth of vectors along `k` where possible: k = 128 (a head) reads
+        // best as 32 vectors of 4.
+        .filter(|&w| k.is_multiple_of(w) && (k / w >= WARP || w == 2))
+        .find(|&w| operands.iter().all(|&(t, axis)| aligned(t, axis, w)))
+        .unwrap_or(1)
+}
+
+/// `lhs x rhs` on the kernel when the product fits it, else `None` (the caller uses another
+/// matmul): at most [`MAX_ROWS`] rows, `k` contiguous in both operands, float dtypes, batch
+/// dimensions equal or broadcast.
+///
+/// # Shapes
+/// - `lhs`: `[..., m, k]` with unit stride along `k`, `rhs`: `[..., k, n]` with unit stride along
+///   `k` -> `[..., m, n]`
+pub(crate) fn matmul<R: CubeRuntime>(
+    lhs: &CubeTensor<R>,
+    rhs: &CubeTensor<R>,
+) -> Option<CubeTensor<R>> {
+    let dtype = lhs.dtype;
+    if !matches!(dtype, DType::F16 | DType::BF16 | DType::F32) || rhs.dtype != dtype {
+        return None;
+    }
+    let (ls, rs) = (lhs.meta.shape(), rhs.meta.shape());
+    let d = ls.num_dims();
+    if rs.num_dims() != d || d < 2 {
+        return None;
+    }
+    let (m, k, n) = (ls[d - 2], ls[d - 1], rs[d - 1]);
+    let (lst, rst) = (lhs.meta.strides(), rhs.meta.strides());
+    if m == 0 || m > MAX_ROWS || k == 0 || n == 0 || rs[d - 2] != k {
+        return None;
+    }
+    if (k > 1 && (lst[d - 1] != 1 || rst[d - 2] != 1)) || (n > 1 && rst[d - 1] < k) {
+        return None;
+    }
+    let out_shape: Shape = burn::tensor::calculate_matmul_output(ls, rs).ok()?;
+    let batches: usize = out_shape.as_slice()[..d - 2].iter().product();
+    if batches == 0 || batches > 65_535 {
+        return None;
+    }
+    let width = vector_width([(lhs, d - 1), (rhs, d - 2)], k);
+    let kv = k / width;
+    let unroll = match kv {
+        v if v >= 4 * WARP => 4,
+        v if v >= 2 * WARP => 2,
+        _ => 1,
+    };
+    let checked = kv % (unroll * WARP) != 0;
+    let client = lhs.client.clone();
+    let out = empty_device_dtype(client.clone(), lhs.device.clone(), out_shape, dtype);
+    let cubes = (n as u32).div_ceil(WARPS);
+    gemv_kernel::launch::<R>(
+        &client,
+        CubeCount::Static(cubes, batches as u32, 1),
+        CubeDim::new_2d(WARP as u32, WARPS),
+        width,
+        lhs.clone().into_tensor_arg(),
+        rhs.clone().into_tensor_arg(),
+        out.clone().into_tensor_arg(),
+        m,
+        unroll,
+        checked,
+        dtype.into(),
+    );
+    CALLS.fetch_add(1, Ordering::Relaxed);
+    Some(out)
+}
