@@ -325,6 +325,7 @@ fn run<B: chatglm_model::KernelBackend>(opts: &Opts, device: B::Device) -> anyho
         "load_s": load_s, "prefill": prefill, "decode": decode,
         "time_to_first_token_s": ttft, "prompt_len": opts.prompt, "warmup_s": warmup, "gpu_memory": memory,
         "small_op": op_cost, "gemm": format!("{:?}", chatglm_kernels::gemm_status()),
+        "gemv_calls": chatglm_kernels::gemv_calls(),
     }))
 }
 

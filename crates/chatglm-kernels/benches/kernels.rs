@@ -142,6 +142,38 @@ fn bench_gemm<B: KernelBackend>(c: &mut Criterion, label: &str, dev: &B::Device)
     compare::<B>(c, name, dev, [("chatglm", &ours), ("burn", &burn)]);
 }
 
+/// One token's attention over a 512-slot cache (32 heads of 128): the fused kernel against the
+/// reference path (the scores' product, the masked softmax, the values' product).
+fn bench_decode_attention<B: KernelBackend>(c: &mut Criterion, label: &str, dev: &B::Device) {
+    let (heads, slots, d) = (32usize, 512usize, 128usize);
+    let r = |shape: [usize; 4]| Tensor::<B, 4>::random(shape, Distribution::Normal(0.0, 1.0), dev);
+    let (q, k, v) = (
+        r([1, heads, 1, d]),
+        r([1, heads, slots, d]),
+        r([1, heads, slots, d]),
+    );
+    let mask = Tensor::<B, 4>::zeros([1, 1, 1, slots], dev);
+    let flat = |t: Tensor<B, 4>| t.reshape([heads, d]);
+    let fused = || {
+        flat(chatglm_kernels::decode_attention(
+            q.clone(),
+            k.clone(),
+            v.clone(),
+            mask.clone(),
+        ))
+    };
+    let plain = || {
+        flat(reference::decode_attention(
+            q.clone(),
+            k.clone(),
+            v.clone(),
+            mask.clone(),
+        ))
+    };
+    let name = format!("{label}/decode_attention/{heads}x{slots}x{d}");
+    compare::<B>(c, name, dev, [("fused", &fused), ("reference", &plain)]);
+}
+
 /// Decode's linear layers (1 and 8 rows against the `[out, in]` h->4h and 4h->h weights):
 /// `chatglm_kernels::matmul` (the GEMV kernel on CUDA) against burn's matmul. Each iteration runs
 /// the product 10 times before its sync, so that the time is the GPU's rather than the sync's.
@@ -179,6 +211,7 @@ fn benches(c: &mut Criterion) {
         bench_qkv_to_cache::<burn::backend::NdArray<f32>>(c, "cpu-f32", &dev);
         bench_matmul::<burn::backend::NdArray<f32>>(c, "cpu-f32", &dev);
         bench_gemv::<burn::backend::NdArray<f32>>(c, "cpu-f32", &dev);
+        bench_decode_attention::<burn::backend::NdArray<f32>>(c, "cpu-f32", &dev);
         return;
     }
     #[cfg(feature = "cuda")]
@@ -190,6 +223,7 @@ fn benches(c: &mut Criterion) {
         bench_qkv_to_cache::<Direct>(c, "cuda-direct-f16", &dev);
         bench_gemm::<Direct>(c, "cuda-direct-f16", &dev);
         bench_gemv::<Direct>(c, "cuda-direct-f16", &dev);
+        bench_decode_attention::<Direct>(c, "cuda-direct-f16", &dev);
         bench_matmul::<burn::backend::Cuda<f32, i32>>(c, "cuda-f32", &dev);
     }
     #[cfg(not(feature = "cuda"))]

@@ -211,6 +211,59 @@ pub fn matmul<B: KernelBackend, const D: usize>(
     Tensor::from_primitive(TensorPrimitive::Float(out))
 }
 
+/// `gelu_tanh(x W^T + bias)`: the h->4h projection and its activation. On burn's cube backends
+/// products of at most 8 rows apply the bias and GELU inside the GEMV kernel (one launch instead
+/// of two); elsewhere [`matmul`] then [`bias_gelu`], with the same rounding.
+///
+/// # Shapes
+/// - `x`: `[rows, in]`, `weight_t`: `[in, out]` (the `[out, in]` weight transposed), `bias`:
+///   `[out]` -> `[rows, out]`
+pub fn matmul_bias_gelu<B: KernelBackend>(
+    x: Tensor<B, 2>,
+    weight_t: Tensor<B, 2>,
+    bias: Tensor<B, 1>,
+) -> Tensor<B, 2> {
+    let out = B::glm_matmul_bias_gelu(
+        x.into_primitive().tensor(),
+        weight_t.into_primitive().tensor(),
+        bias.into_primitive().tensor(),
+    );
+    Tensor::from_primitive(TensorPrimitive::Float(out))
+}
+
+/// Attention of one new token per (row, head) over a KV cache: `softmax(q k^T + mask) v`, with
+/// the scores and probabilities rounded to the dtype as separate products and softmax round them.
+/// On burn's cube backends one kernel ([`reference::decode_attention`] elsewhere, and for caches
+/// of more than 4096 slots).
+///
+/// # Shapes
+/// - `q`: `[batch, heads, 1, d]` (scaled), `keys`, `values`: `[batch, heads, slots, d]`,
+///   `mask`: additive, `[batch or 1, 1, 1, slots]` -> `[batch, heads, 1, d]`
+pub fn decode_attention<B: KernelBackend>(
+    q: Tensor<B, 4>,
+    keys: Tensor<B, 4>,
+    values: Tensor<B, 4>,
+    mask: Tensor<B, 4>,
+) -> Tensor<B, 4> {
+    let [b, h, s, d] = q.dims();
+    assert_eq!(s, 1, "decode_attention takes one query per row and head");
+    let slots = keys.dims()[2];
+    assert_eq!(keys.dims(), [b, h, slots, d], "keys shape");
+    assert_eq!(values.dims(), [b, h, slots, d], "values shape");
+    let m = mask.dims();
+    assert!(
+        (m[0] == b || m[0] == 1) && m[1..] == [1, 1, slots],
+        "mask shape {m:?} for {b} rows and {slots} slots"
+    );
+    let out = B::glm_decode_attention(
+        q.into_primitive().tensor(),
+        keys.into_primitive().tensor(),
+        values.into_primitive().tensor(),
+        mask.into_primitive().tensor(),
+    );
+    Tensor::from_primitive(TensorPrimitive::Float(out))
+}
+
 /// `LayerNorm(a * alpha + (b + bias))` over the last dimension: ChatGLM-6B's residual (`alpha`
 /// scales the normalised input of the previous sublayer; `b` is that sublayer's output before
 /// the bias of its last linear layer) fused with the next LayerNorm.

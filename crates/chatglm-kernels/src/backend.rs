@@ -58,6 +58,20 @@ pub trait KernelBackend: Backend {
             .tensor()
     }
 
+    /// `softmax(q k^T + mask) v` for one query per (row, head) over a KV cache
+    /// ([`reference::decode_attention`]): `q` `[batch, heads, 1, d]`, `keys` and `values`
+    /// `[batch, heads, slots, d]`, `mask` `[batch or 1, 1, 1, slots]` -> `[batch, heads, 1, d]`.
+    fn glm_decode_attention(
+        q: FloatTensor<Self>,
+        keys: FloatTensor<Self>,
+        values: FloatTensor<Self>,
+        mask: FloatTensor<Self>,
+    ) -> FloatTensor<Self> {
+        reference::decode_attention::<Self>(float(q), float(keys), float(values), float(mask))
+            .into_primitive()
+            .tensor()
+    }
+
     /// ChatGLM-6B's rotary embedding of `[batch, heads, seq, d]` q and k with `[batch, 1, seq, d]`
     /// tables ([`reference::rotary`]).
     fn glm_rotary(
@@ -90,6 +104,17 @@ pub trait KernelBackend: Backend {
         );
         let prim = |t: Tensor<Self, 4>| t.into_primitive().tensor();
         (prim(q), prim(keys), prim(values))
+    }
+
+    /// `gelu_tanh(lhs x rhs + bias)` for `lhs: [rows, k]`, `rhs: [k, n]` and `bias: [n]`, the
+    /// product rounded to the dtype before the bias (as [`KernelBackend::glm_matmul`] then
+    /// [`KernelBackend::glm_bias_gelu`]).
+    fn glm_matmul_bias_gelu(
+        lhs: FloatTensor<Self>,
+        rhs: FloatTensor<Self>,
+        bias: FloatTensor<Self>,
+    ) -> FloatTensor<Self> {
+        Self::glm_bias_gelu(Self::glm_matmul(lhs, rhs), bias)
     }
 
     /// `gelu_tanh(x + bias)` for `x: [rows, n]` and `bias: [n]`.

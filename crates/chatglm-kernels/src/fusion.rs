@@ -16,6 +16,7 @@ use crate::KernelBackend;
 #[derive(Debug, Clone, Copy)]
 enum Kind {
     Matmul,
+    MatmulBiasGelu,
     AddLayerNorm {
         alpha: f32,
         eps: f32,
@@ -24,6 +25,7 @@ enum Kind {
     },
     BiasGelu,
     MaskedSoftmax,
+    DecodeAttention,
     Rotary,
 }
 
@@ -51,6 +53,11 @@ impl<B: FusionBackend + KernelBackend> Operation<B::FusionRuntime> for Custom<B>
                 let lhs = next();
                 B::glm_matmul(lhs, next())
             }
+            Kind::MatmulBiasGelu => {
+                let lhs = next();
+                let rhs = next();
+                B::glm_matmul_bias_gelu(lhs, rhs, next())
+            }
             Kind::AddLayerNorm {
                 alpha,
                 eps,
@@ -70,6 +77,12 @@ impl<B: FusionBackend + KernelBackend> Operation<B::FusionRuntime> for Custom<B>
             Kind::MaskedSoftmax => {
                 let scores = next();
                 B::glm_masked_softmax(scores, next())
+            }
+            Kind::DecodeAttention => {
+                let q = next();
+                let keys = next();
+                let values = next();
+                B::glm_decode_attention(q, keys, values, next())
             }
             Kind::Rotary => {
                 let qk = next();
@@ -126,6 +139,21 @@ impl<B: FusionBackend + KernelBackend> KernelBackend for Fusion<B> {
         register::<B>("chatglm_matmul", Kind::Matmul, vec![lhs, rhs], shape)
     }
 
+    fn glm_matmul_bias_gelu(
+        lhs: FloatTensor<Self>,
+        rhs: FloatTensor<Self>,
+        bias: FloatTensor<Self>,
+    ) -> FloatTensor<Self> {
+        let shape = matmul_shape(&lhs.shape, &rhs.shape);
+        let kind = Kind::MatmulBiasGelu;
+        register::<B>(
+            "chatglm_matmul_bias_gelu",
+            kind,
+            vec![lhs, rhs, bias],
+            shape,
+        )
+    }
+
     fn glm_add_layer_norm(
         a: FloatTensor<Self>,
         b: Option<FloatTensor<Self>>,
@@ -160,6 +188,22 @@ impl<B: FusionBackend + KernelBackend> KernelBackend for Fusion<B> {
         let shape = scores.shape.clone();
         let kind = Kind::MaskedSoftmax;
         register::<B>("chatglm_masked_softmax", kind, vec![scores, mask], shape)
+    }
+
+    fn glm_decode_attention(
+        q: FloatTensor<Self>,
+        keys: FloatTensor<Self>,
+        values: FloatTensor<Self>,
+        mask: FloatTensor<Self>,
+    ) -> FloatTensor<Self> {
+        let shape = q.shape.clone();
+        let inputs = vec![q, keys, values, mask];
+        register::<B>(
+            "chatglm_decode_attention",
+            Kind::DecodeAttention,
+            inputs,
+            shape,
+        )
     }
 
     fn glm_rotary(

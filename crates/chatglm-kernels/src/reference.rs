@@ -153,3 +153,27 @@ pub fn qkv_to_cache<B: Backend>(
     let keys = keys.slice_assign(range.clone(), k);
     (q, keys, values.slice_assign(range, v))
 }
+
+/// Attention of one query per (row, head) over cached keys and values, as the model computes it
+/// without the fused kernel: the scores' product, the masked softmax and the values' product
+/// (each through the backend's ops, so each rounds to the dtype).
+///
+/// # Shapes
+/// - `q`: `[batch, heads, 1, d]`, `keys`, `values`: `[batch, heads, slots, d]`, `mask`:
+///   `[batch or 1, 1, 1, slots]` -> `[batch, heads, 1, d]`
+pub fn decode_attention<B: crate::KernelBackend>(
+    q: Tensor<B, 4>,
+    keys: Tensor<B, 4>,
+    values: Tensor<B, 4>,
+    mask: Tensor<B, 4>,
+) -> Tensor<B, 4> {
+    let [b, _, _, slots] = mask.dims();
+    let [rows, ..] = q.dims();
+    let mask = if b == rows {
+        mask
+    } else {
+        mask.expand([rows, 1, 1, slots])
+    };
+    let probs = crate::masked_softmax(crate::matmul(q, keys.swap_dims(2, 3)), mask);
+    crate::matmul(probs, values)
+}

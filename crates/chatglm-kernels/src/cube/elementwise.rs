@@ -24,9 +24,14 @@ fn bias_gelu_kernel<F: Float>(
     let col = ABSOLUTE_POS % n;
     let v = f32::cast_from(x[row * x.stride(0) + col * x.stride(1)])
         + f32::cast_from(bias[col * bias.stride(0)]);
+    out[row * out.stride(0) + col * out.stride(1)] = F::cast_from(gelu_tanh(v));
+}
+
+/// ChatGLM-6B's tanh-approximation GELU in float32.
+#[cube]
+pub(crate) fn gelu_tanh(v: f32) -> f32 {
     let inner = 0.797_884_6f32 * v * (1.0f32 + 0.044715f32 * v * v);
-    out[row * out.stride(0) + col * out.stride(1)] =
-        F::cast_from(0.5f32 * v * (1.0f32 + f32::tanh(inner)));
+    0.5f32 * v * (1.0f32 + f32::tanh(inner))
 }
 
 /// # Shapes

@@ -19,6 +19,8 @@ use burn_cubecl::ops::numeric::empty_device_dtype;
 use burn_cubecl::tensor::CubeTensor;
 use cubecl::prelude::*;
 
+use super::elementwise::gelu_tanh;
+
 /// Most rows of the left operand the kernel takes (the accumulators are registers).
 pub(crate) const MAX_ROWS: usize = 8;
 /// Warps (output columns) per cube.
@@ -59,13 +61,16 @@ fn batch_offset<F: Float, N: Size>(
 }
 
 #[cube(launch)]
+#[allow(clippy::too_many_arguments)]
 fn gemv_kernel<F: Float, N: Size>(
     lhs: &Tensor<Vector<F, N>>,
     rhs: &Tensor<Vector<F, N>>,
+    bias: &Tensor<F>,
     out: &mut Tensor<F>,
     #[comptime] rows: usize,
     #[comptime] unroll: usize,
     #[comptime] checked: bool,
+    #[comptime] bias_gelu: bool,
     #[define(F)] _dtype: StorageType,
 ) {
     let rank = out.rank();
@@ -128,7 +133,13 @@ fn gemv_kernel<F: Float, N: Size>(
     let out_base = batch_offset_out(out, batch) + col * out.stride(rank - 1);
     #[unroll]
     for r in 0..rows {
-        let total = plane_sum(f32::cast_from(acc[r].vector_sum()));
+        let mut total = plane_sum(f32::cast_from(acc[r].vector_sum()));
+        if bias_gelu {
+            // As the product rounded to the dtype, then `bias_gelu` in float32.
+            let v =
+                f32::cast_from(F::cast_from(total)) + f32::cast_from(bias[col * bias.stride(0)]);
+            total = gelu_tanh(v);
+        }
         if lane == 0 {
             out[out_base + r * out.stride(rank - 2)] = F::cast_from(total);
         }
@@ -182,6 +193,28 @@ pub(crate) fn matmul<R: CubeRuntime>(
     lhs: &CubeTensor<R>,
     rhs: &CubeTensor<R>,
 ) -> Option<CubeTensor<R>> {
+    launch(lhs, rhs, None)
+}
+
+/// `bias_gelu(lhs x rhs, bias)` on the kernel (the bias and GELU applied to each output as it is
+/// stored), under the conditions of [`matmul`] and for a `[n]` bias; `None` otherwise.
+pub(crate) fn matmul_bias_gelu<R: CubeRuntime>(
+    lhs: &CubeTensor<R>,
+    rhs: &CubeTensor<R>,
+    bias: &CubeTensor<R>,
+) -> Option<CubeTensor<R>> {
+    let n = rhs.meta.shape()[rhs.meta.shape().num_dims() - 1];
+    if bias.dtype != lhs.dtype || bias.meta.shape().as_slice() != [n] {
+        return None;
+    }
+    launch(lhs, rhs, Some(bias))
+}
+
+fn launch<R: CubeRuntime>(
+    lhs: &CubeTensor<R>,
+    rhs: &CubeTensor<R>,
+    bias: Option<&CubeTensor<R>>,
+) -> Option<CubeTensor<R>> {
     let dtype = lhs.dtype;
     if !matches!(dtype, DType::F16 | DType::BF16 | DType::F32) || rhs.dtype != dtype {
         return None;
@@ -222,10 +255,13 @@ pub(crate) fn matmul<R: CubeRuntime>(
         width,
         lhs.clone().into_tensor_arg(),
         rhs.clone().into_tensor_arg(),
+        // Without a bias the slot holds any tensor; the kernel does not read it.
+        bias.unwrap_or(rhs).clone().into_tensor_arg(),
         out.clone().into_tensor_arg(),
         m,
         unroll,
         checked,
+        bias.is_some(),
         dtype.into(),
     );
     CALLS.fetch_add(1, Ordering::Relaxed);

@@ -1,6 +1,7 @@
 //! CubeCL implementations of [`KernelBackend`] for burn's cube backends (burn-cuda without fusion;
 //! the fusion wrapper forwards to these through custom operations, see `crate::fusion`).
 
+mod attention;
 mod cublas;
 mod elementwise;
 mod gemv;
@@ -11,6 +12,7 @@ mod reduce;
 mod softmax;
 
 use burn::tensor::ops::FloatTensor;
+use burn::tensor::{Tensor, TensorPrimitive};
 use burn_cubecl::{BoolElement, CubeBackend, CubeRuntime, FloatElement, IntElement};
 
 use crate::KernelBackend;
@@ -47,8 +49,38 @@ where
         elementwise::bias_gelu(x, bias)
     }
 
+    fn glm_matmul_bias_gelu(
+        lhs: FloatTensor<Self>,
+        rhs: FloatTensor<Self>,
+        bias: FloatTensor<Self>,
+    ) -> FloatTensor<Self> {
+        match gemv::matmul_bias_gelu(&lhs, &rhs, &bias) {
+            Some(out) => out,
+            None => elementwise::bias_gelu(matmul::matmul::<R, F, I, BT>(lhs, rhs), bias),
+        }
+    }
+
     fn glm_masked_softmax(scores: FloatTensor<Self>, mask: FloatTensor<Self>) -> FloatTensor<Self> {
         softmax::masked_softmax(scores, mask)
+    }
+
+    fn glm_decode_attention(
+        q: FloatTensor<Self>,
+        keys: FloatTensor<Self>,
+        values: FloatTensor<Self>,
+        mask: FloatTensor<Self>,
+    ) -> FloatTensor<Self> {
+        match attention::decode_attention(&q, &keys, &values, &mask) {
+            Some(out) => out,
+            None => crate::reference::decode_attention::<Self>(
+                float(q),
+                float(keys),
+                float(values),
+                float(mask),
+            )
+            .into_primitive()
+            .tensor(),
+        }
     }
 
     fn glm_qkv_to_cache(
@@ -68,4 +100,8 @@ where
     ) -> FloatTensor<Self> {
         elementwise::rotary(qk, cos, sin)
     }
+}
+
+fn float<B: burn::tensor::backend::Backend, const D: usize>(t: FloatTensor<B>) -> Tensor<B, D> {
+    Tensor::from_primitive(TensorPrimitive::Float(t))
 }

@@ -62,3 +62,23 @@ pub(crate) fn cube_sum(shared: &mut SharedMemory<f32>, value: f32) -> f32 {
     sync_cube();
     total
 }
+
+/// Maximum of `value` over the cube's units (as [`cube_sum`]).
+#[cube]
+pub(crate) fn cube_max(shared: &mut SharedMemory<f32>, value: f32) -> f32 {
+    let warps = (CUBE_DIM_X / PLANE_DIM) as usize;
+    let warp_max = plane_max(value);
+    if UNIT_POS_PLANE == 0 {
+        shared[(UNIT_POS_X / PLANE_DIM) as usize] = warp_max;
+    }
+    sync_cube();
+    let mut max = shared[0];
+    for w in 1..warps {
+        let other = shared[w];
+        if other > max {
+            max = other;
+        }
+    }
+    sync_cube();
+    max
+}

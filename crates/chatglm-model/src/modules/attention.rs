@@ -107,7 +107,12 @@ impl<B: KernelBackend> Attention<B> {
                 (q, keys, values)
             }
         };
-        let ctx = attend_in_chunks(q, keys.swap_dims(2, 3), mask, values, QUERY_CHUNK);
+        // One new token per row (decoding): the fused attention over the cache.
+        let ctx = if s == 1 {
+            chatglm_kernels::decode_attention(q, keys, values, mask)
+        } else {
+            attend_in_chunks(q, keys.swap_dims(2, 3), mask, values, QUERY_CHUNK)
+        };
         // Heads back next to each other: `[b, heads, s, hd]` -> `[b, s, hidden]`. With one token
         // the heads already are, and a reshape is a view where the transpose would be a copy
         // kernel per layer and decoded token.

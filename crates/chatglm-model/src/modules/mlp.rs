@@ -42,12 +42,19 @@ impl<B: KernelBackend> Mlp<B> {
         self.dense_4h_to_h.forward_no_bias(self.activation(x))
     }
 
-    /// `gelu(dense_h_to_4h(x))`, the bias fused into the activation.
+    /// `gelu(dense_h_to_4h(x))`, the bias fused into the activation (and at decode sizes the
+    /// activation into the product).
     fn activation(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
-        let up = self.dense_h_to_4h.forward_no_bias(x);
-        match &self.dense_h_to_4h.bias {
-            Some(bias) => chatglm_kernels::bias_gelu(up, bias.val()),
-            None => gelu_tanh(up),
+        let layer = &self.dense_h_to_4h;
+        match &layer.bias {
+            Some(bias) => {
+                let [b, s, hidden] = x.dims();
+                let w = layer.weight.val().transpose();
+                let y =
+                    chatglm_kernels::matmul_bias_gelu(x.reshape([b * s, hidden]), w, bias.val());
+                y.reshape([b, s, layer.out_features()])
+            }
+            None => gelu_tanh(layer.forward_no_bias(x)),
         }
     }
 }

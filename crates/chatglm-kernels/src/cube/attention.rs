@@ -1,0 +1,228 @@
+//! One query's attention over a KV cache in one kernel (decode): scores against every slot, the
+//! masked softmax and the weighted sum of the values. It replaces two products and the softmax
+//! (three launches per layer and token), and rounds as they do: scores and probabilities pass
+//! through the tensors' dtype, the softmax itself is float32.
+//!
+//! One cube per (batch row, head), [`UNITS`] units:
+//! 1. scores: a unit per slot, its head row read as whole vectors (all loads in flight), the
+//!    query held in registers; scores kept in shared memory;
+//! 2. maximum and sum over the slots (warp reductions, then across warps);
+//! 3. values: units grouped so that consecutive units read consecutive vectors of a slot's row,
+//!    each group summing every `groups`-th slot, [`UNROLL`] slots per pass; the groups' partial
+//!    sums meet in shared memory.
+
+use burn::tensor::Shape;
+use burn_cubecl::CubeRuntime;
+use burn_cubecl::ops::numeric::empty_device_dtype;
+use burn_cubecl::tensor::CubeTensor;
+use cubecl::prelude::*;
+
+use super::reduce::{cube_max, cube_sum};
+
+/// Units per cube.
+const UNITS: usize = 512;
+/// Slots each group of units reads per pass of the values step.
+const UNROLL: usize = 4;
+/// Slot granularity of the shared score buffer (its size is compiled in).
+const SLOT_STEP: usize = 256;
+/// Most slots the kernel takes (scores in shared memory); longer caches use the reference path.
+pub(crate) const MAX_SLOTS: usize = 4096;
+
+#[cube(launch)]
+#[allow(clippy::too_many_arguments)]
+fn decode_attention_kernel<F: Float, N: Size>(
+    q: &Tensor<Vector<F, N>>,
+    keys: &Tensor<Vector<F, N>>,
+    values: &Tensor<Vector<F, N>>,
+    mask: &Tensor<F>,
+    out: &mut Tensor<F>,
+    #[comptime] slots_max: usize,
+    #[comptime] row_vectors: usize,
+    #[define(F)] _dtype: StorageType,
+) {
+    let heads = out.shape(1);
+    let b = CUBE_POS_X as usize / heads;
+    let h = CUBE_POS_X as usize % heads;
+    let tid = UNIT_POS_X as usize;
+    let units = CUBE_DIM_X as usize;
+    let slots = keys.shape(2);
+    let width = q.vector_size();
+    let q_base = (b * q.stride(0) + h * q.stride(1)) / width;
+    let k_base = (b * keys.stride(0) + h * keys.stride(1)) / width;
+    let k_row = keys.stride(2) / width;
+    let v_base = (b * values.stride(0) + h * values.stride(1)) / width;
+    let v_row = values.stride(2) / width;
+    let mut m_base = 0usize;
+    if mask.shape(0) != 1 {
+        m_base = b * mask.stride(0);
+    }
+
+    let mut scores = SharedMemory::<f32>::new(slots_max);
+    let mut reduce = SharedMemory::<f32>::new(UNITS / 32);
+
+    // 1. Scores, each rounded to the dtype as the product's output is, plus the mask.
+    let mut qv = Array::<Vector<f32, N>>::new(row_vectors);
+    #[unroll]
+    for i in 0..row_vectors {
+        qv[i] = Vector::<f32, N>::cast_from(q[q_base + i]);
+    }
+    let mut local_max = f32::new(-3.0e38);
+    let mut j = tid;
+    while j < slots {
+        let mut acc = Vector::<f32, N>::new(0.0f32);
+        #[unroll]
+        for i in 0..row_vectors {
+            acc += Vector::<f32, N>::cast_from(keys[k_base + j * k_row + i]) * qv[i];
+        }
+        let dot = f32::cast_from(F::cast_from(f32::cast_from(acc.vector_sum())));
+        let s = dot + f32::cast_from(mask[m_base + j * mask.stride(3)]);
+        scores[j] = s;
+        if s > local_max {
+            local_max = s;
+        }
+        j += units;
+    }
+    let max = cube_max(&mut reduce, local_max);
+
+    // 2. Softmax weights, rounded to the dtype as the softmax's output is.
+    let mut local_sum = 0.0f32;
+    let mut j2 = tid;
+    while j2 < slots {
+        let e = f32::exp(scores[j2] - max);
+        scores[j2] = e;
+        local_sum += e;
+        j2 += units;
+    }
+    let inv = 1.0f32 / cube_sum(&mut reduce, local_sum);
+    let mut j3 = tid;
+    while j3 < slots {
+        scores[j3] = f32::cast_from(F::cast_from(scores[j3] * inv));
+        j3 += units;
+    }
+    sync_cube();
+
+    // 3. Values: group `g` of `row_vectors` units sums slots g, g + groups, ...
+    let groups = units / row_vectors;
+    let g = tid / row_vectors;
+    let i = tid % row_vectors;
+    let mut acc = Vector::<f32, N>::new(0.0f32);
+    let mut first = g;
+    while first < slots {
+        let mut rows = Array::<Vector<F, N>>::new(UNROLL);
+        #[unroll]
+        for u in 0..UNROLL {
+            let s = first + u * groups;
+            rows[u] = Vector::<F, N>::new(F::new(0.0));
+            if s < slots {
+                rows[u] = values[v_base + s * v_row + i];
+            }
+        }
+        #[unroll]
+        for u in 0..UNROLL {
+            let s = first + u * groups;
+            if s < slots {
+                acc += Vector::<f32, N>::cast_from(rows[u]) * Vector::<f32, N>::new(scores[s]);
+            }
+        }
+        first += UNROLL * groups;
+    }
+    // The groups' partial sums, element-wise, through the score buffer's memory (free now).
+    sync_cube();
+    let d = row_vectors * width;
+    #[unroll]
+    for e in 0..width {
+        scores[g * d + i * width + e] = acc[e];
+    }
+    sync_cube();
+    let mut e = tid;
+    while e < d {
+        let mut total = 0.0f32;
+        for gg in 0..groups {
+            total += scores[gg * d + e];
+        }
+        out[b * out.stride(0) + h * out.stride(1) + e * out.stride(3)] = F::cast_from(total);
+        e += units;
+    }
+}
+
+/// Whether [`decode_attention`] takes these shapes: one query, a head row of a power-of-two
+/// number of vectors (at most one per unit), at most [`MAX_SLOTS`] slots (and enough score
+/// buffer for the partial sums).
+fn vector_width(d: usize) -> Option<usize> {
+    [8usize, 4, 2, 1]
+        .into_iter()
+        .find(|&w| d.is_multiple_of(w) && (d / w).is_power_of_two() && d / w <= UNITS)
+}
+
+/// `softmax(q k^T + mask) v` for one query per (row, head), or `None` when the shapes are not
+/// the kernel's (the caller uses the reference path).
+///
+/// # Shapes
+/// - `q`: `[batch, heads, 1, d]`, `keys`, `values`: `[batch, heads, slots, d]` (unit stride along
+///   `d`), `mask`: `[batch or 1, 1, 1, slots]` -> `[batch, heads, 1, d]`
+pub(crate) fn decode_attention<R: CubeRuntime>(
+    q: &CubeTensor<R>,
+    keys: &CubeTensor<R>,
+    values: &CubeTensor<R>,
+    mask: &CubeTensor<R>,
+) -> Option<CubeTensor<R>> {
+    let shape = q.meta.shape();
+    if shape.num_dims() != 4 || keys.meta.shape().num_dims() != 4 {
+        return None;
+    }
+    let (b, heads, s, d) = (shape[0], shape[1], shape[2], shape[3]);
+    let slots = keys.meta.shape()[2];
+    let kv_shape = [b, heads, slots, d];
+    if keys.meta.shape().as_slice() != kv_shape || values.meta.shape().as_slice() != kv_shape {
+        return None;
+    }
+    let m = mask.meta.shape();
+    if m.num_dims() != 4 || (m[0] != b && m[0] != 1) || m[1] != 1 || m[2] != 1 || m[3] != slots {
+        return None;
+    }
+    let dtype = q.dtype;
+    if s != 1 || slots == 0 || slots > MAX_SLOTS || b * heads == 0 || b * heads > 65_535 {
+        return None;
+    }
+    if keys.dtype != dtype || values.dtype != dtype || mask.dtype != dtype {
+        return None;
+    }
+    let width = vector_width(d)?;
+    // Vector loads: unit stride along `d`, other strides and the buffers' offsets aligned.
+    let aligned = |t: &CubeTensor<R>| {
+        let strides = t.meta.strides();
+        let bytes = (width * t.dtype.size()) as u64;
+        strides[3] == 1
+            && strides[..3].iter().all(|st| st.is_multiple_of(width))
+            && t.handle.offset_start.is_none_or(|o| o % bytes == 0)
+    };
+    if !(aligned(q) && aligned(keys) && aligned(values)) {
+        return None;
+    }
+    let row_vectors = d / width;
+    let slots_max = slots
+        .next_multiple_of(SLOT_STEP)
+        .max(UNITS / row_vectors * d);
+    let client = q.client.clone();
+    let out = empty_device_dtype(
+        client.clone(),
+        q.device.clone(),
+        Shape::new([b, heads, 1, d]),
+        dtype,
+    );
+    decode_attention_kernel::launch::<R>(
+        &client,
+        CubeCount::Static((b * heads) as u32, 1, 1),
+        CubeDim::new_1d(UNITS as u32),
+        width,
+        q.clone().into_tensor_arg(),
+        keys.clone().into_tensor_arg(),
+        values.clone().into_tensor_arg(),
+        mask.clone().into_tensor_arg(),
+        out.clone().into_tensor_arg(),
+        slots_max,
+        row_vectors,
+        dtype.into(),
+    );
+    Some(out)
+}
