@@ -172,6 +172,9 @@ pub enum GemmStatus {
     Cublas {
         /// GEMMs queued on cuBLAS.
         calls: u64,
+        /// Of those, GEMMs whose stream waited for their inputs on the GPU instead of the host
+        /// (`CHATGLM_GEMM_WAIT=device`).
+        device_waits: u64,
     },
     /// burn's matmul ran them, for this reason.
     Burn(String),

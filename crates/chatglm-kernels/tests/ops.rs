@@ -609,9 +609,17 @@ fn fused_ops_match_host_math_and_reference() {
         }
         let status = chatglm_kernels::gemm_status();
         assert!(
-            matches!(status, chatglm_kernels::GemmStatus::Cublas { calls } if calls >= 20),
+            matches!(status, chatglm_kernels::GemmStatus::Cublas { calls, .. } if calls >= 20),
             "products did not run on cuBLAS: {status:?}"
         );
+        // Asked to wait on the GPU: the repeated configurations above (the chain of products)
+        // did.
+        if std::env::var("CHATGLM_GEMM_WAIT").is_ok_and(|v| v.eq_ignore_ascii_case("device")) {
+            assert!(
+                matches!(status, chatglm_kernels::GemmStatus::Cublas { device_waits, .. } if device_waits >= 10),
+                "no GEMM waited on the GPU: {status:?}"
+            );
+        }
     }
 }
 

@@ -2,11 +2,14 @@
 //! contiguous: the `[out, in]` weight of a linear layer seen transposed, or the keys of a KV
 //! cache seen as `[.., head_dim, slots]`. Such a product reads the matrix once and is bound by
 //! memory bandwidth, so the kernel is built around the matrix read:
-//! - one warp per output column (a weight row), its 32 units reading 16-byte vectors along `k`,
-//!   several vectors in flight per unit;
+//! - one warp per 4 or 8 output columns (weight rows), its 32 units reading 16-byte vectors
+//!   along `k`, up to 8 vectors in flight per unit;
 //! - every row of the left operand (at most [`MAX_ROWS`], a compile-time count) is multiplied
 //!   with each loaded vector, so a batch of 8 sequences reads each weight once, not 8 times;
-//! - float32 accumulation, a warp reduction per row, one store per output.
+//! - float32 accumulation, a warp reduction per output, one store per output;
+//! - every loaded value converted to float32 once. The conversions bound the kernel otherwise:
+//!   one warp per column converted each row's values again for every column, which ran the 8-row
+//!   products 4.5 times slower than the 1-row ones (`docs/benchmarks.md`).
 //!
 //! burn's autotuned matmul runs such products below the bandwidth limit (its GEMV) or far below
 //! it for 2-8 rows (tiled kernels that pad the rows): see `docs/benchmarks.md`.
@@ -68,6 +71,7 @@ fn gemv_kernel<F: Float, N: Size>(
     bias: &Tensor<F>,
     out: &mut Tensor<F>,
     #[comptime] rows: usize,
+    #[comptime] cols: usize,
     #[comptime] unroll: usize,
     #[comptime] checked: bool,
     #[comptime] bias_gelu: bool,
@@ -75,26 +79,36 @@ fn gemv_kernel<F: Float, N: Size>(
 ) {
     let rank = out.rank();
     let n = out.shape(rank - 1);
-    let col = (CUBE_POS_X * CUBE_DIM_Y + UNIT_POS_Y) as usize;
-    if col >= n {
+    let first_col = (CUBE_POS_X * CUBE_DIM_Y + UNIT_POS_Y) as usize * cols;
+    if first_col >= n {
         terminate!();
     }
     let lane = UNIT_POS_X as usize;
     let batch = CUBE_POS_Y as usize;
     let width = lhs.vector_size();
-    // In vectors: the left operand's rows, the matrix column (`k` contiguous) and its length.
+    // In vectors: the left operand's rows, each matrix column (`k` contiguous) and their length.
     let lhs_base = batch_offset::<F, N>(lhs, out, batch) / width;
     let lhs_row = lhs.stride(rank - 2) / width;
-    let rhs_base = (batch_offset::<F, N>(rhs, out, batch) + col * rhs.stride(rank - 1)) / width;
+    let rhs_base = batch_offset::<F, N>(rhs, out, batch) / width;
+    let rhs_col = rhs.stride(rank - 1) / width;
     let kv = lhs.shape(rank - 1) / width;
-
-    // Per row, lane-wise partial sums (reduced across lanes and units at the end).
-    let mut acc = Array::<Vector<f32, N>>::new(rows);
+    // A warp's columns past `n` read the last column again and store nothing.
+    let mut col_base = Array::<usize>::new(cols);
     #[unroll]
-    for r in 0..rows {
-        acc[r] = Vector::<f32, N>::new(0.0f32);
+    for c in 0..cols {
+        let mut col = first_col + c;
+        if col >= n {
+            col = n - 1;
+        }
+        col_base[c] = rhs_base + col * rhs_col;
     }
-    let mut w = Array::<Vector<F, N>>::new(unroll);
+
+    let mut acc = Array::<f32>::new(rows * cols);
+    #[unroll]
+    for a in 0..rows * cols {
+        acc[a] = 0.0;
+    }
+    let mut w = Array::<Vector<F, N>>::new(unroll * cols);
     // Units step through `k` a warp's width (32 vectors) at a time, `unroll` steps per pass.
     let mut base = lane;
     while base < kv {
@@ -102,19 +116,28 @@ fn gemv_kernel<F: Float, N: Size>(
         #[unroll]
         for u in 0..unroll {
             let v = base + u * 32;
-            if checked {
-                w[u] = Vector::<F, N>::new(F::new(0.0));
-                if v < kv {
-                    w[u] = rhs[rhs_base + v];
+            #[unroll]
+            for c in 0..cols {
+                if checked {
+                    w[u * cols + c] = Vector::<F, N>::new(F::new(0.0));
+                    if v < kv {
+                        w[u * cols + c] = rhs[col_base[c] + v];
+                    }
+                } else {
+                    w[u * cols + c] = rhs[col_base[c] + v];
                 }
-            } else {
-                w[u] = rhs[rhs_base + v];
             }
         }
+        // Each value converted to float32 once: the matrix's for every row, each row's for
+        // every column (conversions, not loads, bound a kernel that converts per product).
         #[unroll]
         for u in 0..unroll {
             let v = base + u * 32;
-            let wf = Vector::<f32, N>::cast_from(w[u]);
+            let mut wf = Array::<Vector<f32, N>>::new(cols);
+            #[unroll]
+            for c in 0..cols {
+                wf[c] = Vector::<f32, N>::cast_from(w[u * cols + c]);
+            }
             #[unroll]
             for r in 0..rows {
                 let mut x = Vector::<f32, N>::new(0.0f32);
@@ -125,23 +148,35 @@ fn gemv_kernel<F: Float, N: Size>(
                 } else {
                     x = Vector::<f32, N>::cast_from(lhs[lhs_base + r * lhs_row + v]);
                 }
-                acc[r] += x * wf;
+                #[unroll]
+                for c in 0..cols {
+                    acc[r * cols + c] += f32::cast_from((x * wf[c]).vector_sum());
+                }
             }
         }
         base += 32 * unroll;
     }
-    let out_base = batch_offset_out(out, batch) + col * out.stride(rank - 1);
+    let out_base = batch_offset_out(out, batch);
     #[unroll]
     for r in 0..rows {
-        let mut total = plane_sum(f32::cast_from(acc[r].vector_sum()));
-        if bias_gelu {
-            // As the product rounded to the dtype, then `bias_gelu` in float32.
-            let v =
-                f32::cast_from(F::cast_from(total)) + f32::cast_from(bias[col * bias.stride(0)]);
-            total = gelu_tanh(v);
-        }
-        if lane == 0 {
-            out[out_base + r * out.stride(rank - 2)] = F::cast_from(total);
+        #[unroll]
+        for c in 0..cols {
+            let col = first_col + c;
+            let mut total = plane_sum(acc[r * cols + c]);
+            if bias_gelu {
+                // As the product rounded to the dtype, then `bias_gelu` in float32.
+                let mut bcol = col;
+                if bcol >= n {
+                    bcol = n - 1;
+                }
+                let v = f32::cast_from(F::cast_from(total))
+                    + f32::cast_from(bias[bcol * bias.stride(0)]);
+                total = gelu_tanh(v);
+            }
+            if lane == 0 && col < n {
+                out[out_base + r * out.stride(rank - 2) + col * out.stride(rank - 1)] =
+                    F::cast_from(total);
+            }
         }
     }
 }
@@ -239,15 +274,17 @@ fn launch<R: CubeRuntime>(
     }
     let width = vector_width([(lhs, d - 1), (rhs, d - 2)], k);
     let kv = k / width;
+    // Columns per warp: each row's values are converted once for all of them. Loads in flight
+    // per unit: `cols * unroll`, up to 8.
+    let cols = if m <= 2 { 4 } else { 8 };
     let unroll = match kv {
-        v if v >= 4 * WARP => 4,
-        v if v >= 2 * WARP => 2,
+        v if v >= 2 * WARP && cols == 4 => 2,
         _ => 1,
     };
     let checked = kv % (unroll * WARP) != 0;
     let client = lhs.client.clone();
     let out = empty_device_dtype(client.clone(), lhs.device.clone(), out_shape, dtype);
-    let cubes = (n as u32).div_ceil(WARPS);
+    let cubes = (n as u32).div_ceil(WARPS * cols as u32);
     gemv_kernel::launch::<R>(
         &client,
         CubeCount::Static(cubes, batches as u32, 1),
@@ -259,6 +296,7 @@ fn launch<R: CubeRuntime>(
         bias.unwrap_or(rhs).clone().into_tensor_arg(),
         out.clone().into_tensor_arg(),
         m,
+        cols,
         unroll,
         checked,
         bias.is_some(),
