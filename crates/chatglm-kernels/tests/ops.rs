@@ -173,6 +173,44 @@ fn check_bias_gelu<B: KernelBackend>(dev: &B::Device, tol: Tol) {
     );
 }
 
+/// The h->4h projection with its bias and GELU in one op, against host math and against
+/// `matmul` then `bias_gelu` (on CUDA: 1 and 8 rows fuse into the GEMV kernel; 40 rows do not).
+fn check_matmul_bias_gelu<B: KernelBackend>(dev: &B::Device, tol: Tol) {
+    let (k, n) = (256usize, 300usize);
+    let w = random(n * k, 31, 0.2);
+    let bias = random(n, 32, 1.0);
+    for m in [1usize, 8, 40] {
+        let x = random(m * k, 33, 1.0);
+        let want = host_bias_gelu(&host_linear(&x, &w, m, k, n), &bias);
+        let args = || {
+            (
+                tensor::<B, 2>(&x, [m, k], dev),
+                tensor::<B, 2>(&w, [n, k], dev).transpose(),
+                tensor::<B, 1>(&bias, [n], dev),
+            )
+        };
+        let (tx, tw, tb) = args();
+        let got = values(chatglm_kernels::matmul_bias_gelu(tx, tw, tb));
+        let d = max_diff(&got, &want);
+        assert!(
+            d <= 2.0 * tol.ln,
+            "{}: matmul_bias_gelu {m}x{k}x{n}: max diff {d}",
+            name::<B>()
+        );
+        let (tx, tw, tb) = args();
+        let reference = values(chatglm_kernels::bias_gelu(
+            chatglm_kernels::matmul(tx, tw),
+            tb,
+        ));
+        let d = max_diff(&got, &reference);
+        assert!(
+            d <= 2.0 * tol.ln,
+            "{}: matmul_bias_gelu vs matmul + bias_gelu, {m} rows: max diff {d}",
+            name::<B>()
+        );
+    }
+}
+
 fn check_matmul<B: KernelBackend>(dev: &B::Device, tol: Tol) {
     // k = 4096 makes TF32 rounding visible (about 5e-4 relative per input), well above `tol.mm`
     // in float32.
@@ -577,6 +615,7 @@ fn check_all<B: KernelBackend>(dev: &B::Device, tol: Tol) {
     check_layer_norm::<B>(dev, tol);
     check_bias_gelu::<B>(dev, tol);
     check_matmul::<B>(dev, tol);
+    check_matmul_bias_gelu::<B>(dev, tol);
     check_gemm_chain::<B>(dev, tol);
     check_masked_softmax::<B>(dev, tol);
     check_decode_attention::<B>(dev, tol);
