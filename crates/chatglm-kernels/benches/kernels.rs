@@ -191,6 +191,24 @@ fn bench_gemv<B: KernelBackend>(c: &mut Criterion, label: &str, dev: &B::Device)
     }
 }
 
+/// Decode's h->4h projection with its bias and GELU: fused into the GEMV kernel on CUDA, against
+/// the product followed by `bias_gelu` (10 per iteration, as [`bench_gemv`]).
+fn bench_matmul_bias_gelu<B: KernelBackend>(c: &mut Criterion, label: &str, dev: &B::Device) {
+    let w = Tensor::<B, 2>::random([INNER, HIDDEN], Distribution::Normal(0.0, 1.0), dev);
+    let bias = Tensor::<B, 1>::random([INNER], Distribution::Normal(0.0, 1.0), dev);
+    let x = Tensor::<B, 2>::random([1, HIDDEN], Distribution::Normal(0.0, 1.0), dev);
+    let times10 = |f: &dyn Fn() -> Tensor<B, 2>| (0..9).fold(f(), |_, _| f());
+    let wt = || w.clone().transpose();
+    let fused = || times10(&|| chatglm_kernels::matmul_bias_gelu(x.clone(), wt(), bias.clone()));
+    let split = || {
+        times10(&|| {
+            chatglm_kernels::bias_gelu(chatglm_kernels::matmul(x.clone(), wt()), bias.clone())
+        })
+    };
+    let name = format!("{label}/matmul_bias_gelu_x10/1x{HIDDEN}x{INNER}");
+    compare::<B>(c, name, dev, [("fused", &fused), ("split", &split)]);
+}
+
 /// The float32 matmul: the exact kernel against burn's (TF32 on tensor cores).
 fn bench_matmul<B: KernelBackend>(c: &mut Criterion, label: &str, dev: &B::Device) {
     let w = Tensor::<B, 2>::random([HIDDEN, HIDDEN], Distribution::Normal(0.0, 1.0), dev);
@@ -212,6 +230,7 @@ fn benches(c: &mut Criterion) {
         bench_matmul::<burn::backend::NdArray<f32>>(c, "cpu-f32", &dev);
         bench_gemv::<burn::backend::NdArray<f32>>(c, "cpu-f32", &dev);
         bench_decode_attention::<burn::backend::NdArray<f32>>(c, "cpu-f32", &dev);
+        bench_matmul_bias_gelu::<burn::backend::NdArray<f32>>(c, "cpu-f32", &dev);
         return;
     }
     #[cfg(feature = "cuda")]
@@ -224,6 +243,7 @@ fn benches(c: &mut Criterion) {
         bench_gemm::<Direct>(c, "cuda-direct-f16", &dev);
         bench_gemv::<Direct>(c, "cuda-direct-f16", &dev);
         bench_decode_attention::<Direct>(c, "cuda-direct-f16", &dev);
+        bench_matmul_bias_gelu::<Direct>(c, "cuda-direct-f16", &dev);
         bench_matmul::<burn::backend::Cuda<f32, i32>>(c, "cuda-f32", &dev);
     }
     #[cfg(not(feature = "cuda"))]
