@@ -162,7 +162,7 @@ pub fn masked_softmax<B: KernelBackend>(scores: Tensor<B, 4>, mask: Tensor<B, 4>
     Tensor::from_primitive(TensorPrimitive::Float(out))
 }
 
-/// What the matrix products of at least 32 rows have run on in this process (on CUDA: cuBLAS, or
+/// What the matrix products of at least 2 rows have run on in this process (on CUDA: cuBLAS, or
 /// burn's matmul and why).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum GemmStatus {
@@ -172,9 +172,6 @@ pub enum GemmStatus {
     Cublas {
         /// GEMMs queued on cuBLAS.
         calls: u64,
-        /// Of those, GEMMs whose stream waited for their inputs on the GPU instead of the host
-        /// (`CHATGLM_GEMM_WAIT=device`).
-        device_waits: u64,
     },
     /// burn's matmul ran them, for this reason.
     Burn(String),
@@ -188,9 +185,9 @@ pub fn gemm_status() -> GemmStatus {
     GemmStatus::NotUsed
 }
 
-/// Matrix products of at most 8 rows (decode: a row per sequence) that ran on this crate's CubeCL
-/// GEMV kernel in this process: linear layers with `[out, in]` weights and attention scores
-/// against cached keys (any cube backend; 0 elsewhere).
+/// Matrix products that ran on this crate's CubeCL GEMV kernel in this process: one row (with
+/// cuBLAS; up to 8 without) against a matrix with contiguous columns, as linear layers with
+/// `[out, in]` weights (any cube backend; 0 elsewhere).
 pub fn gemv_calls() -> u64 {
     #[cfg(feature = "cuda")]
     return crate::cube::gemv_calls();
@@ -199,10 +196,11 @@ pub fn gemv_calls() -> u64 {
 }
 
 /// Matrix product as [`Tensor::matmul`], but float32 stays float32 on every backend (burn's
-/// CUDA matmul rounds float32 inputs to TF32 on tensor cores). On CUDA, products of at least 32
-/// rows run on cuBLAS (`CHATGLM_GEMM=burn` keeps burn's matmul), and products of at most 8 rows
-/// against a matrix with contiguous columns on a GEMV kernel ([`gemv_calls`]); under autodiff
-/// both gradients are such products too.
+/// CUDA matmul rounds float32 inputs to TF32 on tensor cores). On CUDA, one-row products against
+/// a matrix with contiguous columns (decoding one sequence) run on a GEMV kernel
+/// ([`gemv_calls`]), and products of at least 2 rows on cuBLAS (`CHATGLM_GEMM=burn` keeps
+/// burn's matmul, and the GEMV kernel for up to 8 rows); under autodiff both gradients are such
+/// products too.
 ///
 /// # Shapes
 /// - `lhs`: `[..., m, k]`, `rhs`: `[..., k, n]` (batch dimensions broadcast) -> `[..., m, n]`
@@ -214,9 +212,9 @@ pub fn matmul<B: KernelBackend, const D: usize>(
     Tensor::from_primitive(TensorPrimitive::Float(out))
 }
 
-/// `gelu_tanh(x W^T + bias)`: the h->4h projection and its activation. On burn's cube backends
-/// products of at most 8 rows apply the bias and GELU inside the GEMV kernel (one launch instead
-/// of two); elsewhere [`matmul`] then [`bias_gelu`], with the same rounding.
+/// `gelu_tanh(x W^T + bias)`: the h->4h projection and its activation. On burn's cube backends a
+/// one-row product applies the bias and GELU inside the GEMV kernel (one launch instead of two);
+/// elsewhere [`matmul`] then [`bias_gelu`], with the same rounding.
 ///
 /// # Shapes
 /// - `x`: `[rows, in]`, `weight_t`: `[in, out]` (the `[out, in]` weight transposed), `bias`:

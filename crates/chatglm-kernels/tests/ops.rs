@@ -214,9 +214,10 @@ fn check_matmul_bias_gelu<B: KernelBackend>(dev: &B::Device, tol: Tol) {
 fn check_matmul<B: KernelBackend>(dev: &B::Device, tol: Tol) {
     // k = 4096 makes TF32 rounding visible (about 5e-4 relative per input), well above `tol.mm`
     // in float32.
-    // On CUDA: 64 and 40 rows reach cuBLAS (at least 32 rows); 9 and 17 stay with burn; at most
-    // 8 rows go to the GEMV kernel, whose vector width and passes depend on k: 4096 and 16384
-    // (8 halves per load, 4 loads in flight), 200 (4 per load, a partial pass), 7 (scalars).
+    // On CUDA: one row goes to the GEMV kernel, 2 rows and more to cuBLAS. With
+    // `CHATGLM_GEMM=burn` (no cuBLAS) up to 8 rows take the GEMV kernel, whose vector width and
+    // passes depend on k: 4096 and 16384 (8 halves per load), 200 (4 per load, a partial pass),
+    // 7 (scalars); 9 rows and more take burn's matmul.
     for (m, k, n) in [
         (1usize, 4096usize, 48usize),
         (8, 4096, 130),
@@ -639,10 +640,11 @@ fn fused_ops_match_host_math_and_reference() {
         let half = Tol { ln: 2e-2, mm: 2e-2 };
         check_all::<burn::backend::Cuda<burn::tensor::f16, i32>>(&dev, half);
         check_all::<Cube<burn::tensor::f16>>(&dev, half);
-        // The products of at most 8 rows above ran on the GEMV kernel.
+        // The one-row products above ran on the GEMV kernel (with `CHATGLM_GEMM=burn`, those
+        // of up to 8 rows).
         let gemv = chatglm_kernels::gemv_calls();
-        assert!(gemv >= 20, "only {gemv} products ran on the GEMV kernel");
-        // The products of at least 32 rows above ran on cuBLAS, unless it was switched off.
+        assert!(gemv >= 12, "only {gemv} products ran on the GEMV kernel");
+        // The products of at least 2 rows above ran on cuBLAS, unless it was switched off.
         if std::env::var("CHATGLM_GEMM").is_ok_and(|v| v.eq_ignore_ascii_case("burn")) {
             return;
         }
@@ -651,14 +653,6 @@ fn fused_ops_match_host_math_and_reference() {
             matches!(status, chatglm_kernels::GemmStatus::Cublas { calls, .. } if calls >= 20),
             "products did not run on cuBLAS: {status:?}"
         );
-        // Asked to wait on the GPU: the repeated configurations above (the chain of products)
-        // did.
-        if std::env::var("CHATGLM_GEMM_WAIT").is_ok_and(|v| v.eq_ignore_ascii_case("device")) {
-            assert!(
-                matches!(status, chatglm_kernels::GemmStatus::Cublas { device_waits, .. } if device_waits >= 10),
-                "no GEMM waited on the GPU: {status:?}"
-            );
-        }
     }
 }
 

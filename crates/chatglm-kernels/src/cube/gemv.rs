@@ -2,17 +2,18 @@
 //! contiguous: the `[out, in]` weight of a linear layer seen transposed, or the keys of a KV
 //! cache seen as `[.., head_dim, slots]`. Such a product reads the matrix once and is bound by
 //! memory bandwidth, so the kernel is built around the matrix read:
-//! - one warp per 4 or 8 output columns (weight rows), its 32 units reading 16-byte vectors
-//!   along `k`, up to 8 vectors in flight per unit;
+//! - one warp per output column (a weight row) for one row, per 4 or 8 columns for more rows,
+//!   its 32 units reading 16-byte vectors along `k`, 4 to 8 vectors in flight per unit;
 //! - every row of the left operand (at most [`MAX_ROWS`], a compile-time count) is multiplied
 //!   with each loaded vector, so a batch of 8 sequences reads each weight once, not 8 times;
 //! - float32 accumulation, a warp reduction per output, one store per output;
-//! - every loaded value converted to float32 once. The conversions bound the kernel otherwise:
-//!   one warp per column converted each row's values again for every column, which ran the 8-row
-//!   products 4.5 times slower than the 1-row ones (`docs/benchmarks.md`).
+//! - for several rows, every loaded value converted to float32 once per pass: with a warp per
+//!   column each row's values were converted again for every column, which ran 8-row products
+//!   4.5 times slower than 1-row ones. With 8 columns per warp they still ran 3.2 times slower
+//!   (`docs/benchmarks.md`), so on CUDA only one-row products come here when cuBLAS is there.
 //!
-//! burn's autotuned matmul runs such products below the bandwidth limit (its GEMV) or far below
-//! it for 2-8 rows (tiled kernels that pad the rows): see `docs/benchmarks.md`.
+//! burn's autotuned matmul runs such products at about the same speed for one row (its GEMV), and
+//! far slower for 2-8 rows (tiled kernels that pad the rows): see `docs/benchmarks.md`.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -103,6 +104,13 @@ fn gemv_kernel<F: Float, N: Size>(
         col_base[c] = rhs_base + col * rhs_col;
     }
 
+    // One column per warp: lane-wise partial sums per row (one FMA per element). Several: a
+    // scalar per row and column.
+    let mut accv = Array::<Vector<f32, N>>::new(rows);
+    #[unroll]
+    for r in 0..rows {
+        accv[r] = Vector::<f32, N>::new(0.0f32);
+    }
     let mut acc = Array::<f32>::new(rows * cols);
     #[unroll]
     for a in 0..rows * cols {
@@ -148,9 +156,13 @@ fn gemv_kernel<F: Float, N: Size>(
                 } else {
                     x = Vector::<f32, N>::cast_from(lhs[lhs_base + r * lhs_row + v]);
                 }
-                #[unroll]
-                for c in 0..cols {
-                    acc[r * cols + c] += f32::cast_from((x * wf[c]).vector_sum());
+                if cols == 1 {
+                    accv[r] += x * wf[0];
+                } else {
+                    #[unroll]
+                    for c in 0..cols {
+                        acc[r * cols + c] += f32::cast_from((x * wf[c]).vector_sum());
+                    }
                 }
             }
         }
@@ -162,7 +174,11 @@ fn gemv_kernel<F: Float, N: Size>(
         #[unroll]
         for c in 0..cols {
             let col = first_col + c;
-            let mut total = plane_sum(acc[r * cols + c]);
+            let mut partial = acc[r * cols + c];
+            if cols == 1 {
+                partial = f32::cast_from(accv[r].vector_sum());
+            }
+            let mut total = plane_sum(partial);
             if bias_gelu {
                 // As the product rounded to the dtype, then `bias_gelu` in float32.
                 let mut bcol = col;
@@ -274,11 +290,17 @@ fn launch<R: CubeRuntime>(
     }
     let width = vector_width([(lhs, d - 1), (rhs, d - 2)], k);
     let kv = k / width;
-    // Columns per warp: each row's values are converted once for all of them. Loads in flight
-    // per unit: `cols * unroll`, up to 8.
-    let cols = if m <= 2 { 4 } else { 8 };
-    let unroll = match kv {
-        v if v >= 2 * WARP && cols == 4 => 2,
+    // Columns per warp: several rows' values are converted once for 4 or 8 columns. One row
+    // keeps a warp per column, which measured faster (4.1 against 4.7 ms per token).
+    let cols = match m {
+        1 => 1,
+        2 => 4,
+        _ => 8,
+    };
+    // Loads in flight per unit: `cols * unroll`, 4 to 8.
+    let unroll = match (cols, kv) {
+        (1, v) if v >= 4 * WARP => 4,
+        (1 | 4, v) if v >= 2 * WARP => 2,
         _ => 1,
     };
     let checked = kv % (unroll * WARP) != 0;

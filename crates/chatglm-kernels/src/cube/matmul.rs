@@ -6,10 +6,11 @@
 //! multiply-add, no tensor cores), or the naive kernel for layouts it rejects; half precision
 //! keeps burn's autotuned path.
 //!
-//! Before either, products of at most [`gemv::MAX_ROWS`] rows against a matrix with contiguous
-//! columns (decode's linear layers and attention scores) go to [`super::gemv`], and products of
-//! at least [`cublas::MIN_ROWS`] rows on CUDA go to cuBLAS ([`super::cublas`]): in float32
-//! without TF32, in half precision with float32 accumulation.
+//! Before either, one-row products against a matrix with contiguous columns (decoding one
+//! sequence: the linear layers and lm_head) go to [`super::gemv`], and products of at least
+//! [`cublas::MIN_ROWS`] rows on CUDA go to cuBLAS ([`super::cublas`]): in float32 without TF32,
+//! in half precision with float32 accumulation. Without cuBLAS, products of up to
+//! [`gemv::MAX_ROWS`] rows take the GEMV kernel too.
 
 use std::any::Any;
 
@@ -39,6 +40,13 @@ fn cublas_matmul<R: CubeRuntime>(
     out.downcast::<CubeTensor<R>>().ok().map(|out| *out)
 }
 
+/// Rows of the left operand (`m`).
+pub(crate) fn rows<R: CubeRuntime>(lhs: &CubeTensor<R>) -> usize {
+    let shape = lhs.meta.shape();
+    let d = shape.num_dims();
+    if d < 2 { 1 } else { shape[d - 2] }
+}
+
 pub(crate) fn matmul<R, F, I, BT>(lhs: CubeTensor<R>, rhs: CubeTensor<R>) -> CubeTensor<R>
 where
     R: CubeRuntime,
@@ -46,10 +54,16 @@ where
     I: IntElement,
     BT: BoolElement,
 {
-    if let Some(out) = gemv::matmul(&lhs, &rhs) {
+    // One row: the GEMV kernel. More: cuBLAS, or the GEMV kernel (up to 8 rows) without it.
+    if rows(&lhs) == 1
+        && let Some(out) = gemv::matmul(&lhs, &rhs)
+    {
         return out;
     }
     if let Some(out) = cublas_matmul(&lhs, &rhs) {
+        return out;
+    }
+    if let Some(out) = gemv::matmul(&lhs, &rhs) {
         return out;
     }
     if lhs.dtype != DType::F32 || rhs.dtype != DType::F32 {

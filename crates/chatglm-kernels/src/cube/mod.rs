@@ -54,7 +54,12 @@ where
         rhs: FloatTensor<Self>,
         bias: FloatTensor<Self>,
     ) -> FloatTensor<Self> {
-        match gemv::matmul_bias_gelu(&lhs, &rhs, &bias) {
+        // Fused into the GEMV where `matmul` would take the GEMV kernel anyway (one row).
+        let fused = match matmul::rows(&lhs) {
+            1 => gemv::matmul_bias_gelu(&lhs, &rhs, &bias),
+            _ => None,
+        };
+        match fused {
             Some(out) => out,
             None => elementwise::bias_gelu(matmul::matmul::<R, F, I, BT>(lhs, rhs), bias),
         }

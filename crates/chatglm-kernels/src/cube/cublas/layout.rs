@@ -9,7 +9,7 @@
 //! column stride.
 
 /// One operand as cuBLAS reads it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct Operand {
     /// Read with `CUBLAS_OP_T`.
     pub trans: bool,
@@ -20,7 +20,7 @@ pub(crate) struct Operand {
 }
 
 /// A whole call: `C = A B` for row-major `A: [batch.., m, k]`, `B: [batch.., k, n]`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct GemmPlan {
     pub m: i32,
     pub n: i32,
@@ -34,10 +34,12 @@ pub(crate) struct GemmPlan {
     pub out: Operand,
 }
 
-/// The smallest `m` (rows of the left operand) sent to cuBLAS. Decode steps (a few rows) stay on
-/// burn's GEMV, which reads `[out, in]` weights at 3.4 TB/s and needs no stream handoff; every
-/// prefill bucket (at least 32 tokens) and every training GEMM goes to cuBLAS.
-pub(crate) const MIN_ROWS: usize = 32;
+/// The smallest `m` (rows of the left operand) sent to cuBLAS. One row (decoding a single
+/// sequence) stays on the GEMV kernel (`super::super::gemv`), which needs no stream handoff;
+/// batch decoding (2 rows and more), every prefill bucket and every training GEMM go to cuBLAS,
+/// whose small-`m` kernels read the weights once at several times the speed of the GEMV
+/// kernel's 8-row form (`docs/benchmarks.md`).
+pub(crate) const MIN_ROWS: usize = 2;
 
 impl GemmPlan {
     /// The plan for `lhs x rhs` given their shapes and element strides, or `None` when the
@@ -214,14 +216,22 @@ mod tests {
     #[test]
     fn products_cublas_cannot_express_stay_with_burn() {
         let c = contiguous;
-        // Decode-sized: too few rows.
+        // One row (decoding one sequence: the GEMV kernel's); two rows already go to cuBLAS.
         assert!(
             GemmPlan::new(
-                (&[8, 64], &c(&[8, 64])),
+                (&[1, 64], &c(&[1, 64])),
                 (&[64, 16], &c(&[64, 16])),
-                &c(&[8, 16])
+                &c(&[1, 16])
             )
             .is_none()
+        );
+        assert!(
+            GemmPlan::new(
+                (&[2, 64], &c(&[2, 64])),
+                (&[64, 16], &c(&[64, 16])),
+                &c(&[2, 16])
+            )
+            .is_some()
         );
         // Neither stride of the left matrix is 1.
         assert!(

@@ -19,7 +19,7 @@
 mod layout;
 
 use std::cell::RefCell;
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::ffi::c_void;
 use std::mem::ManuallyDrop;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -44,18 +44,6 @@ pub(crate) use layout::{GemmPlan, MIN_ROWS, contiguous_strides};
 /// [`MIN_ROWS`] rows: unset or `cublas` for cuBLAS where it loads, `burn` for burn's matmul.
 pub const GEMM_ENV: &str = "CHATGLM_GEMM";
 
-/// Environment variable choosing how a GEMM waits for its inputs: unset or `host` for the host
-/// waiting on cubecl's stream (step 1 of the module docs), `device` for our stream waiting on the
-/// GPU for a flag that a kernel on cubecl's stream sets after the inputs (no drain of the queue).
-/// The device wait is used only for GEMM configurations that already ran once with the host
-/// wait, so that cuBLAS never loads a kernel module while a handoff kernel spins.
-pub const GEMM_WAIT_ENV: &str = "CHATGLM_GEMM_WAIT";
-
-fn device_wait() -> bool {
-    static ON: OnceLock<bool> = OnceLock::new();
-    *ON.get_or_init(|| std::env::var(GEMM_WAIT_ENV).is_ok_and(|v| v.eq_ignore_ascii_case("device")))
-}
-
 /// Whether products may go to cuBLAS: not switched off, and the library loads.
 fn enabled() -> bool {
     static ON: OnceLock<bool> = OnceLock::new();
@@ -76,20 +64,8 @@ fn enabled() -> bool {
 
 /// GEMMs run on cuBLAS so far in this process.
 static CALLS: AtomicU64 = AtomicU64::new(0);
-/// Of those, the ones whose inputs our stream waited for on the GPU.
-static DEVICE_WAITS: AtomicU64 = AtomicU64::new(0);
 /// Why cuBLAS is not used (the last reason seen).
 static FAILURE: Mutex<Option<String>> = Mutex::new(None);
-
-/// Why GEMMs wait on the host although `CHATGLM_GEMM_WAIT=device` asks otherwise.
-static WAIT_FAILURE: Mutex<Option<String>> = Mutex::new(None);
-
-fn unavailable_wait(reason: String) {
-    tracing::warn!("cuBLAS GEMMs wait on the host: {reason}");
-    if let Ok(mut slot) = WAIT_FAILURE.lock() {
-        slot.get_or_insert(reason);
-    }
-}
 
 fn unavailable(reason: String) {
     tracing::warn!("matrix products use burn's matmul: {reason}");
@@ -102,22 +78,12 @@ fn unavailable(reason: String) {
 pub(crate) fn status() -> GemmStatus {
     let calls = CALLS.load(Ordering::Relaxed);
     if calls > 0 {
-        let device_waits = DEVICE_WAITS.load(Ordering::Relaxed);
-        return GemmStatus::Cublas {
-            calls,
-            device_waits,
-        };
+        return GemmStatus::Cublas { calls };
     }
     match FAILURE.lock().ok().and_then(|f| f.clone()) {
         Some(reason) => GemmStatus::Burn(reason),
         None => GemmStatus::NotUsed,
     }
-}
-
-/// Sets `flag` to `seq` once everything queued before it on cubecl's stream has run.
-#[cube(launch)]
-fn signal(flag: &mut Array<Atomic<u32>>, seq: u32) {
-    flag[0].store(seq);
 }
 
 #[cube(launch)]
@@ -214,12 +180,6 @@ struct Lane {
     /// One `u32`: the sequence number of the last GEMM done (set by our stream).
     flag: ManuallyDrop<Handle>,
     flag_ptr: u64,
-    /// One `u32`: the sequence number of the last GEMM whose inputs are ready (set by
-    /// [`signal`] on cubecl's stream, waited for by our stream with `CHATGLM_GEMM_WAIT=device`).
-    ready: ManuallyDrop<Handle>,
-    ready_ptr: u64,
-    /// Configurations run once with the host wait (their cuBLAS kernels are loaded).
-    seen: HashSet<(GemmPlan, u32)>,
     seq: u32,
     /// Set after a failure that could leave a stream waiting: the lane is not used again.
     broken: bool,
@@ -260,7 +220,6 @@ impl Lane {
             checked(cublas::cublasSetStream_v2(handle, stream.cast()))
                 .map_err(|e| format!("cublasSetStream: {e}"))?;
             let flag = client.create_from_slice(&[0u8; 4]);
-            let ready = client.create_from_slice(&[0u8; 4]);
             cubecl::future::block_on(client.sync()).map_err(|e| format!("{e:?}"))?;
             let mut lane = Self {
                 context,
@@ -268,14 +227,10 @@ impl Lane {
                 handle,
                 flag: ManuallyDrop::new(flag.clone()),
                 flag_ptr: 0,
-                ready: ManuallyDrop::new(ready.clone()),
-                ready_ptr: 0,
-                seen: HashSet::new(),
                 seq: 0,
                 broken: false,
             };
             lane.flag_ptr = lane.pointer(client, flag).ok_or("no flag buffer")?;
-            lane.ready_ptr = lane.pointer(client, ready).ok_or("no flag buffer")?;
             Ok(lane)
         }
     }
@@ -302,47 +257,7 @@ impl Lane {
             .seq
             .checked_add(1)
             .ok_or("sequence numbers exhausted")?;
-        let key = (*plan, data as u32);
-        let on_device = device_wait() && self.seen.contains(&key);
-        if on_device {
-            // SAFETY: one u32 flag, as allocated in `try_new`.
-            let ready = unsafe { ArrayArg::from_raw_parts((*self.ready).clone(), 1) };
-            signal::launch::<CudaRuntime>(
-                client,
-                CubeCount::Static(1, 1, 1),
-                CubeDim::new_1d(1),
-                ready,
-                seq,
-            );
-            // The flag's address is known, but the signal must be queued (not run) before our
-            // stream waits for it: `get_resource` returns once earlier launches are queued.
-            let _ = client.get_resource((*self.ready).clone());
-            // SAFETY: waits on our stream for a u32 in device memory that the signal sets.
-            let waited = unsafe {
-                let _ = cu::ctx::set_current(self.context);
-                cusys::cuStreamWaitValue32_v2(
-                    self.stream,
-                    self.ready_ptr,
-                    seq,
-                    cusys::CUstreamWaitValue_flags::CU_STREAM_WAIT_VALUE_GEQ as u32,
-                )
-                .result()
-            };
-            match waited {
-                Ok(()) => {
-                    DEVICE_WAITS.fetch_add(1, Ordering::Relaxed);
-                }
-                Err(err) => {
-                    // Nothing is queued on our stream yet: the host wait still applies.
-                    unavailable_wait(format!("cuStreamWaitValue32: {err:?}"));
-                    cubecl::future::block_on(client.sync())
-                        .map_err(|e| format!("cubecl sync: {e:?}"))?;
-                }
-            }
-        } else {
-            cubecl::future::block_on(client.sync()).map_err(|e| format!("cubecl sync: {e:?}"))?;
-            self.seen.insert(key);
-        }
+        cubecl::future::block_on(client.sync()).map_err(|e| format!("cubecl sync: {e:?}"))?;
         let (alpha, beta) = (1.0f32, 0.0f32);
         let op = |t: bool| {
             if t {
