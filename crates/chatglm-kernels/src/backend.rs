@@ -125,7 +125,8 @@ pub trait KernelBackend: Backend {
     }
 }
 
-fn float<B: Backend, const D: usize>(t: FloatTensor<B>) -> Tensor<B, D> {
+/// A backend's float primitive as a tensor.
+pub(crate) fn float<B: Backend, const D: usize>(t: FloatTensor<B>) -> Tensor<B, D> {
     Tensor::from_primitive(TensorPrimitive::Float(t))
 }
 

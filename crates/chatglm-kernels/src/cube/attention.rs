@@ -18,6 +18,7 @@ use burn_cubecl::tensor::CubeTensor;
 use cubecl::prelude::*;
 
 use super::reduce::{cube_max, cube_sum};
+use super::vector_aligned;
 
 /// Units per cube.
 const UNITS: usize = 512;
@@ -188,14 +189,8 @@ pub(crate) fn decode_attention<R: CubeRuntime>(
         return None;
     }
     let width = vector_width(d)?;
-    // Vector loads: unit stride along `d`, other strides and the buffers' offsets aligned.
-    let aligned = |t: &CubeTensor<R>| {
-        let strides = t.meta.strides();
-        let bytes = (width * t.dtype.size()) as u64;
-        strides[3] == 1
-            && strides[..3].iter().all(|st| st.is_multiple_of(width))
-            && t.handle.offset_start.is_none_or(|o| o % bytes == 0)
-    };
+    // Vector loads along `d` (unit stride), other strides and the buffers' offsets aligned.
+    let aligned = |t: &CubeTensor<R>| t.meta.strides()[3] == 1 && vector_aligned(t, 3, width);
     if !(aligned(q) && aligned(keys) && aligned(values)) {
         return None;
     }

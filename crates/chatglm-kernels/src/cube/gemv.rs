@@ -24,6 +24,7 @@ use burn_cubecl::tensor::CubeTensor;
 use cubecl::prelude::*;
 
 use super::elementwise::gelu_tanh;
+use super::vector_aligned;
 
 /// Most rows of the left operand the kernel takes (the accumulators are registers).
 pub(crate) const MAX_ROWS: usize = 8;
@@ -41,13 +42,9 @@ pub(crate) fn calls() -> u64 {
 }
 
 /// Offset (in elements) of batch entry `batch` of `t`, whose batch dimensions (all but the last
-/// two) broadcast against `out`'s.
+/// two) broadcast against `out`'s (`t` may be `out` itself).
 #[cube]
-fn batch_offset<F: Float, N: Size>(
-    t: &Tensor<Vector<F, N>>,
-    out: &Tensor<F>,
-    batch: usize,
-) -> usize {
+fn batch_offset<E: CubePrimitive, F: Float>(t: &Tensor<E>, out: &Tensor<F>, batch: usize) -> usize {
     let rank = out.rank();
     let mut rem = batch;
     let mut offset = 0usize;
@@ -88,9 +85,9 @@ fn gemv_kernel<F: Float, N: Size>(
     let batch = CUBE_POS_Y as usize;
     let width = lhs.vector_size();
     // In vectors: the left operand's rows, each matrix column (`k` contiguous) and their length.
-    let lhs_base = batch_offset::<F, N>(lhs, out, batch) / width;
+    let lhs_base = batch_offset::<Vector<F, N>, F>(lhs, out, batch) / width;
     let lhs_row = lhs.stride(rank - 2) / width;
-    let rhs_base = batch_offset::<F, N>(rhs, out, batch) / width;
+    let rhs_base = batch_offset::<Vector<F, N>, F>(rhs, out, batch) / width;
     let rhs_col = rhs.stride(rank - 1) / width;
     let kv = lhs.shape(rank - 1) / width;
     // A warp's columns past `n` read the last column again and store nothing.
@@ -168,7 +165,7 @@ fn gemv_kernel<F: Float, N: Size>(
         }
         base += 32 * unroll;
     }
-    let out_base = batch_offset_out(out, batch);
+    let out_base = batch_offset::<F, F>(out, out, batch);
     #[unroll]
     for r in 0..rows {
         #[unroll]
@@ -197,39 +194,15 @@ fn gemv_kernel<F: Float, N: Size>(
     }
 }
 
-/// Offset (in elements) of batch entry `batch` of `out`.
-#[cube]
-fn batch_offset_out<F: Float>(out: &Tensor<F>, batch: usize) -> usize {
-    let rank = out.rank();
-    let mut rem = batch;
-    let mut offset = 0usize;
-    let mut d = rank - 2;
-    while d > 0 {
-        d -= 1;
-        let size = out.shape(d);
-        offset += (rem % size) * out.stride(d);
-        rem /= size;
-    }
-    offset
-}
-
-/// Widest vector (elements) that divides `k` and every other stride of both operands (their
-/// `k` axes have unit stride), with both buffers' offsets aligned to it; 1 when none. `k_axes`
-/// gives each operand's `k` axis.
+/// Widest vector (elements) that divides `k` and on which both operands can be read along their
+/// `k` axis (`operands`: each tensor with that axis, see [`vector_aligned`]); 1 when none.
 fn vector_width<R: CubeRuntime>(operands: [(&CubeTensor<R>, usize); 2], k: usize) -> usize {
-    let aligned = |t: &CubeTensor<R>, k_axis: usize, w: usize| {
-        let bytes = (w * t.dtype.size()) as u64;
-        let (shape, strides) = (t.meta.shape(), t.meta.strides());
-        t.handle.offset_start.is_none_or(|o| o % bytes == 0)
-            && (0..strides.len())
-                .all(|d| d == k_axis || shape[d] == 1 || strides[d].is_multiple_of(w))
-    };
     [8usize, 4, 2]
         .into_iter()
         // At least a warp's worth of vectors along `k` where possible: k = 128 (a head) reads
         // best as 32 vectors of 4.
         .filter(|&w| k.is_multiple_of(w) && (k / w >= WARP || w == 2))
-        .find(|&w| operands.iter().all(|&(t, axis)| aligned(t, axis, w)))
+        .find(|&w| operands.iter().all(|&(t, axis)| vector_aligned(t, axis, w)))
         .unwrap_or(1)
 }
 

@@ -12,10 +12,10 @@ mod reduce;
 mod softmax;
 
 use burn::tensor::ops::FloatTensor;
-use burn::tensor::{Tensor, TensorPrimitive};
 use burn_cubecl::{BoolElement, CubeBackend, CubeRuntime, FloatElement, IntElement};
 
 use crate::KernelBackend;
+use crate::backend::float;
 
 pub(crate) use cublas::status as gemm_status;
 pub(crate) use gemv::calls as gemv_calls;
@@ -107,6 +107,17 @@ where
     }
 }
 
-fn float<B: burn::tensor::backend::Backend, const D: usize>(t: FloatTensor<B>) -> Tensor<B, D> {
-    Tensor::from_primitive(TensorPrimitive::Float(t))
+/// Whether `t` can be read as vectors of `width` elements along `axis` (whose stride must be 1):
+/// every other dimension of more than one element moves by whole vectors, and the buffer's
+/// offset is aligned to a vector.
+pub(crate) fn vector_aligned<R: CubeRuntime>(
+    t: &burn_cubecl::tensor::CubeTensor<R>,
+    axis: usize,
+    width: usize,
+) -> bool {
+    let bytes = (width * t.dtype.size()) as u64;
+    let (shape, strides) = (t.meta.shape(), t.meta.strides());
+    t.handle.offset_start.is_none_or(|o| o % bytes == 0)
+        && (0..strides.len())
+            .all(|d| d == axis || shape[d] == 1 || strides[d].is_multiple_of(width))
 }

@@ -59,14 +59,36 @@ impl<B: KernelBackend> Linear<B> {
     /// # Shapes
     /// - `x`: `[..., in]` -> `[..., out]`
     pub fn forward_no_bias<const D: usize>(&self, x: Tensor<B, D>) -> Tensor<B, D> {
+        self.project(x, chatglm_kernels::matmul)
+    }
+
+    /// `gelu_tanh(x W^T + b)` with the bias and activation fused into the product where the
+    /// backend can ([`chatglm_kernels::matmul_bias_gelu`]); without a bias, `gelu_tanh(x W^T)`.
+    ///
+    /// # Shapes
+    /// - `x`: `[..., in]` -> `[..., out]`
+    pub fn forward_gelu<const D: usize>(&self, x: Tensor<B, D>) -> Tensor<B, D> {
+        match &self.bias {
+            Some(bias) => self.project(x, |x, w| {
+                chatglm_kernels::matmul_bias_gelu(x, w, bias.val())
+            }),
+            None => chatglm_kernels::reference::gelu_tanh(self.forward_no_bias(x)),
+        }
+    }
+
+    /// `product(x, W^T)` over the last dimension: `x` flattened to `[rows, in]`, the result
+    /// shaped back to `[..., out]`.
+    fn project<const D: usize>(
+        &self,
+        x: Tensor<B, D>,
+        product: impl FnOnce(Tensor<B, 2>, Tensor<B, 2>) -> Tensor<B, 2>,
+    ) -> Tensor<B, D> {
         let dims = x.dims();
         let input = dims[D - 1];
         let rows: usize = dims[..D - 1].iter().product();
-        let out = self.out_features();
-        let x2: Tensor<B, 2> = x.reshape([rows, input]);
-        let y = chatglm_kernels::matmul(x2, self.weight.val().transpose());
+        let y = product(x.reshape([rows, input]), self.weight.val().transpose());
         let mut shape = dims;
-        shape[D - 1] = out;
+        shape[D - 1] = self.out_features();
         y.reshape(shape)
     }
 }

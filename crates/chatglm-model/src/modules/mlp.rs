@@ -45,16 +45,6 @@ impl<B: KernelBackend> Mlp<B> {
     /// `gelu(dense_h_to_4h(x))`, the bias fused into the activation (and at decode sizes the
     /// activation into the product).
     fn activation(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
-        let layer = &self.dense_h_to_4h;
-        match &layer.bias {
-            Some(bias) => {
-                let [b, s, hidden] = x.dims();
-                let w = layer.weight.val().transpose();
-                let y =
-                    chatglm_kernels::matmul_bias_gelu(x.reshape([b * s, hidden]), w, bias.val());
-                y.reshape([b, s, layer.out_features()])
-            }
-            None => gelu_tanh(layer.forward_no_bias(x)),
-        }
+        self.dense_h_to_4h.forward_gelu(x)
     }
 }
