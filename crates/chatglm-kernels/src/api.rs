@@ -172,6 +172,9 @@ pub enum GemmStatus {
     Cublas {
         /// GEMMs queued on cuBLAS.
         calls: u64,
+        /// Those whose inputs cuBLAS's stream awaited on the GPU (the others drained cubecl's
+        /// queue on the host first: `CHATGLM_GEMM_WAIT=host`, or no waiting kernel).
+        device_waits: u64,
     },
     /// burn's matmul ran them, for this reason.
     Burn(String),

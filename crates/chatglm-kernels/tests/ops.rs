@@ -653,6 +653,13 @@ fn fused_ops_match_host_math_and_reference() {
             matches!(status, chatglm_kernels::GemmStatus::Cublas { calls, .. } if calls >= 20),
             "products did not run on cuBLAS: {status:?}"
         );
+        // ... and their inputs were awaited on the GPU, unless the host wait was asked for.
+        if !std::env::var("CHATGLM_GEMM_WAIT").is_ok_and(|v| v.eq_ignore_ascii_case("host")) {
+            assert!(
+                matches!(status, chatglm_kernels::GemmStatus::Cublas { device_waits, .. } if device_waits >= 20),
+                "cuBLAS waited for its inputs on the host: {status:?}"
+            );
+        }
     }
 }
 

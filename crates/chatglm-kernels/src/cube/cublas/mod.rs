@@ -3,20 +3,24 @@
 //!
 //! cubecl 0.10 queues each thread's kernels on a CUDA stream it does not expose, so cuBLAS runs on
 //! a stream of ours (a [`Lane`]: one per thread and GPU). A GEMM:
-//! 1. waits on the host until cubecl's stream has run everything queued so far (the inputs);
+//! 1. makes our stream wait for the inputs: on the GPU ([`wait`]: a signal kernel on cubecl's
+//!    stream, a kernel of ours spinning on our stream until it has run), or, with
+//!    `CHATGLM_GEMM_WAIT=host` or where that kernel cannot be built, on the host, which drains
+//!    cubecl's queue;
 //! 2. queues the GEMM on our stream, then a memset that writes the call's sequence number to a
 //!    flag in device memory;
 //! 3. queues [`handoff`] on cubecl's stream: one thread spinning until the flag reaches that
 //!    number.
 //!
 //! Whatever cubecl queues after the handoff (readers of the output, writers of a freed input's
-//! reused memory) therefore runs after the GEMM, while the host goes on queueing. Only the inputs'
-//! side waits on the host: a kernel spinning on the GPU while cuBLAS loads its kernels (CUDA loads
-//! modules lazily, which may wait for the whole context) could deadlock, and with step 1 nothing
-//! spins while cuBLAS is called. Without cuBLAS (no library, or `CHATGLM_GEMM=burn`) the caller
-//! uses burn's own matmul; [`crate::gemm_status`] says which ran.
+//! reused memory) therefore runs after the GEMM, while the host goes on queueing. A kernel only
+//! ever spins for work that the GPU already has in a queue, so nothing deadlocks when the driver
+//! waits for the whole context (CUDA loads modules lazily, cuBLAS's among them). Without cuBLAS
+//! (no library, or `CHATGLM_GEMM=burn`) the caller uses burn's own matmul;
+//! [`crate::gemm_status`] says which ran.
 
 mod layout;
+mod wait;
 
 use std::cell::RefCell;
 use std::collections::HashMap;
@@ -64,6 +68,8 @@ fn enabled() -> bool {
 
 /// GEMMs run on cuBLAS so far in this process.
 static CALLS: AtomicU64 = AtomicU64::new(0);
+/// Those of them whose inputs were awaited on the GPU.
+static DEVICE_WAITS: AtomicU64 = AtomicU64::new(0);
 /// Why cuBLAS is not used (the last reason seen).
 static FAILURE: Mutex<Option<String>> = Mutex::new(None);
 
@@ -78,7 +84,11 @@ fn unavailable(reason: String) {
 pub(crate) fn status() -> GemmStatus {
     let calls = CALLS.load(Ordering::Relaxed);
     if calls > 0 {
-        return GemmStatus::Cublas { calls };
+        let device_waits = DEVICE_WAITS.load(Ordering::Relaxed);
+        return GemmStatus::Cublas {
+            calls,
+            device_waits,
+        };
     }
     match FAILURE.lock().ok().and_then(|f| f.clone()) {
         Some(reason) => GemmStatus::Burn(reason),
@@ -151,7 +161,7 @@ pub(crate) fn matmul(
             dtype,
         );
         let plan = operands(out.meta.strides())?;
-        let ptr = |t: &CubeTensor<CudaRuntime>| lane.pointer(&t.client, t.handle.clone());
+        let ptr = |t: &CubeTensor<CudaRuntime>| pointer(&t.client, t.handle.clone());
         let pointers = [ptr(rhs)?, ptr(lhs)?, ptr(&out)?];
         match lane.run(&lhs.client, &plan, pointers, (data, compute)) {
             Ok(()) => {
@@ -171,12 +181,14 @@ thread_local! {
     static LANES: RefCell<HashMap<usize, Option<Lane>>> = RefCell::new(HashMap::new());
 }
 
-/// A cuBLAS handle on a stream of ours, and the flag of its handoff with cubecl's stream (of the
+/// A cuBLAS handle on a stream of ours, and the flags of its handoffs with cubecl's stream (of the
 /// thread it was made on). Never freed: a thread keeps its lane until the process ends.
 struct Lane {
     context: cusys::CUcontext,
     stream: cusys::CUstream,
     handle: cublas::cublasHandle_t,
+    /// The GPU-side wait for the inputs (`None`: the host drains cubecl's queue instead).
+    wait: Option<wait::DeviceWait>,
     /// One `u32`: the sequence number of the last GEMM done (set by our stream).
     flag: ManuallyDrop<Handle>,
     flag_ptr: u64,
@@ -221,24 +233,27 @@ impl Lane {
                 .map_err(|e| format!("cublasSetStream: {e}"))?;
             let flag = client.create_from_slice(&[0u8; 4]);
             cubecl::future::block_on(client.sync()).map_err(|e| format!("{e:?}"))?;
-            let mut lane = Self {
+            let flag_ptr = pointer(client, flag.clone()).ok_or("no flag buffer")?;
+            let wait = if wait::host_wait_requested() {
+                None
+            } else {
+                wait::DeviceWait::new(client, stream)
+                    .inspect_err(|err| {
+                        tracing::warn!("cuBLAS waits for its inputs on the host: {err}");
+                    })
+                    .ok()
+            };
+            Ok(Self {
                 context,
                 stream,
                 handle,
-                flag: ManuallyDrop::new(flag.clone()),
-                flag_ptr: 0,
+                wait,
+                flag: ManuallyDrop::new(flag),
+                flag_ptr,
                 seq: 0,
                 broken: false,
-            };
-            lane.flag_ptr = lane.pointer(client, flag).ok_or("no flag buffer")?;
-            Ok(lane)
+            })
         }
-    }
-
-    /// The device address of a buffer (after the memory it needs is allocated).
-    fn pointer(&self, client: &ComputeClient<CudaRuntime>, handle: Handle) -> Option<u64> {
-        let resource = client.get_resource(handle).ok()?;
-        Some(resource.resource().ptr)
     }
 
     /// Waits for the inputs, queues the GEMM and the release on our stream, then the handoff on
@@ -257,7 +272,23 @@ impl Lane {
             .seq
             .checked_add(1)
             .ok_or("sequence numbers exhausted")?;
-        cubecl::future::block_on(client.sync()).map_err(|e| format!("cubecl sync: {e:?}"))?;
+        // SAFETY: the primary context retained in `try_new`.
+        let _ = unsafe { cu::ctx::set_current(self.context) };
+        let on_device = match &self.wait {
+            Some(wait) => match wait.queue(client, self.stream, seq) {
+                Ok(()) => true,
+                Err(err) => {
+                    // The wait may be missing from our stream: wait on the host, from now on.
+                    tracing::warn!("cuBLAS waits for its inputs on the host: {err}");
+                    self.wait = None;
+                    false
+                }
+            },
+            None => false,
+        };
+        if !on_device {
+            cubecl::future::block_on(client.sync()).map_err(|e| format!("cubecl sync: {e:?}"))?;
+        }
         let (alpha, beta) = (1.0f32, 0.0f32);
         let op = |t: bool| {
             if t {
@@ -270,7 +301,6 @@ impl Lane {
         // caller holds their tensors until this returns, and cubecl's stream does not reuse them
         // before the handoff below completes); alpha/beta are float32 as the compute types need.
         let (gemm, released) = unsafe {
-            let _ = cu::ctx::set_current(self.context);
             let gemm = cublas::cublasGemmStridedBatchedEx(
                 self.handle,
                 op(plan.first.trans),
@@ -306,6 +336,9 @@ impl Lane {
             return Err(format!("release failed: {err:?}"));
         }
         self.seq = seq;
+        if on_device {
+            DEVICE_WAITS.fetch_add(1, Ordering::Relaxed);
+        }
         // SAFETY: one u32 flag, as allocated in `try_new`.
         let flag = unsafe { ArrayArg::from_raw_parts((*self.flag).clone(), 1) };
         handoff::launch::<CudaRuntime>(
@@ -317,6 +350,13 @@ impl Lane {
         );
         checked(gemm)
     }
+}
+
+/// The device address of a buffer (after the memory it needs is allocated). cubecl's device runner
+/// handles requests in order, so everything queued before has been handed to the driver too.
+fn pointer(client: &ComputeClient<CudaRuntime>, handle: Handle) -> Option<u64> {
+    let resource = client.get_resource(handle).ok()?;
+    Some(resource.resource().ptr)
 }
 
 fn checked(s: cublas::cublasStatus_t) -> Result<(), String> {

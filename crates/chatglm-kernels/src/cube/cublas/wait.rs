@@ -1,0 +1,126 @@
+//! The GPU-side wait of our cuBLAS stream for cubecl's (the inputs' side of the handoff).
+//!
+//! cubecl does not expose its stream, so no CUDA event can be recorded on it, and the driver's
+//! stream memory operations (`cuStreamWaitValue32`) return `CUDA_ERROR_INVALID_VALUE` on cubecl's
+//! buffers. Two kernels do the same job instead:
+//! 1. [`signal`], a one-thread CubeCL kernel queued on cubecl's stream after the inputs, writes
+//!    the GEMM's sequence number to a flag;
+//! 2. `chatglm_wait_at_least`, a one-thread kernel of ours (CUDA C compiled once by NVRTC, which
+//!    cubecl loads anyway) queued on our stream, spins until the flag reaches that number.
+//!
+//! The GEMM queued behind it therefore starts once everything cubecl queued before it has run,
+//! and the host never waits. No deadlock: when the waiting kernel is queued, [`DeviceWait::queue`]
+//! has already made sure the signal is in cubecl's CUDA stream (not only in its host queue), so
+//! whatever the driver does later (loading a module lazily may wait for the whole context), the
+//! spinning kernel ends once work that is already queued on the GPU has run.
+//!
+//! `CHATGLM_GEMM_WAIT=host` keeps the older wait: the host drains cubecl's queue before each GEMM.
+
+use std::ffi::{CString, c_void};
+use std::mem::ManuallyDrop;
+
+use cubecl::client::ComputeClient;
+use cubecl::cuda::CudaRuntime;
+use cubecl::prelude::*;
+use cubecl::server::Handle;
+use cudarc::driver::{result as cu, sys as cusys};
+use cudarc::nvrtc::safe as nvrtc;
+
+/// Environment variable choosing how a GEMM waits for its inputs: unset or `device` for the
+/// GPU-side wait, `host` for a host-side drain of cubecl's queue.
+const WAIT_ENV: &str = "CHATGLM_GEMM_WAIT";
+
+/// Whether the host-side wait was asked for.
+pub(super) fn host_wait_requested() -> bool {
+    std::env::var(WAIT_ENV).is_ok_and(|v| v.eq_ignore_ascii_case("host"))
+}
+
+/// The waiting kernel: one thread re-reading the flag (volatile, so from L2, where cubecl's
+/// stream writes it) until it holds at least `seq`.
+const SOURCE: &str = r#"
+extern "C" __global__ void chatglm_wait_at_least(const volatile unsigned int* flag, unsigned int seq) {
+    while (*flag < seq) {
+    }
+}
+"#;
+const NAME: &str = "chatglm_wait_at_least";
+
+#[cube(launch)]
+fn signal(flag: &Array<Atomic<u32>>, seq: u32) {
+    flag[0].store(seq);
+}
+
+/// The flag cubecl's stream raises, and our kernel that waits for it.
+pub(super) struct DeviceWait {
+    function: cusys::CUfunction,
+    /// One `u32`: the sequence number of the last GEMM whose inputs are ready.
+    flag: ManuallyDrop<Handle>,
+    flag_ptr: u64,
+}
+
+impl DeviceWait {
+    /// Compiles and loads the waiting kernel in the current context, allocates the flag, and runs
+    /// both kernels once (so that neither is loaded lazily later, while another spins).
+    pub(super) fn new(
+        client: &ComputeClient<CudaRuntime>,
+        stream: cusys::CUstream,
+    ) -> Result<Self, String> {
+        let ptx = nvrtc::compile_ptx_with_opts(SOURCE, nvrtc::CompileOptions::default())
+            .map_err(|e| format!("compiling the waiting kernel: {e:?}"))?;
+        let image = CString::new(ptx.to_src()).map_err(|e| e.to_string())?;
+        let name = CString::new(NAME).map_err(|e| e.to_string())?;
+        // SAFETY: `image` is NUL-terminated PTX text; the module is kept (never unloaded) for the
+        // life of the process, as the function handle taken from it is.
+        let function = unsafe {
+            let module = cu::module::load_data(image.as_ptr().cast())
+                .map_err(|e| format!("loading the waiting kernel: {e:?}"))?;
+            cu::module::get_function(module, name)
+                .map_err(|e| format!("the waiting kernel: {e:?}"))?
+        };
+        let flag = client.create_from_slice(&[0u8; 4]);
+        let flag_ptr = super::pointer(client, flag.clone()).ok_or("no flag buffer")?;
+        let wait = Self {
+            function,
+            flag: ManuallyDrop::new(flag),
+            flag_ptr,
+        };
+        // Sequence number 0: both kernels run once and end at once.
+        wait.queue(client, stream, 0)?;
+        // SAFETY: a stream of ours, created in the current context.
+        unsafe { cu::stream::synchronize(stream) }.map_err(|e| format!("{e:?}"))?;
+        cubecl::future::block_on(client.sync()).map_err(|e| format!("{e:?}"))?;
+        Ok(wait)
+    }
+
+    /// Queues the signal `seq` on cubecl's stream (after everything queued there so far), makes
+    /// sure it has reached the GPU's queue, then queues the wait for it on `stream`.
+    pub(super) fn queue(
+        &self,
+        client: &ComputeClient<CudaRuntime>,
+        stream: cusys::CUstream,
+        seq: u32,
+    ) -> Result<(), String> {
+        // SAFETY: one u32 flag, as allocated in `new`.
+        let flag = unsafe { ArrayArg::from_raw_parts((*self.flag).clone(), 1) };
+        signal::launch::<CudaRuntime>(
+            client,
+            CubeCount::Static(1, 1, 1),
+            CubeDim::new_1d(1),
+            flag,
+            seq,
+        );
+        // cubecl's device runner handles requests in order: once this returns, the signal has
+        // been handed to the driver.
+        super::pointer(client, (*self.flag).clone()).ok_or("cubecl did not queue the signal")?;
+        let mut ptr = self.flag_ptr;
+        let mut seq = seq;
+        let mut params = [
+            (&raw mut ptr).cast::<c_void>(),
+            (&raw mut seq).cast::<c_void>(),
+        ];
+        // SAFETY: the function takes (const unsigned int*, unsigned int), matching `params`; the
+        // flag stays allocated for the life of the process.
+        unsafe { cu::launch_kernel(self.function, (1, 1, 1), (1, 1, 1), 0, stream, &mut params) }
+            .map_err(|e| format!("queueing the wait: {e:?}"))
+    }
+}
