@@ -326,6 +326,7 @@ fn run<B: chatglm_model::KernelBackend>(opts: &Opts, device: B::Device) -> anyho
         "time_to_first_token_s": ttft, "prompt_len": opts.prompt, "warmup_s": warmup, "gpu_memory": memory,
         "small_op": op_cost, "gemm": format!("{:?}", chatglm_kernels::gemm_status()),
         "gemv_calls": chatglm_kernels::gemv_calls(),
+        "mma_gemv_calls": chatglm_kernels::mma_gemv_calls(),
     }))
 }
 

@@ -198,6 +198,17 @@ pub fn gemv_calls() -> u64 {
     0
 }
 
+/// Matrix products that ran on this crate's tensor-core GEMV kernel in this process: 1 to 8 rows
+/// of float16 or bfloat16 against a matrix with contiguous columns, on a GPU with
+/// `mma.m16n8k16` (CUDA; 0 elsewhere). `CHATGLM_GEMV=simt` sends them to the CUDA-core GEMV
+/// ([`gemv_calls`]) or cuBLAS instead.
+pub fn mma_gemv_calls() -> u64 {
+    #[cfg(feature = "cuda")]
+    return crate::cube::mma_gemv_calls();
+    #[cfg(not(feature = "cuda"))]
+    0
+}
+
 /// Matrix product as [`Tensor::matmul`], but float32 stays float32 on every backend (burn's
 /// CUDA matmul rounds float32 inputs to TF32 on tensor cores). On CUDA, one-row products against
 /// a matrix with contiguous columns (decoding one sequence) run on a GEMV kernel

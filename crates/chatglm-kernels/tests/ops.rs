@@ -641,9 +641,16 @@ fn fused_ops_match_host_math_and_reference() {
         check_all::<burn::backend::Cuda<burn::tensor::f16, i32>>(&dev, half);
         check_all::<Cube<burn::tensor::f16>>(&dev, half);
         // The one-row products above ran on the GEMV kernel (with `CHATGLM_GEMM=burn`, those
-        // of up to 8 rows).
-        let gemv = chatglm_kernels::gemv_calls();
+        // of up to 8 rows), and in half precision the linear-layer products of 1 to 8 rows on
+        // the tensor-core GEMV (unless `CHATGLM_GEMV=simt`).
+        let (gemv, mma) = (
+            chatglm_kernels::gemv_calls(),
+            chatglm_kernels::mma_gemv_calls(),
+        );
         assert!(gemv >= 12, "only {gemv} products ran on the GEMV kernel");
+        if !std::env::var("CHATGLM_GEMV").is_ok_and(|v| v.eq_ignore_ascii_case("simt")) {
+            assert!(mma >= 8, "only {mma} products ran on the tensor-core GEMV");
+        }
         // The products of at least 2 rows above ran on cuBLAS, unless it was switched off.
         if std::env::var("CHATGLM_GEMM").is_ok_and(|v| v.eq_ignore_ascii_case("burn")) {
             return;

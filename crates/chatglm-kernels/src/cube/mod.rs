@@ -7,6 +7,7 @@ mod elementwise;
 mod gemv;
 mod layer_norm;
 mod matmul;
+mod mma_gemv;
 mod qkv;
 mod reduce;
 mod softmax;
@@ -19,6 +20,7 @@ use crate::backend::float;
 
 pub(crate) use cublas::status as gemm_status;
 pub(crate) use gemv::calls as gemv_calls;
+pub(crate) use mma_gemv::calls as mma_gemv_calls;
 
 impl<R, F, I, BT> KernelBackend for CubeBackend<R, F, I, BT>
 where
@@ -54,10 +56,17 @@ where
         rhs: FloatTensor<Self>,
         bias: FloatTensor<Self>,
     ) -> FloatTensor<Self> {
-        // Fused into the GEMV where `matmul` would take the GEMV kernel anyway (one row).
-        let fused = match matmul::rows(&lhs) {
-            1 => gemv::matmul_bias_gelu(&lhs, &rhs, &bias),
-            _ => None,
+        // Fused into the GEMV where `matmul` would take a GEMV kernel anyway: the tensor-core
+        // one (up to 8 rows, half precision), else the other for one row.
+        let rows = matmul::rows(&lhs);
+        let fused = if rows <= mma_gemv::MAX_ROWS {
+            mma_gemv::matmul_bias_gelu(&lhs, &rhs, &bias)
+        } else {
+            None
+        };
+        let fused = match fused {
+            None if rows == 1 => gemv::matmul_bias_gelu(&lhs, &rhs, &bias),
+            other => other,
         };
         match fused {
             Some(out) => out,

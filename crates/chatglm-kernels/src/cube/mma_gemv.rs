@@ -1,0 +1,322 @@
+//! Products of up to 8 rows against a half-precision matrix with contiguous columns (a linear
+//! layer's `[out, in]` weight seen transposed) on tensor cores: decoding 1 to 8 sequences.
+//!
+//! Such a product is bound by reading the weight. On CUDA cores the GEMV kernel ([`super::gemv`])
+//! converts every weight to float32 before its multiply-add, and for several rows it ran 3.2 times
+//! slower than for one (`docs/benchmarks.md`). Here the weights go into `mma.m16n8k16` (float16 or
+//! bfloat16 operands, float32 accumulation) as loaded, with the rows as the MMA's 8 columns:
+//! - a warp owns 16 weight rows (the MMA's `m`) per tile, `tiles` tiles, and steps along `k` 32 at
+//!   a time: each unit loads one 16-byte vector per weight row it holds and one of the left
+//!   operand's row `lane / 4`, which feed two MMAs;
+//! - a dot product does not depend on the order of its terms, so the `k` positions inside an MMA
+//!   are permuted to match what one unit loads: the unit's 4 `k` slots of the fragment layout
+//!   (`2q, 2q+1, 2q+8, 2q+9` for `q = lane % 4`) take the 4 contiguous values `4q .. 4q+4` of
+//!   both operands, so A and B see the same permutation and the sum is the product's;
+//! - the 8 warps of a cube split `k` and add their accumulators through shared memory; a store
+//!   per output, with the bias and GELU of `matmul_bias_gelu` applied in float32 on the way.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use burn::tensor::{DType, Shape};
+use burn_cubecl::CubeRuntime;
+use burn_cubecl::ops::numeric::empty_device_dtype;
+use burn_cubecl::tensor::CubeTensor;
+use cubecl::cmma::MmaDefinition;
+use cubecl::ir::{ElemType, FloatKind, MatrixIdent};
+use cubecl::prelude::*;
+
+use super::elementwise::gelu_tanh;
+use super::vector_aligned;
+
+/// Most rows of the left operand (the MMA's `n`).
+pub(crate) const MAX_ROWS: usize = 8;
+/// Warps per cube; they split `k`.
+const WARPS: usize = 8;
+/// Weight rows per tile (the MMA's `m`).
+const TILE: usize = 16;
+/// `k` per unit vector (16 bytes of half precision).
+const WIDTH: usize = 8;
+
+/// Products run on this kernel so far in this process.
+static CALLS: AtomicU64 = AtomicU64::new(0);
+
+/// See [`crate::mma_gemv_calls`].
+pub(crate) fn calls() -> u64 {
+    CALLS.load(Ordering::Relaxed)
+}
+
+/// Two halves of a 16-byte vector as one MMA register.
+#[cube]
+fn pair<F: Float, N: Size>(v: Vector<F, N>, #[comptime] first: usize) -> Vector<F, Const<2>> {
+    let mut r = Vector::<F, Const<2>>::empty();
+    r[0] = v[first];
+    r[1] = v[first + 1];
+    r
+}
+
+#[cube(launch)]
+#[allow(clippy::too_many_arguments)]
+fn mma_gemv_kernel<F: Float, N: Size>(
+    lhs: &Tensor<Vector<F, N>>,
+    rhs: &Tensor<Vector<F, N>>,
+    bias: &Tensor<F>,
+    out: &mut Tensor<F>,
+    #[comptime] rows: usize,
+    #[comptime] tiles: usize,
+    #[comptime] unroll: usize,
+    #[comptime] checked: bool,
+    #[comptime] bias_gelu: bool,
+    #[define(F)] _dtype: StorageType,
+) {
+    let def = MmaDefinition::<F, F, f32>::new(16usize, 8usize, 16usize);
+    // Dimensions before the last two have size 1.
+    let rank = out.rank();
+    let n = out.shape(rank - 1);
+    let kv = lhs.shape(rank - 1) / lhs.vector_size();
+    let lane = UNIT_POS_X as usize;
+    let warp = UNIT_POS_Y as usize;
+    let group = lane / 4;
+    let quad = lane % 4;
+    let first_row = CUBE_POS_X as usize * TILE * tiles;
+    // Weight rows this unit loads: `group` and `group + 8` of each tile (past `n`: the last row
+    // again, never stored). In vectors.
+    let rhs_col = rhs.stride(rank - 1) / rhs.vector_size();
+    let mut row_base = Array::<usize>::new(2 * tiles);
+    #[unroll]
+    for h in 0..2 * tiles {
+        let mut row = first_row + (h / 2) * TILE + (h % 2) * 8 + group;
+        if row >= n {
+            row = n - 1;
+        }
+        row_base[h] = row * rhs_col;
+    }
+    // The left operand's row this unit feeds as the MMA's column `group` (none past `rows`).
+    let has_x = group < rows;
+    let mut x_row = 0usize;
+    if has_x {
+        x_row = group * (lhs.stride(rank - 2) / lhs.vector_size());
+    }
+
+    let mut acc = Array::<Vector<f32, Const<2>>>::new(2 * tiles);
+    #[unroll]
+    for t in 0..2 * tiles {
+        acc[t] = Vector::<f32, Const<2>>::new(0.0f32);
+    }
+    let zero = Vector::<F, N>::new(F::new(0.0));
+    let mut w = Array::<Vector<F, N>>::new(unroll * 2 * tiles);
+    let mut x = Array::<Vector<F, N>>::new(unroll);
+    // The cube's warps take consecutive 32-wide steps of `k`, `unroll` rounds per pass.
+    let mut step = warp;
+    while step * 4 < kv {
+        // All of this pass's loads first, so they are in flight together.
+        #[unroll]
+        for u in 0..unroll {
+            let v = (step + u * WARPS) * 4 + quad;
+            let inside = !checked || v < kv;
+            #[unroll]
+            for h in 0..2 * tiles {
+                w[u * 2 * tiles + h] = zero;
+                if inside {
+                    w[u * 2 * tiles + h] = rhs[row_base[h] + v];
+                }
+            }
+            x[u] = zero;
+            if has_x && inside {
+                x[u] = lhs[x_row + v];
+            }
+        }
+        #[unroll]
+        for u in 0..unroll {
+            // Two MMAs per vector: values 0-3, then 4-7.
+            #[unroll]
+            for part in 0..2usize {
+                let mut b = Array::<Vector<F, Const<2>>>::new(2usize);
+                b[0] = pair::<F, N>(x[u], part * 4);
+                b[1] = pair::<F, N>(x[u], part * 4 + 2);
+                #[unroll]
+                for t in 0..tiles {
+                    let lo = w[u * 2 * tiles + 2 * t];
+                    let hi = w[u * 2 * tiles + 2 * t + 1];
+                    let mut a = Array::<Vector<F, Const<2>>>::new(4usize);
+                    a[0] = pair::<F, N>(lo, part * 4);
+                    a[1] = pair::<F, N>(hi, part * 4);
+                    a[2] = pair::<F, N>(lo, part * 4 + 2);
+                    a[3] = pair::<F, N>(hi, part * 4 + 2);
+                    let mut c = Array::<Vector<f32, Const<2>>>::new(2usize);
+                    c[0] = acc[2 * t];
+                    c[1] = acc[2 * t + 1];
+                    def.execute_inplace(&a, &b, &mut c);
+                    acc[2 * t] = c[0];
+                    acc[2 * t + 1] = c[1];
+                }
+            }
+        }
+        step += unroll * WARPS;
+    }
+
+    // The warps' partial sums, then one unit per output adds them up.
+    let per_warp = 32 * 4 * tiles;
+    let mut partial = SharedMemory::<f32>::new(WARPS * per_warp);
+    #[unroll]
+    for t in 0..2 * tiles {
+        #[unroll]
+        for e in 0..2usize {
+            partial[warp * per_warp + (lane * 2 * tiles + t) * 2 + e] = acc[t][e];
+        }
+    }
+    sync_cube();
+    let unit = warp * 32 + lane;
+    if unit < per_warp {
+        let mut total = 0.0f32;
+        #[unroll]
+        for wi in 0..WARPS {
+            total += partial[wi * per_warp + unit];
+        }
+        // Which accumulator value `unit` is: lane, tile-half `t`, element `e`.
+        let src_lane = unit / (4 * tiles);
+        let t = (unit / 2) % (2 * tiles);
+        let e = unit % 2;
+        let (frag_row, frag_col) = def.position_of_nth(
+            src_lane as u32,
+            ((t % 2) * 2 + e) as u32,
+            MatrixIdent::Accumulator,
+        );
+        let row = first_row + (t / 2) * TILE + frag_row as usize;
+        let r = frag_col as usize;
+        if r < rows && row < n {
+            if bias_gelu {
+                // As the product rounded to the dtype, then `bias_gelu` in float32.
+                let v = f32::cast_from(F::cast_from(total))
+                    + f32::cast_from(bias[row * bias.stride(0)]);
+                total = gelu_tanh(v);
+            }
+            out[r * out.stride(rank - 2) + row * out.stride(rank - 1)] = F::cast_from(total);
+        }
+    }
+}
+
+/// Environment variable: `simt` keeps these products off tensor cores (the CUDA-core GEMV for one
+/// row, cuBLAS or that GEMV for more), for A/B runs.
+const GEMV_ENV: &str = "CHATGLM_GEMV";
+
+fn switched_off() -> bool {
+    static OFF: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *OFF.get_or_init(|| std::env::var(GEMV_ENV).is_ok_and(|v| v.eq_ignore_ascii_case("simt")))
+}
+
+/// Whether the device runs `mma.m16n8k16` on `dtype` operands with float32 accumulation.
+fn supported<R: CubeRuntime>(client: &ComputeClient<R>, dtype: DType) -> bool {
+    let kind = match dtype {
+        DType::F16 => FloatKind::F16,
+        DType::BF16 => FloatKind::BF16,
+        _ => return false,
+    };
+    let operand: StorageType = ElemType::Float(kind).into();
+    let acc: StorageType = ElemType::Float(FloatKind::F32).into();
+    let config = cubecl::ir::features::MmaConfig {
+        a_type: operand,
+        b_type: operand,
+        cd_type: acc,
+        m: 16,
+        n: 8,
+        k: 16,
+    };
+    client.properties().features.matmul.mma.contains(&config)
+}
+
+/// `lhs x rhs` on tensor cores when the product fits the kernel, else `None`: float16 or bfloat16
+/// on a GPU with `mma.m16n8k16`, 1 to [`MAX_ROWS`] rows, two dimensions (or leading ones of
+/// size 1), `k` a multiple of 8 and contiguous in both operands, 16-byte aligned.
+///
+/// # Shapes
+/// - `lhs`: `[..., m, k]`, `rhs`: `[..., k, n]` with unit stride along `k` -> `[..., m, n]`
+pub(crate) fn matmul<R: CubeRuntime>(
+    lhs: &CubeTensor<R>,
+    rhs: &CubeTensor<R>,
+) -> Option<CubeTensor<R>> {
+    launch(lhs, rhs, None)
+}
+
+/// `bias_gelu(lhs x rhs, bias)` on the kernel, under the conditions of [`matmul`] and for a `[n]`
+/// bias; `None` otherwise.
+pub(crate) fn matmul_bias_gelu<R: CubeRuntime>(
+    lhs: &CubeTensor<R>,
+    rhs: &CubeTensor<R>,
+    bias: &CubeTensor<R>,
+) -> Option<CubeTensor<R>> {
+    let n = rhs.meta.shape()[rhs.meta.shape().num_dims() - 1];
+    if bias.dtype != lhs.dtype || bias.meta.shape().as_slice() != [n] {
+        return None;
+    }
+    launch(lhs, rhs, Some(bias))
+}
+
+fn launch<R: CubeRuntime>(
+    lhs: &CubeTensor<R>,
+    rhs: &CubeTensor<R>,
+    bias: Option<&CubeTensor<R>>,
+) -> Option<CubeTensor<R>> {
+    let dtype = lhs.dtype;
+    if rhs.dtype != dtype || switched_off() || !supported(&lhs.client, dtype) {
+        return None;
+    }
+    let (ls, rs) = (lhs.meta.shape(), rhs.meta.shape());
+    let d = ls.num_dims();
+    if rs.num_dims() != d || d < 2 {
+        return None;
+    }
+    // Leading dimensions of size 1 only: the kernel sees `[m, k] x [k, n]`.
+    if ls.as_slice()[..d - 2]
+        .iter()
+        .chain(&rs.as_slice()[..d - 2])
+        .any(|&s| s != 1)
+    {
+        return None;
+    }
+    let (m, k, n) = (ls[d - 2], ls[d - 1], rs[d - 1]);
+    let (lst, rst) = (lhs.meta.strides(), rhs.meta.strides());
+    if m == 0 || m > MAX_ROWS || n == 0 || rs[d - 2] != k || !k.is_multiple_of(WIDTH) || k == 0 {
+        return None;
+    }
+    if lst[d - 1] != 1 || rst[d - 2] != 1 || (n > 1 && rst[d - 1] < k) {
+        return None;
+    }
+    if !vector_aligned(lhs, d - 1, WIDTH) || !vector_aligned(rhs, d - 2, WIDTH) {
+        return None;
+    }
+    let out_shape: Shape = burn::tensor::calculate_matmul_output(ls, rs).ok()?;
+    // Two tiles per warp for several rows: the left operand, read whole by every cube, then
+    // costs a quarter of the weight's traffic at 8 rows instead of half.
+    let tiles = if m == 1 { 1 } else { 2 };
+    let kv = k / WIDTH;
+    // Steps of 32 along `k` per warp and pass: 4 where `k` allows (16-byte loads in flight per
+    // unit: `unroll * (2 * tiles + 1)`).
+    let per_pass = |u: usize| u * WARPS * 4;
+    let unroll = [4usize, 2, 1]
+        .into_iter()
+        .find(|&u| kv >= per_pass(u))
+        .unwrap_or(1);
+    let checked = !kv.is_multiple_of(per_pass(unroll));
+    let client = lhs.client.clone();
+    let out = empty_device_dtype(client.clone(), lhs.device.clone(), out_shape, dtype);
+    let cubes = (n as u32).div_ceil((TILE * tiles) as u32);
+    mma_gemv_kernel::launch::<R>(
+        &client,
+        CubeCount::Static(cubes, 1, 1),
+        CubeDim::new_2d(32, WARPS as u32),
+        WIDTH,
+        lhs.clone().into_tensor_arg(),
+        rhs.clone().into_tensor_arg(),
+        // Without a bias the slot holds any tensor; the kernel does not read it.
+        bias.unwrap_or(rhs).clone().into_tensor_arg(),
+        out.clone().into_tensor_arg(),
+        m,
+        tiles,
+        unroll,
+        checked,
+        bias.is_some(),
+        dtype.into(),
+    );
+    CALLS.fetch_add(1, Ordering::Relaxed);
+    Some(out)
+}
