@@ -15,12 +15,16 @@ fn random(n: usize, seed: u64, scale: f32) -> Vec<f32> {
         .collect()
 }
 
+/// A tensor of `B`'s float element. The dtype is explicit: without it burn takes the device's
+/// default, which the first backend to use the device fixes (a float16 backend used after a
+/// float32 one on the same GPU would get float32 tensors).
 fn tensor<B: KernelBackend, const D: usize>(
     v: &[f32],
     shape: [usize; D],
     dev: &B::Device,
 ) -> Tensor<B, D> {
-    Tensor::from_data(TensorData::new(v.to_vec(), shape), dev)
+    let dtype = <B::FloatElem as burn::tensor::Element>::dtype();
+    Tensor::from_data(TensorData::new(v.to_vec(), shape), (dev, dtype))
 }
 
 fn values<B: KernelBackend, const D: usize>(t: Tensor<B, D>) -> Vec<f32> {
@@ -728,6 +732,58 @@ fn matmul_gradients_match_burns_matmul() {
         // burn's float32 matmul on CUDA rounds to TF32 (about 5e-4 relative per input).
         check_matmul_gradients::<Autodiff<burn::backend::Cuda<f32, i32>>>(&dev, 2e-3);
     }
+}
+
+/// On CUDA, half-precision products of 2 to 8 rows against a linear layer's weight (decoding a
+/// batch) run on the tensor-core GEMV, in float16 and bfloat16; one row too with
+/// `CHATGLM_GEMV=mma`.
+#[cfg(feature = "cuda")]
+#[test]
+fn half_precision_decode_products_run_on_tensor_cores() {
+    if !std::env::var("CHATGLM_TEST_DEVICE").is_ok_and(|v| v.eq_ignore_ascii_case("cuda"))
+        || std::env::var("CHATGLM_GEMV").is_ok_and(|v| v.eq_ignore_ascii_case("simt"))
+    {
+        return;
+    }
+    fn check<F: burn_cubecl::FloatElement>() {
+        type Cube<F> = burn_cubecl::CubeBackend<cubecl::cuda::CudaRuntime, F, i32, u8>;
+        let dev = burn::backend::cuda::CudaDevice::new(0);
+        let (k, n) = (4096usize, 40usize);
+        let w = random(n * k, 41, 1.0);
+        let one_row = std::env::var("CHATGLM_GEMV").is_ok_and(|v| v.eq_ignore_ascii_case("mma"));
+        let rows: &[usize] = if one_row { &[1, 2, 5, 8] } else { &[2, 5, 8] };
+        for &m in rows {
+            let x = random(m * k, 42, 1.0);
+            let before = chatglm_kernels::mma_gemv_calls();
+            let weight = tensor::<Cube<F>, 2>(&w, [n, k], &dev);
+            let features = weight
+                .clone()
+                .into_primitive()
+                .tensor()
+                .client
+                .properties()
+                .features
+                .matmul
+                .mma
+                .clone();
+            let got =
+                chatglm_kernels::matmul(tensor::<Cube<F>, 2>(&x, [m, k], &dev), weight.transpose());
+            let d = max_diff(&values(got), &host_linear(&x, &w, m, k, n)) / (k as f32).sqrt();
+            assert!(
+                d <= 2e-2,
+                "{}: {m} rows: max diff / sqrt(k) = {d}",
+                name::<Cube<F>>()
+            );
+            assert_eq!(
+                chatglm_kernels::mma_gemv_calls(),
+                before + 1,
+                "{}: {m} rows did not run on the tensor-core GEMV (device MMA shapes: {features:?})",
+                name::<Cube<F>>()
+            );
+        }
+    }
+    check::<burn::tensor::f16>();
+    check::<burn::tensor::bf16>();
 }
 
 /// Backends that compile kernels per shape say so (callers pad prompts to few widths for them).

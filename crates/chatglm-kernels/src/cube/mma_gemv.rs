@@ -195,13 +195,19 @@ fn mma_gemv_kernel<F: Float, N: Size>(
     }
 }
 
-/// Environment variable: `simt` keeps these products off tensor cores (the CUDA-core GEMV for one
-/// row, cuBLAS or that GEMV for more), for A/B runs.
+/// Environment variable choosing which products take this kernel: unset, those of 2 to 8 rows
+/// (one row runs faster on the CUDA-core GEMV, `docs/benchmarks.md`); `mma`, 1 to 8; `simt`,
+/// none (the CUDA-core GEMV for one row, cuBLAS or that GEMV for more), for A/B runs.
 const GEMV_ENV: &str = "CHATGLM_GEMV";
 
-fn switched_off() -> bool {
-    static OFF: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    *OFF.get_or_init(|| std::env::var(GEMV_ENV).is_ok_and(|v| v.eq_ignore_ascii_case("simt")))
+/// Fewest rows a product needs to come here (`None`: switched off).
+fn min_rows() -> Option<usize> {
+    static MIN: std::sync::OnceLock<Option<usize>> = std::sync::OnceLock::new();
+    *MIN.get_or_init(|| match std::env::var(GEMV_ENV) {
+        Ok(v) if v.eq_ignore_ascii_case("simt") => None,
+        Ok(v) if v.eq_ignore_ascii_case("mma") => Some(1),
+        _ => Some(2),
+    })
 }
 
 /// Whether the device runs `mma.m16n8k16` on `dtype` operands with float32 accumulation.
@@ -225,7 +231,7 @@ fn supported<R: CubeRuntime>(client: &ComputeClient<R>, dtype: DType) -> bool {
 }
 
 /// `lhs x rhs` on tensor cores when the product fits the kernel, else `None`: float16 or bfloat16
-/// on a GPU with `mma.m16n8k16`, 1 to [`MAX_ROWS`] rows, two dimensions (or leading ones of
+/// on a GPU with `mma.m16n8k16`, 2 (1 with `CHATGLM_GEMV=mma`) to [`MAX_ROWS`] rows, two dimensions (or leading ones of
 /// size 1), `k` a multiple of 8 and contiguous in both operands, 16-byte aligned.
 ///
 /// # Shapes
@@ -257,7 +263,7 @@ fn launch<R: CubeRuntime>(
     bias: Option<&CubeTensor<R>>,
 ) -> Option<CubeTensor<R>> {
     let dtype = lhs.dtype;
-    if rhs.dtype != dtype || switched_off() || !supported(&lhs.client, dtype) {
+    if rhs.dtype != dtype || !supported(&lhs.client, dtype) {
         return None;
     }
     let (ls, rs) = (lhs.meta.shape(), rhs.meta.shape());
@@ -275,7 +281,13 @@ fn launch<R: CubeRuntime>(
     }
     let (m, k, n) = (ls[d - 2], ls[d - 1], rs[d - 1]);
     let (lst, rst) = (lhs.meta.strides(), rhs.meta.strides());
-    if m == 0 || m > MAX_ROWS || n == 0 || rs[d - 2] != k || !k.is_multiple_of(WIDTH) || k == 0 {
+    if min_rows().is_none_or(|min| m < min)
+        || m > MAX_ROWS
+        || n == 0
+        || rs[d - 2] != k
+        || !k.is_multiple_of(WIDTH)
+        || k == 0
+    {
         return None;
     }
     if lst[d - 1] != 1 || rst[d - 2] != 1 || (n > 1 && rst[d - 1] < k) {

@@ -161,9 +161,7 @@ pub(crate) fn matmul(
             dtype,
         );
         let plan = operands(out.meta.strides())?;
-        let ptr = |t: &CubeTensor<CudaRuntime>| pointer(&t.client, t.handle.clone());
-        let pointers = [ptr(rhs)?, ptr(lhs)?, ptr(&out)?];
-        match lane.run(&lhs.client, &plan, pointers, (data, compute)) {
+        match lane.run(&lhs.client, &plan, [rhs, lhs, &out], (data, compute)) {
             Ok(()) => {
                 CALLS.fetch_add(1, Ordering::Relaxed);
                 Some(out)
@@ -257,12 +255,12 @@ impl Lane {
     }
 
     /// Waits for the inputs, queues the GEMM and the release on our stream, then the handoff on
-    /// cubecl's. `pointers`: cuBLAS's first operand (the row-major right matrix), second, output.
+    /// cubecl's. `operands`: cuBLAS's first operand (the row-major right matrix), second, output.
     fn run(
         &mut self,
         client: &ComputeClient<CudaRuntime>,
         plan: &GemmPlan,
-        [first, second, out]: [u64; 3],
+        operands: [&CubeTensor<CudaRuntime>; 3],
         (data, compute): (cudaType, cublas::cublasComputeType_t),
     ) -> Result<(), String> {
         if self.broken {
@@ -274,8 +272,17 @@ impl Lane {
             .ok_or("sequence numbers exhausted")?;
         // SAFETY: the primary context retained in `try_new`.
         let _ = unsafe { cu::ctx::set_current(self.context) };
+        if let Some(wait) = &self.wait {
+            wait.signal(client, seq);
+        }
+        // Each address is a request to cubecl's device runner, which also hands the signal to
+        // the driver first (one round trip fewer than a separate flush).
+        let [first, second, out] = operands.map(|t| pointer(&t.client, t.handle.clone()));
+        let (Some(first), Some(second), Some(out)) = (first, second, out) else {
+            return Err("an operand has no device address".into());
+        };
         let on_device = match &self.wait {
-            Some(wait) => match wait.queue(client, self.stream, seq) {
+            Some(wait) => match wait.wait(self.stream, seq) {
                 Ok(()) => true,
                 Err(err) => {
                     // The wait may be missing from our stream: wait on the host, from now on.

@@ -9,10 +9,11 @@
 //!    cubecl loads anyway) queued on our stream, spins until the flag reaches that number.
 //!
 //! The GEMM queued behind it therefore starts once everything cubecl queued before it has run,
-//! and the host never waits. No deadlock: when the waiting kernel is queued, [`DeviceWait::queue`]
-//! has already made sure the signal is in cubecl's CUDA stream (not only in its host queue), so
-//! whatever the driver does later (loading a module lazily may wait for the whole context), the
-//! spinning kernel ends once work that is already queued on the GPU has run.
+//! and the host never waits. No deadlock: before the waiting kernel is queued, the caller asks
+//! cubecl's device runner for a buffer's address, which it answers only after handing the signal
+//! to the driver (it handles requests in order). So whatever the driver does later (loading a
+//! module lazily may wait for the whole context), the spinning kernel ends once work that is
+//! already queued on the GPU has run.
 //!
 //! `CHATGLM_GEMM_WAIT=host` keeps the older wait: the host drains cubecl's queue before each GEMM.
 
@@ -85,21 +86,17 @@ impl DeviceWait {
             flag_ptr,
         };
         // Sequence number 0: both kernels run once and end at once.
-        wait.queue(client, stream, 0)?;
+        wait.signal(client, 0);
+        super::pointer(client, (*wait.flag).clone()).ok_or("cubecl did not queue the signal")?;
+        wait.wait(stream, 0)?;
         // SAFETY: a stream of ours, created in the current context.
         unsafe { cu::stream::synchronize(stream) }.map_err(|e| format!("{e:?}"))?;
         cubecl::future::block_on(client.sync()).map_err(|e| format!("{e:?}"))?;
         Ok(wait)
     }
 
-    /// Queues the signal `seq` on cubecl's stream (after everything queued there so far), makes
-    /// sure it has reached the GPU's queue, then queues the wait for it on `stream`.
-    pub(super) fn queue(
-        &self,
-        client: &ComputeClient<CudaRuntime>,
-        stream: cusys::CUstream,
-        seq: u32,
-    ) -> Result<(), String> {
+    /// Queues the signal `seq` on cubecl's stream, after everything queued there so far.
+    pub(super) fn signal(&self, client: &ComputeClient<CudaRuntime>, seq: u32) {
         // SAFETY: one u32 flag, as allocated in `new`.
         let flag = unsafe { ArrayArg::from_raw_parts((*self.flag).clone(), 1) };
         signal::launch::<CudaRuntime>(
@@ -109,9 +106,12 @@ impl DeviceWait {
             flag,
             seq,
         );
-        // cubecl's device runner handles requests in order: once this returns, the signal has
-        // been handed to the driver.
-        super::pointer(client, (*self.flag).clone()).ok_or("cubecl did not queue the signal")?;
+    }
+
+    /// Queues on `stream` the wait for signal `seq`. Only once the signal has reached the
+    /// driver: after a request to cubecl's device runner made since [`Self::signal`] (such as
+    /// [`super::pointer`]) has returned.
+    pub(super) fn wait(&self, stream: cusys::CUstream, seq: u32) -> Result<(), String> {
         let mut ptr = self.flag_ptr;
         let mut seq = seq;
         let mut params = [
