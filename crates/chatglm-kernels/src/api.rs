@@ -246,14 +246,16 @@ pub fn matmul_bias_gelu<B: KernelBackend>(
     Tensor::from_primitive(TensorPrimitive::Float(out))
 }
 
-/// Attention of one new token per (row, head) over a KV cache: `softmax(q k^T + mask) v`, with
-/// the scores and probabilities rounded to the dtype as separate products and softmax round them.
-/// On burn's cube backends one kernel ([`reference::decode_attention`] elsewhere, and for caches
-/// of more than 4096 slots).
+/// Attention of queries over a KV cache, a cube of units per query: `softmax(q k^T + mask) v`,
+/// with the scores and probabilities rounded to the dtype as separate products and softmax round
+/// them. Made for one new token per (row, head) (decoding); a short prompt's queries fit it too
+/// (their scores are computed on CUDA cores, so a long prompt is faster through products). On
+/// burn's cube backends one kernel ([`reference::decode_attention`] elsewhere, and for caches of
+/// more than 4096 slots).
 ///
 /// # Shapes
-/// - `q`: `[batch, heads, 1, d]` (scaled), `keys`, `values`: `[batch, heads, slots, d]`,
-///   `mask`: additive, `[batch or 1, 1, 1, slots]` -> `[batch, heads, 1, d]`
+/// - `q`: `[batch, heads, queries, d]` (scaled), `keys`, `values`: `[batch, heads, slots, d]`,
+///   `mask`: additive, `[batch or 1, 1, queries or 1, slots]` -> `[batch, heads, queries, d]`
 pub fn decode_attention<B: KernelBackend>(
     q: Tensor<B, 4>,
     keys: Tensor<B, 4>,
@@ -261,14 +263,13 @@ pub fn decode_attention<B: KernelBackend>(
     mask: Tensor<B, 4>,
 ) -> Tensor<B, 4> {
     let [b, h, s, d] = q.dims();
-    assert_eq!(s, 1, "decode_attention takes one query per row and head");
     let slots = keys.dims()[2];
     assert_eq!(keys.dims(), [b, h, slots, d], "keys shape");
     assert_eq!(values.dims(), [b, h, slots, d], "values shape");
     let m = mask.dims();
     assert!(
-        (m[0] == b || m[0] == 1) && m[1..] == [1, 1, slots],
-        "mask shape {m:?} for {b} rows and {slots} slots"
+        (m[0] == b || m[0] == 1) && m[1] == 1 && (m[2] == s || m[2] == 1) && m[3] == slots,
+        "mask shape {m:?} for {b} rows, {s} queries and {slots} slots"
     );
     let out = B::glm_decode_attention(
         q.into_primitive().tensor(),

@@ -159,20 +159,20 @@ pub fn qkv_to_cache<B: Backend>(
 /// (each through the backend's ops, so each rounds to the dtype).
 ///
 /// # Shapes
-/// - `q`: `[batch, heads, 1, d]`, `keys`, `values`: `[batch, heads, slots, d]`, `mask`:
-///   `[batch or 1, 1, 1, slots]` -> `[batch, heads, 1, d]`
+/// - `q`: `[batch, heads, queries, d]`, `keys`, `values`: `[batch, heads, slots, d]`, `mask`:
+///   `[batch or 1, 1, queries or 1, slots]` -> `[batch, heads, queries, d]`
 pub fn decode_attention<B: crate::KernelBackend>(
     q: Tensor<B, 4>,
     keys: Tensor<B, 4>,
     values: Tensor<B, 4>,
     mask: Tensor<B, 4>,
 ) -> Tensor<B, 4> {
-    let [b, _, _, slots] = mask.dims();
-    let [rows, ..] = q.dims();
-    let mask = if b == rows {
+    let [b, _, mq, slots] = mask.dims();
+    let [rows, _, s, _] = q.dims();
+    let mask = if b == rows && mq == s {
         mask
     } else {
-        mask.expand([rows, 1, 1, slots])
+        mask.expand([rows, 1, s, slots])
     };
     let probs = crate::masked_softmax(crate::matmul(q, keys.swap_dims(2, 3)), mask);
     crate::matmul(probs, values)

@@ -534,65 +534,73 @@ fn check_qkv_to_cache<B: KernelBackend>(dev: &B::Device, tol: Tol) {
 }
 
 /// `softmax(q k^T + mask) v` per (row, head) in f64; `mask` is `[mask_rows, slots]`.
+/// `softmax(q k^T + mask) v` in float64; `mask`: `[mask_rows, 1, s, slots]`.
 fn host_decode_attention(
     q: &[f32],
     k: &[f32],
     v: &[f32],
     mask: &[f32],
-    [b, h, slots, d]: [usize; 4],
+    [b, h, s, slots, d]: [usize; 5],
     mask_rows: usize,
 ) -> Vec<f32> {
-    let mut out = Vec::with_capacity(b * h * d);
+    let mut out = Vec::with_capacity(b * h * s * d);
     for row in 0..b * h {
         let mrow = if mask_rows == 1 { 0 } else { row / h };
-        let qr = &q[row * d..(row + 1) * d];
-        let scores: Vec<f64> = (0..slots)
-            .map(|j| {
-                let kr = &k[(row * slots + j) * d..(row * slots + j + 1) * d];
-                let dot: f64 = qr.iter().zip(kr).map(|(a, b)| *a as f64 * *b as f64).sum();
-                dot + mask[mrow * slots + j] as f64
-            })
-            .collect();
-        let max = scores.iter().cloned().fold(f64::MIN, f64::max);
-        let exps: Vec<f64> = scores.iter().map(|s| (s - max).exp()).collect();
-        let sum: f64 = exps.iter().sum();
-        for e in 0..d {
-            let acc: f64 = (0..slots)
-                .map(|j| exps[j] / sum * v[(row * slots + j) * d + e] as f64)
-                .sum();
-            out.push(acc as f32);
+        for query in 0..s {
+            let qr = &q[(row * s + query) * d..(row * s + query + 1) * d];
+            let scores: Vec<f64> = (0..slots)
+                .map(|j| {
+                    let kr = &k[(row * slots + j) * d..(row * slots + j + 1) * d];
+                    let dot: f64 = qr.iter().zip(kr).map(|(a, b)| *a as f64 * *b as f64).sum();
+                    dot + mask[(mrow * s + query) * slots + j] as f64
+                })
+                .collect();
+            let max = scores.iter().cloned().fold(f64::MIN, f64::max);
+            let exps: Vec<f64> = scores.iter().map(|s| (s - max).exp()).collect();
+            let sum: f64 = exps.iter().sum();
+            for e in 0..d {
+                let acc: f64 = (0..slots)
+                    .map(|j| exps[j] / sum * v[(row * slots + j) * d + e] as f64)
+                    .sum();
+                out.push(acc as f32);
+            }
         }
     }
     out
 }
 
 fn check_decode_attention<B: KernelBackend>(dev: &B::Device, tol: Tol) {
-    // ChatGLM-6B's head (128) over a cache bucket with hidden slots; a small head over a short
-    // cache; a mask shared by the rows.
-    for (b, h, slots, d, mask_rows) in [
-        (2usize, 3usize, 300usize, 128usize, 2usize),
-        (3, 2, 5, 16, 1),
+    // One query (decoding): ChatGLM-6B's head (128) over a cache bucket with hidden slots; a small
+    // head over a short cache with a mask shared by the rows. Several queries (a short prompt),
+    // each with its own mask row.
+    for (b, h, s, slots, d, mask_rows) in [
+        (2usize, 3usize, 1usize, 300usize, 128usize, 2usize),
+        (3, 2, 1, 5, 16, 1),
+        (2, 2, 7, 40, 128, 2),
+        (1, 2, 4, 9, 16, 1),
     ] {
-        let q = random(b * h * d, 21, 0.3);
+        let q = random(b * h * s * d, 21, 0.3);
         let k = random(b * h * slots * d, 22, 1.0);
         let v = random(b * h * slots * d, 23, 1.0);
-        // Each mask row hides its slots from a row-dependent point on, as a cache does.
-        let mask: Vec<f32> = (0..mask_rows * slots)
+        // Each mask row hides its slots from a row- and query-dependent point on, as a cache and
+        // a causal prompt do.
+        let mask: Vec<f32> = (0..mask_rows * s * slots)
             .map(|i| {
-                if i % slots > slots / 2 + i / slots {
+                let (row, query, j) = (i / (s * slots), i / slots % s, i % slots);
+                if j > slots / 2 + row + query {
                     -10000.0
                 } else {
                     0.0
                 }
             })
             .collect();
-        let want = host_decode_attention(&q, &k, &v, &mask, [b, h, slots, d], mask_rows);
+        let want = host_decode_attention(&q, &k, &v, &mask, [b, h, s, slots, d], mask_rows);
         let args = || {
             (
-                tensor::<B, 4>(&q, [b, h, 1, d], dev),
+                tensor::<B, 4>(&q, [b, h, s, d], dev),
                 tensor::<B, 4>(&k, [b, h, slots, d], dev),
                 tensor::<B, 4>(&v, [b, h, slots, d], dev),
-                tensor::<B, 4>(&mask, [mask_rows, 1, 1, slots], dev),
+                tensor::<B, 4>(&mask, [mask_rows, 1, s, slots], dev),
             )
         };
         let (tq, tk, tv, tm) = args();
@@ -600,7 +608,7 @@ fn check_decode_attention<B: KernelBackend>(dev: &B::Device, tol: Tol) {
         let diff = max_diff(&got, &want);
         assert!(
             diff <= tol.ln,
-            "{}: decode_attention {b}x{h}x{slots}x{d}: max diff {diff}",
+            "{}: decode_attention {b}x{h}x{s}x{slots}x{d}: max diff {diff}",
             name::<B>()
         );
         let (tq, tk, tv, tm) = args();
@@ -608,7 +616,7 @@ fn check_decode_attention<B: KernelBackend>(dev: &B::Device, tol: Tol) {
         let diff = max_diff(&got, &reference);
         assert!(
             diff <= tol.ln,
-            "{}: decode_attention vs reference {b}x{h}x{slots}x{d}: max diff {diff}",
+            "{}: decode_attention vs reference {b}x{h}x{s}x{slots}x{d}: max diff {diff}",
             name::<B>()
         );
     }

@@ -1,9 +1,9 @@
-//! One query's attention over a KV cache in one kernel (decode): scores against every slot, the
-//! masked softmax and the weighted sum of the values. It replaces two products and the softmax
-//! (three launches per layer and token), and rounds as they do: scores and probabilities pass
-//! through the tensors' dtype, the softmax itself is float32.
+//! A query's attention over a KV cache in one kernel (decode, and short prompts): scores against
+//! every slot, the masked softmax and the weighted sum of the values. It replaces two products and
+//! the softmax (three launches per layer, and with cuBLAS two handoffs), and rounds as they do:
+//! scores and probabilities pass through the tensors' dtype, the softmax itself is float32.
 //!
-//! One cube per (batch row, head), [`UNITS`] units:
+//! One cube per (batch row, head, query), [`UNITS`] units:
 //! 1. scores: a unit per slot, its head row read as whole vectors (all loads in flight), the
 //!    query held in registers; scores kept in shared memory;
 //! 2. maximum and sum over the slots (warp reductions, then across warps);
@@ -44,11 +44,12 @@ fn decode_attention_kernel<F: Float, N: Size>(
     let heads = out.shape(1);
     let b = CUBE_POS_X as usize / heads;
     let h = CUBE_POS_X as usize % heads;
+    let query = CUBE_POS_Y as usize;
     let tid = UNIT_POS_X as usize;
     let units = CUBE_DIM_X as usize;
     let slots = keys.shape(2);
     let width = q.vector_size();
-    let q_base = (b * q.stride(0) + h * q.stride(1)) / width;
+    let q_base = (b * q.stride(0) + h * q.stride(1) + query * q.stride(2)) / width;
     let k_base = (b * keys.stride(0) + h * keys.stride(1)) / width;
     let k_row = keys.stride(2) / width;
     let v_base = (b * values.stride(0) + h * values.stride(1)) / width;
@@ -56,6 +57,9 @@ fn decode_attention_kernel<F: Float, N: Size>(
     let mut m_base = 0usize;
     if mask.shape(0) != 1 {
         m_base = b * mask.stride(0);
+    }
+    if mask.shape(2) != 1 {
+        m_base += query * mask.stride(2);
     }
 
     let mut scores = SharedMemory::<f32>::new(slots_max);
@@ -141,12 +145,13 @@ fn decode_attention_kernel<F: Float, N: Size>(
         for gg in 0..groups {
             total += scores[gg * d + e];
         }
-        out[b * out.stride(0) + h * out.stride(1) + e * out.stride(3)] = F::cast_from(total);
+        out[b * out.stride(0) + h * out.stride(1) + query * out.stride(2) + e * out.stride(3)] =
+            F::cast_from(total);
         e += units;
     }
 }
 
-/// Whether [`decode_attention`] takes these shapes: one query, a head row of a power-of-two
+/// Whether [`decode_attention`] takes these shapes: a head row of a power-of-two
 /// number of vectors (at most one per unit), at most [`MAX_SLOTS`] slots (and enough score
 /// buffer for the partial sums).
 fn vector_width(d: usize) -> Option<usize> {
@@ -155,12 +160,13 @@ fn vector_width(d: usize) -> Option<usize> {
         .find(|&w| d.is_multiple_of(w) && (d / w).is_power_of_two() && d / w <= UNITS)
 }
 
-/// `softmax(q k^T + mask) v` for one query per (row, head), or `None` when the shapes are not
-/// the kernel's (the caller uses the reference path).
+/// `softmax(q k^T + mask) v` for each query of each (row, head), or `None` when the shapes are
+/// not the kernel's (the caller uses the reference path).
 ///
 /// # Shapes
-/// - `q`: `[batch, heads, 1, d]`, `keys`, `values`: `[batch, heads, slots, d]` (unit stride along
-///   `d`), `mask`: `[batch or 1, 1, 1, slots]` -> `[batch, heads, 1, d]`
+/// - `q`: `[batch, heads, queries, d]`, `keys`, `values`: `[batch, heads, slots, d]` (unit
+///   stride along `d`), `mask`: `[batch or 1, 1, queries or 1, slots]` ->
+///   `[batch, heads, queries, d]`
 pub(crate) fn decode_attention<R: CubeRuntime>(
     q: &CubeTensor<R>,
     keys: &CubeTensor<R>,
@@ -178,11 +184,22 @@ pub(crate) fn decode_attention<R: CubeRuntime>(
         return None;
     }
     let m = mask.meta.shape();
-    if m.num_dims() != 4 || (m[0] != b && m[0] != 1) || m[1] != 1 || m[2] != 1 || m[3] != slots {
+    if m.num_dims() != 4
+        || (m[0] != b && m[0] != 1)
+        || m[1] != 1
+        || (m[2] != s && m[2] != 1)
+        || m[3] != slots
+    {
         return None;
     }
     let dtype = q.dtype;
-    if s != 1 || slots == 0 || slots > MAX_SLOTS || b * heads == 0 || b * heads > 65_535 {
+    if s == 0
+        || s > 65_535
+        || slots == 0
+        || slots > MAX_SLOTS
+        || b * heads == 0
+        || b * heads > 65_535
+    {
         return None;
     }
     if keys.dtype != dtype || values.dtype != dtype || mask.dtype != dtype {
@@ -202,12 +219,12 @@ pub(crate) fn decode_attention<R: CubeRuntime>(
     let out = empty_device_dtype(
         client.clone(),
         q.device.clone(),
-        Shape::new([b, heads, 1, d]),
+        Shape::new([b, heads, s, d]),
         dtype,
     );
     decode_attention_kernel::launch::<R>(
         &client,
-        CubeCount::Static((b * heads) as u32, 1, 1),
+        CubeCount::Static((b * heads) as u32, s as u32, 1),
         CubeDim::new_1d(UNITS as u32),
         width,
         q.clone().into_tensor_arg(),

@@ -30,7 +30,7 @@ use super::vector_aligned;
 
 /// Most rows of the left operand (the MMA's `n`).
 pub(crate) const MAX_ROWS: usize = 8;
-/// Warps per cube; they split `k`.
+/// Warps per cube (they split `k`), unless [`TUNE_ENV`] says otherwise.
 const WARPS: usize = 8;
 /// Weight rows per tile (the MMA's `m`).
 const TILE: usize = 16;
@@ -64,6 +64,7 @@ fn mma_gemv_kernel<F: Float, N: Size>(
     #[comptime] rows: usize,
     #[comptime] tiles: usize,
     #[comptime] unroll: usize,
+    #[comptime] warps: usize,
     #[comptime] checked: bool,
     #[comptime] bias_gelu: bool,
     #[define(F)] _dtype: StorageType,
@@ -111,7 +112,7 @@ fn mma_gemv_kernel<F: Float, N: Size>(
         // All of this pass's loads first, so they are in flight together.
         #[unroll]
         for u in 0..unroll {
-            let v = (step + u * WARPS) * 4 + quad;
+            let v = (step + u * warps) * 4 + quad;
             let inside = !checked || v < kv;
             #[unroll]
             for h in 0..2 * tiles {
@@ -151,12 +152,12 @@ fn mma_gemv_kernel<F: Float, N: Size>(
                 }
             }
         }
-        step += unroll * WARPS;
+        step += unroll * warps;
     }
 
     // The warps' partial sums, then one unit per output adds them up.
     let per_warp = 32 * 4 * tiles;
-    let mut partial = SharedMemory::<f32>::new(WARPS * per_warp);
+    let mut partial = SharedMemory::<f32>::new(warps * per_warp);
     #[unroll]
     for t in 0..2 * tiles {
         #[unroll]
@@ -165,11 +166,12 @@ fn mma_gemv_kernel<F: Float, N: Size>(
         }
     }
     sync_cube();
-    let unit = warp * 32 + lane;
-    if unit < per_warp {
+    // Units step through the outputs (a cube of fewer units than outputs takes several each).
+    let mut unit = warp * 32 + lane;
+    while unit < per_warp {
         let mut total = 0.0f32;
         #[unroll]
-        for wi in 0..WARPS {
+        for wi in 0..warps {
             total += partial[wi * per_warp + unit];
         }
         // Which accumulator value `unit` is: lane, tile-half `t`, element `e`.
@@ -192,6 +194,7 @@ fn mma_gemv_kernel<F: Float, N: Size>(
             }
             out[r * out.stride(rank - 2) + row * out.stride(rank - 1)] = F::cast_from(total);
         }
+        unit += warps * 32;
     }
 }
 
@@ -199,6 +202,31 @@ fn mma_gemv_kernel<F: Float, N: Size>(
 /// (one row runs faster on the CUDA-core GEMV, `docs/benchmarks.md`); `mma`, 1 to 8; `simt`,
 /// none (the CUDA-core GEMV for one row, cuBLAS or that GEMV for more), for A/B runs.
 const GEMV_ENV: &str = "CHATGLM_GEMV";
+
+/// Environment variable for tuning runs: `tiles,unroll,warps` (for example `2,4,8`) replaces the
+/// kernel's shape for every product: weight tiles of 16 rows per warp (1-4), most 32-wide steps
+/// of `k` per pass (1-8), warps per cube (1-16).
+const TUNE_ENV: &str = "CHATGLM_MMA_GEMV";
+
+fn tuning() -> Option<(usize, usize, usize)> {
+    static TUNED: std::sync::OnceLock<Option<(usize, usize, usize)>> = std::sync::OnceLock::new();
+    *TUNED.get_or_init(|| {
+        let v = std::env::var(TUNE_ENV).ok()?;
+        let parts: Vec<usize> = v
+            .split(',')
+            .map(|p| p.trim().parse().ok())
+            .collect::<Option<_>>()?;
+        match parts[..] {
+            [t, u, w] if (1..=4).contains(&t) && (1..=8).contains(&u) && (1..=16).contains(&w) => {
+                Some((t, u, w))
+            }
+            _ => {
+                tracing::warn!("{TUNE_ENV}={v} ignored: expected tiles,unroll,warps");
+                None
+            }
+        }
+    })
+}
 
 /// Fewest rows a product needs to come here (`None`: switched off).
 fn min_rows() -> Option<usize> {
@@ -299,13 +327,17 @@ fn launch<R: CubeRuntime>(
     let out_shape: Shape = burn::tensor::calculate_matmul_output(ls, rs).ok()?;
     // Two tiles per warp for several rows: the left operand, read whole by every cube, then
     // costs a quarter of the weight's traffic at 8 rows instead of half.
-    let tiles = if m == 1 { 1 } else { 2 };
+    let tuned = tuning();
+    let tiles = tuned.map_or(if m == 1 { 1 } else { 2 }, |t| t.0);
+    let warps = tuned.map_or(WARPS, |t| t.2);
     let kv = k / WIDTH;
     // Steps of 32 along `k` per warp and pass: 4 where `k` allows (16-byte loads in flight per
     // unit: `unroll * (2 * tiles + 1)`).
-    let per_pass = |u: usize| u * WARPS * 4;
-    let unroll = [4usize, 2, 1]
+    let per_pass = |u: usize| u * warps * 4;
+    let most = tuned.map_or(4, |t| t.1);
+    let unroll = [8usize, 4, 2, 1]
         .into_iter()
+        .filter(|&u| u <= most)
         .find(|&u| kv >= per_pass(u))
         .unwrap_or(1);
     let checked = !kv.is_multiple_of(per_pass(unroll));
@@ -315,7 +347,7 @@ fn launch<R: CubeRuntime>(
     mma_gemv_kernel::launch::<R>(
         &client,
         CubeCount::Static(cubes, 1, 1),
-        CubeDim::new_2d(32, WARPS as u32),
+        CubeDim::new_2d(32, warps as u32),
         WIDTH,
         lhs.clone().into_tensor_arg(),
         rhs.clone().into_tensor_arg(),
@@ -325,6 +357,7 @@ fn launch<R: CubeRuntime>(
         m,
         tiles,
         unroll,
+        warps,
         checked,
         bias.is_some(),
         dtype.into(),

@@ -272,13 +272,21 @@ impl Lane {
             .ok_or("sequence numbers exhausted")?;
         // SAFETY: the primary context retained in `try_new`.
         let _ = unsafe { cu::ctx::set_current(self.context) };
-        if let Some(wait) = &self.wait {
-            wait.signal(client, seq);
-        }
-        // Each address is a request to cubecl's device runner, which also hands the signal to
-        // the driver first (one round trip fewer than a separate flush).
-        let [first, second, out] = operands.map(|t| pointer(&t.client, t.handle.clone()));
-        let (Some(first), Some(second), Some(out)) = (first, second, out) else {
+        // One request to cubecl's device runner (each is a round trip between threads): the
+        // signal, handed to the driver there after the inputs' kernels, then the operands'
+        // addresses (requests made on the runner itself run at once).
+        let flag = self.wait.as_ref().map(wait::DeviceWait::flag);
+        let handles = operands.map(|t| t.handle.clone());
+        let runner = client.clone();
+        let addresses = client
+            .exclusive(move || {
+                if let Some(flag) = flag {
+                    wait::signal(&runner, flag, seq);
+                }
+                handles.map(|h| pointer(&runner, h))
+            })
+            .map_err(|e| format!("cubecl's device runner: {e:?}"))?;
+        let [Some(first), Some(second), Some(out)] = addresses else {
             return Err("an operand has no device address".into());
         };
         let on_device = match &self.wait {

@@ -3,15 +3,15 @@
 //! cubecl does not expose its stream, so no CUDA event can be recorded on it, and the driver's
 //! stream memory operations (`cuStreamWaitValue32`) return `CUDA_ERROR_INVALID_VALUE` on cubecl's
 //! buffers. Two kernels do the same job instead:
-//! 1. [`signal`], a one-thread CubeCL kernel queued on cubecl's stream after the inputs, writes
-//!    the GEMM's sequence number to a flag;
+//! 1. `raise` ([`signal`]), a one-thread CubeCL kernel queued on cubecl's stream after the
+//!    inputs, writes the GEMM's sequence number to a flag;
 //! 2. `chatglm_wait_at_least`, a one-thread kernel of ours (CUDA C compiled once by NVRTC, which
 //!    cubecl loads anyway) queued on our stream, spins until the flag reaches that number.
 //!
 //! The GEMM queued behind it therefore starts once everything cubecl queued before it has run,
-//! and the host never waits. No deadlock: before the waiting kernel is queued, the caller asks
-//! cubecl's device runner for a buffer's address, which it answers only after handing the signal
-//! to the driver (it handles requests in order). So whatever the driver does later (loading a
+//! and the host never waits. No deadlock: the waiting kernel is queued only once the signal
+//! is in the driver's queue (the caller queues it from cubecl's device runner, or asks the runner
+//! for a buffer's address after it: the runner handles requests in order). So whatever the driver does later (loading a
 //! module lazily may wait for the whole context), the spinning kernel ends once work that is
 //! already queued on the GPU has run.
 //!
@@ -47,8 +47,22 @@ extern "C" __global__ void chatglm_wait_at_least(const volatile unsigned int* fl
 const NAME: &str = "chatglm_wait_at_least";
 
 #[cube(launch)]
-fn signal(flag: &Array<Atomic<u32>>, seq: u32) {
+fn raise(flag: &Array<Atomic<u32>>, seq: u32) {
     flag[0].store(seq);
+}
+
+/// Queues the signal `seq` on cubecl's stream, after everything queued there so far (`flag`:
+/// [`DeviceWait::flag`]).
+pub(super) fn signal(client: &ComputeClient<CudaRuntime>, flag: Handle, seq: u32) {
+    // SAFETY: one u32 flag, as allocated in `DeviceWait::new`.
+    let flag = unsafe { ArrayArg::from_raw_parts(flag, 1) };
+    raise::launch::<CudaRuntime>(
+        client,
+        CubeCount::Static(1, 1, 1),
+        CubeDim::new_1d(1),
+        flag,
+        seq,
+    );
 }
 
 /// The flag cubecl's stream raises, and our kernel that waits for it.
@@ -86,7 +100,7 @@ impl DeviceWait {
             flag_ptr,
         };
         // Sequence number 0: both kernels run once and end at once.
-        wait.signal(client, 0);
+        signal(client, wait.flag(), 0);
         super::pointer(client, (*wait.flag).clone()).ok_or("cubecl did not queue the signal")?;
         wait.wait(stream, 0)?;
         // SAFETY: a stream of ours, created in the current context.
@@ -95,21 +109,13 @@ impl DeviceWait {
         Ok(wait)
     }
 
-    /// Queues the signal `seq` on cubecl's stream, after everything queued there so far.
-    pub(super) fn signal(&self, client: &ComputeClient<CudaRuntime>, seq: u32) {
-        // SAFETY: one u32 flag, as allocated in `new`.
-        let flag = unsafe { ArrayArg::from_raw_parts((*self.flag).clone(), 1) };
-        signal::launch::<CudaRuntime>(
-            client,
-            CubeCount::Static(1, 1, 1),
-            CubeDim::new_1d(1),
-            flag,
-            seq,
-        );
+    /// The flag, for [`signal`].
+    pub(super) fn flag(&self) -> Handle {
+        (*self.flag).clone()
     }
 
     /// Queues on `stream` the wait for signal `seq`. Only once the signal has reached the
-    /// driver: after a request to cubecl's device runner made since [`Self::signal`] (such as
+    /// driver: after a request to cubecl's device runner made since [`signal`] (such as
     /// [`super::pointer`]) has returned.
     pub(super) fn wait(&self, stream: cusys::CUstream, seq: u32) -> Result<(), String> {
         let mut ptr = self.flag_ptr;
