@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The GPU figures of docs/benchmarks.md. `benches/gpu/run.sh [ptuning] [ptfull] [context2048]
-# [restart] [fusion] [gemm] [continuous] [lengths] [profile] [launches]` runs the named steps (all without arguments: more than one 10-minute
+# [restart] [fusion] [gemm] [continuous] [lengths] [profile] [pfprofile] [ptprofile] [launches]` runs the named steps (all without arguments: more than one 10-minute
 # device call, so name two or three per call). Run from the repository root on the GPU machine,
 # with the stripped release binaries xz-packed in .dev/bin
 # (chatglm-bench, chatglm-ptuning-bench; see docs/benchmarks.md for how they are built and
@@ -63,9 +63,26 @@ step continuous 150 /tmp/bin/chatglm-bench --continuous --prefill 128 --batches 
 #     (kv_cache::prefill_width): 100, 101 and 127 run as 128, 130 and 150 as 160, so only 130
 #     should pay for compiling.
 step lengths 240 /tmp/bin/chatglm-bench --prefill 100,101,127,130,150 --batches 1 --decode-tokens 8
-# 3c. GPU time per kernel and decoded token: cubecl's "basic" profiling runs each launch on its
-#     own and times it on the device (so the run is slow, but each kernel's time is its own).
-#     Two runs per batch size differ by 2 x 64 decode steps.
+# 3c. GPU time per kernel: cubecl's "basic" profiling runs each launch on its own and times it on
+#     the device (so the run is slow, but each kernel's time is its own; cuBLAS's GEMMs show up
+#     as the `handoff` kernel that waits for each). Two runs that differ by a known amount of
+#     work give the figures per unit of it.
+# Lines "| 12.3µs     | name" of a profiling log: total µs, launches, name.
+kernel_times() {
+  awk -F'|' '$2 ~ /^ *[0-9.]+(ns|µs|ms|s) *$/ { d = $2; gsub(/ /, "", d); u = 1
+       if (d ~ /ms$/) u = 1000; else if (d ~ /ns$/) u = 0.001; else if (d ~ /µs$/) u = 1; else if (d ~ /s$/) u = 1e6
+       gsub(/[a-zµ]+$/, "", d); n = $0; sub(/^\|[^|]*\| */, "", n); gsub(/ +$/, "", n); n = substr(n, 1, 90)
+       t[n] += d * u; c[n]++ }
+       END { for (k in t) printf "%.3f %d %s\n", t[k], c[k], k }' "$1"
+}
+# The difference of two `kernel_times` files over `units`: µs and launches per unit, per kernel.
+per_unit() { # short, long, units, label
+  awk -v n="$3" -v label="$4" 'FNR == NR { t = $1; c = $2; $1 = $2 = ""; a[$0] = t; ac[$0] = c; next }
+       { t = $1; c = $2; $1 = $2 = ""; d = (t - a[$0]) / n; dc = (c - ac[$0]) / n
+         if (dc >= 0.5) { printf "%9.1f %6.1f %s\n", d, dc, $0; s += d } }
+       END { printf "%9.1f total (%s)\n", s, label }' "$1" "$2" | sort -rn | head -24
+}
+#     Decode: two runs per batch size differ by 2 x 64 decode steps.
 if wanted profile; then
   mkdir -p /tmp/prof && (
     cd /tmp/prof || exit 1
@@ -74,21 +91,45 @@ if wanted profile; then
       for n in 32 96; do
         rm -f log
         timeout 200 /tmp/bin/chatglm-bench --prefill 128 --batches $b --decode-tokens $n >/dev/null 2>&1
-        # Lines "| 12.3µs     | name": microseconds per kernel name.
-        awk -F'|' '$2 ~ /^ *[0-9.]+(ns|µs|ms|s) *$/ { d = $2; gsub(/ /, "", d); u = 1
-             if (d ~ /ms$/) u = 1000; else if (d ~ /ns$/) u = 0.001; else if (d ~ /µs$/) u = 1; else if (d ~ /s$/) u = 1e6
-             gsub(/[a-zµ]+$/, "", d); n = $0; sub(/^\|[^|]*\| */, "", n); gsub(/ +$/, "", n); n = substr(n, 1, 90)
-             t[n] += d * u; c[n]++ }
-             END { for (k in t) printf "%.3f %d %s\n", t[k], c[k], k }' log >"k$b-$n"
+        kernel_times log >"k$b-$n"
       done
       echo "batch $b: GPU time per decoded token (us), launches per token, kernel"
-      awk -v b=$b 'FNR == NR { t = $1; c = $2; $1 = $2 = ""; a[$0] = t; ac[$0] = c; next }
-           { t = $1; c = $2; $1 = $2 = ""; d = (t - a[$0]) / 128; dc = (c - ac[$0]) / 128
-             if (dc >= 0.5) { printf "%9.1f %6.1f %s\n", d, dc, $0; s += d } }
-           END { printf "%9.1f total (batch %d)\n", s, b }' "k$b-32" "k$b-96" | sort -rn | head -24
+      per_unit "k$b-32" "k$b-96" 128 "batch $b"
     done
   ) | tee "$OUT/profile.txt"
   cp /tmp/prof/k* "$OUT/" 2>/dev/null
+fi
+#     A 128-token prompt: the bench runs each prompt length 3 times, so `--prefill 128,128` has
+#     3 more prefills than `--prefill 128`.
+if wanted pfprofile; then
+  mkdir -p /tmp/pfprof && (
+    cd /tmp/pfprof || exit 1
+    printf '[profiling.logger]\nlevel = "basic"\nfile = "/tmp/pfprof/log"\n' >cubecl.toml
+    for p in 128 128,128; do
+      rm -f log
+      timeout 200 /tmp/bin/chatglm-bench --prefill $p --batches 1 --decode-tokens 2 >/dev/null 2>&1
+      kernel_times log >"k-$p"
+    done
+    echo "128-token prefill: GPU time per prompt (us), launches per prompt, kernel"
+    per_unit k-128 k-128,128 3 "prefill of 128 tokens"
+  ) | tee "$OUT/pfprofile.txt"
+  cp /tmp/pfprof/k* "$OUT/" 2>/dev/null
+fi
+#     P-Tuning step (16 x 128 tokens, pre_seq_len 128, block recompute): runs of 1 and 3 steps.
+if wanted ptprofile; then
+  mkdir -p /tmp/ptprof && (
+    cd /tmp/ptprof || exit 1
+    printf '[profiling.logger]\nlevel = "basic"\nfile = "/tmp/ptprof/log"\n' >cubecl.toml
+    for n in 1 3; do
+      rm -f log
+      timeout 240 /tmp/bin/chatglm-ptuning-bench --device cuda --dtype f16 --batch 16 --seq 128 \
+        --pre-seq-len 128 --steps $n --warmup 1 --checkpointing >"step$n.json" 2>/dev/null
+      kernel_times log >"k$n"
+    done
+    echo "P-Tuning step: GPU time per step (us), launches per step, kernel"
+    per_unit k1 k3 2 "P-Tuning step"
+  ) | tee "$OUT/ptprofile.txt"
+  cp /tmp/ptprof/k* /tmp/ptprof/step*.json "$OUT/" 2>/dev/null
 fi
 # 4. Kernel launches per decoded token: cubecl logs every launch (profiling level "minimal") when
 #    a cubecl.toml in the working directory asks for it; two runs differ by 2 x 64 decode steps.

@@ -198,10 +198,10 @@ pub fn gemv_calls() -> u64 {
     0
 }
 
-/// Matrix products that ran on this crate's tensor-core GEMV kernel in this process: 2 to 8 rows
-/// of float16 or bfloat16 against a matrix with contiguous columns (decoding a batch), on a GPU
-/// with `mma.m16n8k16` (CUDA; 0 elsewhere). `CHATGLM_GEMV=mma` sends one-row products there too,
-/// `CHATGLM_GEMV=simt` none (they go to the CUDA-core GEMV, [`gemv_calls`], or cuBLAS).
+/// Matrix products that ran on this crate's tensor-core GEMV kernel in this process: 1 to 8 rows
+/// of float16 or bfloat16 against a matrix with contiguous columns (decoding up to 8 sequences),
+/// on a GPU with `mma.m16n8k16` (CUDA; 0 elsewhere). `CHATGLM_GEMV=simt` sends them to the
+/// CUDA-core GEMV ([`gemv_calls`]) or cuBLAS instead.
 pub fn mma_gemv_calls() -> u64 {
     #[cfg(feature = "cuda")]
     return crate::cube::mma_gemv_calls();

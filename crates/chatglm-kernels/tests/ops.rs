@@ -742,9 +742,8 @@ fn matmul_gradients_match_burns_matmul() {
     }
 }
 
-/// On CUDA, half-precision products of 2 to 8 rows against a linear layer's weight (decoding a
-/// batch) run on the tensor-core GEMV, in float16 and bfloat16; one row too with
-/// `CHATGLM_GEMV=mma`.
+/// On CUDA, half-precision products of 1 to 8 rows against a linear layer's weight (decoding up
+/// to 8 sequences) run on the tensor-core GEMV, in float16 and bfloat16.
 #[cfg(feature = "cuda")]
 #[test]
 fn half_precision_decode_products_run_on_tensor_cores() {
@@ -758,9 +757,7 @@ fn half_precision_decode_products_run_on_tensor_cores() {
         let dev = burn::backend::cuda::CudaDevice::new(0);
         let (k, n) = (4096usize, 40usize);
         let w = random(n * k, 41, 1.0);
-        let one_row = std::env::var("CHATGLM_GEMV").is_ok_and(|v| v.eq_ignore_ascii_case("mma"));
-        let rows: &[usize] = if one_row { &[1, 2, 5, 8] } else { &[2, 5, 8] };
-        for &m in rows {
+        for m in [1usize, 2, 5, 8] {
             let x = random(m * k, 42, 1.0);
             let before = chatglm_kernels::mma_gemv_calls();
             let weight = tensor::<Cube<F>, 2>(&w, [n, k], &dev);

@@ -6,9 +6,9 @@
 //! multiply-add, no tensor cores), or the naive kernel for layouts it rejects; half precision
 //! keeps burn's autotuned path.
 //!
-//! Before either, products of 2 to 8 half-precision rows against a matrix with contiguous
-//! columns (decoding a batch: the linear layers and lm_head) go to the tensor-core GEMV
-//! ([`super::mma_gemv`]), one-row ones to [`super::gemv`], and products of at least
+//! Before either, products of 1 to 8 half-precision rows against a matrix with contiguous
+//! columns (decoding up to 8 sequences: the linear layers and lm_head) go to the tensor-core GEMV
+//! ([`super::mma_gemv`]), other one-row ones to [`super::gemv`], and products of at least
 //! [`cublas::MIN_ROWS`] rows on CUDA go to cuBLAS ([`super::cublas`]): in float32 without TF32,
 //! in half precision with float32 accumulation. Without cuBLAS, products of up to
 //! [`gemv::MAX_ROWS`] rows take the GEMV kernel too.
@@ -55,7 +55,7 @@ where
     I: IntElement,
     BT: BoolElement,
 {
-    // 2 to 8 rows in half precision: the tensor-core GEMV. One row: the GEMV kernel.
+    // 1 to 8 rows in half precision: the tensor-core GEMV. One row otherwise: the GEMV kernel.
     // More: cuBLAS, or the GEMV kernel (up to 8 rows) without it.
     if let Some(out) = mma_gemv::matmul(&lhs, &rhs) {
         return out;

@@ -198,14 +198,13 @@ fn mma_gemv_kernel<F: Float, N: Size>(
     }
 }
 
-/// Environment variable choosing which products take this kernel: unset, those of 2 to 8 rows
-/// (one row runs faster on the CUDA-core GEMV, `docs/benchmarks.md`); `mma`, 1 to 8; `simt`,
-/// none (the CUDA-core GEMV for one row, cuBLAS or that GEMV for more), for A/B runs.
+/// Environment variable: `simt` keeps products off this kernel (the CUDA-core GEMV for one row,
+/// cuBLAS or that GEMV for more), for A/B runs.
 const GEMV_ENV: &str = "CHATGLM_GEMV";
 
 /// Environment variable for tuning runs: `tiles,unroll,warps` (for example `2,4,8`) replaces the
 /// kernel's shape for every product: weight tiles of 16 rows per warp (1-4), most 32-wide steps
-/// of `k` per pass (1-8), warps per cube (1-16).
+/// of `k` per pass (1-16), warps per cube (1-16).
 const TUNE_ENV: &str = "CHATGLM_MMA_GEMV";
 
 fn tuning() -> Option<(usize, usize, usize)> {
@@ -217,7 +216,7 @@ fn tuning() -> Option<(usize, usize, usize)> {
             .map(|p| p.trim().parse().ok())
             .collect::<Option<_>>()?;
         match parts[..] {
-            [t, u, w] if (1..=4).contains(&t) && (1..=8).contains(&u) && (1..=16).contains(&w) => {
+            [t, u, w] if (1..=4).contains(&t) && (1..=16).contains(&u) && (1..=16).contains(&w) => {
                 Some((t, u, w))
             }
             _ => {
@@ -228,14 +227,9 @@ fn tuning() -> Option<(usize, usize, usize)> {
     })
 }
 
-/// Fewest rows a product needs to come here (`None`: switched off).
-fn min_rows() -> Option<usize> {
-    static MIN: std::sync::OnceLock<Option<usize>> = std::sync::OnceLock::new();
-    *MIN.get_or_init(|| match std::env::var(GEMV_ENV) {
-        Ok(v) if v.eq_ignore_ascii_case("simt") => None,
-        Ok(v) if v.eq_ignore_ascii_case("mma") => Some(1),
-        _ => Some(2),
-    })
+fn switched_off() -> bool {
+    static OFF: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *OFF.get_or_init(|| std::env::var(GEMV_ENV).is_ok_and(|v| v.eq_ignore_ascii_case("simt")))
 }
 
 /// Whether the device runs `mma.m16n8k16` on `dtype` operands with float32 accumulation.
@@ -259,7 +253,7 @@ fn supported<R: CubeRuntime>(client: &ComputeClient<R>, dtype: DType) -> bool {
 }
 
 /// `lhs x rhs` on tensor cores when the product fits the kernel, else `None`: float16 or bfloat16
-/// on a GPU with `mma.m16n8k16`, 2 (1 with `CHATGLM_GEMV=mma`) to [`MAX_ROWS`] rows, two dimensions (or leading ones of
+/// on a GPU with `mma.m16n8k16`, 1 to [`MAX_ROWS`] rows, two dimensions (or leading ones of
 /// size 1), `k` a multiple of 8 and contiguous in both operands, 16-byte aligned.
 ///
 /// # Shapes
@@ -309,7 +303,8 @@ fn launch<R: CubeRuntime>(
     }
     let (m, k, n) = (ls[d - 2], ls[d - 1], rs[d - 1]);
     let (lst, rst) = (lhs.meta.strides(), rhs.meta.strides());
-    if min_rows().is_none_or(|min| m < min)
+    if switched_off()
+        || m == 0
         || m > MAX_ROWS
         || n == 0
         || rs[d - 2] != k
@@ -325,17 +320,16 @@ fn launch<R: CubeRuntime>(
         return None;
     }
     let out_shape: Shape = burn::tensor::calculate_matmul_output(ls, rs).ok()?;
-    // Two tiles per warp for several rows: the left operand, read whole by every cube, then
-    // costs a quarter of the weight's traffic at 8 rows instead of half.
+    // One tile per warp and 8 steps per pass where `k` allows (16-byte loads in flight per unit:
+    // `unroll * (2 * tiles + 1)`): the fastest of the shapes measured on the H200 for 1 and 8
+    // rows of the 6B model (`docs/benchmarks.md`, session 7).
     let tuned = tuning();
-    let tiles = tuned.map_or(if m == 1 { 1 } else { 2 }, |t| t.0);
+    let tiles = tuned.map_or(1, |t| t.0);
     let warps = tuned.map_or(WARPS, |t| t.2);
     let kv = k / WIDTH;
-    // Steps of 32 along `k` per warp and pass: 4 where `k` allows (16-byte loads in flight per
-    // unit: `unroll * (2 * tiles + 1)`).
     let per_pass = |u: usize| u * warps * 4;
-    let most = tuned.map_or(4, |t| t.1);
-    let unroll = [8usize, 4, 2, 1]
+    let most = tuned.map_or(8, |t| t.1);
+    let unroll = [16usize, 8, 4, 2, 1]
         .into_iter()
         .filter(|&u| u <= most)
         .find(|&u| kv >= per_pass(u))

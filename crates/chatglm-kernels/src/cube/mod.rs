@@ -57,7 +57,7 @@ where
         bias: FloatTensor<Self>,
     ) -> FloatTensor<Self> {
         // Fused into the GEMV where `matmul` would take a GEMV kernel anyway: the tensor-core
-        // one (2 to 8 rows, half precision), else the other for one row.
+        // one (1 to 8 rows, half precision), else the other for one row.
         let rows = matmul::rows(&lhs);
         let fused = if rows <= mma_gemv::MAX_ROWS {
             mma_gemv::matmul_bias_gelu(&lhs, &rhs, &bias)
