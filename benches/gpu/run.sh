@@ -82,54 +82,41 @@ per_unit() { # short, long, units, label
          if (dc >= 0.5) { printf "%9.1f %6.1f %s\n", d, dc, $0; s += d } }
        END { printf "%9.1f total (%s)\n", s, label }' "$1" "$2" | sort -rn | head -24
 }
+# Two commands (strings) under that profiling, in /tmp/NAME: the kernels' GPU time and launches
+# per unit of the work the longer one adds, into $OUT/NAME.txt.
+profile_pair() { # name, units, label, shorter command, longer command
+  local name=$1 units=$2 label=$3 dir=/tmp/$1 run
+  mkdir -p "$dir" && (
+    cd "$dir" || exit 1
+    printf '[profiling.logger]\nlevel = "basic"\nfile = "%s/log"\n' "$dir" >cubecl.toml
+    for run in 4 5; do
+      rm -f log
+      eval "${!run}" >"run$run.json" 2>/dev/null
+      kernel_times log >"k$run"
+    done
+    echo "$label: GPU time (us) and launches per unit, kernel"
+    per_unit k4 k5 "$units" "$label"
+  ) | tee "$OUT/$name.txt"
+}
 #     Decode: two runs per batch size differ by 2 x 64 decode steps.
 if wanted profile; then
-  mkdir -p /tmp/prof && (
-    cd /tmp/prof || exit 1
-    printf '[profiling.logger]\nlevel = "basic"\nfile = "/tmp/prof/log"\n' >cubecl.toml
-    for b in 1 8; do
-      for n in 32 96; do
-        rm -f log
-        timeout 200 /tmp/bin/chatglm-bench --prefill 128 --batches $b --decode-tokens $n >/dev/null 2>&1
-        kernel_times log >"k$b-$n"
-      done
-      echo "batch $b: GPU time per decoded token (us), launches per token, kernel"
-      per_unit "k$b-32" "k$b-96" 128 "batch $b"
-    done
-  ) | tee "$OUT/profile.txt"
-  cp /tmp/prof/k* "$OUT/" 2>/dev/null
+  for b in 1 8; do
+    profile_pair "profile-b$b" 128 "decoded token, batch $b" \
+      "timeout 200 /tmp/bin/chatglm-bench --prefill 128 --batches $b --decode-tokens 32" \
+      "timeout 200 /tmp/bin/chatglm-bench --prefill 128 --batches $b --decode-tokens 96"
+  done
 fi
 #     A 128-token prompt: the bench runs each prompt length 3 times, so `--prefill 128,128` has
 #     3 more prefills than `--prefill 128`.
 if wanted pfprofile; then
-  mkdir -p /tmp/pfprof && (
-    cd /tmp/pfprof || exit 1
-    printf '[profiling.logger]\nlevel = "basic"\nfile = "/tmp/pfprof/log"\n' >cubecl.toml
-    for p in 128 128,128; do
-      rm -f log
-      timeout 200 /tmp/bin/chatglm-bench --prefill $p --batches 1 --decode-tokens 2 >/dev/null 2>&1
-      kernel_times log >"k-$p"
-    done
-    echo "128-token prefill: GPU time per prompt (us), launches per prompt, kernel"
-    per_unit k-128 k-128,128 3 "prefill of 128 tokens"
-  ) | tee "$OUT/pfprofile.txt"
-  cp /tmp/pfprof/k* "$OUT/" 2>/dev/null
+  profile_pair pfprofile 3 "128-token prefill" \
+    "timeout 200 /tmp/bin/chatglm-bench --prefill 128 --batches 1 --decode-tokens 2" \
+    "timeout 200 /tmp/bin/chatglm-bench --prefill 128,128 --batches 1 --decode-tokens 2"
 fi
-#     P-Tuning step (16 x 128 tokens, pre_seq_len 128, block recompute): runs of 1 and 3 steps.
+#     P-Tuning step (16 x 128 tokens, pre_seq_len 128, block recompute): 1 and 3 steps.
+pt="timeout 240 /tmp/bin/chatglm-ptuning-bench --device cuda --dtype f16 --batch 16 --seq 128 --pre-seq-len 128 --warmup 1 --checkpointing"
 if wanted ptprofile; then
-  mkdir -p /tmp/ptprof && (
-    cd /tmp/ptprof || exit 1
-    printf '[profiling.logger]\nlevel = "basic"\nfile = "/tmp/ptprof/log"\n' >cubecl.toml
-    for n in 1 3; do
-      rm -f log
-      timeout 240 /tmp/bin/chatglm-ptuning-bench --device cuda --dtype f16 --batch 16 --seq 128 \
-        --pre-seq-len 128 --steps $n --warmup 1 --checkpointing >"step$n.json" 2>/dev/null
-      kernel_times log >"k$n"
-    done
-    echo "P-Tuning step: GPU time per step (us), launches per step, kernel"
-    per_unit k1 k3 2 "P-Tuning step"
-  ) | tee "$OUT/ptprofile.txt"
-  cp /tmp/ptprof/k* /tmp/ptprof/step*.json "$OUT/" 2>/dev/null
+  profile_pair ptprofile 2 "P-Tuning step" "$pt --steps 1" "$pt --steps 3"
 fi
 # 4. Kernel launches per decoded token: cubecl logs every launch (profiling level "minimal") when
 #    a cubecl.toml in the working directory asks for it; two runs differ by 2 x 64 decode steps.
