@@ -206,61 +206,77 @@ fn vector_width<R: CubeRuntime>(operands: [(&CubeTensor<R>, usize); 2], k: usize
         .unwrap_or(1)
 }
 
+/// The shape of a product a GEMV kernel takes ([`Operands::of`]).
+pub(crate) struct Operands {
+    /// Rows of the left operand (1 to [`MAX_ROWS`]), the contracted length and the columns.
+    pub m: usize,
+    pub k: usize,
+    pub n: usize,
+    /// Number of dimensions.
+    pub d: usize,
+    pub out_shape: Shape,
+    /// Product of the output's batch dimensions (1 to 65535).
+    pub batches: usize,
+}
+
+impl Operands {
+    /// `lhs x rhs` as a GEMV kernel sees it, or `None`: 1 to [`MAX_ROWS`] rows, `k` contiguous in
+    /// both operands (the matrix's columns at least `k` apart), batch dimensions equal or
+    /// broadcast, the same dtype.
+    pub(crate) fn of<R: CubeRuntime>(lhs: &CubeTensor<R>, rhs: &CubeTensor<R>) -> Option<Self> {
+        let (ls, rs) = (lhs.meta.shape(), rhs.meta.shape());
+        let d = ls.num_dims();
+        if rs.num_dims() != d || d < 2 || rhs.dtype != lhs.dtype {
+            return None;
+        }
+        let (m, k, n) = (ls[d - 2], ls[d - 1], rs[d - 1]);
+        let (lst, rst) = (lhs.meta.strides(), rhs.meta.strides());
+        if m == 0 || m > MAX_ROWS || k == 0 || n == 0 || rs[d - 2] != k {
+            return None;
+        }
+        if (k > 1 && (lst[d - 1] != 1 || rst[d - 2] != 1)) || (n > 1 && rst[d - 1] < k) {
+            return None;
+        }
+        let out_shape: Shape = burn::tensor::calculate_matmul_output(ls, rs).ok()?;
+        let batches: usize = out_shape.as_slice()[..d - 2].iter().product();
+        if batches == 0 || batches > 65_535 {
+            return None;
+        }
+        Some(Self {
+            m,
+            k,
+            n,
+            d,
+            out_shape,
+            batches,
+        })
+    }
+}
+
 /// `lhs x rhs` on the kernel when the product fits it, else `None` (the caller uses another
-/// matmul): at most [`MAX_ROWS`] rows, `k` contiguous in both operands, float dtypes, batch
-/// dimensions equal or broadcast.
+/// matmul): [`Operands::of`], float dtypes; with `bias` (`[n]`, checked by the caller),
+/// `bias_gelu(lhs x rhs, bias)`, the bias and GELU applied to each output as it is stored.
 ///
 /// # Shapes
 /// - `lhs`: `[..., m, k]` with unit stride along `k`, `rhs`: `[..., k, n]` with unit stride along
 ///   `k` -> `[..., m, n]`
-pub(crate) fn matmul<R: CubeRuntime>(
-    lhs: &CubeTensor<R>,
-    rhs: &CubeTensor<R>,
-) -> Option<CubeTensor<R>> {
-    launch(lhs, rhs, None)
-}
-
-/// `bias_gelu(lhs x rhs, bias)` on the kernel (the bias and GELU applied to each output as it is
-/// stored), under the conditions of [`matmul`] and for a `[n]` bias; `None` otherwise.
-pub(crate) fn matmul_bias_gelu<R: CubeRuntime>(
-    lhs: &CubeTensor<R>,
-    rhs: &CubeTensor<R>,
-    bias: &CubeTensor<R>,
-) -> Option<CubeTensor<R>> {
-    let n = rhs.meta.shape()[rhs.meta.shape().num_dims() - 1];
-    if bias.dtype != lhs.dtype || bias.meta.shape().as_slice() != [n] {
-        return None;
-    }
-    launch(lhs, rhs, Some(bias))
-}
-
-fn launch<R: CubeRuntime>(
+pub(crate) fn product<R: CubeRuntime>(
     lhs: &CubeTensor<R>,
     rhs: &CubeTensor<R>,
     bias: Option<&CubeTensor<R>>,
 ) -> Option<CubeTensor<R>> {
     let dtype = lhs.dtype;
-    if !matches!(dtype, DType::F16 | DType::BF16 | DType::F32) || rhs.dtype != dtype {
+    if !matches!(dtype, DType::F16 | DType::BF16 | DType::F32) {
         return None;
     }
-    let (ls, rs) = (lhs.meta.shape(), rhs.meta.shape());
-    let d = ls.num_dims();
-    if rs.num_dims() != d || d < 2 {
-        return None;
-    }
-    let (m, k, n) = (ls[d - 2], ls[d - 1], rs[d - 1]);
-    let (lst, rst) = (lhs.meta.strides(), rhs.meta.strides());
-    if m == 0 || m > MAX_ROWS || k == 0 || n == 0 || rs[d - 2] != k {
-        return None;
-    }
-    if (k > 1 && (lst[d - 1] != 1 || rst[d - 2] != 1)) || (n > 1 && rst[d - 1] < k) {
-        return None;
-    }
-    let out_shape: Shape = burn::tensor::calculate_matmul_output(ls, rs).ok()?;
-    let batches: usize = out_shape.as_slice()[..d - 2].iter().product();
-    if batches == 0 || batches > 65_535 {
-        return None;
-    }
+    let Operands {
+        m,
+        k,
+        n,
+        d,
+        out_shape,
+        batches,
+    } = Operands::of(lhs, rhs)?;
     let width = vector_width([(lhs, d - 1), (rhs, d - 2)], k);
     let kv = k / width;
     // Columns per warp: several rows' values are converted once for 4 or 8 columns. One row

@@ -57,18 +57,18 @@ where
 {
     // 1 to 8 rows in half precision: the tensor-core GEMV. One row otherwise: the GEMV kernel.
     // More: cuBLAS, or the GEMV kernel (up to 8 rows) without it.
-    if let Some(out) = mma_gemv::matmul(&lhs, &rhs) {
+    if let Some(out) = mma_gemv::product(&lhs, &rhs, None) {
         return out;
     }
     if rows(&lhs) == 1
-        && let Some(out) = gemv::matmul(&lhs, &rhs)
+        && let Some(out) = gemv::product(&lhs, &rhs, None)
     {
         return out;
     }
     if let Some(out) = cublas_matmul(&lhs, &rhs) {
         return out;
     }
-    if let Some(out) = gemv::matmul(&lhs, &rhs) {
+    if let Some(out) = gemv::product(&lhs, &rhs, None) {
         return out;
     }
     if lhs.dtype != DType::F32 || rhs.dtype != DType::F32 {

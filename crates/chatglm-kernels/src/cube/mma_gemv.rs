@@ -17,7 +17,7 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use burn::tensor::{DType, Shape};
+use burn::tensor::DType;
 use burn_cubecl::CubeRuntime;
 use burn_cubecl::ops::numeric::empty_device_dtype;
 use burn_cubecl::tensor::CubeTensor;
@@ -26,6 +26,7 @@ use cubecl::ir::{ElemType, FloatKind, MatrixIdent};
 use cubecl::prelude::*;
 
 use super::elementwise::gelu_tanh;
+use super::gemv::Operands;
 use super::vector_aligned;
 
 /// Most rows of the left operand (the MMA's `n`).
@@ -253,73 +254,35 @@ fn supported<R: CubeRuntime>(client: &ComputeClient<R>, dtype: DType) -> bool {
 }
 
 /// `lhs x rhs` on tensor cores when the product fits the kernel, else `None`: float16 or bfloat16
-/// on a GPU with `mma.m16n8k16`, 1 to [`MAX_ROWS`] rows, two dimensions (or leading ones of
-/// size 1), `k` a multiple of 8 and contiguous in both operands, 16-byte aligned.
+/// on a GPU with `mma.m16n8k16`, [`Operands::of`] without batch dimensions (or only ones of
+/// size 1), `k` a multiple of 8, 16-byte aligned. With `bias` (`[n]`, checked by the caller),
+/// `bias_gelu(lhs x rhs, bias)`, the bias and GELU applied in float32 as each output is stored.
 ///
 /// # Shapes
 /// - `lhs`: `[..., m, k]`, `rhs`: `[..., k, n]` with unit stride along `k` -> `[..., m, n]`
-pub(crate) fn matmul<R: CubeRuntime>(
-    lhs: &CubeTensor<R>,
-    rhs: &CubeTensor<R>,
-) -> Option<CubeTensor<R>> {
-    launch(lhs, rhs, None)
-}
-
-/// `bias_gelu(lhs x rhs, bias)` on the kernel, under the conditions of [`matmul`] and for a `[n]`
-/// bias; `None` otherwise.
-pub(crate) fn matmul_bias_gelu<R: CubeRuntime>(
-    lhs: &CubeTensor<R>,
-    rhs: &CubeTensor<R>,
-    bias: &CubeTensor<R>,
-) -> Option<CubeTensor<R>> {
-    let n = rhs.meta.shape()[rhs.meta.shape().num_dims() - 1];
-    if bias.dtype != lhs.dtype || bias.meta.shape().as_slice() != [n] {
-        return None;
-    }
-    launch(lhs, rhs, Some(bias))
-}
-
-fn launch<R: CubeRuntime>(
+pub(crate) fn product<R: CubeRuntime>(
     lhs: &CubeTensor<R>,
     rhs: &CubeTensor<R>,
     bias: Option<&CubeTensor<R>>,
 ) -> Option<CubeTensor<R>> {
     let dtype = lhs.dtype;
-    if rhs.dtype != dtype || !supported(&lhs.client, dtype) {
+    if switched_off() || !supported(&lhs.client, dtype) {
         return None;
     }
-    let (ls, rs) = (lhs.meta.shape(), rhs.meta.shape());
-    let d = ls.num_dims();
-    if rs.num_dims() != d || d < 2 {
+    let Operands {
+        m,
+        k,
+        n,
+        d,
+        out_shape,
+        batches,
+    } = Operands::of(lhs, rhs)?;
+    let aligned = vector_aligned(lhs, d - 1, WIDTH) && vector_aligned(rhs, d - 2, WIDTH);
+    // One batch: every leading dimension of both operands has size 1, so the kernel sees
+    // `[m, k] x [k, n]`.
+    if m > MAX_ROWS || batches != 1 || !k.is_multiple_of(WIDTH) || !aligned {
         return None;
     }
-    // Leading dimensions of size 1 only: the kernel sees `[m, k] x [k, n]`.
-    if ls.as_slice()[..d - 2]
-        .iter()
-        .chain(&rs.as_slice()[..d - 2])
-        .any(|&s| s != 1)
-    {
-        return None;
-    }
-    let (m, k, n) = (ls[d - 2], ls[d - 1], rs[d - 1]);
-    let (lst, rst) = (lhs.meta.strides(), rhs.meta.strides());
-    if switched_off()
-        || m == 0
-        || m > MAX_ROWS
-        || n == 0
-        || rs[d - 2] != k
-        || !k.is_multiple_of(WIDTH)
-        || k == 0
-    {
-        return None;
-    }
-    if lst[d - 1] != 1 || rst[d - 2] != 1 || (n > 1 && rst[d - 1] < k) {
-        return None;
-    }
-    if !vector_aligned(lhs, d - 1, WIDTH) || !vector_aligned(rhs, d - 2, WIDTH) {
-        return None;
-    }
-    let out_shape: Shape = burn::tensor::calculate_matmul_output(ls, rs).ok()?;
     // One tile per warp and 8 steps per pass where `k` allows (16-byte loads in flight per unit:
     // `unroll * (2 * tiles + 1)`): the fastest of the shapes measured on the H200 for 1 and 8
     // rows of the 6B model (`docs/benchmarks.md`, session 7).

@@ -59,14 +59,15 @@ where
         // Fused into the GEMV where `matmul` would take a GEMV kernel anyway: the tensor-core
         // one (1 to 8 rows, half precision), else the other for one row.
         let rows = matmul::rows(&lhs);
-        let fused = if rows <= mma_gemv::MAX_ROWS {
-            mma_gemv::matmul_bias_gelu(&lhs, &rhs, &bias)
+        let n = rhs.meta.shape()[rhs.meta.shape().num_dims() - 1];
+        let fused = if bias.dtype != lhs.dtype || bias.meta.shape().as_slice() != [n] {
+            None
+        } else if let Some(out) = mma_gemv::product(&lhs, &rhs, Some(&bias)) {
+            Some(out)
+        } else if rows == 1 {
+            gemv::product(&lhs, &rhs, Some(&bias))
         } else {
             None
-        };
-        let fused = match fused {
-            None if rows == 1 => gemv::matmul_bias_gelu(&lhs, &rhs, &bias),
-            other => other,
         };
         match fused {
             Some(out) => out,
