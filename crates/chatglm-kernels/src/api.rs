@@ -248,8 +248,8 @@ pub fn matmul_bias_gelu<B: KernelBackend>(
 
 /// Attention of queries over a KV cache, a cube of units per query: `softmax(q k^T + mask) v`,
 /// with the scores and probabilities rounded to the dtype as separate products and softmax round
-/// them. Made for one new token per (row, head) (decoding); a short prompt's queries fit it too
-/// (their scores are computed on CUDA cores, so a long prompt is faster through products). On
+/// them. Made for one new token per (row, head) (decoding); several queries are correct but slow
+/// (a prompt's attention is faster as two products and `masked_softmax`). On
 /// burn's cube backends one kernel ([`reference::decode_attention`] elsewhere, and for caches of
 /// more than 4096 slots).
 ///

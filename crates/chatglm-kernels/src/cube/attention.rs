@@ -1,9 +1,11 @@
-//! A query's attention over a KV cache in one kernel (decode, and short prompts): scores against
+//! A query's attention over a KV cache in one kernel (decoding): scores against
 //! every slot, the masked softmax and the weighted sum of the values. It replaces two products and
 //! the softmax (three launches per layer, and with cuBLAS two handoffs), and rounds as they do:
 //! scores and probabilities pass through the tensors' dtype, the softmax itself is float32.
 //!
-//! One cube per (batch row, head, query), [`UNITS`] units:
+//! One cube per (batch row, head, query), [`UNITS`] units. Built for one query per (row, head):
+//! its phases are bound by load latency, so many queries (a prompt's) run far slower than two
+//! products and a softmax (276 us per layer for 128 queries on the H200, `docs/benchmarks.md`).
 //! 1. scores: a unit per slot, its head row read as whole vectors (all loads in flight), the
 //!    query held in registers; scores kept in shared memory;
 //! 2. maximum and sum over the slots (warp reductions, then across warps);

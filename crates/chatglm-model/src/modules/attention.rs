@@ -107,9 +107,10 @@ impl<B: KernelBackend> Attention<B> {
                 (q, keys, values)
             }
         };
-        // One new token per row (decoding), or a short prompt: the fused attention over the
-        // cache, one launch instead of two products and a softmax.
-        let ctx = if s == 1 || s * keys.dims()[2] <= FUSED_PROMPT_SCORES {
+        // One new token per row (decoding): the fused attention over the cache. A prompt's
+        // queries stay with the products: `decode_attention` takes them, but with a cube per
+        // query it measured 276 us per layer for a 128-token prompt on the H200 (docs/benchmarks.md).
+        let ctx = if s == 1 {
             chatglm_kernels::decode_attention(q, keys, values, mask)
         } else {
             attend_in_chunks(q, keys.swap_dims(2, 3), mask, values, QUERY_CHUNK)
@@ -140,11 +141,6 @@ fn split_rotate<B: KernelBackend>(
 /// queries at a time, so its whole `[heads, seq, keys]` score matrix never exists at once: the
 /// scores of a 2048-token prompt would take more memory than its KV cache.
 pub const QUERY_CHUNK: usize = 512;
-
-/// Most `queries x keys` scores per head a prompt's attention computes with
-/// [`chatglm_kernels::decode_attention`] (on CUDA cores) rather than products (on tensor cores):
-/// a 256-token prompt.
-pub const FUSED_PROMPT_SCORES: usize = 256 * 256;
 
 /// [`attend`] over chunks of at most `chunk` queries, concatenated.
 fn attend_in_chunks<B: KernelBackend>(
