@@ -109,7 +109,8 @@ impl<B: KernelBackend> Attention<B> {
         };
         // One new token per row (decoding): the fused attention over the cache. A prompt's
         // queries stay with the products: `decode_attention` takes them, but with a cube per
-        // query it measured 276 us per layer for a 128-token prompt on the H200 (docs/benchmarks.md).
+        // query it measured 276 us per layer for a 128-token prompt on the H200
+        // (docs/benchmarks.md).
         let ctx = if s == 1 {
             chatglm_kernels::decode_attention(q, keys, values, mask)
         } else {

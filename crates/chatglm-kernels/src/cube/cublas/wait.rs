@@ -5,15 +5,15 @@
 //! buffers. Two kernels do the same job instead:
 //! 1. `raise` ([`signal`]), a one-thread CubeCL kernel queued on cubecl's stream after the
 //!    inputs, writes the GEMM's sequence number to a flag;
-//! 2. `chatglm_wait_at_least`, a one-thread kernel of ours (CUDA C compiled once by NVRTC, which
-//!    cubecl loads anyway) queued on our stream, spins until the flag reaches that number.
+//! 2. `chatglm_wait_at_least`, a one-thread kernel of ours (CUDA C compiled by NVRTC, which cubecl
+//!    loads anyway, once per lane) queued on our stream, spins until the flag reaches that number.
 //!
 //! The GEMM queued behind it therefore starts once everything cubecl queued before it has run,
-//! and the host never waits. No deadlock: the waiting kernel is queued only once the signal
-//! is in the driver's queue (the caller queues it from cubecl's device runner, or asks the runner
-//! for a buffer's address after it: the runner handles requests in order). So whatever the driver does later (loading a
-//! module lazily may wait for the whole context), the spinning kernel ends once work that is
-//! already queued on the GPU has run.
+//! and the host never waits. No deadlock: the waiting kernel is queued only once the signal is
+//! in the driver's queue (the caller queues it from cubecl's device runner, or asks the runner for
+//! a buffer's address after it: the runner handles requests in order). So whatever the driver
+//! does later (loading a module lazily may wait for the whole context), the spinning kernel ends
+//! once work that is already queued on the GPU has run.
 //!
 //! `CHATGLM_GEMM_WAIT=host` keeps the older wait: the host drains cubecl's queue before each GEMM.
 
