@@ -1,6 +1,6 @@
 //! `softmax(scores + mask)` over the keys of attention scores in one kernel: one cube per
 //! (batch, head, query) row, the mask broadcast over heads, maximum and sum in float32 with
-//! shared-memory reductions, probabilities written back in the scores' dtype. It replaces the
+//! warp reductions, probabilities written back in the scores' dtype. It replaces the
 //! mask addition, two casts and burn's softmax (about seven launches per layer and step).
 
 use burn_cubecl::CubeRuntime;
@@ -9,7 +9,7 @@ use burn_cubecl::tensor::CubeTensor;
 use cubecl::prelude::*;
 
 use super::elementwise::offset4;
-use super::reduce::{block_max, block_sum};
+use super::reduce::{cube_max, cube_sum};
 
 /// Threads per row (decode rows have up to a few thousand keys).
 const MAX_BLOCK: u32 = 256;
@@ -32,7 +32,7 @@ fn masked_softmax_kernel<F: Float>(
     let tid = UNIT_POS_X as usize;
     let step = block as usize;
     let iters = keys.div_ceil(step);
-    let mut shared = SharedMemory::<f32>::new(block as usize);
+    let mut shared = SharedMemory::<f32>::new((block / 32) as usize);
 
     let mut local_max = f32::new(-3.0e38);
     for it in 0..iters {
@@ -45,7 +45,7 @@ fn masked_softmax_kernel<F: Float>(
             }
         }
     }
-    let max = block_max(&mut shared, local_max, tid);
+    let max = cube_max(&mut shared, local_max);
 
     let mut local_sum = 0.0f32;
     for it in 0..iters {
@@ -56,7 +56,7 @@ fn masked_softmax_kernel<F: Float>(
             local_sum += f32::exp(v - max);
         }
     }
-    let inv = 1.0f32 / block_sum(&mut shared, local_sum, tid);
+    let inv = 1.0f32 / cube_sum(&mut shared, local_sum);
 
     for it in 0..iters {
         let col = tid + it * step;
@@ -82,7 +82,7 @@ pub(crate) fn masked_softmax<R: CubeRuntime>(
     if rows == 0 || shape[3] == 0 {
         return out;
     }
-    // A power of two (the reductions halve it), at least one warp, at most MAX_BLOCK.
+    // Whole warps (the reductions' unit), at least one, at most MAX_BLOCK.
     let block = (shape[3] as u32).next_power_of_two().clamp(32, MAX_BLOCK);
     masked_softmax_kernel::launch::<R>(
         &client,

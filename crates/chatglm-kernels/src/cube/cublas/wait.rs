@@ -5,8 +5,8 @@
 //! buffers. Two kernels do the same job instead:
 //! 1. `raise` ([`signal`]), a one-thread CubeCL kernel queued on cubecl's stream after the
 //!    inputs, writes the GEMM's sequence number to a flag;
-//! 2. `chatglm_wait_at_least`, a one-thread kernel of ours (CUDA C compiled by NVRTC, which cubecl
-//!    loads anyway, once per lane) queued on our stream, spins until the flag reaches that number.
+//! 2. `chatglm_wait_at_least`, a one-thread kernel of ours (CUDA C compiled once by NVRTC, which
+//!    cubecl loads anyway) queued on our stream, spins until the flag reaches that number.
 //!
 //! The GEMM queued behind it therefore starts once everything cubecl queued before it has run,
 //! and the host never waits. No deadlock: the waiting kernel is queued only once the signal is
@@ -19,6 +19,7 @@
 
 use std::ffi::{CString, c_void};
 use std::mem::ManuallyDrop;
+use std::sync::OnceLock;
 
 use cubecl::client::ComputeClient;
 use cubecl::cuda::CudaRuntime;
@@ -65,6 +66,18 @@ pub(super) fn signal(client: &ComputeClient<CudaRuntime>, flag: Handle, seq: u32
     );
 }
 
+/// The waiting kernel's PTX, compiled once per process (each lane loads it into its context).
+fn ptx() -> Result<&'static CString, String> {
+    static PTX: OnceLock<Result<CString, String>> = OnceLock::new();
+    PTX.get_or_init(|| {
+        let ptx = nvrtc::compile_ptx_with_opts(SOURCE, nvrtc::CompileOptions::default())
+            .map_err(|e| format!("compiling the waiting kernel: {e:?}"))?;
+        CString::new(ptx.to_src()).map_err(|e| e.to_string())
+    })
+    .as_ref()
+    .map_err(Clone::clone)
+}
+
 /// The flag cubecl's stream raises, and our kernel that waits for it.
 pub(super) struct DeviceWait {
     function: cusys::CUfunction,
@@ -80,9 +93,7 @@ impl DeviceWait {
         client: &ComputeClient<CudaRuntime>,
         stream: cusys::CUstream,
     ) -> Result<Self, String> {
-        let ptx = nvrtc::compile_ptx_with_opts(SOURCE, nvrtc::CompileOptions::default())
-            .map_err(|e| format!("compiling the waiting kernel: {e:?}"))?;
-        let image = CString::new(ptx.to_src()).map_err(|e| e.to_string())?;
+        let image = ptx()?;
         let name = CString::new(NAME).map_err(|e| e.to_string())?;
         // SAFETY: `image` is NUL-terminated PTX text; the module is kept (never unloaded) for the
         // life of the process, as the function handle taken from it is.
