@@ -175,7 +175,7 @@ fn bench_decode_attention<B: KernelBackend>(c: &mut Criterion, label: &str, dev:
 }
 
 /// Decode's linear layers (1 and 8 rows against the `[out, in]` h->4h and 4h->h weights):
-/// `chatglm_kernels::matmul` (the GEMV kernel on CUDA) against burn's matmul. Each iteration runs
+/// `chatglm_kernels::matmul` (on CUDA in float16, the tensor-core GEMV) against burn's matmul. Each iteration runs
 /// the product 10 times before its sync, so that the time is the GPU's rather than the sync's.
 fn bench_gemv<B: KernelBackend>(c: &mut Criterion, label: &str, dev: &B::Device) {
     for (out, inp) in [(INNER, HIDDEN), (HIDDEN, INNER)] {
@@ -191,7 +191,7 @@ fn bench_gemv<B: KernelBackend>(c: &mut Criterion, label: &str, dev: &B::Device)
     }
 }
 
-/// Decode's h->4h projection with its bias and GELU: fused into the GEMV kernel on CUDA, against
+/// Decode's h->4h projection with its bias and GELU: fused into the GEMV on CUDA, against
 /// the product followed by `bias_gelu` (10 per iteration, as [`bench_gemv`]).
 fn bench_matmul_bias_gelu<B: KernelBackend>(c: &mut Criterion, label: &str, dev: &B::Device) {
     let w = Tensor::<B, 2>::random([INNER, HIDDEN], Distribution::Normal(0.0, 1.0), dev);
