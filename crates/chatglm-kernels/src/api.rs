@@ -175,6 +175,12 @@ pub enum GemmStatus {
         /// Those whose inputs cuBLAS's stream awaited on the GPU (the others drained cubecl's
         /// queue on the host first: `CHATGLM_GEMM_WAIT=host`, or no waiting kernel).
         device_waits: u64,
+        /// Host time spent queueing them, in microseconds (from the call to the return, the
+        /// output's allocation included).
+        host_us: u64,
+        /// Of that, the time waiting for cubecl's device runner (a thread that hands cubecl's
+        /// kernels to the driver) to reach the request for the operands' addresses.
+        runner_us: u64,
     },
     /// burn's matmul ran them, for this reason.
     Burn(String),

@@ -157,24 +157,30 @@ fn check_layer_norm<B: KernelBackend>(dev: &B::Device, tol: Tol) {
 }
 
 fn check_bias_gelu<B: KernelBackend>(dev: &B::Device, tol: Tol) {
-    let (rows, n) = (5usize, 300usize);
-    let x = random(rows * n, 5, 4.0);
-    let bias = random(n, 6, 1.0);
-    let want = host_bias_gelu(&x, &bias);
-    let got = values(chatglm_kernels::bias_gelu(
-        tensor::<B, 3>(&x, [rows, 1, n], dev),
-        tensor(&bias, [n], dev),
-    ));
-    let d = max_diff(&got, &want);
-    assert!(d <= tol.ln, "{}: bias_gelu: max diff {d}", name::<B>());
-    let reference =
-        reference::bias_gelu(tensor::<B, 2>(&x, [rows, n], dev), tensor(&bias, [n], dev));
-    let d = max_diff(&got, &values(reference));
-    assert!(
-        d <= tol.ln,
-        "{}: bias_gelu vs reference: max diff {d}",
-        name::<B>()
-    );
+    // Rows read as vectors of 4, 8 and 1 (on CUDA), and more rows than cubes along them.
+    for (rows, n) in [(5usize, 300usize), (3, 1000), (2, 7)] {
+        let x = random(rows * n, 5, 4.0);
+        let bias = random(n, 6, 1.0);
+        let want = host_bias_gelu(&x, &bias);
+        let got = values(chatglm_kernels::bias_gelu(
+            tensor::<B, 3>(&x, [rows, 1, n], dev),
+            tensor(&bias, [n], dev),
+        ));
+        let d = max_diff(&got, &want);
+        assert!(
+            d <= tol.ln,
+            "{}: bias_gelu {rows}x{n}: max diff {d}",
+            name::<B>()
+        );
+        let reference =
+            reference::bias_gelu(tensor::<B, 2>(&x, [rows, n], dev), tensor(&bias, [n], dev));
+        let d = max_diff(&got, &values(reference));
+        assert!(
+            d <= tol.ln,
+            "{}: bias_gelu vs reference {rows}x{n}: max diff {d}",
+            name::<B>()
+        );
+    }
 }
 
 /// The h->4h projection with its bias and GELU in one op, against host math and against
@@ -350,9 +356,15 @@ fn host_masked_softmax(scores: &[f32], mask: &[f32], [b, h, s, k]: [usize; 4]) -
 
 fn check_masked_softmax<B: KernelBackend>(dev: &B::Device, tol: Tol) {
     use burn::tensor::TensorPrimitive;
-    // A decode step over a 2048-slot cache, a prefill chunk, and widths that are not a multiple
-    // of the cube (partial last pass, fewer keys than units).
-    for shape in [[1usize, 4, 1, 2048], [2, 3, 5, 300], [1, 2, 3, 7]] {
+    // A decode step over a 2048-slot cache, a prefill chunk, widths that are not a multiple of
+    // the cube (partial last pass, fewer keys than units), and a row of several vectors per unit.
+    // On CUDA the rows are read as vectors of 8, 4, 1 and 8.
+    for shape in [
+        [1usize, 4, 1, 2048],
+        [2, 3, 5, 300],
+        [1, 2, 3, 7],
+        [1, 2, 2, 5000],
+    ] {
         let [b, h, s, k] = shape;
         let scores = random(b * h * s * k, 11, 6.0);
         // Hidden keys (-10000) past a per-row length, as the cache mask has them.

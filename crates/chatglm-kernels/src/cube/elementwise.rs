@@ -8,23 +8,34 @@ use burn_cubecl::tensor::CubeTensor;
 use cubecl::calculate_cube_count_elemwise;
 use cubecl::prelude::*;
 
+use super::widest_vector;
+
 #[cube(launch)]
-fn bias_gelu_kernel<F: Float>(
-    x: &Tensor<F>,
-    bias: &Tensor<F>,
-    out: &mut Tensor<F>,
+fn bias_gelu_kernel<F: Float, N: Size>(
+    x: &Tensor<Vector<F, N>>,
+    bias: &Tensor<Vector<F, N>>,
+    out: &mut Tensor<Vector<F, N>>,
     #[define(F)] _dtype: StorageType,
 ) {
-    // Rows go through the strides: burn-cuda may pitch the rows of 2D buffers.
-    let n = out.shape(1);
-    if ABSOLUTE_POS >= out.shape(0) * n {
+    // A unit per vector of a row's columns; cubes along y step through the rows. Rows go
+    // through the strides: burn-cuda may pitch the rows of 2D buffers.
+    let width = out.vector_size();
+    let col = (CUBE_POS_X * CUBE_DIM_X + UNIT_POS_X) as usize;
+    if col >= out.shape(1) / width {
         terminate!();
     }
-    let row = ABSOLUTE_POS / n;
-    let col = ABSOLUTE_POS % n;
-    let v = f32::cast_from(x[row * x.stride(0) + col * x.stride(1)])
-        + f32::cast_from(bias[col * bias.stride(0)]);
-    out[row * out.stride(0) + col * out.stride(1)] = F::cast_from(gelu_tanh(v));
+    let bias = Vector::<f32, N>::cast_from(bias[col]);
+    let mut row = CUBE_POS_Y as usize;
+    while row < out.shape(0) {
+        let v = Vector::<f32, N>::cast_from(x[row * x.stride(0) / width + col]) + bias;
+        let mut y = Vector::<f32, N>::new(0.0f32);
+        #[unroll]
+        for e in 0..width {
+            y[e] = gelu_tanh(v[e]);
+        }
+        out[row * out.stride(0) / width + col] = Vector::<F, N>::cast_from(y);
+        row += CUBE_COUNT_Y as usize;
+    }
 }
 
 /// ChatGLM-6B's tanh-approximation GELU in float32.
@@ -34,6 +45,9 @@ pub(crate) fn gelu_tanh(v: f32) -> f32 {
     0.5f32 * v * (1.0f32 + f32::tanh(inner))
 }
 
+/// Units per cube of the vector-wise kernels.
+const UNITS: u32 = 256;
+
 /// # Shapes
 /// - `x`: `[rows, n]`, `bias`: `[n]` -> `[rows, n]`
 pub(crate) fn bias_gelu<R: CubeRuntime>(x: CubeTensor<R>, bias: CubeTensor<R>) -> CubeTensor<R> {
@@ -42,17 +56,20 @@ pub(crate) fn bias_gelu<R: CubeRuntime>(x: CubeTensor<R>, bias: CubeTensor<R>) -
     let client = x.client.clone();
     let dtype = x.dtype;
     let shape = x.meta.shape().clone();
+    let (rows, n) = (shape[0], shape[1]);
     let out = empty_device_dtype(client.clone(), x.device.clone(), shape, dtype);
-    let units = out.meta.num_elements(); // rows * n (logical, without any row padding)
-    if units == 0 {
+    if rows == 0 || n == 0 {
         return out;
     }
-    let cube_dim = CubeDim::new(&client, units);
-    let cube_count = calculate_cube_count_elemwise(&client, units, cube_dim);
+    // Contiguous operands: every width that divides `n` reads whole vectors.
+    let width = widest_vector(n, &[(&x, 1), (&bias, 0), (&out, 1)]).unwrap_or(1);
+    let cubes = ((n / width) as u32).div_ceil(UNITS);
+    let row_cubes = rows.min(65_535) as u32;
     bias_gelu_kernel::launch::<R>(
         &client,
-        cube_count,
-        cube_dim,
+        CubeCount::Static(cubes, row_cubes, 1),
+        CubeDim::new_1d(UNITS),
+        width,
         x.into_tensor_arg(),
         bias.into_tensor_arg(),
         out.clone().into_tensor_arg(),

@@ -9,44 +9,48 @@ use burn_cubecl::tensor::CubeTensor;
 use cubecl::prelude::*;
 
 use super::reduce::cube_sum;
+use super::widest_vector;
 
-/// Threads per row (rows of ChatGLM-6B are 4096 wide: 4 elements per thread). A row is one
-/// cube, and at one token per step there is one row: a wide cube keeps few loads per unit, so the
-/// kernel is not bound by the latency of loads issued one after another.
+/// Threads per row (rows of ChatGLM-6B are 4096 wide: 512 vectors of 8, one per unit). A row is
+/// one cube, and at one token per step there is one row: a wide cube keeps few loads per unit,
+/// so the kernel is not bound by the latency of loads issued one after another.
 const MAX_BLOCK: u32 = 1024;
 
-/// `a[row, col] * alpha (+ b[row, col]) (+ bias[col])` through each tensor's strides (burn-cuda
-/// may pitch the rows of 2D buffers, so a row does not always start at `row * n`).
+/// `a[row, v] * alpha (+ b[row, v]) (+ bias[v])` for vector `v` of a row, through each
+/// tensor's row stride (burn-cuda may pitch the rows of 2D buffers, so a row does not always start
+/// at `row * n`).
 #[cube]
-fn residual<F: Float>(
-    a: &Tensor<F>,
-    b: &Tensor<F>,
-    bias: &Tensor<F>,
+#[allow(clippy::too_many_arguments)]
+fn residual<F: Float, N: Size>(
+    a: &Tensor<Vector<F, N>>,
+    b: &Tensor<Vector<F, N>>,
+    bias: &Tensor<Vector<F, N>>,
     row: usize,
-    col: usize,
+    v: usize,
     alpha: f32,
     #[comptime] has_b: bool,
     #[comptime] has_bias: bool,
-) -> f32 {
-    let mut v = f32::cast_from(a[row * a.stride(0) + col * a.stride(1)]) * alpha;
+) -> Vector<f32, N> {
+    let width = a.vector_size();
+    let mut x = Vector::<f32, N>::cast_from(a[row * a.stride(0) / width + v]) * Vector::new(alpha);
     if has_b {
-        v += f32::cast_from(b[row * b.stride(0) + col * b.stride(1)]);
+        x += Vector::<f32, N>::cast_from(b[row * b.stride(0) / width + v]);
     }
     if has_bias {
-        v += f32::cast_from(bias[col * bias.stride(0)]);
+        x += Vector::<f32, N>::cast_from(bias[v]);
     }
-    v
+    x
 }
 
 #[cube(launch)]
 #[allow(clippy::too_many_arguments)]
-fn add_layer_norm_kernel<F: Float>(
-    a: &Tensor<F>,
-    b: &Tensor<F>,
-    bias: &Tensor<F>,
-    gamma: &Tensor<F>,
-    beta: &Tensor<F>,
-    out: &mut Tensor<F>,
+fn add_layer_norm_kernel<F: Float, N: Size>(
+    a: &Tensor<Vector<F, N>>,
+    b: &Tensor<Vector<F, N>>,
+    bias: &Tensor<Vector<F, N>>,
+    gamma: &Tensor<Vector<F, N>>,
+    beta: &Tensor<Vector<F, N>>,
+    out: &mut Tensor<Vector<F, N>>,
     alpha: f32,
     eps: f32,
     #[comptime] has_b: bool,
@@ -55,45 +59,49 @@ fn add_layer_norm_kernel<F: Float>(
     #[comptime] per_unit: usize,
     #[define(F)] _dtype: StorageType,
 ) {
+    let width = out.vector_size();
     let n = out.shape(1);
+    let nv = n / width;
     let row = CUBE_POS_X as usize;
     let tid = UNIT_POS_X as usize;
     let step = block as usize;
     let mut shared = SharedMemory::<f32>::new((block / 32) as usize);
-    // Each unit reads its `per_unit` inputs once, all loads in flight together, and keeps them in
-    // registers for both statistics and the output (the row is never read twice).
-    let mut vals = Array::<f32>::new(per_unit);
-    let mut sum = 0.0f32;
+    // Each unit reads its `per_unit` vectors once, all loads in flight together, and keeps them
+    // in registers for both statistics and the output (the row is never read twice).
+    let mut vals = Array::<Vector<f32, N>>::new(per_unit);
+    let mut sum = Vector::<f32, N>::new(0.0f32);
     #[unroll]
     for i in 0..per_unit {
-        let idx = tid + i * step;
-        let mut v = 0.0f32;
-        if idx < n {
-            v = residual::<F>(a, b, bias, row, idx, alpha, has_b, has_bias);
+        let v = tid + i * step;
+        let mut x = Vector::<f32, N>::new(0.0f32);
+        if v < nv {
+            x = residual::<F, N>(a, b, bias, row, v, alpha, has_b, has_bias);
         }
-        vals[i] = v;
-        sum += v;
+        vals[i] = x;
+        sum += x;
     }
-    let mean = cube_sum(&mut shared, sum) / n as f32;
+    let mean = cube_sum(&mut shared, f32::cast_from(sum.vector_sum())) / n as f32;
+    let meanv = Vector::<f32, N>::new(mean);
 
-    let mut sq = 0.0f32;
+    let mut sq = Vector::<f32, N>::new(0.0f32);
     #[unroll]
     for i in 0..per_unit {
-        if tid + i * step < n {
-            let d = vals[i] - mean;
+        if tid + i * step < nv {
+            let d = vals[i] - meanv;
             sq += d * d;
         }
     }
-    let inv = 1.0f32 / f32::sqrt(cube_sum(&mut shared, sq) / n as f32 + eps);
+    let var = cube_sum(&mut shared, f32::cast_from(sq.vector_sum())) / n as f32;
+    let inv = Vector::<f32, N>::new(1.0f32 / f32::sqrt(var + eps));
 
     #[unroll]
     for i in 0..per_unit {
-        let idx = tid + i * step;
-        if idx < n {
-            let g = f32::cast_from(gamma[idx * gamma.stride(0)]);
-            let bb = f32::cast_from(beta[idx * beta.stride(0)]);
-            out[row * out.stride(0) + idx * out.stride(1)] =
-                F::cast_from((vals[i] - mean) * inv * g + bb);
+        let v = tid + i * step;
+        if v < nv {
+            let g = Vector::<f32, N>::cast_from(gamma[v]);
+            let bb = Vector::<f32, N>::cast_from(beta[v]);
+            out[row * out.stride(0) / width + v] =
+                Vector::<F, N>::cast_from((vals[i] - meanv) * inv * g + bb);
         }
     }
 }
@@ -130,13 +138,28 @@ pub(crate) fn add_layer_norm<R: CubeRuntime>(
     if rows == 0 {
         return out;
     }
+    // Contiguous rows (maybe pitched): vectors of the widest width that divides `n`.
+    let width = widest_vector(
+        n,
+        &[
+            (&a, 1),
+            (&b, 1),
+            (&bias, 0),
+            (&gamma, 0),
+            (&beta, 0),
+            (&out, 1),
+        ],
+    )
+    .unwrap_or(1);
+    let nv = n / width;
     // Whole warps (the reduction sums per warp first), at most MAX_BLOCK.
-    let block = (n as u32).next_multiple_of(32).min(MAX_BLOCK);
-    let per_unit = n.div_ceil(block as usize);
+    let block = (nv as u32).next_multiple_of(32).min(MAX_BLOCK);
+    let per_unit = nv.div_ceil(block as usize);
     add_layer_norm_kernel::launch::<R>(
         &client,
         CubeCount::Static(rows as u32, 1, 1),
         CubeDim::new_1d(block),
+        width,
         a.into_tensor_arg(),
         b.into_tensor_arg(),
         bias.into_tensor_arg(),

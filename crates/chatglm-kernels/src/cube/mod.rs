@@ -76,7 +76,12 @@ where
     }
 
     fn glm_masked_softmax(scores: FloatTensor<Self>, mask: FloatTensor<Self>) -> FloatTensor<Self> {
-        softmax::masked_softmax(scores, mask)
+        match softmax::masked_softmax(&scores, &mask) {
+            Some(out) => out,
+            None => crate::reference::masked_softmax::<Self>(float(scores), float(mask))
+                .into_primitive()
+                .tensor(),
+        }
     }
 
     fn glm_decode_attention(
@@ -130,4 +135,22 @@ pub(crate) fn vector_aligned<R: CubeRuntime>(
     t.handle.offset_start.is_none_or(|o| o % bytes == 0)
         && (0..strides.len())
             .all(|d| d == axis || shape[d] == 1 || strides[d].is_multiple_of(width))
+}
+
+/// The widest vector (8, 4, 2 or 1 elements) that divides `len` and that every operand can be
+/// read as along its axis (unit stride there, see [`vector_aligned`]); `None` when an operand's
+/// axis does not have unit stride.
+pub(crate) fn widest_vector<R: CubeRuntime>(
+    len: usize,
+    operands: &[(&burn_cubecl::tensor::CubeTensor<R>, usize)],
+) -> Option<usize> {
+    if operands
+        .iter()
+        .any(|&(t, axis)| t.meta.strides()[axis] != 1)
+    {
+        return None;
+    }
+    [8usize, 4, 2, 1].into_iter().find(|&w| {
+        len.is_multiple_of(w) && operands.iter().all(|&(t, axis)| vector_aligned(t, axis, w))
+    })
 }

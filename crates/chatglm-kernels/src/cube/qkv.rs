@@ -3,96 +3,81 @@
 //! KV cache at their slots.
 
 use burn_cubecl::CubeRuntime;
+use burn_cubecl::kernel::into_contiguous;
 use burn_cubecl::ops::numeric::empty_device_dtype;
 use burn_cubecl::tensor::CubeTensor;
 use cubecl::calculate_cube_count_elemwise;
 use cubecl::prelude::*;
 
-use super::elementwise::offset4;
+use super::{vector_aligned, widest_vector};
 
-/// Column `col` of head `h` of the QKV output (`[batch, seq, heads, 3 * head_dim]`), plus its bias.
+/// Start of row `(i, j, k)` of a tensor read as vectors along its last dimension (unit stride;
+/// every other stride a whole number of vectors), in vectors.
 #[cube]
-#[allow(clippy::too_many_arguments)]
-fn qkv_at<F: Float>(
-    qkv: &Tensor<F>,
-    bias: &Tensor<F>,
-    b: usize,
-    s: usize,
-    h: usize,
-    col: usize,
-    #[comptime] has_bias: bool,
-) -> f32 {
-    let mut v = f32::cast_from(qkv[offset4::<F>(qkv, b, s, h, col)]);
-    if has_bias {
-        v += f32::cast_from(bias[(h * qkv.shape(3) + col) * bias.stride(0)]);
-    }
-    v
+fn row_start<F: Float, N: Size>(t: &Tensor<Vector<F, N>>, i: usize, j: usize, k: usize) -> usize {
+    (i * t.stride(0) + j * t.stride(1) + k * t.stride(2)) / t.vector_size()
 }
 
 #[cube(launch)]
 #[allow(clippy::too_many_arguments)]
-fn qkv_to_cache_kernel<F: Float>(
-    qkv: &Tensor<F>,
-    bias: &Tensor<F>,
-    cos: &Tensor<F>,
-    sin: &Tensor<F>,
-    q: &mut Tensor<F>,
-    keys: &mut Tensor<F>,
-    values: &mut Tensor<F>,
+fn qkv_to_cache_kernel<F: Float, N: Size>(
+    qkv: &Tensor<Vector<F, N>>,
+    bias: &Tensor<Vector<F, N>>,
+    cos: &Tensor<Vector<F, N>>,
+    sin: &Tensor<Vector<F, N>>,
+    q: &mut Tensor<Vector<F, N>>,
+    keys: &mut Tensor<Vector<F, N>>,
+    values: &mut Tensor<Vector<F, N>>,
     offset: u32,
     #[comptime] has_bias: bool,
     #[define(F)] _dtype: StorageType,
 ) {
-    let (heads, seq, hd) = (q.shape(1), q.shape(2), q.shape(3));
-    if ABSOLUTE_POS >= q.shape(0) * heads * seq * hd {
+    // A unit per vector of a head's columns.
+    let width = q.vector_size();
+    let (heads, seq) = (q.shape(1), q.shape(2));
+    let hv = q.shape(3) / width;
+    if ABSOLUTE_POS >= q.shape(0) * heads * seq * hv {
         terminate!();
     }
-    let c = ABSOLUTE_POS % hd;
-    let s = (ABSOLUTE_POS / hd) % seq;
-    let h = (ABSOLUTE_POS / (hd * seq)) % heads;
-    let b = ABSOLUTE_POS / (hd * seq * heads);
-    // q and k each rotate two halves of head_dim / 2 columns; `pc` is c's rotate-half partner
-    // (the tables carry its sign, and q's scale).
-    let half = hd / 2;
-    let pc = (c / half) * half + (c % half + half / 2) % half;
-    q[offset4::<F>(q, b, h, s, c)] =
-        F::cast_from(rotated::<F>(qkv, bias, cos, sin, b, s, h, c, pc, has_bias));
+    let cv = ABSOLUTE_POS % hv;
+    let s = (ABSOLUTE_POS / hv) % seq;
+    let h = (ABSOLUTE_POS / (hv * seq)) % heads;
+    let b = ABSOLUTE_POS / (hv * seq * heads);
+    // q and k each rotate two halves of head_dim / 2 columns; `pv` is the vector of cv's
+    // rotate-half partners (the tables carry their sign, and q's scale). A vector never straddles
+    // a quarter of the head (the caller's widths divide head_dim / 4).
+    let half = hv / 2;
+    let pv = (cv / half) * half + (cv % half + half / 2) % half;
+    let src = row_start::<F, N>(qkv, b, s, h);
+    let table = row_start::<F, N>(cos, b, 0, s);
+    let mut x = Array::<Vector<f32, N>>::new(5usize);
+    // q at cv and pv, k at hv + cv and hv + pv, v at 2 hv + cv.
+    let mut cols = Array::<usize>::new(5usize);
+    cols[0] = cv;
+    cols[1] = pv;
+    cols[2] = hv + cv;
+    cols[3] = hv + pv;
+    cols[4] = 2 * hv + cv;
+    #[unroll]
+    for i in 0..5usize {
+        x[i] = Vector::<f32, N>::cast_from(qkv[src + cols[i]]);
+        if has_bias {
+            x[i] += Vector::<f32, N>::cast_from(bias[h * 3 * hv + cols[i]]);
+        }
+    }
+    let (cq, sq) = (
+        Vector::<f32, N>::cast_from(cos[table + cv]),
+        Vector::<f32, N>::cast_from(sin[table + cv]),
+    );
+    let (ck, sk) = (
+        Vector::<f32, N>::cast_from(cos[table + hv + cv]),
+        Vector::<f32, N>::cast_from(sin[table + hv + cv]),
+    );
+    q[row_start::<F, N>(q, b, h, s) + cv] = Vector::<F, N>::cast_from(x[0] * cq + x[1] * sq);
     let slot = usize::cast_from(offset) + s;
-    keys[offset4::<F>(keys, b, h, slot, c)] = F::cast_from(rotated::<F>(
-        qkv,
-        bias,
-        cos,
-        sin,
-        b,
-        s,
-        h,
-        hd + c,
-        hd + pc,
-        has_bias,
-    ));
-    values[offset4::<F>(values, b, h, slot, c)] =
-        F::cast_from(qkv_at::<F>(qkv, bias, b, s, h, 2 * hd + c, has_bias));
-}
-
-/// `x[col] * cos[col] + x[partner] * sin[col]` for the QKV row of `(b, s, h)`.
-#[cube]
-#[allow(clippy::too_many_arguments)]
-fn rotated<F: Float>(
-    qkv: &Tensor<F>,
-    bias: &Tensor<F>,
-    cos: &Tensor<F>,
-    sin: &Tensor<F>,
-    b: usize,
-    s: usize,
-    h: usize,
-    col: usize,
-    partner: usize,
-    #[comptime] has_bias: bool,
-) -> f32 {
-    qkv_at::<F>(qkv, bias, b, s, h, col, has_bias)
-        * f32::cast_from(cos[offset4::<F>(cos, b, 0, s, col)])
-        + qkv_at::<F>(qkv, bias, b, s, h, partner, has_bias)
-            * f32::cast_from(sin[offset4::<F>(sin, b, 0, s, col)])
+    keys[row_start::<F, N>(keys, b, h, slot) + cv] =
+        Vector::<F, N>::cast_from(x[2] * ck + x[3] * sk);
+    values[row_start::<F, N>(values, b, h, slot) + cv] = Vector::<F, N>::cast_from(x[4]);
 }
 
 /// A tensor this kernel may write: the tensor itself when nothing else holds its buffer, else a
@@ -136,13 +121,36 @@ pub(crate) fn qkv_to_cache<R: CubeRuntime>(
     }
     let has_bias = bias.is_some();
     // Not read without a bias (comptime flag); any tensor fills the slot.
-    let bias = bias.unwrap_or_else(|| cos.clone());
+    let bias = bias.map(into_contiguous).unwrap_or_else(|| cos.clone());
+    // Vectors along the head's columns (unit stride, made so where it is not).
+    let unit_stride = |t: CubeTensor<R>| {
+        if t.meta.strides()[t.meta.shape().num_dims() - 1] == 1 {
+            t
+        } else {
+            into_contiguous(t)
+        }
+    };
+    let (qkv, cos, sin) = (unit_stride(qkv), unit_stride(cos), unit_stride(sin));
+    let (keys, values) = (unit_stride(keys), unit_stride(values));
+    let operands = [
+        (&qkv, 3),
+        (&cos, 3),
+        (&sin, 3),
+        (&q, 3),
+        (&keys, 3),
+        (&values, 3),
+    ];
+    let width = widest_vector(hd / 4, &operands)
+        .filter(|&w| !has_bias || vector_aligned(&bias, 0, w))
+        .unwrap_or(1);
+    let units = units / width;
     let cube_dim = CubeDim::new(&client, units);
     let cube_count = calculate_cube_count_elemwise(&client, units, cube_dim);
     qkv_to_cache_kernel::launch::<R>(
         &client,
         cube_count,
         cube_dim,
+        width,
         qkv.into_tensor_arg(),
         bias.into_tensor_arg(),
         cos.into_tensor_arg(),

@@ -28,6 +28,7 @@ use std::ffi::c_void;
 use std::mem::ManuallyDrop;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, OnceLock};
+use std::time::Instant;
 
 use burn::tensor::DType;
 use burn_cubecl::ops::numeric::empty_device_dtype;
@@ -70,6 +71,9 @@ fn enabled() -> bool {
 static CALLS: AtomicU64 = AtomicU64::new(0);
 /// Those of them whose inputs were awaited on the GPU.
 static DEVICE_WAITS: AtomicU64 = AtomicU64::new(0);
+/// Host time in [`matmul`] and, of it, waiting for cubecl's device runner, in nanoseconds.
+static HOST_NS: AtomicU64 = AtomicU64::new(0);
+static RUNNER_NS: AtomicU64 = AtomicU64::new(0);
 /// Why cuBLAS is not used (the last reason seen).
 static FAILURE: Mutex<Option<String>> = Mutex::new(None);
 
@@ -85,9 +89,12 @@ pub(crate) fn status() -> GemmStatus {
     let calls = CALLS.load(Ordering::Relaxed);
     if calls > 0 {
         let device_waits = DEVICE_WAITS.load(Ordering::Relaxed);
+        let us = |ns: &AtomicU64| ns.load(Ordering::Relaxed) / 1000;
         return GemmStatus::Cublas {
             calls,
             device_waits,
+            host_us: us(&HOST_NS),
+            runner_us: us(&RUNNER_NS),
         };
     }
     match FAILURE.lock().ok().and_then(|f| f.clone()) {
@@ -148,7 +155,8 @@ pub(crate) fn matmul(
     // Checked before allocating the output; again with the output's real (maybe pitched) strides.
     operands(&contiguous_strides(&out_shape))?;
     let index = lhs.device.index;
-    LANES.with(|lanes| {
+    let start = Instant::now();
+    let out = LANES.with(|lanes| {
         let mut lanes = lanes.borrow_mut();
         let lane = lanes
             .entry(index)
@@ -171,7 +179,14 @@ pub(crate) fn matmul(
                 None
             }
         }
-    })
+    });
+    HOST_NS.fetch_add(nanos(start), Ordering::Relaxed);
+    out
+}
+
+/// Nanoseconds since `start`.
+fn nanos(start: Instant) -> u64 {
+    u64::try_from(start.elapsed().as_nanos()).unwrap_or(u64::MAX)
 }
 
 thread_local! {
@@ -278,6 +293,7 @@ impl Lane {
         let flag = self.wait.as_ref().map(wait::DeviceWait::flag);
         let handles = operands.map(|t| t.handle.clone());
         let runner = client.clone();
+        let asked = Instant::now();
         let addresses = client
             .exclusive(move || {
                 if let Some(flag) = flag {
@@ -286,6 +302,7 @@ impl Lane {
                 handles.map(|h| pointer(&runner, h))
             })
             .map_err(|e| format!("cubecl's device runner: {e:?}"))?;
+        RUNNER_NS.fetch_add(nanos(asked), Ordering::Relaxed);
         let [Some(first), Some(second), Some(out)] = addresses else {
             return Err("an operand has no device address".into());
         };
