@@ -175,15 +175,30 @@ pub enum GemmStatus {
         /// Those whose inputs cuBLAS's stream awaited on the GPU (the others drained cubecl's
         /// queue on the host first: `CHATGLM_GEMM_WAIT=host`, or no waiting kernel).
         device_waits: u64,
-        /// Host time spent queueing them, in microseconds (from the call to the return, the
-        /// output's allocation included).
-        host_us: u64,
-        /// Of that, the time waiting for cubecl's device runner (a thread that hands cubecl's
-        /// kernels to the driver) to reach the request for the operands' addresses.
-        runner_us: u64,
+        /// Host time spent queueing them.
+        host: GemmHostTimes,
     },
     /// burn's matmul ran them, for this reason.
     Burn(String),
+}
+
+/// Host time of the cuBLAS products so far, in microseconds summed over the calls: where the
+/// thread that queues a model's work spends it per GEMM.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct GemmHostTimes {
+    /// Whole calls, from entry to return.
+    pub total_us: u64,
+    /// Allocating the output.
+    pub alloc_us: u64,
+    /// Waiting for cubecl's device runner (the thread that hands cubecl's kernels to the driver)
+    /// to reach the request that queues the inputs' signal and returns the operands' addresses.
+    pub runner_us: u64,
+    /// Queueing the kernel that waits for the signal on cuBLAS's stream.
+    pub wait_us: u64,
+    /// The cuBLAS call.
+    pub gemm_us: u64,
+    /// Queueing the release and the handoff kernel on cubecl's stream.
+    pub handoff_us: u64,
 }
 
 /// See [`GemmStatus`].

@@ -11,10 +11,13 @@ use cubecl::prelude::*;
 use super::reduce::cube_sum;
 use super::widest_vector;
 
-/// Threads per row (rows of ChatGLM-6B are 4096 wide: 512 vectors of 8, one per unit). A row is
-/// one cube, and at one token per step there is one row: a wide cube keeps few loads per unit,
-/// so the kernel is not bound by the latency of loads issued one after another.
+/// Most units per row.
 const MAX_BLOCK: u32 = 1024;
+/// Vectors each unit reads (rows of ChatGLM-6B are 4096 wide: 512 vectors of 8, 128 units). A
+/// row is one cube. One vector per unit, in cubes of 512 units, measured 51 us for the 1920 rows
+/// of a prompt on the H200 (docs/benchmarks.md): the loads of a unit are in flight together, and
+/// fewer warps make the reductions shorter.
+const VECTORS_PER_UNIT: usize = 4;
 
 /// `a[row, v] * alpha (+ b[row, v]) (+ bias[v])` for vector `v` of a row, through each
 /// tensor's row stride (burn-cuda may pitch the rows of 2D buffers, so a row does not always start
@@ -152,8 +155,11 @@ pub(crate) fn add_layer_norm<R: CubeRuntime>(
     )
     .unwrap_or(1);
     let nv = n / width;
-    // Whole warps (the reduction sums per warp first), at most MAX_BLOCK.
-    let block = (nv as u32).next_multiple_of(32).min(MAX_BLOCK);
+    // Whole warps (the reduction sums per warp first), each unit holding about
+    // `VECTORS_PER_UNIT` vectors, at most MAX_BLOCK units.
+    let block = (nv.div_ceil(VECTORS_PER_UNIT) as u32)
+        .next_multiple_of(32)
+        .min(MAX_BLOCK);
     let per_unit = nv.div_ceil(block as usize);
     add_layer_norm_kernel::launch::<R>(
         &client,

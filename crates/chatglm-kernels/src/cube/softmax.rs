@@ -20,24 +20,53 @@ use super::widest_vector;
 /// Most units per row, and most vectors a unit holds: rows of up to `16 * 1024` vectors.
 const MAX_BLOCK: usize = 1024;
 const MAX_PER_UNIT: usize = 16;
-/// Units per row while each holds at most [`MAX_PER_UNIT`] vectors with them (rows of up to
-/// 4096 vectors: every prompt of ChatGLM-6B's 2048-token context).
+/// Units per row while each holds at most [`MAX_PER_UNIT`] vectors with them, past a warp's
+/// reach (rows of up to 4096 vectors: every prompt of ChatGLM-6B's 2048-token context).
 const BLOCK: usize = 256;
+/// Rows per cube when a warp takes a row (rows of up to `32 * MAX_PER_UNIT` vectors).
+const WARP_ROWS: usize = 8;
+
+/// `max` or `sum` of `value` over a row's units: a warp, or the whole cube.
+#[cube]
+fn row_reduce(
+    shared: &mut SharedMemory<f32>,
+    value: f32,
+    #[comptime] max: bool,
+    #[comptime] warp_rows: bool,
+) -> f32 {
+    if warp_rows {
+        if max {
+            plane_max(value)
+        } else {
+            plane_sum(value)
+        }
+    } else if max {
+        cube_max(shared, value)
+    } else {
+        cube_sum(shared, value)
+    }
+}
 
 #[cube(launch)]
 fn masked_softmax_kernel<F: Float, N: Size>(
     scores: &Tensor<Vector<F, N>>,
     mask: &Tensor<Vector<F, N>>,
     out: &mut Tensor<Vector<F, N>>,
-    #[comptime] block: usize,
-    #[comptime] per_unit: usize,
+    #[comptime] shape: RowShape,
     #[define(F)] _dtype: StorageType,
 ) {
     let heads = out.shape(1);
     let seq = out.shape(2);
     let width = out.vector_size();
     let kv = out.shape(3) / width;
-    let row = CUBE_POS_X as usize;
+    // A warp per row (`CUBE_DIM_Y` rows per cube), or a cube per row.
+    let mut row = CUBE_POS_X as usize;
+    if shape.warp_rows {
+        row = row * shape.rows_per_cube + UNIT_POS_Y as usize;
+        if row >= out.shape(0) * heads * seq {
+            terminate!();
+        }
+    }
     let b = row / (heads * seq);
     let h = (row / seq) % heads;
     let s = row % seq;
@@ -50,14 +79,15 @@ fn masked_softmax_kernel<F: Float, N: Size>(
     }
     m_base /= width;
     let tid = UNIT_POS_X as usize;
-    let mut shared = SharedMemory::<f32>::new(block / 32);
+    let step = shape.units;
+    let mut shared = SharedMemory::<f32>::new(comptime!(shape.units.div_ceil(32)));
 
     // Vectors past the row hold a large negative value: their weights are 0.
-    let mut vals = Array::<Vector<f32, N>>::new(per_unit);
+    let mut vals = Array::<Vector<f32, N>>::new(shape.per_unit);
     let mut vmax = Vector::<f32, N>::new(-3.0e38f32);
     #[unroll]
-    for i in 0..per_unit {
-        let v = tid + i * block;
+    for i in 0..shape.per_unit {
+        let v = tid + i * step;
         let mut x = Vector::<f32, N>::new(-3.0e38f32);
         if v < kv {
             x = Vector::<f32, N>::cast_from(scores[s_base + v])
@@ -71,38 +101,71 @@ fn masked_softmax_kernel<F: Float, N: Size>(
     for e in 1..width {
         local_max = max(local_max, vmax[e]);
     }
-    let row_max = Vector::<f32, N>::new(cube_max(&mut shared, local_max));
+    let row_max = Vector::<f32, N>::new(row_reduce(&mut shared, local_max, true, shape.warp_rows));
 
     let mut vsum = Vector::<f32, N>::new(0.0f32);
     #[unroll]
-    for i in 0..per_unit {
+    for i in 0..shape.per_unit {
         let e = Vector::exp(vals[i] - row_max);
         vals[i] = e;
         vsum += e;
     }
-    let total = cube_sum(&mut shared, f32::cast_from(vsum.vector_sum()));
+    let total = row_reduce(
+        &mut shared,
+        f32::cast_from(vsum.vector_sum()),
+        false,
+        shape.warp_rows,
+    );
     let inv = Vector::<f32, N>::new(1.0f32 / total);
 
     #[unroll]
-    for i in 0..per_unit {
-        let v = tid + i * block;
+    for i in 0..shape.per_unit {
+        let v = tid + i * step;
         if v < kv {
             out[o_base + v] = Vector::<F, N>::cast_from(vals[i] * inv);
         }
     }
 }
 
-/// Units per row and vectors per unit for rows of `kv` vectors, or `None` past
-/// `MAX_BLOCK * MAX_PER_UNIT`. Whole warps (the reductions' unit); the vectors per unit are a
-/// power of two, so that few kernel variants are compiled.
-fn launch_shape(kv: usize) -> Option<(usize, usize)> {
-    let block = if kv <= BLOCK * MAX_PER_UNIT {
-        kv.next_power_of_two().clamp(32, BLOCK)
-    } else {
-        MAX_BLOCK
-    };
-    let per_unit = kv.div_ceil(block).next_power_of_two();
-    (per_unit <= MAX_PER_UNIT).then_some((block, per_unit))
+/// How the kernel covers its rows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+struct RowShape {
+    /// A warp per row (else a cube per row).
+    warp_rows: bool,
+    /// Units per row.
+    units: usize,
+    /// Rows per cube.
+    rows_per_cube: usize,
+    /// Vectors each unit holds.
+    per_unit: usize,
+}
+
+impl RowShape {
+    /// The shape for rows of `kv` vectors, or `None` past `MAX_BLOCK * MAX_PER_UNIT`. Short rows
+    /// take a warp each and need no shared memory; longer ones take whole warps of a cube. The
+    /// vectors per unit are a power of two, so that few kernel variants are compiled.
+    fn new(kv: usize) -> Option<Self> {
+        if kv <= 32 * MAX_PER_UNIT {
+            return Some(Self {
+                warp_rows: true,
+                units: 32,
+                rows_per_cube: WARP_ROWS,
+                per_unit: kv.div_ceil(32).next_power_of_two(),
+            });
+        }
+        let units = if kv <= BLOCK * MAX_PER_UNIT {
+            BLOCK
+        } else {
+            MAX_BLOCK
+        };
+        let per_unit = kv.div_ceil(units).next_power_of_two();
+        (per_unit <= MAX_PER_UNIT).then_some(Self {
+            warp_rows: false,
+            units,
+            rows_per_cube: 1,
+            per_unit,
+        })
+    }
 }
 
 /// `None` for rows too long to hold in registers (more than `16 * 1024` vectors); the caller
@@ -132,20 +195,20 @@ pub(crate) fn masked_softmax<R: CubeRuntime>(
     let client = scores.client.clone();
     let out = empty_device_dtype(client.clone(), scores.device.clone(), shape, dtype);
     let width = widest_vector(keys, &[(&scores, 3), (&mask, 3), (&out, 3)])?;
-    let (block, per_unit) = launch_shape(keys / width)?;
+    let row_shape = RowShape::new(keys / width)?;
     if rows == 0 || keys == 0 {
         return Some(out);
     }
+    let cubes = rows.div_ceil(row_shape.rows_per_cube) as u32;
     masked_softmax_kernel::launch::<R>(
         &client,
-        CubeCount::Static(rows as u32, 1, 1),
-        CubeDim::new_1d(block as u32),
+        CubeCount::Static(cubes, 1, 1),
+        CubeDim::new_2d(row_shape.units as u32, row_shape.rows_per_cube as u32),
         width,
         scores.into_tensor_arg(),
         mask.into_tensor_arg(),
         out.clone().into_tensor_arg(),
-        block,
-        per_unit,
+        row_shape,
         dtype.into(),
     );
     Some(out)
@@ -153,19 +216,24 @@ pub(crate) fn masked_softmax<R: CubeRuntime>(
 
 #[cfg(test)]
 mod tests {
-    use super::launch_shape;
+    use super::RowShape;
+
+    fn shape(kv: usize) -> Option<(bool, usize, usize)> {
+        RowShape::new(kv).map(|s| (s.warp_rows, s.units, s.per_unit))
+    }
 
     #[test]
     fn rows_get_whole_warps_and_few_variants() {
-        // 1920 keys as vectors of 8: 240 vectors, one per unit.
-        assert_eq!(launch_shape(240), Some((256, 1)));
-        assert_eq!(launch_shape(3), Some((32, 1)));
-        assert_eq!(launch_shape(300), Some((256, 2)));
-        // A 2048-slot row one element at a time, and the longest rows held.
-        assert_eq!(launch_shape(2048), Some((256, 8)));
-        assert_eq!(launch_shape(4096), Some((256, 16)));
-        assert_eq!(launch_shape(4097), Some((1024, 8)));
-        assert_eq!(launch_shape(16 * 1024), Some((1024, 16)));
-        assert_eq!(launch_shape(16 * 1024 + 1), None);
+        // 2048 keys as vectors of 8: a warp per row, 8 vectors per unit.
+        assert_eq!(shape(256), Some((true, 32, 8)));
+        assert_eq!(shape(3), Some((true, 32, 1)));
+        assert_eq!(shape(300), Some((true, 32, 16)));
+        assert_eq!(shape(512), Some((true, 32, 16)));
+        // Past a warp's reach: a cube per row.
+        assert_eq!(shape(513), Some((false, 256, 4)));
+        assert_eq!(shape(4096), Some((false, 256, 16)));
+        assert_eq!(shape(4097), Some((false, 1024, 8)));
+        assert_eq!(shape(16 * 1024), Some((false, 1024, 16)));
+        assert_eq!(shape(16 * 1024 + 1), None);
     }
 }

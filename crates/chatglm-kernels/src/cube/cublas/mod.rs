@@ -41,7 +41,7 @@ use cudarc::cublas::sys as cublas;
 use cudarc::cublas::sys::cudaDataType as cudaType;
 use cudarc::driver::{result as cu, sys as cusys};
 
-use crate::GemmStatus;
+use crate::{GemmHostTimes, GemmStatus};
 
 pub(crate) use layout::{GemmPlan, MIN_ROWS, contiguous_strides};
 
@@ -71,9 +71,22 @@ fn enabled() -> bool {
 static CALLS: AtomicU64 = AtomicU64::new(0);
 /// Those of them whose inputs were awaited on the GPU.
 static DEVICE_WAITS: AtomicU64 = AtomicU64::new(0);
-/// Host time in [`matmul`] and, of it, waiting for cubecl's device runner, in nanoseconds.
-static HOST_NS: AtomicU64 = AtomicU64::new(0);
-static RUNNER_NS: AtomicU64 = AtomicU64::new(0);
+/// Host time of [`matmul`] in nanoseconds, per part ([`GemmHostTimes`]'s fields in order).
+static HOST_NS: [AtomicU64; 6] = [const { AtomicU64::new(0) }; 6];
+const TOTAL: usize = 0;
+const ALLOC: usize = 1;
+const RUNNER: usize = 2;
+const WAIT: usize = 3;
+const GEMM: usize = 4;
+const HANDOFF: usize = 5;
+
+/// Adds the time since `since` to `part`; returns now.
+fn timed(part: usize, since: Instant) -> Instant {
+    let now = Instant::now();
+    let ns = u64::try_from((now - since).as_nanos()).unwrap_or(u64::MAX);
+    HOST_NS[part].fetch_add(ns, Ordering::Relaxed);
+    now
+}
 /// Why cuBLAS is not used (the last reason seen).
 static FAILURE: Mutex<Option<String>> = Mutex::new(None);
 
@@ -89,12 +102,18 @@ pub(crate) fn status() -> GemmStatus {
     let calls = CALLS.load(Ordering::Relaxed);
     if calls > 0 {
         let device_waits = DEVICE_WAITS.load(Ordering::Relaxed);
-        let us = |ns: &AtomicU64| ns.load(Ordering::Relaxed) / 1000;
+        let us = |part: usize| HOST_NS[part].load(Ordering::Relaxed) / 1000;
         return GemmStatus::Cublas {
             calls,
             device_waits,
-            host_us: us(&HOST_NS),
-            runner_us: us(&RUNNER_NS),
+            host: GemmHostTimes {
+                total_us: us(TOTAL),
+                alloc_us: us(ALLOC),
+                runner_us: us(RUNNER),
+                wait_us: us(WAIT),
+                gemm_us: us(GEMM),
+                handoff_us: us(HANDOFF),
+            },
         };
     }
     match FAILURE.lock().ok().and_then(|f| f.clone()) {
@@ -162,12 +181,14 @@ pub(crate) fn matmul(
             .entry(index)
             .or_insert_with(|| Lane::new(&lhs.client, index))
             .as_mut()?;
+        let asked = Instant::now();
         let out = empty_device_dtype(
             lhs.client.clone(),
             lhs.device.clone(),
             out_shape.clone(),
             dtype,
         );
+        timed(ALLOC, asked);
         let plan = operands(out.meta.strides())?;
         match lane.run(&lhs.client, &plan, [rhs, lhs, &out], (data, compute)) {
             Ok(()) => {
@@ -180,13 +201,8 @@ pub(crate) fn matmul(
             }
         }
     });
-    HOST_NS.fetch_add(nanos(start), Ordering::Relaxed);
+    timed(TOTAL, start);
     out
-}
-
-/// Nanoseconds since `start`.
-fn nanos(start: Instant) -> u64 {
-    u64::try_from(start.elapsed().as_nanos()).unwrap_or(u64::MAX)
 }
 
 thread_local! {
@@ -302,7 +318,7 @@ impl Lane {
                 handles.map(|h| pointer(&runner, h))
             })
             .map_err(|e| format!("cubecl's device runner: {e:?}"))?;
-        RUNNER_NS.fetch_add(nanos(asked), Ordering::Relaxed);
+        let waited = timed(RUNNER, asked);
         let [Some(first), Some(second), Some(out)] = addresses else {
             return Err("an operand has no device address".into());
         };
@@ -321,6 +337,7 @@ impl Lane {
         if !on_device {
             cubecl::future::block_on(client.sync()).map_err(|e| format!("cubecl sync: {e:?}"))?;
         }
+        let waited = timed(WAIT, waited);
         let (alpha, beta) = (1.0f32, 0.0f32);
         let op = |t: bool| {
             if t {
@@ -332,7 +349,7 @@ impl Lane {
         // SAFETY: the pointers are live cubecl buffers of the sizes the plan describes (the
         // caller holds their tensors until this returns, and cubecl's stream does not reuse them
         // before the handoff below completes); alpha/beta are float32 as the compute types need.
-        let (gemm, released) = unsafe {
+        let (gemm, released, queued) = unsafe {
             let gemm = cublas::cublasGemmStridedBatchedEx(
                 self.handle,
                 op(plan.first.trans),
@@ -358,9 +375,10 @@ impl Lane {
                 compute,
                 cublas::cublasGemmAlgo_t::CUBLAS_GEMM_DEFAULT,
             );
+            let queued = timed(GEMM, waited);
             // Written whether or not the GEMM was queued, so that the handoff always ends.
             let released = cusys::cuMemsetD32Async(self.flag_ptr, seq, 1, self.stream).result();
-            (gemm, released)
+            (gemm, released, queued)
         };
         if let Err(err) = released {
             // Without the release the handoff would spin forever: leave it out, and this lane.
@@ -380,6 +398,7 @@ impl Lane {
             flag,
             seq,
         );
+        timed(HANDOFF, queued);
         checked(gemm)
     }
 }
