@@ -111,16 +111,16 @@ if wanted profile; then
       "timeout 200 /tmp/bin/chatglm-bench --prefill 128 --batches $b --decode-tokens 96"
   done
 fi
-#     A 128-token prompt: the bench runs each prompt length 3 times, so `--prefill 128,128` has
-#     3 more prefills than `--prefill 128`.
+#     A 128-token prompt: the bench runs each prompt length 4 times (3 timed, 1 split into host
+#     and device time), so `--prefill 128,128` has 4 more prefills than `--prefill 128`.
 if wanted pfprofile; then
-  profile_pair pfprofile 3 "128-token prefill" \
+  profile_pair pfprofile 4 "128-token prefill" \
     "timeout 200 /tmp/bin/chatglm-bench --prefill 128 --batches 1 --decode-tokens 2" \
     "timeout 200 /tmp/bin/chatglm-bench --prefill 128,128 --batches 1 --decode-tokens 2"
 fi
 #     A 1920-token prompt (the prefill of the 2048-context step), the same way.
 if wanted pf2kprofile; then
-  profile_pair pf2kprofile 3 "1920-token prefill" \
+  profile_pair pf2kprofile 4 "1920-token prefill" \
     "timeout 240 /tmp/bin/chatglm-bench --prefill 1920 --batches 1 --decode-tokens 2" \
     "timeout 240 /tmp/bin/chatglm-bench --prefill 1920,1920 --batches 1 --decode-tokens 2"
 fi

@@ -174,6 +174,36 @@ fn bench_decode_attention<B: KernelBackend>(c: &mut Criterion, label: &str, dev:
     compare::<B>(c, name, dev, [("fused", &fused), ("reference", &plain)]);
 }
 
+/// A 512-token prompt's attention over its own keys (32 heads of 128): the prompt kernel
+/// against two products and `masked_softmax`. Where the backend has no prompt kernel (CPU) this
+/// bench is not registered.
+fn bench_prompt_attention<B: KernelBackend>(c: &mut Criterion, label: &str, dev: &B::Device) {
+    let (heads, s, d) = (32usize, 512usize, 128usize);
+    let r = |shape: [usize; 4]| Tensor::<B, 4>::random(shape, Distribution::Normal(0.0, 0.3), dev);
+    let (q, k, v) = (
+        r([1, heads, s, d]),
+        r([1, heads, s, d]),
+        r([1, heads, s, d]),
+    );
+    let mask = Tensor::<B, 4>::zeros([1, 1, s, s], dev);
+    if chatglm_kernels::prompt_attention(&q, &k, &v, &mask, s).is_none() {
+        return;
+    }
+    let flat = |t: Tensor<B, 4>| t.reshape([heads * s, d]);
+    let fused =
+        || flat(chatglm_kernels::prompt_attention(&q, &k, &v, &mask, s).expect("prompt kernel"));
+    let plain = || {
+        flat(reference::decode_attention(
+            q.clone(),
+            k.clone(),
+            v.clone(),
+            mask.clone(),
+        ))
+    };
+    let name = format!("{label}/prompt_attention/{heads}x{s}x{s}x{d}");
+    compare::<B>(c, name, dev, [("fused", &fused), ("products", &plain)]);
+}
+
 /// Decode's linear layers (1 and 8 rows against the `[out, in]` h->4h and 4h->h weights):
 /// `chatglm_kernels::matmul` (on CUDA in float16, the tensor-core GEMV) against burn's matmul. Each iteration runs
 /// the product 10 times before its sync, so that the time is the GPU's rather than the sync's.
@@ -243,6 +273,7 @@ fn benches(c: &mut Criterion) {
         bench_gemm::<Direct>(c, "cuda-direct-f16", &dev);
         bench_gemv::<Direct>(c, "cuda-direct-f16", &dev);
         bench_decode_attention::<Direct>(c, "cuda-direct-f16", &dev);
+        bench_prompt_attention::<Direct>(c, "cuda-direct-f16", &dev);
         bench_matmul_bias_gelu::<Direct>(c, "cuda-direct-f16", &dev);
         bench_matmul::<burn::backend::Cuda<f32, i32>>(c, "cuda-f32", &dev);
     }

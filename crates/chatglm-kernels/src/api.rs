@@ -267,6 +267,62 @@ pub fn matmul_bias_gelu<B: KernelBackend>(
     Tensor::from_primitive(TensorPrimitive::Float(out))
 }
 
+/// `CHATGLM_PROMPT_ATTENTION`: `products` (two products and [`masked_softmax`] for every
+/// prompt), `kernel` ([`prompt_attention`]'s kernel for every prompt), or unset: the kernel up to
+/// [`PROMPT_KERNEL_MAX_WORK`].
+fn prompt_setting() -> &'static str {
+    static SETTING: OnceLock<String> = OnceLock::new();
+    SETTING.get_or_init(|| {
+        std::env::var("CHATGLM_PROMPT_ATTENTION")
+            .unwrap_or_default()
+            .to_ascii_lowercase()
+    })
+}
+
+/// The most queries x keys (per row and head) for which [`prompt_attention`] runs its kernel by
+/// default: a 1024-token prompt over its own keys. Short prompts are bound by the host's time per
+/// launch and per cuBLAS call, which the kernel saves (a 128-token prompt: 14.3 ms with the
+/// products, 9.6-11.4 ms with the kernel on the H200); at 1920 tokens the products' tensor-core
+/// GEMMs outran the first version of the kernel (docs/benchmarks.md).
+pub const PROMPT_KERNEL_MAX_WORK: usize = 1024 * 1024;
+
+/// A prompt's attention in one kernel: `softmax(q k^T + mask) v` for every query over the first
+/// `keys_used` key slots (the slots past them must be hidden by the mask, and are not read). On
+/// burn-cuda in half precision: flash attention on tensor cores, the scores never stored. `None`
+/// where the backend or these tensors have no such kernel (CPU, autodiff, float32, a head width
+/// that is not a multiple of 32, [`fused_enabled`] off, more than [`PROMPT_KERNEL_MAX_WORK`]
+/// queries x keys unless `CHATGLM_PROMPT_ATTENTION=kernel`, or `CHATGLM_PROMPT_ATTENTION=products`):
+/// the caller then computes two products and [`masked_softmax`].
+///
+/// The weights are rounded to the dtype before they are normalised (the original rounds the
+/// normalised ones), and the output is a transposed view of a `[batch, queries, heads, d]`
+/// buffer.
+///
+/// # Shapes
+/// - `q`: `[batch, heads, queries, d]` (scaled), `keys`, `values`: `[batch, heads, slots, d]`,
+///   `mask`: additive, `[batch or 1, 1, queries, slots]` -> `[batch, heads, queries, d]`
+pub fn prompt_attention<B: KernelBackend>(
+    q: &Tensor<B, 4>,
+    keys: &Tensor<B, 4>,
+    values: &Tensor<B, 4>,
+    mask: &Tensor<B, 4>,
+    keys_used: usize,
+) -> Option<Tensor<B, 4>> {
+    let work = q.dims()[2] * keys_used;
+    let wanted = match prompt_setting() {
+        "products" => false,
+        "kernel" => true,
+        _ => work <= PROMPT_KERNEL_MAX_WORK,
+    };
+    if !fused_enabled() || !wanted {
+        return None;
+    }
+    let prim = |t: &Tensor<B, 4>| t.clone().into_primitive().tensor();
+    let out =
+        B::glm_prompt_attention(&prim(q), &prim(keys), &prim(values), &prim(mask), keys_used)?;
+    Some(Tensor::from_primitive(TensorPrimitive::Float(out)))
+}
+
 /// Attention of queries over a KV cache, a cube of units per query: `softmax(q k^T + mask) v`,
 /// with the scores and probabilities rounded to the dtype as separate products and softmax round
 /// them. Made for one new token per (row, head) (decoding); several queries are correct but slow

@@ -72,6 +72,21 @@ pub trait KernelBackend: Backend {
             .tensor()
     }
 
+    /// `softmax(q k^T + mask) v` for every query of a prompt over the first `keys_used` slots in
+    /// one kernel, or `None` (the default) where the backend has none: the caller then takes two
+    /// products and [`KernelBackend::glm_masked_softmax`]. `q` `[batch, heads, seq, d]`, `keys`
+    /// and `values` `[batch, heads, slots, d]`, `mask` `[batch or 1, 1, seq, slots]` ->
+    /// `[batch, heads, seq, d]`.
+    fn glm_prompt_attention(
+        _q: &FloatTensor<Self>,
+        _keys: &FloatTensor<Self>,
+        _values: &FloatTensor<Self>,
+        _mask: &FloatTensor<Self>,
+        _keys_used: usize,
+    ) -> Option<FloatTensor<Self>> {
+        None
+    }
+
     /// ChatGLM-6B's rotary embedding of `[batch, heads, seq, d]` q and k with `[batch, 1, seq, d]`
     /// tables ([`reference::rotary`]).
     fn glm_rotary(

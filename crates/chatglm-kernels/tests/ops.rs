@@ -634,7 +634,56 @@ fn check_decode_attention<B: KernelBackend>(dev: &B::Device, tol: Tol) {
     }
 }
 
+/// A prompt's attention in one kernel against host math: several query blocks (the last one
+/// partial), key blocks past the slots used, masks per row or shared. `Some` only where the
+/// backend has the kernel; `expect` says whether it must.
+fn check_prompt_attention<B: KernelBackend>(dev: &B::Device, tol: f32, expect: bool) {
+    for (b, h, s, slots, used, d, mask_rows) in [
+        (
+            1usize, 2usize, 70usize, 150usize, 140usize, 128usize, 1usize,
+        ),
+        (2, 3, 17, 64, 64, 64, 2),
+        (1, 1, 130, 130, 130, 128, 1),
+    ] {
+        let q = random(b * h * s * d, 41, 0.3);
+        let k = random(b * h * slots * d, 42, 1.0);
+        let v = random(b * h * slots * d, 43, 1.0);
+        // Slots past `used` hidden (as the unused cache is), and a causal-style cut per row.
+        let mask: Vec<f32> = (0..mask_rows * s * slots)
+            .map(|i| {
+                let (row, query, j) = (i / (s * slots), i / slots % s, i % slots);
+                if j >= used || j > used / 2 + row + query {
+                    -10000.0
+                } else {
+                    0.0
+                }
+            })
+            .collect();
+        let want = host_decode_attention(&q, &k, &v, &mask, [b, h, s, slots, d], mask_rows);
+        let got = chatglm_kernels::prompt_attention(
+            &tensor::<B, 4>(&q, [b, h, s, d], dev),
+            &tensor::<B, 4>(&k, [b, h, slots, d], dev),
+            &tensor::<B, 4>(&v, [b, h, slots, d], dev),
+            &tensor::<B, 4>(&mask, [mask_rows, 1, s, slots], dev),
+            used,
+        );
+        let shape = (b, h, s, slots, used, d);
+        let Some(got) = got else {
+            assert!(!expect, "{}: no prompt kernel for {shape:?}", name::<B>());
+            continue;
+        };
+        assert_eq!(got.dims(), [b, h, s, d]);
+        let diff = max_diff(&values(got), &want);
+        assert!(
+            diff <= tol,
+            "{}: prompt_attention {shape:?}: max diff {diff}",
+            name::<B>()
+        );
+    }
+}
+
 fn check_all<B: KernelBackend>(dev: &B::Device, tol: Tol) {
+    check_prompt_attention::<B>(dev, tol.ln, false);
     check_rotary::<B>(dev, tol);
     check_qkv_to_cache::<B>(dev, tol);
     check_layer_norm::<B>(dev, tol);
@@ -752,6 +801,22 @@ fn matmul_gradients_match_burns_matmul() {
         // burn's float32 matmul on CUDA rounds to TF32 (about 5e-4 relative per input).
         check_matmul_gradients::<Autodiff<burn::backend::Cuda<f32, i32>>>(&dev, 2e-3);
     }
+}
+
+/// On CUDA, a half-precision prompt's attention runs in one kernel, in float16 and bfloat16.
+#[cfg(feature = "cuda")]
+#[test]
+fn half_precision_prompts_run_the_prompt_kernel() {
+    if !std::env::var("CHATGLM_TEST_DEVICE").is_ok_and(|v| v.eq_ignore_ascii_case("cuda")) {
+        return;
+    }
+    type Cube<F> = burn_cubecl::CubeBackend<cubecl::cuda::CudaRuntime, F, i32, u8>;
+    let dev = burn::backend::cuda::CudaDevice::new(0);
+    let expect = chatglm_kernels::fused_enabled()
+        && !std::env::var("CHATGLM_PROMPT_ATTENTION")
+            .is_ok_and(|v| v.eq_ignore_ascii_case("products"));
+    check_prompt_attention::<Cube<burn::tensor::f16>>(&dev, 2e-2, expect);
+    check_prompt_attention::<Cube<burn::tensor::bf16>>(&dev, 3e-2, expect);
 }
 
 /// On CUDA, half-precision products of 1 to 8 rows against a linear layer's weight (decoding up

@@ -8,6 +8,7 @@ mod gemv;
 mod layer_norm;
 mod matmul;
 mod mma_gemv;
+mod prompt_attention;
 mod qkv;
 mod reduce;
 mod softmax;
@@ -101,6 +102,16 @@ where
             .into_primitive()
             .tensor(),
         }
+    }
+
+    fn glm_prompt_attention(
+        q: &FloatTensor<Self>,
+        keys: &FloatTensor<Self>,
+        values: &FloatTensor<Self>,
+        mask: &FloatTensor<Self>,
+        keys_used: usize,
+    ) -> Option<FloatTensor<Self>> {
+        prompt_attention::prompt_attention(q, keys, values, mask, keys_used)
     }
 
     fn glm_qkv_to_cache(

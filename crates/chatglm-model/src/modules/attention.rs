@@ -90,31 +90,42 @@ impl<B: KernelBackend> Attention<B> {
             .forward_no_bias(x)
             .reshape([b, s, nh, 3 * hd]);
         let bias = self.query_key_value.bias.as_ref().map(|p| p.val());
-        // q arrives scaled by 1/sqrt(head_dim) from the rotary tables.
-        let (q, keys, values) = match kv {
+        // q arrives scaled by 1/sqrt(head_dim) from the rotary tables. `used`: the key slots
+        // written so far (those past them are masked).
+        let (q, keys, values, used) = match kv {
             // Bias, split, rotary and cache writes in one op.
-            KvInput::Cache { layer, offset } => layer.write_qkv(offset, qkv, bias, rope),
+            KvInput::Cache { layer, offset } => {
+                let (q, k, v) = layer.write_qkv(offset, qkv, bias, rope);
+                (q, k, v, offset + s)
+            }
             KvInput::Fresh(past) => {
                 let (q, k, v) = split_rotate(qkv, bias, rope);
-                match past {
-                    None => (q, k, v),
-                    Some((pk, pv)) => (q, Tensor::cat(vec![pk, k], 2), Tensor::cat(vec![pv, v], 2)),
-                }
+                let (k, v) = match past {
+                    None => (k, v),
+                    Some((pk, pv)) => (Tensor::cat(vec![pk, k], 2), Tensor::cat(vec![pv, v], 2)),
+                };
+                let used = k.dims()[2];
+                (q, k, v, used)
             }
             KvInput::Scatter { layer, index } => {
                 let (q, k, v) = split_rotate(qkv, bias, rope);
                 let (keys, values) = layer.scatter(index.clone(), k, v);
-                (q, keys, values)
+                let used = keys.dims()[2];
+                (q, keys, values, used)
             }
         };
-        // One new token per row (decoding): the fused attention over the cache. A prompt's
-        // queries stay with the products: `decode_attention` takes them, but with a cube per
-        // query it measured 276 us per layer for a 128-token prompt on the H200
-        // (docs/benchmarks.md).
+        // One new token per row (decoding): the fused attention over the cache. A prompt: the
+        // prompt kernel where the backend has one (flash attention on CUDA in half precision),
+        // else two products and the masked softmax. (`decode_attention` takes several queries,
+        // but with a cube per query it measured 276 us per layer for a 128-token prompt on the
+        // H200, docs/benchmarks.md.)
         let ctx = if s == 1 {
             chatglm_kernels::decode_attention(q, keys, values, mask)
         } else {
-            attend_in_chunks(q, keys.swap_dims(2, 3), mask, values, QUERY_CHUNK)
+            match chatglm_kernels::prompt_attention(&q, &keys, &values, &mask, used) {
+                Some(ctx) => ctx,
+                None => attend_in_chunks(q, keys.swap_dims(2, 3), mask, values, QUERY_CHUNK),
+            }
         };
         // Heads back next to each other: `[b, heads, s, hd]` -> `[b, s, hidden]`. With one token
         // the heads already are, and a reshape is a view where the transpose would be a copy
