@@ -142,66 +142,50 @@ fn bench_gemm<B: KernelBackend>(c: &mut Criterion, label: &str, dev: &B::Device)
     compare::<B>(c, name, dev, [("chatglm", &ours), ("burn", &burn)]);
 }
 
-/// One token's attention over a 512-slot cache (32 heads of 128): the fused kernel against the
-/// reference path (the scores' product, the masked softmax, the values' product).
-fn bench_decode_attention<B: KernelBackend>(c: &mut Criterion, label: &str, dev: &B::Device) {
-    let (heads, slots, d) = (32usize, 512usize, 128usize);
-    let r = |shape: [usize; 4]| Tensor::<B, 4>::random(shape, Distribution::Normal(0.0, 1.0), dev);
-    let (q, k, v) = (
-        r([1, heads, 1, d]),
-        r([1, heads, slots, d]),
-        r([1, heads, slots, d]),
-    );
-    let mask = Tensor::<B, 4>::zeros([1, 1, 1, slots], dev);
-    let flat = |t: Tensor<B, 4>| t.reshape([heads, d]);
-    let fused = || {
-        flat(chatglm_kernels::decode_attention(
-            q.clone(),
-            k.clone(),
-            v.clone(),
-            mask.clone(),
-        ))
-    };
-    let plain = || {
-        flat(reference::decode_attention(
-            q.clone(),
-            k.clone(),
-            v.clone(),
-            mask.clone(),
-        ))
-    };
-    let name = format!("{label}/decode_attention/{heads}x{slots}x{d}");
-    compare::<B>(c, name, dev, [("fused", &fused), ("reference", &plain)]);
-}
-
-/// A 512-token prompt's attention over its own keys (32 heads of 128): the prompt kernel
-/// against two products and `masked_softmax`. Where the backend has no prompt kernel (CPU) this
-/// bench is not registered.
-fn bench_prompt_attention<B: KernelBackend>(c: &mut Criterion, label: &str, dev: &B::Device) {
-    let (heads, s, d) = (32usize, 512usize, 128usize);
-    let r = |shape: [usize; 4]| Tensor::<B, 4>::random(shape, Distribution::Normal(0.0, 0.3), dev);
-    let (q, k, v) = (
-        r([1, heads, s, d]),
-        r([1, heads, s, d]),
-        r([1, heads, s, d]),
-    );
-    let mask = Tensor::<B, 4>::zeros([1, 1, s, s], dev);
-    if chatglm_kernels::prompt_attention(&q, &k, &v, &mask, s).is_none() {
-        return;
+/// Attention against the reference (two products and `masked_softmax`): one new token over a
+/// 512-slot cache (`decode_attention`), and a 512-token prompt over its own keys
+/// (`prompt_attention`, where the backend has its kernel: not on the CPU).
+fn bench_attention<B: KernelBackend>(c: &mut Criterion, label: &str, dev: &B::Device) {
+    let (heads, d) = (32usize, 128usize);
+    for (s, slots) in [(1usize, 512usize), (512, 512)] {
+        let r =
+            |shape: [usize; 4]| Tensor::<B, 4>::random(shape, Distribution::Normal(0.0, 1.0), dev);
+        let (q, k, v) = (
+            r([1, heads, s, d]),
+            r([1, heads, slots, d]),
+            r([1, heads, slots, d]),
+        );
+        let mask = Tensor::<B, 4>::zeros([1, 1, s, slots], dev);
+        let flat = |t: Tensor<B, 4>| t.reshape([heads * s, d]);
+        let plain = || {
+            flat(reference::decode_attention(
+                q.clone(),
+                k.clone(),
+                v.clone(),
+                mask.clone(),
+            ))
+        };
+        let decode = || {
+            flat(chatglm_kernels::decode_attention(
+                q.clone(),
+                k.clone(),
+                v.clone(),
+                mask.clone(),
+            ))
+        };
+        let prompt = || {
+            flat(
+                chatglm_kernels::prompt_attention(&q, &k, &v, &mask, slots).expect("prompt kernel"),
+            )
+        };
+        if s == 1 {
+            let name = format!("{label}/decode_attention/{heads}x{slots}x{d}");
+            compare::<B>(c, name, dev, [("fused", &decode), ("reference", &plain)]);
+        } else if chatglm_kernels::prompt_attention(&q, &k, &v, &mask, slots).is_some() {
+            let name = format!("{label}/prompt_attention/{heads}x{s}x{slots}x{d}");
+            compare::<B>(c, name, dev, [("fused", &prompt), ("products", &plain)]);
+        }
     }
-    let flat = |t: Tensor<B, 4>| t.reshape([heads * s, d]);
-    let fused =
-        || flat(chatglm_kernels::prompt_attention(&q, &k, &v, &mask, s).expect("prompt kernel"));
-    let plain = || {
-        flat(reference::decode_attention(
-            q.clone(),
-            k.clone(),
-            v.clone(),
-            mask.clone(),
-        ))
-    };
-    let name = format!("{label}/prompt_attention/{heads}x{s}x{s}x{d}");
-    compare::<B>(c, name, dev, [("fused", &fused), ("products", &plain)]);
 }
 
 /// Decode's linear layers (1 and 8 rows against the `[out, in]` h->4h and 4h->h weights):
@@ -259,7 +243,7 @@ fn benches(c: &mut Criterion) {
         bench_qkv_to_cache::<burn::backend::NdArray<f32>>(c, "cpu-f32", &dev);
         bench_matmul::<burn::backend::NdArray<f32>>(c, "cpu-f32", &dev);
         bench_gemv::<burn::backend::NdArray<f32>>(c, "cpu-f32", &dev);
-        bench_decode_attention::<burn::backend::NdArray<f32>>(c, "cpu-f32", &dev);
+        bench_attention::<burn::backend::NdArray<f32>>(c, "cpu-f32", &dev);
         bench_matmul_bias_gelu::<burn::backend::NdArray<f32>>(c, "cpu-f32", &dev);
         return;
     }
@@ -272,8 +256,7 @@ fn benches(c: &mut Criterion) {
         bench_qkv_to_cache::<Direct>(c, "cuda-direct-f16", &dev);
         bench_gemm::<Direct>(c, "cuda-direct-f16", &dev);
         bench_gemv::<Direct>(c, "cuda-direct-f16", &dev);
-        bench_decode_attention::<Direct>(c, "cuda-direct-f16", &dev);
-        bench_prompt_attention::<Direct>(c, "cuda-direct-f16", &dev);
+        bench_attention::<Direct>(c, "cuda-direct-f16", &dev);
         bench_matmul_bias_gelu::<Direct>(c, "cuda-direct-f16", &dev);
         bench_matmul::<burn::backend::Cuda<f32, i32>>(c, "cuda-f32", &dev);
     }

@@ -6,14 +6,15 @@ use burn::tensor::{Tensor, TensorPrimitive};
 
 use crate::{KernelBackend, reference};
 
+/// Environment variable `name` in lower case (empty when unset), read once into `cell`.
+fn setting(cell: &'static OnceLock<String>, name: &str) -> &'static str {
+    cell.get_or_init(|| std::env::var(name).unwrap_or_default().to_ascii_lowercase())
+}
+
 /// `CHATGLM_KERNELS`: `reference` (no kernel) or unset (the kernels).
 fn kernels_setting() -> &'static str {
     static SETTING: OnceLock<String> = OnceLock::new();
-    SETTING.get_or_init(|| {
-        std::env::var("CHATGLM_KERNELS")
-            .unwrap_or_default()
-            .to_ascii_lowercase()
-    })
+    setting(&SETTING, "CHATGLM_KERNELS")
 }
 
 /// Whether [`add_layer_norm`], [`bias_gelu`], [`masked_softmax`] and [`rotary`] run the backend's
@@ -272,11 +273,7 @@ pub fn matmul_bias_gelu<B: KernelBackend>(
 /// [`PROMPT_KERNEL_MAX_WORK`].
 fn prompt_setting() -> &'static str {
     static SETTING: OnceLock<String> = OnceLock::new();
-    SETTING.get_or_init(|| {
-        std::env::var("CHATGLM_PROMPT_ATTENTION")
-            .unwrap_or_default()
-            .to_ascii_lowercase()
-    })
+    setting(&SETTING, "CHATGLM_PROMPT_ATTENTION")
 }
 
 /// The most queries x keys (per row and head) for which [`prompt_attention`] runs its kernel by

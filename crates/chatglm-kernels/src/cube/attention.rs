@@ -162,6 +162,62 @@ fn vector_width(d: usize) -> Option<usize> {
         .find(|&w| d.is_multiple_of(w) && (d / w).is_power_of_two() && d / w <= UNITS)
 }
 
+/// The sizes of an attention call's operands, checked against each other.
+pub(crate) struct AttentionShape {
+    pub b: usize,
+    pub heads: usize,
+    pub s: usize,
+    pub d: usize,
+    pub slots: usize,
+}
+
+impl AttentionShape {
+    /// `q` `[b, heads, s, d]`, `keys` and `values` `[b, heads, slots, d]`, `mask`
+    /// `[b or 1, 1, s (or 1 where `mask_row_shared`), slots]`, all of one dtype and none empty;
+    /// `None` otherwise.
+    pub(crate) fn of<R: CubeRuntime>(
+        q: &CubeTensor<R>,
+        keys: &CubeTensor<R>,
+        values: &CubeTensor<R>,
+        mask: &CubeTensor<R>,
+        mask_row_shared: bool,
+    ) -> Option<Self> {
+        let shape = q.meta.shape();
+        if shape.num_dims() != 4 || keys.meta.shape().num_dims() != 4 {
+            return None;
+        }
+        let (b, heads, s, d) = (shape[0], shape[1], shape[2], shape[3]);
+        let slots = keys.meta.shape()[2];
+        let kv_shape = [b, heads, slots, d];
+        if keys.meta.shape().as_slice() != kv_shape || values.meta.shape().as_slice() != kv_shape {
+            return None;
+        }
+        let m = mask.meta.shape();
+        if m.num_dims() != 4
+            || (m[0] != b && m[0] != 1)
+            || m[1] != 1
+            || (m[2] != s && !(mask_row_shared && m[2] == 1))
+            || m[3] != slots
+        {
+            return None;
+        }
+        let dtype = q.dtype;
+        if keys.dtype != dtype || values.dtype != dtype || mask.dtype != dtype {
+            return None;
+        }
+        if s == 0 || slots == 0 || b * heads == 0 || d == 0 {
+            return None;
+        }
+        Some(Self {
+            b,
+            heads,
+            s,
+            d,
+            slots,
+        })
+    }
+}
+
 /// `softmax(q k^T + mask) v` for each query of each (row, head), or `None` when the shapes are
 /// not the kernel's (the caller uses the reference path).
 ///
@@ -175,36 +231,15 @@ pub(crate) fn decode_attention<R: CubeRuntime>(
     values: &CubeTensor<R>,
     mask: &CubeTensor<R>,
 ) -> Option<CubeTensor<R>> {
-    let shape = q.meta.shape();
-    if shape.num_dims() != 4 || keys.meta.shape().num_dims() != 4 {
-        return None;
-    }
-    let (b, heads, s, d) = (shape[0], shape[1], shape[2], shape[3]);
-    let slots = keys.meta.shape()[2];
-    let kv_shape = [b, heads, slots, d];
-    if keys.meta.shape().as_slice() != kv_shape || values.meta.shape().as_slice() != kv_shape {
-        return None;
-    }
-    let m = mask.meta.shape();
-    if m.num_dims() != 4
-        || (m[0] != b && m[0] != 1)
-        || m[1] != 1
-        || (m[2] != s && m[2] != 1)
-        || m[3] != slots
-    {
-        return None;
-    }
+    let AttentionShape {
+        b,
+        heads,
+        s,
+        d,
+        slots,
+    } = AttentionShape::of(q, keys, values, mask, true)?;
     let dtype = q.dtype;
-    if s == 0
-        || s > 65_535
-        || slots == 0
-        || slots > MAX_SLOTS
-        || b * heads == 0
-        || b * heads > 65_535
-    {
-        return None;
-    }
-    if keys.dtype != dtype || values.dtype != dtype || mask.dtype != dtype {
+    if s > 65_535 || slots > MAX_SLOTS || b * heads > 65_535 {
         return None;
     }
     let width = vector_width(d)?;

@@ -48,7 +48,10 @@ pub(crate) fn calls() -> u64 {
 
 /// Two halves of a 16-byte vector as one MMA register.
 #[cube]
-fn pair<F: Float, N: Size>(v: Vector<F, N>, #[comptime] first: usize) -> Vector<F, Const<2>> {
+pub(crate) fn pair<F: Float, N: Size>(
+    v: Vector<F, N>,
+    #[comptime] first: usize,
+) -> Vector<F, Const<2>> {
     let mut r = Vector::<F, Const<2>>::empty();
     r[0] = v[first];
     r[1] = v[first + 1];

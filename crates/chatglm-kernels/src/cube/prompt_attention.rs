@@ -31,6 +31,8 @@ use burn_cubecl::tensor::CubeTensor;
 use cubecl::cmma::MmaDefinition;
 use cubecl::prelude::*;
 
+use super::attention::AttentionShape;
+use super::mma_gemv::pair;
 use super::vector_aligned;
 
 /// Warps per cube, 16 queries each.
@@ -44,15 +46,6 @@ const WIDTH: usize = 8;
 /// Row pitch of the transposed values in shared memory, in key pairs: 32 pairs and 4 of padding,
 /// so that the 8 rows and 4 pairs a warp reads at once fall in 32 different banks.
 const PITCH: usize = KEYS / 2 + 4;
-
-/// Two halves of a 16-byte vector as one MMA register.
-#[cube]
-fn pair<F: Float, N: Size>(v: Vector<F, N>, #[comptime] first: usize) -> Vector<F, Const<2>> {
-    let mut r = Vector::<F, Const<2>>::empty();
-    r[0] = v[first];
-    r[1] = v[first + 1];
-    r
-}
 
 /// Two float32 values as one half-precision MMA register.
 #[cube]
@@ -374,24 +367,14 @@ pub(crate) fn prompt_attention<R: CubeRuntime>(
     if !matches!(dtype, DType::F16 | DType::BF16) {
         return None;
     }
-    let shape = q.meta.shape();
-    if shape.num_dims() != 4 || keys.meta.shape().num_dims() != 4 {
-        return None;
-    }
-    let (b, heads, s, d) = (shape[0], shape[1], shape[2], shape[3]);
-    let slots = keys.meta.shape()[2];
-    let kv_shape = [b, heads, slots, d];
-    if keys.meta.shape().as_slice() != kv_shape || values.meta.shape().as_slice() != kv_shape {
-        return None;
-    }
-    let m = mask.meta.shape();
-    if m.num_dims() != 4 || (m[0] != b && m[0] != 1) || m[1] != 1 || m[2] != s || m[3] != slots {
-        return None;
-    }
-    if keys.dtype != dtype || values.dtype != dtype || mask.dtype != dtype {
-        return None;
-    }
-    if s == 0 || d == 0 || !d.is_multiple_of(32) || d > 256 || keys_used == 0 {
+    let AttentionShape {
+        b,
+        heads,
+        s,
+        d,
+        slots,
+    } = AttentionShape::of(q, keys, values, mask, false)?;
+    if !d.is_multiple_of(32) || d > 256 || keys_used == 0 {
         return None;
     }
     let keys_used = keys_used.min(slots);
