@@ -733,13 +733,6 @@ fn fused_ops_match_host_math_and_reference() {
             matches!(status, chatglm_kernels::GemmStatus::Cublas { calls, .. } if calls >= 20),
             "products did not run on cuBLAS: {status:?}"
         );
-        // ... the half-precision ones through cuBLASLt, unless it was switched off ...
-        if !std::env::var("CHATGLM_CUBLASLT").is_ok_and(|v| v.eq_ignore_ascii_case("off")) {
-            assert!(
-                matches!(status, chatglm_kernels::GemmStatus::Cublas { cublaslt_calls, .. } if cublaslt_calls >= 5),
-                "no product ran on cuBLASLt: {status:?}"
-            );
-        }
         // ... and their inputs were awaited on the GPU, unless the host wait was asked for.
         if !std::env::var("CHATGLM_GEMM_WAIT").is_ok_and(|v| v.eq_ignore_ascii_case("host")) {
             assert!(

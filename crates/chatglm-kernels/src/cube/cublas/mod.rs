@@ -20,7 +20,6 @@
 //! [`crate::gemm_status`] says which ran.
 
 mod layout;
-mod lt;
 mod wait;
 
 use std::cell::RefCell;
@@ -72,8 +71,6 @@ fn enabled() -> bool {
 static CALLS: AtomicU64 = AtomicU64::new(0);
 /// Those of them whose inputs were awaited on the GPU.
 static DEVICE_WAITS: AtomicU64 = AtomicU64::new(0);
-/// Those of them queued through cuBLASLt.
-static LT_CALLS: AtomicU64 = AtomicU64::new(0);
 /// Host time of [`matmul`] in nanoseconds, per part ([`GemmHostTimes`]'s fields in order).
 static HOST_NS: [AtomicU64; 6] = [const { AtomicU64::new(0) }; 6];
 const TOTAL: usize = 0;
@@ -109,7 +106,6 @@ pub(crate) fn status() -> GemmStatus {
         return GemmStatus::Cublas {
             calls,
             device_waits,
-            cublaslt_calls: LT_CALLS.load(Ordering::Relaxed),
             host: GemmHostTimes {
                 total_us: us(TOTAL),
                 alloc_us: us(ALLOC),
@@ -222,8 +218,6 @@ struct Lane {
     handle: cublas::cublasHandle_t,
     /// The GPU-side wait for the inputs (`None`: the host drains cubecl's queue instead).
     wait: Option<wait::DeviceWait>,
-    /// cuBLASLt with an algorithm per plan, for half precision (`None`: cuBLAS for all).
-    lt: Option<lt::Lt>,
     /// One `u32`: the sequence number of the last GEMM done (set by our stream).
     flag: ManuallyDrop<Handle>,
     flag_ptr: u64,
@@ -278,19 +272,11 @@ impl Lane {
                     })
                     .ok()
             };
-            let lt = if lt::enabled() {
-                lt::Lt::new()
-                    .inspect_err(|err| tracing::warn!("GEMMs stay with cuBLAS: {err}"))
-                    .ok()
-            } else {
-                None
-            };
             Ok(Self {
                 context,
                 stream,
                 handle,
                 wait,
-                lt,
                 flag: ManuallyDrop::new(flag),
                 flag_ptr,
                 seq: 0,
@@ -363,42 +349,32 @@ impl Lane {
         // SAFETY: the pointers are live cubecl buffers of the sizes the plan describes (the
         // caller holds their tensors until this returns, and cubecl's stream does not reuse them
         // before the handoff below completes); alpha/beta are float32 as the compute types need.
-        let by_lt = self
-            .lt
-            .as_mut()
-            .and_then(|lt| lt.gemm(plan, data, [first, second, out], self.stream.cast()));
         let (gemm, released, queued) = unsafe {
-            let gemm = match by_lt {
-                Some(result) => {
-                    LT_CALLS.fetch_add(1, Ordering::Relaxed);
-                    result
-                }
-                None => checked(cublas::cublasGemmStridedBatchedEx(
-                    self.handle,
-                    op(plan.first.trans),
-                    op(plan.second.trans),
-                    plan.m,
-                    plan.n,
-                    plan.k,
-                    (&alpha as *const f32).cast::<c_void>(),
-                    first as *const c_void,
-                    data,
-                    plan.first.ld as i32,
-                    plan.first.batch_stride,
-                    second as *const c_void,
-                    data,
-                    plan.second.ld as i32,
-                    plan.second.batch_stride,
-                    (&beta as *const f32).cast::<c_void>(),
-                    out as *mut c_void,
-                    data,
-                    plan.out.ld as i32,
-                    plan.out.batch_stride,
-                    plan.batch,
-                    compute,
-                    cublas::cublasGemmAlgo_t::CUBLAS_GEMM_DEFAULT,
-                )),
-            };
+            let gemm = cublas::cublasGemmStridedBatchedEx(
+                self.handle,
+                op(plan.first.trans),
+                op(plan.second.trans),
+                plan.m,
+                plan.n,
+                plan.k,
+                (&alpha as *const f32).cast::<c_void>(),
+                first as *const c_void,
+                data,
+                plan.first.ld as i32,
+                plan.first.batch_stride,
+                second as *const c_void,
+                data,
+                plan.second.ld as i32,
+                plan.second.batch_stride,
+                (&beta as *const f32).cast::<c_void>(),
+                out as *mut c_void,
+                data,
+                plan.out.ld as i32,
+                plan.out.batch_stride,
+                plan.batch,
+                compute,
+                cublas::cublasGemmAlgo_t::CUBLAS_GEMM_DEFAULT,
+            );
             let queued = timed(GEMM, waited);
             // Written whether or not the GEMM was queued, so that the handoff always ends.
             let released = cusys::cuMemsetD32Async(self.flag_ptr, seq, 1, self.stream).result();
@@ -423,7 +399,7 @@ impl Lane {
             seq,
         );
         timed(HANDOFF, queued);
-        gemm
+        checked(gemm)
     }
 }
 
