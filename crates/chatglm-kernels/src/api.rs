@@ -323,9 +323,9 @@ pub fn prompt_attention<B: KernelBackend>(
 /// Attention of queries over a KV cache, a cube of units per query: `softmax(q k^T + mask) v`,
 /// with the scores and probabilities rounded to the dtype as separate products and softmax round
 /// them. Made for one new token per (row, head) (decoding); several queries are correct but slow
-/// (a prompt's attention is faster as two products and `masked_softmax`). On
-/// burn's cube backends one kernel ([`reference::decode_attention`] elsewhere, and for caches of
-/// more than 4096 slots).
+/// (a prompt's attention is faster in [`prompt_attention`], or as two products and
+/// `masked_softmax`). On burn's cube backends one kernel ([`reference::decode_attention`]
+/// elsewhere, and for caches of more than 4096 slots).
 ///
 /// # Shapes
 /// - `q`: `[batch, heads, queries, d]` (scaled), `keys`, `values`: `[batch, heads, slots, d]`,

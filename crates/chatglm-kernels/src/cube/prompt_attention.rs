@@ -9,20 +9,30 @@
 //!
 //! Layout (a cube of [`WARPS`] warps takes 16 queries each of one (row, head); `mma.m16n8k16`,
 //! float32 accumulation):
-//! - the warp's queries stay in registers as the MMAs' `A` for the whole key loop; the keys are
-//!   read as `B` straight from the cache, each unit loading 16 bytes of a key row. A dot product
+//! - the warp's queries stay in registers as the MMAs' `A` for the whole key loop;
+//! - per block of [`KEYS`] keys, the cube stages the keys and values in shared memory, each
+//!   unit's global loads all in flight before its stores (loads consumed right next to the MMAs
+//!   exposed their latency one after another: 1.05 against 0.88 ms per layer of a 1920-token
+//!   prompt on the H200);
+//! - the keys are the first product's `B`, each unit reading 16 bytes of a key row. A dot product
 //!   does not care about the order of its terms, so the `k` slots of both operands are permuted
 //!   the same way to match what a unit loads (as in [`super::mma_gemv`]);
 //! - per block of [`KEYS`] keys, the scores (rounded to the dtype, as a product's output is) plus
 //!   the mask update each query row's running maximum and sum; the weights, rounded to the dtype,
 //!   are the `A` of the second product as they lie in the score accumulators;
-//! - the values go through shared memory transposed (key pairs next to each other), where each
-//!   unit reads its `B` registers as 4-byte pairs without bank conflicts;
+//! - the values are staged transposed (key pairs next to each other), where each unit reads its
+//!   `B` registers as 4-byte pairs without bank conflicts;
 //! - the output is divided by the row's sum at the end and written as `[batch, seq, heads, d]`,
 //!   so that the caller's `[batch, seq, hidden]` is a view.
 //!
 //! Numerics: the original normalises the weights before rounding them to the dtype; here the
 //! unnormalised weights (at most 1) are rounded and the sum divides at the end.
+//!
+//! Speed (H200, docs/benchmarks.md): 0.88 ms per layer of a 1920-token prompt, about 68 TFLOP/s,
+//! level with cuBLAS's products and `masked_softmax` there; faster up to 1024 tokens, where the
+//! host time of the products' GEMMs dominates. Each unit keeps its rows' output, scores and
+//! queries in registers, so an SM holds few warps (not measured), and nothing overlaps one
+//! block's loads with the previous block's MMAs.
 
 use burn::tensor::{DType, Shape};
 use burn_cubecl::CubeRuntime;
