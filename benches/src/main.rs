@@ -335,11 +335,8 @@ fn run<B: chatglm_model::KernelBackend>(opts: &Opts, device: B::Device) -> anyho
     }))
 }
 
-/// Cost of one small operation (an add of two `[1, 4096]` tensors, as the many small operations of
-/// a decode step): host time to queue it, and time per operation once the GPU has run them all.
-/// When the two are close, a stream of such operations is bound by the host.
-/// One more prefill of `prompt`, as the decoder runs it but timed in two parts: until the host
-/// has queued all of its work (the forward pass and the last position's logits), and until the
+/// One more prefill of `prompt` through the decoder, timed in two parts: until the host has
+/// queued all of its work (the forward pass and the last position's logits), and until the
 /// device has also run it. When the first is close to the second, the host is what the GPU
 /// waits for.
 fn prefill_split<B: chatglm_model::KernelBackend>(
@@ -349,30 +346,10 @@ fn prefill_split<B: chatglm_model::KernelBackend>(
     pad_id: u32,
     device: &B::Device,
 ) -> anyhow::Result<(f64, f64)> {
-    use chatglm_model::ForwardInputs;
-    use chatglm_model::kv_cache::prefill_width;
-    use chatglm_model::positions::BatchLayout;
-    let layout = BatchLayout::new(prompt, special);
-    let width = if B::SHAPE_COMPILED {
-        prefill_width(layout.width)
-    } else {
-        layout.width
-    };
-    let layout = layout.pad_to(width);
+    let mut dec = CachedDecoder::new(model, None, special, pad_id, device);
     B::sync(device).map_err(|e| anyhow::anyhow!("{e:?}"))?;
     let t = Instant::now();
-    let mut cache = model.new_cache(prompt.len(), layout.width + 1, None, device);
-    let keys = cache.capacity;
-    let inputs = ForwardInputs::new(
-        &layout.padded_ids(prompt, pad_id),
-        &layout.prompt_positions(),
-        layout.prompt_mask(0, keys),
-        keys,
-        model.head_dim(),
-        device,
-    );
-    let hidden = model.hidden_cached(&inputs, &mut cache);
-    let logits = model.lm_head(hidden.narrow(1, layout.width - 1, 1));
+    let logits = dec.prefill_tensor(prompt, 1)?;
     let queued = secs(t.elapsed());
     B::sync(device).map_err(|e| anyhow::anyhow!("{e:?}"))?;
     let synced = secs(t.elapsed());
@@ -380,6 +357,9 @@ fn prefill_split<B: chatglm_model::KernelBackend>(
     Ok((queued, synced))
 }
 
+/// Cost of one small operation (an add of two `[1, 4096]` tensors, as the many small operations of
+/// a decode step): host time to queue it, and time per operation once the GPU has run them all.
+/// When the two are close, a stream of such operations is bound by the host.
 fn op_cost<B: chatglm_model::KernelBackend>(device: &B::Device) -> anyhow::Result<Value> {
     const OPS: u32 = 2000;
     let b = burn::tensor::Tensor::<B, 2>::zeros([1, 4096], device);

@@ -581,6 +581,22 @@ fn host_decode_attention(
     out
 }
 
+/// An additive attention mask `[mask_rows, 1, s, slots]`: slots past `used` hidden (as the unused
+/// cache is), and each row hiding its slots from a row- and query-dependent point on, as a cache
+/// and a causal prompt do.
+fn cut_mask(mask_rows: usize, s: usize, slots: usize, used: usize) -> Vec<f32> {
+    (0..mask_rows * s * slots)
+        .map(|i| {
+            let (row, query, j) = (i / (s * slots), i / slots % s, i % slots);
+            if j >= used || j > used / 2 + row + query {
+                -10000.0
+            } else {
+                0.0
+            }
+        })
+        .collect()
+}
+
 fn check_decode_attention<B: KernelBackend>(dev: &B::Device, tol: Tol) {
     // One query (decoding): ChatGLM-6B's head (128) over a cache bucket with hidden slots; a small
     // head over a short cache with a mask shared by the rows. Several queries (a short prompt),
@@ -594,18 +610,7 @@ fn check_decode_attention<B: KernelBackend>(dev: &B::Device, tol: Tol) {
         let q = random(b * h * s * d, 21, 0.3);
         let k = random(b * h * slots * d, 22, 1.0);
         let v = random(b * h * slots * d, 23, 1.0);
-        // Each mask row hides its slots from a row- and query-dependent point on, as a cache and
-        // a causal prompt do.
-        let mask: Vec<f32> = (0..mask_rows * s * slots)
-            .map(|i| {
-                let (row, query, j) = (i / (s * slots), i / slots % s, i % slots);
-                if j > slots / 2 + row + query {
-                    -10000.0
-                } else {
-                    0.0
-                }
-            })
-            .collect();
+        let mask = cut_mask(mask_rows, s, slots, slots);
         let want = host_decode_attention(&q, &k, &v, &mask, [b, h, s, slots, d], mask_rows);
         let args = || {
             (
@@ -648,17 +653,7 @@ fn check_prompt_attention<B: KernelBackend>(dev: &B::Device, tol: f32, expect: b
         let q = random(b * h * s * d, 41, 0.3);
         let k = random(b * h * slots * d, 42, 1.0);
         let v = random(b * h * slots * d, 43, 1.0);
-        // Slots past `used` hidden (as the unused cache is), and a causal-style cut per row.
-        let mask: Vec<f32> = (0..mask_rows * s * slots)
-            .map(|i| {
-                let (row, query, j) = (i / (s * slots), i / slots % s, i % slots);
-                if j >= used || j > used / 2 + row + query {
-                    -10000.0
-                } else {
-                    0.0
-                }
-            })
-            .collect();
+        let mask = cut_mask(mask_rows, s, slots, used);
         let want = host_decode_attention(&q, &k, &v, &mask, [b, h, s, slots, d], mask_rows);
         let got = chatglm_kernels::prompt_attention(
             &tensor::<B, 4>(&q, [b, h, s, d], dev),

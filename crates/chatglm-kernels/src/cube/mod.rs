@@ -148,6 +148,17 @@ pub(crate) fn vector_aligned<R: CubeRuntime>(
             .all(|d| d == axis || shape[d] == 1 || strides[d].is_multiple_of(width))
 }
 
+/// `t` with unit stride along its last dimension: itself, or a contiguous copy.
+pub(crate) fn unit_last_stride<R: CubeRuntime>(
+    t: burn_cubecl::tensor::CubeTensor<R>,
+) -> burn_cubecl::tensor::CubeTensor<R> {
+    if t.meta.strides()[t.meta.shape().num_dims() - 1] == 1 {
+        t
+    } else {
+        burn_cubecl::kernel::into_contiguous(t)
+    }
+}
+
 /// The widest vector (8, 4, 2 or 1 elements) that divides `len` and that every operand can be
 /// read as along its axis (unit stride there, see [`vector_aligned`]); `None` when an operand's
 /// axis does not have unit stride.

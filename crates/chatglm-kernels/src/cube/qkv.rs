@@ -9,7 +9,7 @@ use burn_cubecl::tensor::CubeTensor;
 use cubecl::calculate_cube_count_elemwise;
 use cubecl::prelude::*;
 
-use super::{vector_aligned, widest_vector};
+use super::{unit_last_stride, vector_aligned, widest_vector};
 
 /// Start of row `(i, j, k)` of a tensor read as vectors along its last dimension (unit stride;
 /// every other stride a whole number of vectors), in vectors.
@@ -123,15 +123,12 @@ pub(crate) fn qkv_to_cache<R: CubeRuntime>(
     // Not read without a bias (comptime flag); any tensor fills the slot.
     let bias = bias.map(into_contiguous).unwrap_or_else(|| cos.clone());
     // Vectors along the head's columns (unit stride, made so where it is not).
-    let unit_stride = |t: CubeTensor<R>| {
-        if t.meta.strides()[t.meta.shape().num_dims() - 1] == 1 {
-            t
-        } else {
-            into_contiguous(t)
-        }
-    };
-    let (qkv, cos, sin) = (unit_stride(qkv), unit_stride(cos), unit_stride(sin));
-    let (keys, values) = (unit_stride(keys), unit_stride(values));
+    let (qkv, cos, sin) = (
+        unit_last_stride(qkv),
+        unit_last_stride(cos),
+        unit_last_stride(sin),
+    );
+    let (keys, values) = (unit_last_stride(keys), unit_last_stride(values));
     let operands = [
         (&qkv, 3),
         (&cos, 3),

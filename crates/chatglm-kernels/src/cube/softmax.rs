@@ -10,13 +10,12 @@
 //! on the H200, 28 ms of the prompt's 76 ms of GPU time; now 78 us (docs/benchmarks.md).
 
 use burn_cubecl::CubeRuntime;
-use burn_cubecl::kernel::into_contiguous;
 use burn_cubecl::ops::numeric::empty_device_dtype;
 use burn_cubecl::tensor::CubeTensor;
 use cubecl::prelude::*;
 
 use super::reduce::{cube_max, cube_sum};
-use super::widest_vector;
+use super::{unit_last_stride, widest_vector};
 
 /// Most units per row, and most vectors a unit holds: rows of up to `16 * 1024` vectors.
 const MAX_BLOCK: usize = 1024;
@@ -185,14 +184,10 @@ pub(crate) fn masked_softmax<R: CubeRuntime>(
     if mask.dtype != dtype || rows > i32::MAX as usize {
         return None;
     }
-    let unit_stride = |t: &CubeTensor<R>| {
-        if t.meta.strides()[3] == 1 {
-            t.clone()
-        } else {
-            into_contiguous(t.clone())
-        }
-    };
-    let (scores, mask) = (unit_stride(scores), unit_stride(mask));
+    let (scores, mask) = (
+        unit_last_stride(scores.clone()),
+        unit_last_stride(mask.clone()),
+    );
     let client = scores.client.clone();
     let out = empty_device_dtype(client.clone(), scores.device.clone(), shape, dtype);
     let width = widest_vector(keys, &[(&scores, 3), (&mask, 3), (&out, 3)])?;

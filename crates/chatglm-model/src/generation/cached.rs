@@ -88,8 +88,10 @@ pub(super) fn pick<B: Backend>(
 }
 
 impl<B: KernelBackend> CachedDecoder<'_, B> {
-    /// Prefills and keeps the state; returns the last position's logits tensor.
-    fn prefill_tensor(
+    /// Prefills and keeps the state, as [`Decoder::prefill`] does, but returns the last
+    /// position's logits as a device tensor `[batch, 1, vocab]` without reading them: the host
+    /// returns once the work is queued (for timing the host's share of a prefill).
+    pub fn prefill_tensor(
         &mut self,
         prompts: &[Vec<u32>],
         max_new_tokens: usize,
