@@ -176,6 +176,8 @@ pub enum GemmStatus {
         /// Those whose inputs cuBLAS's stream awaited on the GPU (the others drained cubecl's
         /// queue on the host first: `CHATGLM_GEMM_WAIT=host`, or no waiting kernel).
         device_waits: u64,
+        /// Those that failed after they were queued (logged as errors): their outputs are wrong.
+        failures: u64,
         /// Host time spent queueing them.
         host: GemmHostTimes,
     },
@@ -183,22 +185,23 @@ pub enum GemmStatus {
     Burn(String),
 }
 
-/// Host time of the cuBLAS products so far, in microseconds summed over the calls: where the
-/// thread that queues a model's work spends it per GEMM.
+/// Host time of the cuBLAS products so far, in microseconds summed over the calls. The thread
+/// that queues a model's work only allocates the output and hands the GEMM to cubecl's device
+/// runner (the thread that hands cubecl's work to the driver); the runner does the rest.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct GemmHostTimes {
-    /// Whole calls, from entry to return.
+    /// The queueing thread: whole calls, from entry to return.
     pub total_us: u64,
-    /// Allocating the output.
+    /// The queueing thread: allocating the output.
     pub alloc_us: u64,
-    /// Waiting for cubecl's device runner (the thread that hands cubecl's kernels to the driver)
-    /// to reach the request that queues the inputs' signal and returns the operands' addresses.
+    /// The runner: whole GEMMs (the next three parts and the rest).
     pub runner_us: u64,
-    /// Queueing the kernel that waits for the signal on cuBLAS's stream.
+    /// The runner: the inputs' signal on cubecl's stream, the operands' addresses and the kernel
+    /// that waits for the signal on cuBLAS's stream.
     pub wait_us: u64,
-    /// The cuBLAS call.
+    /// The runner: the cuBLAS call.
     pub gemm_us: u64,
-    /// Queueing the release and the handoff kernel on cubecl's stream.
+    /// The runner: queueing the release and the handoff kernel on cubecl's stream.
     pub handoff_us: u64,
 }
 

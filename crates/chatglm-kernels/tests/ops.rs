@@ -725,8 +725,8 @@ fn fused_ops_match_host_math_and_reference() {
         }
         let status = chatglm_kernels::gemm_status();
         assert!(
-            matches!(status, chatglm_kernels::GemmStatus::Cublas { calls, .. } if calls >= 20),
-            "products did not run on cuBLAS: {status:?}"
+            matches!(status, chatglm_kernels::GemmStatus::Cublas { calls, failures: 0, .. } if calls >= 20),
+            "products did not run on cuBLAS, or some failed: {status:?}"
         );
         // ... and their inputs were awaited on the GPU, unless the host wait was asked for.
         if !std::env::var("CHATGLM_GEMM_WAIT").is_ok_and(|v| v.eq_ignore_ascii_case("host")) {

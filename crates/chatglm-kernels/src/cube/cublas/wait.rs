@@ -104,7 +104,7 @@ impl DeviceWait {
                 .map_err(|e| format!("the waiting kernel: {e:?}"))?
         };
         let flag = client.create_from_slice(&[0u8; 4]);
-        let flag_ptr = super::pointer(client, flag.clone()).ok_or("no flag buffer")?;
+        let flag_ptr = super::lane::pointer(client, flag.clone()).ok_or("no flag buffer")?;
         let wait = Self {
             function,
             flag: ManuallyDrop::new(flag),
@@ -112,7 +112,8 @@ impl DeviceWait {
         };
         // Sequence number 0: both kernels run once and end at once.
         signal(client, wait.flag(), 0);
-        super::pointer(client, (*wait.flag).clone()).ok_or("cubecl did not queue the signal")?;
+        super::lane::pointer(client, (*wait.flag).clone())
+            .ok_or("cubecl did not queue the signal")?;
         wait.wait(stream, 0)?;
         // SAFETY: a stream of ours, created in the current context.
         unsafe { cu::stream::synchronize(stream) }.map_err(|e| format!("{e:?}"))?;
@@ -127,7 +128,7 @@ impl DeviceWait {
 
     /// Queues on `stream` the wait for signal `seq`. Only once the signal has reached the
     /// driver: after a request to cubecl's device runner made since [`signal`] (such as
-    /// [`super::pointer`]) has returned.
+    /// [`super::lane::pointer`]) has returned.
     pub(super) fn wait(&self, stream: cusys::CUstream, seq: u32) -> Result<(), String> {
         let mut ptr = self.flag_ptr;
         let mut seq = seq;

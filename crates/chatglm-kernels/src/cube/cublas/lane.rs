@@ -1,0 +1,300 @@
+//! The cuBLAS side of a GEMM, run on cubecl's device runner: a [`Lane`] per cubecl stream (a
+//! cuBLAS handle on a stream of ours and the flags of its handoffs), kept in [`Lanes`], a device
+//! service of its own on the runner thread.
+//!
+//! The runner hands every request it gets to the driver in order (cubecl's launches, allocations
+//! and frees, and ours), so a GEMM queued as a task there sees its inputs already queued on
+//! cubecl's stream and its output already allocated, and the caller never waits for it.
+
+use std::collections::HashMap;
+use std::ffi::c_void;
+use std::mem::ManuallyDrop;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Instant;
+
+use cubecl::client::ComputeClient;
+use cubecl::cuda::CudaRuntime;
+use cubecl::device::{DeviceId, DeviceService, ServerUtilitiesHandle};
+use cubecl::prelude::*;
+use cubecl::server::Handle;
+use cubecl::stream_id::StreamId;
+use cudarc::cublas::sys as cublas;
+use cudarc::cublas::sys::cudaDataType as cudaType;
+use cudarc::driver::{result as cu, sys as cusys};
+
+use super::layout::GemmPlan;
+use super::{DEVICE_WAITS, GEMM, HANDOFF, RUNNER, WAIT, timed, wait};
+
+/// One GEMM as the caller hands it to the runner.
+pub(super) struct Job {
+    pub client: ComputeClient<CudaRuntime>,
+    pub plan: GemmPlan,
+    /// cuBLAS's first operand (the row-major right matrix), second, output.
+    pub operands: [Handle; 3],
+    pub data: cudaType,
+    pub compute: cublas::cublasComputeType_t,
+    /// Cleared when this GEMM fails, so that the caller stops sending GEMMs to this lane.
+    pub usable: Arc<AtomicBool>,
+}
+
+/// The lanes of one GPU, one per cubecl stream (that is, per thread queueing work), living on
+/// cubecl's device runner thread for that GPU.
+#[derive(Default)]
+pub(super) struct Lanes {
+    lanes: HashMap<StreamId, Option<Lane>>,
+}
+
+// SAFETY: a `Lanes` is created on cubecl's device runner thread (`DeviceService::init` runs there)
+// and only ever used there, through tasks that thread runs; the raw CUDA handles never leave it.
+unsafe impl Send for Lanes {}
+
+impl DeviceService for Lanes {
+    fn init(_device_id: DeviceId) -> Self {
+        Self::default()
+    }
+
+    fn utilities(&self) -> ServerUtilitiesHandle {
+        Arc::new(())
+    }
+}
+
+impl Lanes {
+    /// Makes the lane of the calling stream (on `index`) if it does not exist yet; whether it is
+    /// usable. Run on the runner, with the caller's stream current.
+    pub(super) fn ready(
+        &mut self,
+        client: &ComputeClient<CudaRuntime>,
+        index: usize,
+    ) -> Result<(), String> {
+        match self
+            .lanes
+            .entry(StreamId::current())
+            .or_insert_with(|| Lane::new(client, index))
+        {
+            Some(_) => Ok(()),
+            None => Err(format!("cuBLAS unusable on cuda:{index}")),
+        }
+    }
+
+    /// Queues `job` on the calling stream's lane (made by [`Self::ready`]). Run on the runner.
+    pub(super) fn run(&mut self, job: Job) {
+        let started = Instant::now();
+        let outcome = match self.lanes.get_mut(&StreamId::current()) {
+            Some(Some(lane)) => lane.run(&job),
+            _ => Err("no lane for this stream".to_string()),
+        };
+        timed(RUNNER, started);
+        if let Err(err) = outcome {
+            job.usable.store(false, Ordering::Relaxed);
+            super::failed(format!(
+                "a cuBLAS GEMM failed on cubecl's device runner ({err}); its output is wrong"
+            ));
+        }
+    }
+}
+
+#[cube(launch)]
+fn handoff(flag: &Array<Atomic<u32>>, seq: u32) {
+    loop {
+        if flag[0].load() >= seq {
+            break;
+        }
+    }
+}
+
+/// A cuBLAS handle on a stream of ours, and the flags of its handoffs with one cubecl stream.
+/// Never freed: a lane lasts until the process ends.
+struct Lane {
+    context: cusys::CUcontext,
+    stream: cusys::CUstream,
+    handle: cublas::cublasHandle_t,
+    /// The GPU-side wait for the inputs (`None`: the runner drains cubecl's queue instead).
+    wait: Option<wait::DeviceWait>,
+    /// One `u32`: the sequence number of the last GEMM done (set by our stream).
+    flag: ManuallyDrop<Handle>,
+    flag_ptr: u64,
+    seq: u32,
+    /// Set after a failure that could leave a stream waiting: the lane is not used again.
+    broken: bool,
+}
+
+impl Lane {
+    fn new(client: &ComputeClient<CudaRuntime>, index: usize) -> Option<Self> {
+        // cudarc panics where the library lacks a symbol it expects.
+        let made = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            Self::try_new(client, index)
+        }));
+        let reason = match made {
+            Ok(Ok(lane)) => return Some(lane),
+            Ok(Err(err)) => err,
+            Err(_) => "the library panicked while loading".to_string(),
+        };
+        super::unavailable(format!("cuBLAS unusable on cuda:{index}: {reason}"));
+        None
+    }
+
+    fn try_new(client: &ComputeClient<CudaRuntime>, index: usize) -> Result<Self, String> {
+        let driver = |what: &str| {
+            let what = what.to_string();
+            move |e: cudarc::driver::DriverError| format!("{what}: {e:?}")
+        };
+        // SAFETY: plain driver and cuBLAS calls on handles created here; the primary context is
+        // the one cubecl uses, retained (never released) for the lane's lifetime.
+        unsafe {
+            let ordinal = i32::try_from(index).map_err(|e| e.to_string())?;
+            let dev = cu::device::get(ordinal).map_err(driver("device"))?;
+            let context = cu::primary_ctx::retain(dev).map_err(driver("context"))?;
+            cu::ctx::set_current(context).map_err(driver("context"))?;
+            let stream = cu::stream::create(cu::stream::StreamKind::NonBlocking)
+                .map_err(driver("stream"))?;
+            let mut handle = std::ptr::null_mut();
+            checked(cublas::cublasCreate_v2(&mut handle))
+                .map_err(|e| format!("cublasCreate: {e}"))?;
+            checked(cublas::cublasSetStream_v2(handle, stream.cast()))
+                .map_err(|e| format!("cublasSetStream: {e}"))?;
+            let flag = client.create_from_slice(&[0u8; 4]);
+            cubecl::future::block_on(client.sync()).map_err(|e| format!("{e:?}"))?;
+            let flag_ptr = pointer(client, flag.clone()).ok_or("no flag buffer")?;
+            let wait = if wait::host_wait_requested() {
+                None
+            } else {
+                wait::DeviceWait::new(client, stream)
+                    .inspect_err(|err| {
+                        tracing::warn!("cuBLAS waits for its inputs on the host: {err}");
+                    })
+                    .ok()
+            };
+            Ok(Self {
+                context,
+                stream,
+                handle,
+                wait,
+                flag: ManuallyDrop::new(flag),
+                flag_ptr,
+                seq: 0,
+                broken: false,
+            })
+        }
+    }
+
+    /// Waits for the inputs, queues the GEMM and the release on our stream, then the handoff on
+    /// cubecl's.
+    fn run(&mut self, job: &Job) -> Result<(), String> {
+        if self.broken {
+            return Err("lane disabled after an earlier failure".into());
+        }
+        let seq = self
+            .seq
+            .checked_add(1)
+            .ok_or("sequence numbers exhausted")?;
+        let started = Instant::now();
+        // SAFETY: the primary context retained in `try_new`.
+        let _ = unsafe { cu::ctx::set_current(self.context) };
+        let client = &job.client;
+        // On the runner, cubecl's requests run at once: the signal is in the driver's queue, after
+        // the inputs' kernels, before the waiting kernel is queued below.
+        if let Some(wait) = &self.wait {
+            wait::signal(client, wait.flag(), seq);
+        }
+        let [Some(first), Some(second), Some(out)] =
+            job.operands.clone().map(|h| pointer(client, h))
+        else {
+            return Err("an operand has no device address".into());
+        };
+        let on_device = match &self.wait {
+            Some(wait) => match wait.wait(self.stream, seq) {
+                Ok(()) => true,
+                Err(err) => {
+                    // The wait may be missing from our stream: wait on the host, from now on.
+                    tracing::warn!("cuBLAS waits for its inputs on the host: {err}");
+                    self.wait = None;
+                    false
+                }
+            },
+            None => false,
+        };
+        if !on_device {
+            cubecl::future::block_on(client.sync()).map_err(|e| format!("cubecl sync: {e:?}"))?;
+        }
+        let waited = timed(WAIT, started);
+        let (alpha, beta) = (1.0f32, 0.0f32);
+        let op = |t: bool| {
+            if t {
+                cublas::cublasOperation_t::CUBLAS_OP_T
+            } else {
+                cublas::cublasOperation_t::CUBLAS_OP_N
+            }
+        };
+        let plan = &job.plan;
+        // SAFETY: the pointers are live cubecl buffers of the sizes the plan describes (the job
+        // holds their handles until this returns, and cubecl's stream does not reuse them before
+        // the handoff below completes); alpha/beta are float32 as the compute types need.
+        let (gemm, released, queued) = unsafe {
+            let gemm = cublas::cublasGemmStridedBatchedEx(
+                self.handle,
+                op(plan.first.trans),
+                op(plan.second.trans),
+                plan.m,
+                plan.n,
+                plan.k,
+                (&alpha as *const f32).cast::<c_void>(),
+                first as *const c_void,
+                job.data,
+                plan.first.ld as i32,
+                plan.first.batch_stride,
+                second as *const c_void,
+                job.data,
+                plan.second.ld as i32,
+                plan.second.batch_stride,
+                (&beta as *const f32).cast::<c_void>(),
+                out as *mut c_void,
+                job.data,
+                plan.out.ld as i32,
+                plan.out.batch_stride,
+                plan.batch,
+                job.compute,
+                cublas::cublasGemmAlgo_t::CUBLAS_GEMM_DEFAULT,
+            );
+            let queued = timed(GEMM, waited);
+            // Written whether or not the GEMM was queued, so that the handoff always ends.
+            let released = cusys::cuMemsetD32Async(self.flag_ptr, seq, 1, self.stream).result();
+            (gemm, released, queued)
+        };
+        if let Err(err) = released {
+            // Without the release the handoff would spin forever: leave it out, and this lane.
+            self.broken = true;
+            return Err(format!("release failed: {err:?}"));
+        }
+        self.seq = seq;
+        if on_device {
+            DEVICE_WAITS.fetch_add(1, Ordering::Relaxed);
+        }
+        // SAFETY: one u32 flag, as allocated in `try_new`.
+        let flag = unsafe { ArrayArg::from_raw_parts((*self.flag).clone(), 1) };
+        handoff::launch::<CudaRuntime>(
+            client,
+            CubeCount::Static(1, 1, 1),
+            CubeDim::new_1d(1),
+            flag,
+            seq,
+        );
+        timed(HANDOFF, queued);
+        checked(gemm)
+    }
+}
+
+/// The device address of a buffer (after the memory it needs is allocated). cubecl's device runner
+/// handles requests in order, so everything queued before has been handed to the driver too.
+pub(super) fn pointer(client: &ComputeClient<CudaRuntime>, handle: Handle) -> Option<u64> {
+    let resource = client.get_resource(handle).ok()?;
+    Some(resource.resource().ptr)
+}
+
+fn checked(s: cublas::cublasStatus_t) -> Result<(), String> {
+    if s == cublas::cublasStatus_t::CUBLAS_STATUS_SUCCESS {
+        Ok(())
+    } else {
+        Err(format!("{s:?}"))
+    }
+}
