@@ -52,6 +52,10 @@ struct Opts {
     /// Prompt length of the decode and time-to-first-token measurements.
     #[arg(long, default_value_t = 128)]
     prompt: usize,
+    /// Time-to-first-token measurements (a fresh decoder, the prompt, one greedy token each);
+    /// `time_to_first_token_s` is their median. 0: take the batch-1 decode run's first token.
+    #[arg(long, default_value_t = 9)]
+    first_token_runs: usize,
     /// CUDA: run on burn's fusion wrapper (`burn::backend::Cuda`: operations recorded and fused
     /// before launching) instead of the backend inference uses, `chatglm_kernels::CudaDirect`
     /// (each operation launches its kernel at once). The A/B of per-operation host cost.
@@ -318,6 +322,17 @@ fn run<B: chatglm_model::KernelBackend>(opts: &Opts, device: B::Device) -> anyho
         );
     }
 
+    let first_token_runs = first_token_times(
+        &model,
+        &prompt_ids(&cfg, opts.prompt, 2),
+        special,
+        cfg.pad_token_id,
+        &device,
+        opts.first_token_runs,
+    )?;
+    if let Some(median) = median(&first_token_runs) {
+        ttft = Some(median);
+    }
     let op_cost = op_cost::<B>(&device)?;
     let memory = sampler.map(|s| {
         let (base, peak) = s.finish();
@@ -328,7 +343,7 @@ fn run<B: chatglm_model::KernelBackend>(opts: &Opts, device: B::Device) -> anyho
         "device": opts.device.to_string(), "dtype": opts.dtype.to_string(), "backend": B::name(&device), "fusion": opts.fusion, "continuous": opts.continuous,
         "layers": cfg.num_layers, "hidden": cfg.hidden_size, "vocab": cfg.vocab_size, "params": params,
         "load_s": load_s, "prefill": prefill, "decode": decode,
-        "time_to_first_token_s": ttft, "prompt_len": opts.prompt, "warmup_s": warmup, "gpu_memory": memory,
+        "time_to_first_token_s": ttft, "time_to_first_token_runs_s": first_token_runs, "prompt_len": opts.prompt, "warmup_s": warmup, "gpu_memory": memory,
         "small_op": op_cost, "gemm": format!("{:?}", chatglm_kernels::gemm_status()),
         "gemv_calls": chatglm_kernels::gemv_calls(),
         "mma_gemv_calls": chatglm_kernels::mma_gemv_calls(),
@@ -355,6 +370,44 @@ fn prefill_split<B: chatglm_model::KernelBackend>(
     let synced = secs(t.elapsed());
     drop(logits);
     Ok((queued, synced))
+}
+
+/// Time to the first token of `prompt`, `runs` times: each from a fresh decoder (made inside the
+/// timed span, as a request's would be) to the first greedy token's callback.
+fn first_token_times<B: chatglm_model::KernelBackend>(
+    model: &GlmModel<B>,
+    prompt: &[u32],
+    special: SpecialIds,
+    pad_id: u32,
+    device: &B::Device,
+    runs: usize,
+) -> anyhow::Result<Vec<f64>> {
+    let config = GenerationConfig {
+        max_new_tokens: Some(1),
+        sampling: SamplingConfig::greedy(),
+        ..Default::default()
+    };
+    let prompts = [prompt.to_vec()];
+    let mut times = Vec::with_capacity(runs);
+    for _ in 0..runs {
+        B::sync(device).map_err(|e| anyhow::anyhow!("{e:?}"))?;
+        let start = Instant::now();
+        let mut first = None;
+        let mut dec = CachedDecoder::new(model, None, special, pad_id, device);
+        generate(&mut dec, &prompts, &config, |_| {
+            first.get_or_insert_with(|| secs(start.elapsed()));
+            ControlFlow::Continue(())
+        })?;
+        times.push(first.ok_or_else(|| anyhow::anyhow!("no token was generated"))?);
+    }
+    Ok(times)
+}
+
+/// The middle value (the upper one of the two middle values for an even count); `None` when empty.
+fn median(values: &[f64]) -> Option<f64> {
+    let mut sorted = values.to_vec();
+    sorted.sort_by(f64::total_cmp);
+    sorted.get(sorted.len() / 2).copied()
 }
 
 /// Cost of one small operation (an add of two `[1, 4096]` tensors, as the many small operations of
