@@ -176,6 +176,10 @@ pub enum GemmStatus {
         /// Those whose inputs cuBLAS's stream awaited on the GPU (the others drained cubecl's
         /// queue on the host first: `CHATGLM_GEMM_WAIT=host`, or no waiting kernel).
         device_waits: u64,
+        /// Those queued through cuBLASLt with an algorithm chosen once per shape (half
+        /// precision, unless `CHATGLM_CUBLASLT=off`); the others through
+        /// `cublasGemmStridedBatchedEx`.
+        cublaslt_calls: u64,
         /// Those that failed after they were queued (logged as errors): their outputs are wrong.
         failures: u64,
         /// Host time spent queueing them.

@@ -708,6 +708,14 @@ fn fused_ops_match_host_math_and_reference() {
         let half = Tol { ln: 2e-2, mm: 2e-2 };
         check_all::<burn::backend::Cuda<burn::tensor::f16, i32>>(&dev, half);
         check_all::<Cube<burn::tensor::f16>>(&dev, half);
+        // Products queued from another thread (another cubecl stream), with and without burn's
+        // fusion, whose thread has already served this one's: each stream gets its own lane.
+        std::thread::scope(|scope| {
+            scope.spawn(|| {
+                check_gemm_chain::<burn::backend::Cuda<f32, i32>>(&dev, F32);
+                check_gemm_chain::<Cube<f32>>(&dev, F32);
+            });
+        });
         // The one-row products above ran on the GEMV kernel (with `CHATGLM_GEMM=burn`, those
         // of up to 8 rows), and in half precision the linear-layer products of 1 to 8 rows on
         // the tensor-core GEMV (unless `CHATGLM_GEMV=simt`).
@@ -728,6 +736,13 @@ fn fused_ops_match_host_math_and_reference() {
             matches!(status, chatglm_kernels::GemmStatus::Cublas { calls, failures: 0, .. } if calls >= 20),
             "products did not run on cuBLAS, or some failed: {status:?}"
         );
+        // ... the half-precision ones through cuBLASLt, unless it was switched off ...
+        if !std::env::var("CHATGLM_CUBLASLT").is_ok_and(|v| v.eq_ignore_ascii_case("off")) {
+            assert!(
+                matches!(status, chatglm_kernels::GemmStatus::Cublas { cublaslt_calls, .. } if cublaslt_calls >= 5),
+                "no product ran on cuBLASLt: {status:?}"
+            );
+        }
         // ... and their inputs were awaited on the GPU, unless the host wait was asked for.
         if !std::env::var("CHATGLM_GEMM_WAIT").is_ok_and(|v| v.eq_ignore_ascii_case("host")) {
             assert!(

@@ -144,15 +144,16 @@ fn batch_equals_single<B: chatglm_model::KernelBackend>(device: &B::Device, tol:
             (first, out.ids)
         };
         let (batch_first, batch_ids) = run(&prompts);
+        let backend = B::name(device);
         for (i, p) in prompts.iter().enumerate() {
             let (first, ids) = run(std::slice::from_ref(p));
             assert_close(
                 &batch_first[i],
                 &first[0],
                 tol,
-                &format!("{variant} row {i} prefill logits"),
+                &format!("{backend}: {variant} row {i} prefill logits"),
             );
-            assert_eq!(batch_ids[i], ids[0], "{variant} row {i} ids");
+            assert_eq!(batch_ids[i], ids[0], "{backend}: {variant} row {i} ids");
         }
     }
 }

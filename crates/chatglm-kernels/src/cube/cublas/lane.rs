@@ -24,7 +24,7 @@ use cudarc::cublas::sys::cudaDataType as cudaType;
 use cudarc::driver::{result as cu, sys as cusys};
 
 use super::layout::GemmPlan;
-use super::{DEVICE_WAITS, GEMM, HANDOFF, RUNNER, WAIT, timed, wait};
+use super::{DEVICE_WAITS, GEMM, HANDOFF, LT_CALLS, RUNNER, WAIT, lt, timed, wait};
 
 /// One GEMM as the caller hands it to the runner.
 pub(super) struct Job {
@@ -111,6 +111,8 @@ struct Lane {
     handle: cublas::cublasHandle_t,
     /// The GPU-side wait for the inputs (`None`: the runner drains cubecl's queue instead).
     wait: Option<wait::DeviceWait>,
+    /// cuBLASLt with an algorithm per plan, for half precision (`None`: cuBLAS for all).
+    lt: Option<lt::Lt>,
     /// One `u32`: the sequence number of the last GEMM done (set by our stream).
     flag: ManuallyDrop<Handle>,
     flag_ptr: u64,
@@ -165,11 +167,19 @@ impl Lane {
                     })
                     .ok()
             };
+            let lt = if lt::enabled() {
+                lt::Lt::new()
+                    .inspect_err(|err| tracing::warn!("GEMMs stay with cuBLAS: {err}"))
+                    .ok()
+            } else {
+                None
+            };
             Ok(Self {
                 context,
                 stream,
                 handle,
                 wait,
+                lt,
                 flag: ManuallyDrop::new(flag),
                 flag_ptr,
                 seq: 0,
@@ -230,32 +240,42 @@ impl Lane {
         // SAFETY: the pointers are live cubecl buffers of the sizes the plan describes (the job
         // holds their handles until this returns, and cubecl's stream does not reuse them before
         // the handoff below completes); alpha/beta are float32 as the compute types need.
+        let by_lt = self
+            .lt
+            .as_mut()
+            .and_then(|lt| lt.gemm(plan, job.data, [first, second, out], self.stream.cast()));
         let (gemm, released, queued) = unsafe {
-            let gemm = cublas::cublasGemmStridedBatchedEx(
-                self.handle,
-                op(plan.first.trans),
-                op(plan.second.trans),
-                plan.m,
-                plan.n,
-                plan.k,
-                (&alpha as *const f32).cast::<c_void>(),
-                first as *const c_void,
-                job.data,
-                plan.first.ld as i32,
-                plan.first.batch_stride,
-                second as *const c_void,
-                job.data,
-                plan.second.ld as i32,
-                plan.second.batch_stride,
-                (&beta as *const f32).cast::<c_void>(),
-                out as *mut c_void,
-                job.data,
-                plan.out.ld as i32,
-                plan.out.batch_stride,
-                plan.batch,
-                job.compute,
-                cublas::cublasGemmAlgo_t::CUBLAS_GEMM_DEFAULT,
-            );
+            let gemm = match by_lt {
+                Some(result) => {
+                    LT_CALLS.fetch_add(1, Ordering::Relaxed);
+                    result
+                }
+                None => checked(cublas::cublasGemmStridedBatchedEx(
+                    self.handle,
+                    op(plan.first.trans),
+                    op(plan.second.trans),
+                    plan.m,
+                    plan.n,
+                    plan.k,
+                    (&alpha as *const f32).cast::<c_void>(),
+                    first as *const c_void,
+                    job.data,
+                    plan.first.ld as i32,
+                    plan.first.batch_stride,
+                    second as *const c_void,
+                    job.data,
+                    plan.second.ld as i32,
+                    plan.second.batch_stride,
+                    (&beta as *const f32).cast::<c_void>(),
+                    out as *mut c_void,
+                    job.data,
+                    plan.out.ld as i32,
+                    plan.out.batch_stride,
+                    plan.batch,
+                    job.compute,
+                    cublas::cublasGemmAlgo_t::CUBLAS_GEMM_DEFAULT,
+                )),
+            };
             let queued = timed(GEMM, waited);
             // Written whether or not the GEMM was queued, so that the handoff always ends.
             let released = cusys::cuMemsetD32Async(self.flag_ptr, seq, 1, self.stream).result();
@@ -280,7 +300,7 @@ impl Lane {
             seq,
         );
         timed(HANDOFF, queued);
-        checked(gemm)
+        gemm
     }
 }
 

@@ -9,7 +9,7 @@
 //! column stride.
 
 /// One operand as cuBLAS reads it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub(crate) struct Operand {
     /// Read with `CUBLAS_OP_T`.
     pub trans: bool,
@@ -20,7 +20,7 @@ pub(crate) struct Operand {
 }
 
 /// A whole call: `C = A B` for row-major `A: [batch.., m, k]`, `B: [batch.., k, n]`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub(crate) struct GemmPlan {
     pub m: i32,
     pub n: i32,

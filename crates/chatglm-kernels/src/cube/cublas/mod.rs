@@ -24,10 +24,11 @@
 //! A lane is made (and cuBLAS tried) once per thread and GPU, with the caller waiting; a product
 //! is sent to cuBLAS only once that worked. A GEMM that still fails later, on the runner, cannot
 //! fall back: its output is wrong. That is logged as an error, counted in
-//! [`GemmStatus::Cublas`]'s `failures`, and that thread's later products take burn's matmul.
+//! [`GemmStatus::Cublas`]'s `failures`, and that stream's later products take burn's matmul.
 
 mod lane;
 mod layout;
+mod lt;
 mod wait;
 
 use std::cell::RefCell;
@@ -44,6 +45,7 @@ use cubecl::client::ComputeClient;
 use cubecl::cuda::{CudaDevice, CudaRuntime};
 use cubecl::device::Device;
 use cubecl::device_handle::DeviceHandle;
+use cubecl::stream_id::StreamId;
 use cudarc::cublas::sys as cublas;
 use cudarc::cublas::sys::cudaDataType as cudaType;
 
@@ -79,6 +81,8 @@ fn enabled() -> bool {
 static CALLS: AtomicU64 = AtomicU64::new(0);
 /// Those of them whose inputs were awaited on the GPU.
 static DEVICE_WAITS: AtomicU64 = AtomicU64::new(0);
+/// Those of them queued through cuBLASLt.
+static LT_CALLS: AtomicU64 = AtomicU64::new(0);
 /// Those of them that failed on the runner, after the caller had its output.
 static FAILURES: AtomicU64 = AtomicU64::new(0);
 /// Host time of [`matmul`] in nanoseconds, per part ([`GemmHostTimes`]'s fields in order).
@@ -125,6 +129,7 @@ pub(crate) fn status() -> GemmStatus {
         return GemmStatus::Cublas {
             calls,
             device_waits,
+            cublaslt_calls: LT_CALLS.load(Ordering::Relaxed),
             failures: FAILURES.load(Ordering::Relaxed),
             host: GemmHostTimes {
                 total_us: us(TOTAL),
@@ -186,10 +191,12 @@ pub(crate) fn matmul(
     // Checked before allocating the output; again with the output's real (maybe pitched) strides.
     operands(&contiguous_strides(&out_shape))?;
     let start = Instant::now();
+    // Per stream, not per thread: burn's fusion runs the work of every thread's stream on its
+    // own thread, and a lane serves one stream.
     let runner = RUNNERS.with(|runners| {
         runners
             .borrow_mut()
-            .entry(lhs.device.index)
+            .entry((lhs.device.index, StreamId::current()))
             .or_insert_with(|| Runner::new(&lhs.client, &lhs.device))
             .clone()
     })?;
@@ -220,17 +227,18 @@ pub(crate) fn matmul(
     Some(out)
 }
 
-/// The way to one GPU's lanes from one thread.
+/// The way from one thread to the lane of one cubecl stream on one GPU.
 #[derive(Clone)]
 struct Runner {
     lanes: DeviceHandle<Lanes>,
-    /// Cleared when a GEMM of this thread's lane fails on the runner.
+    /// Cleared when a GEMM of this lane fails on the runner.
     usable: Arc<AtomicBool>,
 }
 
 impl Runner {
-    /// Registers [`Lanes`] on the GPU's device runner (once per process) and makes this thread's
-    /// lane there, waiting for it; `None` when cuBLAS is unusable (reported by [`status`]).
+    /// Registers [`Lanes`] on the GPU's device runner (once per process) and makes the current
+    /// stream's lane there, waiting for it; `None` when cuBLAS is unusable (reported by
+    /// [`status`]).
     fn new(client: &ComputeClient<CudaRuntime>, device: &CudaDevice) -> Option<Self> {
         let lanes = DeviceHandle::<Lanes>::new(device.to_id());
         let (client, index) = (client.clone(), device.index);
@@ -250,6 +258,8 @@ impl Runner {
 }
 
 thread_local! {
-    /// This thread's way to the lanes, per GPU index (`None`: cuBLAS unusable there).
-    static RUNNERS: RefCell<HashMap<usize, Option<Runner>>> = RefCell::new(HashMap::new());
+    /// This thread's way to the lanes, per GPU index and cubecl stream (`None`: cuBLAS unusable
+    /// there).
+    static RUNNERS: RefCell<HashMap<(usize, StreamId), Option<Runner>>> =
+        RefCell::new(HashMap::new());
 }
