@@ -124,7 +124,10 @@ impl<B: KernelBackend> Attention<B> {
         } else {
             match chatglm_kernels::prompt_attention(&q, &keys, &values, &mask, used) {
                 Some(ctx) => ctx,
-                None => attend_in_chunks(q, keys.swap_dims(2, 3), mask, values, QUERY_CHUNK),
+                None => {
+                    let (keys, values, mask) = written_slots(keys, values, mask, used);
+                    attend_in_chunks(q, keys.swap_dims(2, 3), mask, values, QUERY_CHUNK)
+                }
             }
         };
         // Heads back next to each other: `[b, heads, s, hd]` -> `[b, s, hidden]`. With one token
@@ -147,6 +150,32 @@ fn split_rotate<B: KernelBackend>(
     rope: &Rope<B>,
 ) -> (Tensor<B, 4>, Tensor<B, 4>, Tensor<B, 4>) {
     chatglm_kernels::reference::split_qkv(qkv, bias, |qk| rope.apply(qk))
+}
+
+/// The key slots of a prompt's attention: those written so far, `used`, rounded up to a whole
+/// number of 8-element vectors (and at most the cache's capacity). The slots past them are
+/// masked, so leaving them out changes no real row's result; a cache bucketed for a 2048-token
+/// prompt has 3072 slots, a third of them unwritten.
+///
+/// # Shapes
+/// - `keys`, `values`: `[batch, heads, slots, head_dim]`; `mask`: `[batch, 1, seq, slots]`
+/// - outputs: the same with `slots` cut to the span
+fn written_slots<B: KernelBackend>(
+    keys: Tensor<B, 4>,
+    values: Tensor<B, 4>,
+    mask: Tensor<B, 4>,
+    used: usize,
+) -> (Tensor<B, 4>, Tensor<B, 4>, Tensor<B, 4>) {
+    let slots = keys.dims()[2];
+    let span = used.next_multiple_of(8).min(slots);
+    if span == slots || mask.dims()[3] != slots {
+        return (keys, values, mask);
+    }
+    (
+        keys.narrow(2, 0, span),
+        values.narrow(2, 0, span),
+        mask.narrow(3, 0, span),
+    )
 }
 
 /// Queries per attention chunk. A longer input (a long prompt's prefill) is attended a chunk of
