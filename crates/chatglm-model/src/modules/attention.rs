@@ -152,10 +152,10 @@ fn split_rotate<B: KernelBackend>(
     chatglm_kernels::reference::split_qkv(qkv, bias, |qk| rope.apply(qk))
 }
 
-/// The key slots of a prompt's attention: those written so far, `used`, rounded up to a whole
-/// number of 8-element vectors (and at most the cache's capacity). The slots past them are
-/// masked, so leaving them out changes no real row's result; a cache bucketed for a 2048-token
-/// prompt has 3072 slots, a third of them unwritten.
+/// The key slots of a prompt's attention: those written so far, `used`, rounded up to a multiple
+/// of [`SLOT_SPAN_STEP`] (and at most the cache's capacity). The slots past them are masked, so
+/// leaving them out changes no real row's result; a cache bucketed for a 2048-token prompt has
+/// 3072 slots, a third of them unwritten.
 ///
 /// # Shapes
 /// - `keys`, `values`: `[batch, heads, slots, head_dim]`; `mask`: `[batch, 1, seq, slots]`
@@ -167,7 +167,7 @@ fn written_slots<B: KernelBackend>(
     used: usize,
 ) -> (Tensor<B, 4>, Tensor<B, 4>, Tensor<B, 4>) {
     let slots = keys.dims()[2];
-    let span = used.next_multiple_of(8).min(slots);
+    let span = used.next_multiple_of(SLOT_SPAN_STEP).min(slots);
     if span == slots || mask.dims()[3] != slots {
         return (keys, values, mask);
     }
@@ -177,6 +177,11 @@ fn written_slots<B: KernelBackend>(
         mask.narrow(3, 0, span),
     )
 }
+
+/// Key slots a prompt's products attend over come in multiples of this (the cache's bucket step
+/// up to 2048 slots). On the H200 a 1920-token prompt's products took 10% longer over exactly
+/// its 1920 slots than over 2048 (docs/benchmarks.md, session 9).
+const SLOT_SPAN_STEP: usize = 256;
 
 /// Queries per attention chunk. A longer input (a long prompt's prefill) is attended a chunk of
 /// queries at a time, so its whole `[heads, seq, keys]` score matrix never exists at once: the
