@@ -178,10 +178,10 @@ fn written_slots<B: KernelBackend>(
     )
 }
 
-/// Key slots a prompt's products attend over come in multiples of this (the cache's bucket step
-/// up to 2048 slots). On the H200 a 1920-token prompt's products took 10% longer over exactly
-/// its 1920 slots than over 2048 (docs/benchmarks.md, session 9).
-const SLOT_SPAN_STEP: usize = 256;
+/// Key slots a prompt's products attend over come in multiples of this: whole 8-element vectors
+/// for the softmax. (Rounding up to the cache's bucket step, 256, measured the same on the H200,
+/// docs/benchmarks.md, session 9.)
+const SLOT_SPAN_STEP: usize = 8;
 
 /// Queries per attention chunk. A longer input (a long prompt's prefill) is attended a chunk of
 /// queries at a time, so its whole `[heads, seq, keys]` score matrix never exists at once: the
