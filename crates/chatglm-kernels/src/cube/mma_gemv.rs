@@ -58,6 +58,40 @@ pub(crate) fn pair<F: Float, N: Size>(
     r
 }
 
+/// The four `A` registers of an `m16n8k16` MMA from a unit's two 8-element vectors: `lo` (the
+/// unit's row) and `hi` (the row 8 below), elements `4 part..` and `4 part + 2..` of each.
+#[cube]
+pub(crate) fn a_registers<F: Float, N: Size>(
+    lo: Vector<F, N>,
+    hi: Vector<F, N>,
+    #[comptime] part: usize,
+) -> Array<Vector<F, Const<2>>> {
+    let mut a = Array::<Vector<F, Const<2>>>::new(4usize);
+    a[0] = pair::<F, N>(lo, part * 4);
+    a[1] = pair::<F, N>(hi, part * 4);
+    a[2] = pair::<F, N>(lo, part * 4 + 2);
+    a[3] = pair::<F, N>(hi, part * 4 + 2);
+    a
+}
+
+/// `acc[at..at + 2] += a x b`: one `m16n8k16` MMA accumulated into two of a unit's
+/// accumulator registers.
+#[cube]
+pub(crate) fn mma_accumulate<F: Float>(
+    def: MmaDefinition<F, F, f32>,
+    a: &Array<Vector<F, Const<2>>>,
+    b: &Array<Vector<F, Const<2>>>,
+    acc: &mut Array<Vector<f32, Const<2>>>,
+    #[comptime] at: usize,
+) {
+    let mut c = Array::<Vector<f32, Const<2>>>::new(2usize);
+    c[0] = acc[at];
+    c[1] = acc[at + 1];
+    def.execute_inplace(a, b, &mut c);
+    acc[at] = c[0];
+    acc[at + 1] = c[1];
+}
+
 #[cube(launch)]
 #[allow(clippy::too_many_arguments)]
 fn mma_gemv_kernel<F: Float, N: Size>(
@@ -140,19 +174,12 @@ fn mma_gemv_kernel<F: Float, N: Size>(
                 b[1] = pair::<F, N>(x[u], part * 4 + 2);
                 #[unroll]
                 for t in 0..tiles {
-                    let lo = w[u * 2 * tiles + 2 * t];
-                    let hi = w[u * 2 * tiles + 2 * t + 1];
-                    let mut a = Array::<Vector<F, Const<2>>>::new(4usize);
-                    a[0] = pair::<F, N>(lo, part * 4);
-                    a[1] = pair::<F, N>(hi, part * 4);
-                    a[2] = pair::<F, N>(lo, part * 4 + 2);
-                    a[3] = pair::<F, N>(hi, part * 4 + 2);
-                    let mut c = Array::<Vector<f32, Const<2>>>::new(2usize);
-                    c[0] = acc[2 * t];
-                    c[1] = acc[2 * t + 1];
-                    def.execute_inplace(&a, &b, &mut c);
-                    acc[2 * t] = c[0];
-                    acc[2 * t + 1] = c[1];
+                    let a = a_registers::<F, N>(
+                        w[u * 2 * tiles + 2 * t],
+                        w[u * 2 * tiles + 2 * t + 1],
+                        part,
+                    );
+                    mma_accumulate::<F>(def, &a, &b, &mut acc, 2 * t);
                 }
             }
         }

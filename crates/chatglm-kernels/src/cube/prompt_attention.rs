@@ -42,7 +42,7 @@ use cubecl::cmma::MmaDefinition;
 use cubecl::prelude::*;
 
 use super::attention::AttentionShape;
-use super::mma_gemv::pair;
+use super::mma_gemv::{a_registers, mma_accumulate, pair};
 use super::vector_aligned;
 
 /// Warps per cube, 16 queries each.
@@ -229,20 +229,11 @@ fn prompt_attention_kernel<F: Float, N: Size>(
             for c in 0..chunks {
                 #[unroll]
                 for part in 0..2usize {
-                    let mut a = Array::<Vector<F, Const<2>>>::new(4usize);
-                    a[0] = pair::<F, N>(q_lo[c], part * 4);
-                    a[1] = pair::<F, N>(q_hi[c], part * 4);
-                    a[2] = pair::<F, N>(q_lo[c], part * 4 + 2);
-                    a[3] = pair::<F, N>(q_hi[c], part * 4 + 2);
+                    let a = a_registers::<F, N>(q_lo[c], q_hi[c], part);
                     let mut bb = Array::<Vector<F, Const<2>>>::new(2usize);
                     bb[0] = pair::<F, N>(kv[c], part * 4);
                     bb[1] = pair::<F, N>(kv[c], part * 4 + 2);
-                    let mut acc = Array::<Vector<f32, Const<2>>>::new(2usize);
-                    acc[0] = s[2 * j];
-                    acc[1] = s[2 * j + 1];
-                    def.execute_inplace(&a, &bb, &mut acc);
-                    s[2 * j] = acc[0];
-                    s[2 * j + 1] = acc[1];
+                    mma_accumulate::<F>(def, &a, &bb, &mut s, 2 * j);
                 }
             }
         }
@@ -323,12 +314,7 @@ fn prompt_attention_kernel<F: Float, N: Size>(
                 let mut bb = Array::<Vector<F, Const<2>>>::new(2usize);
                 bb[0] = vb[2 * n];
                 bb[1] = vb[2 * n + 1];
-                let mut acc = Array::<Vector<f32, Const<2>>>::new(2usize);
-                acc[0] = o[2 * n];
-                acc[1] = o[2 * n + 1];
-                def.execute_inplace(&a, &bb, &mut acc);
-                o[2 * n] = acc[0];
-                o[2 * n + 1] = acc[1];
+                mma_accumulate::<F>(def, &a, &bb, &mut o, 2 * n);
             }
         }
         block += KEYS;

@@ -21,7 +21,7 @@
 //! (no library, or `CHATGLM_GEMM=burn`) the caller uses burn's own matmul;
 //! [`crate::gemm_status`] says which ran.
 //!
-//! A lane is made (and cuBLAS tried) once per thread and GPU, with the caller waiting; a product
+//! A lane is made (and cuBLAS tried) once per stream and GPU, with the caller waiting; a product
 //! is sent to cuBLAS only once that worked. A GEMM that still fails later, on the runner, cannot
 //! fall back: its output is wrong. That is logged as an error, counted in
 //! [`GemmStatus::Cublas`]'s `failures`, and that stream's later products take burn's matmul.
@@ -85,7 +85,8 @@ static DEVICE_WAITS: AtomicU64 = AtomicU64::new(0);
 static LT_CALLS: AtomicU64 = AtomicU64::new(0);
 /// Those of them that failed on the runner, after the caller had its output.
 static FAILURES: AtomicU64 = AtomicU64::new(0);
-/// Host time of [`matmul`] in nanoseconds, per part ([`GemmHostTimes`]'s fields in order).
+/// Host time of the cuBLAS path in nanoseconds, per part ([`GemmHostTimes`]'s fields in order):
+/// the caller's in [`matmul`], the runner's in [`lane`].
 static HOST_NS: [AtomicU64; 6] = [const { AtomicU64::new(0) }; 6];
 const TOTAL: usize = 0;
 const ALLOC: usize = 1;
