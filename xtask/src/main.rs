@@ -48,6 +48,9 @@ fn run(step: &Step) -> bool {
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
     let mut command = Command::new(program);
     command.args(step.args).current_dir(&root);
+    // CI builds once from a clean clone: incremental caches would only take disk (gigabytes for a
+    // workspace linking burn into many test binaries), and CI's disk is small.
+    command.env("CARGO_INCREMENTAL", "0");
     // `cargo test --workspace` has just built the `chatglm` binary (the CLI tests run it). The e2e
     // script reuses it instead of building it again with other dependency features, which would
     // compile and link burn a second time.
