@@ -6,7 +6,7 @@ use burn::tensor::backend::Backend;
 use burn::tensor::{DType, Tensor};
 
 /// `sqrt(2 / pi)`.
-const GELU_C: f64 = 0.797_884_560_802_865_4;
+pub(crate) const GELU_C: f64 = 0.797_884_560_802_865_4;
 
 /// `LayerNorm(a * alpha + (b + bias))` over the last dimension, biased variance (`b` and `bias`
 /// optional; `bias` is the bias of the linear layer that produced `b`).

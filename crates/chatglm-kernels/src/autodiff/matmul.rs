@@ -1,6 +1,5 @@
-//! [`KernelBackend`] under autodiff: the matrix product keeps the inner backend's GEMM (cuBLAS on
-//! CUDA) in the forward pass and in both gradients; the other ops run the reference
-//! implementations, so their gradients come from burn's own backward.
+//! The matrix product under autodiff: the inner backend's GEMM (cuBLAS on CUDA) in the forward
+//! pass and in both gradients.
 
 use burn::backend::Autodiff;
 use burn::backend::autodiff::NodeId;
@@ -46,30 +45,30 @@ impl<B: KernelBackend> Backward<B, 2> for GlmMatmul {
     }
 }
 
-impl<B: KernelBackend, C: CheckpointStrategy> KernelBackend for Autodiff<B, C> {
-    const SHAPE_COMPILED: bool = B::SHAPE_COMPILED;
-
-    fn glm_matmul(lhs: FloatTensor<Self>, rhs: FloatTensor<Self>) -> FloatTensor<Self> {
-        let (ls, rs) = (lhs.shape(), rhs.shape());
-        let d = ls.num_dims();
-        if rs.num_dims() != d || ls[..d - 2] != rs[..d - 2] {
-            // Broadcast batch dimensions: burn's matmul, whose backward sums over them.
-            return Self::float_matmul(lhs, rhs);
+/// [`KernelBackend::glm_matmul`] on autodiff: equal batch dimensions take [`GlmMatmul`],
+/// broadcast ones burn's matmul, whose backward sums over them.
+pub(super) fn glm_matmul<B: KernelBackend, C: CheckpointStrategy>(
+    lhs: FloatTensor<Autodiff<B, C>>,
+    rhs: FloatTensor<Autodiff<B, C>>,
+) -> FloatTensor<Autodiff<B, C>> {
+    let (ls, rs) = (lhs.shape(), rhs.shape());
+    let d = ls.num_dims();
+    if rs.num_dims() != d || ls[..d - 2] != rs[..d - 2] {
+        return Autodiff::<B, C>::float_matmul(lhs, rhs);
+    }
+    let (lhs_tracked, rhs_tracked) = (lhs.is_tracked(), rhs.is_tracked());
+    match GlmMatmul
+        .prepare::<C>([lhs.node.clone(), rhs.node.clone()])
+        .compute_bound()
+        .stateful()
+    {
+        OpsKind::Tracked(mut prep) => {
+            // A frozen weight's input is not kept: only a tracked `rhs` needs `lhs`.
+            let lhs_state = rhs_tracked.then(|| prep.checkpoint(&lhs));
+            let rhs_state = lhs_tracked.then(|| prep.checkpoint(&rhs));
+            let out = B::glm_matmul(lhs.primitive, rhs.primitive);
+            prep.finish((lhs_state, rhs_state), out)
         }
-        let (lhs_tracked, rhs_tracked) = (lhs.is_tracked(), rhs.is_tracked());
-        match GlmMatmul
-            .prepare::<C>([lhs.node.clone(), rhs.node.clone()])
-            .compute_bound()
-            .stateful()
-        {
-            OpsKind::Tracked(mut prep) => {
-                // A frozen weight's input is not kept: only a tracked `rhs` needs `lhs`.
-                let lhs_state = rhs_tracked.then(|| prep.checkpoint(&lhs));
-                let rhs_state = lhs_tracked.then(|| prep.checkpoint(&rhs));
-                let out = B::glm_matmul(lhs.primitive, rhs.primitive);
-                prep.finish((lhs_state, rhs_state), out)
-            }
-            OpsKind::UnTracked(prep) => prep.finish(B::glm_matmul(lhs.primitive, rhs.primitive)),
-        }
+        OpsKind::UnTracked(prep) => prep.finish(B::glm_matmul(lhs.primitive, rhs.primitive)),
     }
 }

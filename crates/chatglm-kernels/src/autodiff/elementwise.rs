@@ -1,0 +1,142 @@
+//! GELU with its bias, and the rotary embedding, under autodiff.
+
+use burn::backend::Autodiff;
+use burn::backend::autodiff::checkpoint::base::Checkpointer;
+use burn::backend::autodiff::checkpoint::strategy::CheckpointStrategy;
+use burn::backend::autodiff::grads::Gradients;
+use burn::backend::autodiff::ops::{Backward, Ops, OpsKind, unary};
+use burn::tensor::Tensor;
+use burn::tensor::TensorMetadata;
+use burn::tensor::backend::Backend;
+use burn::tensor::ops::FloatTensor;
+
+use super::{narrow, prim, tensor, wide};
+use crate::{KernelBackend, reference};
+
+use reference::GELU_C;
+
+/// The cubic term's factor of [`reference::gelu_tanh`].
+const GELU_CUBIC: f64 = 0.044_715;
+
+/// `gelu_tanh(x + bias)`; the parents are `x` and `bias`.
+#[derive(Debug)]
+struct BiasGelu;
+
+impl<B: KernelBackend> Backward<B, 2> for BiasGelu {
+    /// `x` and `bias`.
+    type State = (FloatTensor<B>, FloatTensor<B>);
+
+    fn backward(self, ops: Ops<Self::State, 2>, grads: &mut Gradients, _: &mut Checkpointer) {
+        let (x, bias) = ops.state;
+        let [px, pbias] = ops.parents;
+        let dy = grads.consume::<B>(&ops.node);
+        let (x_dtype, bias_dtype) = (x.dtype(), bias.dtype());
+        let dx = bias_gelu_grad::<B>(tensor(x), tensor(bias), tensor(dy));
+        if let Some(node) = pbias {
+            let n = dx.dims()[1];
+            grads.register::<B>(
+                node.id,
+                prim(narrow(dx.clone().sum_dim(0).reshape([n]), bias_dtype)),
+            );
+        }
+        if let Some(node) = px {
+            grads.register::<B>(node.id, prim(narrow(dx, x_dtype)));
+        }
+    }
+}
+
+/// `dy * gelu'(x + bias)` in at least float32: with `u = x + bias` and `t = tanh(c u (1 + k u^2))`,
+/// `gelu'(u) = (1 + t) / 2 + u (1 - t^2) c (1 + 3 k u^2) / 2`.
+///
+/// # Shapes
+/// - `x`, `dy`: `[rows, n]`, `bias`: `[n]` -> `[rows, n]`
+fn bias_gelu_grad<B: Backend>(
+    x: Tensor<B, 2>,
+    bias: Tensor<B, 1>,
+    dy: Tensor<B, 2>,
+) -> Tensor<B, 2> {
+    let u = wide(x) + wide(bias).unsqueeze::<2>();
+    let u2 = u.clone().square();
+    let t = (u.clone() * (u2.clone() * GELU_CUBIC + 1.0) * GELU_C).tanh();
+    let slope = u * (t.clone().square().neg() + 1.0) * (u2 * (3.0 * GELU_CUBIC) + 1.0) * GELU_C;
+    wide(dy) * ((t + 1.0 + slope) * 0.5)
+}
+
+/// [`KernelBackend::glm_bias_gelu`] on autodiff: the inner backend's kernel forward, [`BiasGelu`]
+/// backward.
+pub(super) fn bias_gelu<B: KernelBackend, C: CheckpointStrategy>(
+    x: FloatTensor<Autodiff<B, C>>,
+    bias: FloatTensor<Autodiff<B, C>>,
+) -> FloatTensor<Autodiff<B, C>> {
+    match BiasGelu
+        .prepare::<C>([x.node.clone(), bias.node.clone()])
+        .compute_bound()
+        .stateful()
+    {
+        OpsKind::Tracked(prep) => {
+            let out = B::glm_bias_gelu(x.primitive.clone(), bias.primitive.clone());
+            prep.finish((x.primitive, bias.primitive), out)
+        }
+        OpsKind::UnTracked(prep) => prep.finish(B::glm_bias_gelu(x.primitive, bias.primitive)),
+    }
+}
+
+/// ChatGLM-6B's rotary `y = x * cos + swap(x) * sin` with constant tables; the parent is `x`.
+#[derive(Debug)]
+struct Rotary;
+
+impl<B: KernelBackend> Backward<B, 1> for Rotary {
+    /// `cos` and `sin`.
+    type State = (FloatTensor<B>, FloatTensor<B>);
+
+    fn backward(self, ops: Ops<Self::State, 1>, grads: &mut Gradients, _: &mut Checkpointer) {
+        let (cos, sin) = ops.state;
+        unary::<B, _>(ops.parents, ops.node, grads, |dy| {
+            let dy: Tensor<B, 4> = tensor(dy);
+            // `swap` exchanges two halves, so it is its own transpose: dx = dy cos + swap(dy sin).
+            let rotated = swap(dy.clone() * tensor(sin));
+            prim(dy * tensor(cos) + rotated)
+        });
+    }
+}
+
+/// The halves of each quarter of the last dimension exchanged ([`reference::rotary`]'s
+/// `rotate_half`, the sign being in the `sin` table).
+///
+/// # Shapes
+/// - `t`: `[batch, heads, seq, d]` (`d` a multiple of 8) -> same
+fn swap<B: Backend>(t: Tensor<B, 4>) -> Tensor<B, 4> {
+    let [b, h, s, d] = t.dims();
+    t.reshape([b * h * s, 4, 2, d / 8])
+        .flip([2])
+        .reshape([b, h, s, d])
+}
+
+/// [`KernelBackend::glm_rotary`] on autodiff: the inner backend's kernel forward, [`Rotary`]
+/// backward. Tables that need a gradient (not ChatGLM's) take the reference ops.
+pub(super) fn rotary<B: KernelBackend, C: CheckpointStrategy>(
+    qk: FloatTensor<Autodiff<B, C>>,
+    cos: FloatTensor<Autodiff<B, C>>,
+    sin: FloatTensor<Autodiff<B, C>>,
+) -> FloatTensor<Autodiff<B, C>> {
+    if cos.is_tracked() || sin.is_tracked() {
+        return prim(reference::rotary::<Autodiff<B, C>>(
+            tensor(qk),
+            tensor(cos),
+            tensor(sin),
+        ));
+    }
+    match Rotary
+        .prepare::<C>([qk.node.clone()])
+        .compute_bound()
+        .stateful()
+    {
+        OpsKind::Tracked(prep) => {
+            let out = B::glm_rotary(qk.primitive, cos.primitive.clone(), sin.primitive.clone());
+            prep.finish((cos.primitive, sin.primitive), out)
+        }
+        OpsKind::UnTracked(prep) => {
+            prep.finish(B::glm_rotary(qk.primitive, cos.primitive, sin.primitive))
+        }
+    }
+}

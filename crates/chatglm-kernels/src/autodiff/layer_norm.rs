@@ -1,0 +1,153 @@
+//! LayerNorm (with ChatGLM-6B's residual sum in front) under autodiff.
+
+use burn::backend::Autodiff;
+use burn::backend::autodiff::checkpoint::base::Checkpointer;
+use burn::backend::autodiff::checkpoint::strategy::CheckpointStrategy;
+use burn::backend::autodiff::grads::Gradients;
+use burn::backend::autodiff::ops::{Backward, Ops, OpsKind};
+use burn::tensor::Tensor;
+use burn::tensor::backend::Backend;
+use burn::tensor::ops::FloatTensor;
+
+use super::{narrow, prim, tensor, wide};
+use crate::{KernelBackend, reference};
+
+/// `LayerNorm(x) * gamma + beta` over the last dimension of `[rows, n]`; the parents are `x`,
+/// `gamma` and `beta`.
+#[derive(Debug)]
+struct LayerNorm {
+    eps: f32,
+}
+
+impl<B: KernelBackend> Backward<B, 3> for LayerNorm {
+    /// `x` and `gamma`: the statistics are recomputed from `x` (two reductions) rather than kept.
+    type State = (FloatTensor<B>, FloatTensor<B>);
+
+    fn backward(self, ops: Ops<Self::State, 3>, grads: &mut Gradients, _: &mut Checkpointer) {
+        let (x, gamma) = ops.state;
+        let [px, pgamma, pbeta] = ops.parents;
+        let dy = grads.consume::<B>(&ops.node);
+        let g = layer_norm_grads::<B>(
+            tensor(x),
+            tensor(gamma),
+            tensor(dy),
+            self.eps,
+            [pgamma.is_some(), pbeta.is_some()],
+        );
+        if let Some(node) = px {
+            grads.register::<B>(node.id, prim(g.x));
+        }
+        if let (Some(node), Some(d)) = (pgamma, g.gamma) {
+            grads.register::<B>(node.id, prim(d));
+        }
+        if let (Some(node), Some(d)) = (pbeta, g.beta) {
+            grads.register::<B>(node.id, prim(d));
+        }
+    }
+}
+
+/// The gradients of [`LayerNorm`], each in its parent's dtype.
+struct LayerNormGrads<B: Backend> {
+    x: Tensor<B, 2>,
+    gamma: Option<Tensor<B, 1>>,
+    beta: Option<Tensor<B, 1>>,
+}
+
+/// `y = x_hat * gamma + beta`, `x_hat = (x - mean) * rstd`: with `g = dy * gamma`,
+/// `dx = rstd * (g - mean(g) - x_hat * mean(g * x_hat))`, `d gamma = sum_rows(dy * x_hat)` and
+/// `d beta = sum_rows(dy)`, all in at least float32. `want` says whether `gamma` and `beta` need theirs.
+///
+/// # Shapes
+/// - `x`, `dy`: `[rows, n]`, `gamma`: `[n]`
+fn layer_norm_grads<B: Backend>(
+    x: Tensor<B, 2>,
+    gamma: Tensor<B, 1>,
+    dy: Tensor<B, 2>,
+    eps: f32,
+    [want_gamma, want_beta]: [bool; 2],
+) -> LayerNormGrads<B> {
+    let (x_dtype, gamma_dtype) = (x.dtype(), gamma.dtype());
+    let n = gamma.dims()[0];
+    let x = wide(x);
+    let dy = wide(dy);
+    let centered = x.clone() - x.mean_dim(1);
+    let var = centered.clone().square().mean_dim(1);
+    let rstd = (var + eps).sqrt().recip();
+    let x_hat = centered * rstd.clone();
+    let g = dy.clone() * wide(gamma).unsqueeze::<2>();
+    let g_mean = g.clone().mean_dim(1);
+    let gx_mean = (g.clone() * x_hat.clone()).mean_dim(1);
+    let dx = (g - g_mean - x_hat.clone() * gx_mean) * rstd;
+    let per_column = |t: Tensor<B, 2>| narrow(t.sum_dim(0).reshape([n]), gamma_dtype);
+    LayerNormGrads {
+        x: narrow(dx, x_dtype),
+        gamma: want_gamma.then(|| per_column(dy.clone() * x_hat)),
+        beta: want_beta.then(|| per_column(dy)),
+    }
+}
+
+/// [`KernelBackend::glm_add_layer_norm`] on autodiff. Without a graph, the inner backend's one
+/// fused op. With one, the residual sum `a * alpha + (b + bias)` runs as burn ops (their
+/// backward is a scale and a column sum), then [`LayerNorm`] on the inner backend's kernel.
+pub(super) fn add_layer_norm<B: KernelBackend, C: CheckpointStrategy>(
+    a: FloatTensor<Autodiff<B, C>>,
+    b: Option<FloatTensor<Autodiff<B, C>>>,
+    bias: Option<FloatTensor<Autodiff<B, C>>>,
+    alpha: f32,
+    gamma: FloatTensor<Autodiff<B, C>>,
+    beta: FloatTensor<Autodiff<B, C>>,
+    eps: f32,
+) -> FloatTensor<Autodiff<B, C>> {
+    let tracked = [
+        Some(&a),
+        b.as_ref(),
+        bias.as_ref(),
+        Some(&gamma),
+        Some(&beta),
+    ]
+    .into_iter()
+    .flatten()
+    .any(|t| t.is_tracked());
+    let x = if tracked {
+        let h = reference::residual_sum::<Autodiff<B, C>, 2>(
+            tensor(a),
+            b.map(tensor),
+            bias.map(tensor),
+            alpha,
+        );
+        prim(h)
+    } else {
+        // No gradient flows: one fused op for the whole sum and norm.
+        let out = B::glm_add_layer_norm(
+            a.primitive.clone(),
+            b.map(|t| t.primitive),
+            bias.map(|t| t.primitive),
+            alpha,
+            gamma.primitive.clone(),
+            beta.primitive.clone(),
+            eps,
+        );
+        return match (LayerNorm { eps })
+            .prepare::<C>([a.node.clone(), gamma.node.clone(), beta.node.clone()])
+            .compute_bound()
+            .stateful()
+        {
+            OpsKind::UnTracked(prep) => prep.finish(out),
+            OpsKind::Tracked(_) => unreachable!("no input is tracked"),
+        };
+    };
+    let norm = |x: FloatTensor<B>, gamma: FloatTensor<B>, beta: FloatTensor<B>| {
+        B::glm_add_layer_norm(x, None, None, 1.0, gamma, beta, eps)
+    };
+    match (LayerNorm { eps })
+        .prepare::<C>([x.node.clone(), gamma.node.clone(), beta.node.clone()])
+        .compute_bound()
+        .stateful()
+    {
+        OpsKind::Tracked(prep) => {
+            let out = norm(x.primitive.clone(), gamma.primitive.clone(), beta.primitive);
+            prep.finish((x.primitive, gamma.primitive), out)
+        }
+        OpsKind::UnTracked(prep) => prep.finish(norm(x.primitive, gamma.primitive, beta.primitive)),
+    }
+}

@@ -1,0 +1,86 @@
+//! [`KernelBackend`] under autodiff, for training. Each op runs the inner backend's kernel in the
+//! forward pass (the fused CubeCL kernel on CUDA) and has a backward of its own, written with a
+//! few plain burn ops in float32, instead of burn's backward through every reference op:
+//! - the matrix product keeps the inner GEMM (cuBLAS on CUDA) in both gradients ([`matmul`]);
+//! - LayerNorm keeps only its input and `gamma` for the backward ([`layer_norm`]);
+//! - the masked softmax keeps its output, GELU its input, the rotary its tables
+//!   ([`softmax`], [`elementwise`]).
+//!
+//! The reference ops' own backward needs several launches per forward op and keeps their
+//! intermediate tensors alive until the backward pass; the tests compare both gradients.
+
+mod elementwise;
+mod layer_norm;
+mod matmul;
+mod softmax;
+#[cfg(test)]
+mod tests;
+
+use burn::backend::Autodiff;
+use burn::backend::autodiff::checkpoint::strategy::CheckpointStrategy;
+use burn::tensor::backend::Backend;
+use burn::tensor::ops::FloatTensor;
+use burn::tensor::{DType, Tensor, TensorPrimitive};
+
+use crate::KernelBackend;
+
+impl<B: KernelBackend, C: CheckpointStrategy> KernelBackend for Autodiff<B, C> {
+    const SHAPE_COMPILED: bool = B::SHAPE_COMPILED;
+
+    fn glm_matmul(lhs: FloatTensor<Self>, rhs: FloatTensor<Self>) -> FloatTensor<Self> {
+        matmul::glm_matmul::<B, C>(lhs, rhs)
+    }
+
+    fn glm_add_layer_norm(
+        a: FloatTensor<Self>,
+        b: Option<FloatTensor<Self>>,
+        bias: Option<FloatTensor<Self>>,
+        alpha: f32,
+        gamma: FloatTensor<Self>,
+        beta: FloatTensor<Self>,
+        eps: f32,
+    ) -> FloatTensor<Self> {
+        layer_norm::add_layer_norm::<B, C>(a, b, bias, alpha, gamma, beta, eps)
+    }
+
+    fn glm_masked_softmax(scores: FloatTensor<Self>, mask: FloatTensor<Self>) -> FloatTensor<Self> {
+        softmax::masked_softmax::<B, C>(scores, mask)
+    }
+
+    fn glm_rotary(
+        qk: FloatTensor<Self>,
+        cos: FloatTensor<Self>,
+        sin: FloatTensor<Self>,
+    ) -> FloatTensor<Self> {
+        elementwise::rotary::<B, C>(qk, cos, sin)
+    }
+
+    fn glm_bias_gelu(x: FloatTensor<Self>, bias: FloatTensor<Self>) -> FloatTensor<Self> {
+        elementwise::bias_gelu::<B, C>(x, bias)
+    }
+}
+
+/// A tensor's primitive.
+fn prim<B: Backend, const D: usize>(t: Tensor<B, D>) -> FloatTensor<B> {
+    t.into_primitive().tensor()
+}
+
+/// A primitive as a tensor.
+fn tensor<B: Backend, const D: usize>(t: FloatTensor<B>) -> Tensor<B, D> {
+    Tensor::from_primitive(TensorPrimitive::Float(t))
+}
+
+/// `t` in float32 when it is in half precision, else as it is: the backward passes compute in
+/// at least float32, as the kernels' statistics do.
+fn wide<B: Backend, const D: usize>(t: Tensor<B, D>) -> Tensor<B, D> {
+    if matches!(t.dtype(), DType::F32 | DType::F64) {
+        t
+    } else {
+        t.cast(DType::F32)
+    }
+}
+
+/// `t` in `dtype` (a gradient in its parent's dtype).
+fn narrow<B: Backend, const D: usize>(t: Tensor<B, D>, dtype: DType) -> Tensor<B, D> {
+    if t.dtype() == dtype { t } else { t.cast(dtype) }
+}

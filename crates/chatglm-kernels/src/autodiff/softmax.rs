@@ -1,0 +1,69 @@
+//! The attention's masked softmax under autodiff.
+
+use burn::backend::Autodiff;
+use burn::backend::autodiff::checkpoint::base::Checkpointer;
+use burn::backend::autodiff::checkpoint::strategy::CheckpointStrategy;
+use burn::backend::autodiff::grads::Gradients;
+use burn::backend::autodiff::ops::{Backward, Ops, OpsKind, unary};
+use burn::tensor::Tensor;
+use burn::tensor::backend::Backend;
+use burn::tensor::ops::FloatTensor;
+
+use super::{narrow, prim, tensor, wide};
+use crate::{KernelBackend, reference};
+
+/// `softmax(scores + mask)` over the last dimension, the mask a constant; the parent is `scores`.
+#[derive(Debug)]
+struct MaskedSoftmax;
+
+impl<B: KernelBackend> Backward<B, 1> for MaskedSoftmax {
+    /// The output: `d scores = y * (dy - sum(dy * y))` needs nothing else.
+    type State = FloatTensor<B>;
+
+    fn backward(self, ops: Ops<Self::State, 1>, grads: &mut Gradients, _: &mut Checkpointer) {
+        let y = ops.state;
+        unary::<B, _>(ops.parents, ops.node, grads, |dy| {
+            prim(softmax_grad::<B>(tensor(y), tensor(dy)))
+        });
+    }
+}
+
+/// `y * (dy - sum(dy * y))` over the last dimension, in at least float32, returned in `y`'s dtype.
+///
+/// # Shapes
+/// - `y`, `dy`: `[batch, heads, seq, keys]`
+fn softmax_grad<B: Backend>(y: Tensor<B, 4>, dy: Tensor<B, 4>) -> Tensor<B, 4> {
+    let dtype = y.dtype();
+    let y = wide(y);
+    let dy = wide(dy);
+    let dot = (dy.clone() * y.clone()).sum_dim(3);
+    narrow(y * (dy - dot), dtype)
+}
+
+/// [`KernelBackend::glm_masked_softmax`] on autodiff: the inner backend's kernel forward,
+/// [`MaskedSoftmax`] backward. A mask that needs a gradient (not ChatGLM's) takes the reference
+/// ops.
+pub(super) fn masked_softmax<B: KernelBackend, C: CheckpointStrategy>(
+    scores: FloatTensor<Autodiff<B, C>>,
+    mask: FloatTensor<Autodiff<B, C>>,
+) -> FloatTensor<Autodiff<B, C>> {
+    if mask.is_tracked() {
+        return prim(reference::masked_softmax::<Autodiff<B, C>>(
+            tensor(scores),
+            tensor(mask),
+        ));
+    }
+    match MaskedSoftmax
+        .prepare::<C>([scores.node.clone()])
+        .compute_bound()
+        .stateful()
+    {
+        OpsKind::Tracked(prep) => {
+            let y = B::glm_masked_softmax(scores.primitive, mask.primitive);
+            prep.finish(y.clone(), y)
+        }
+        OpsKind::UnTracked(prep) => {
+            prep.finish(B::glm_masked_softmax(scores.primitive, mask.primitive))
+        }
+    }
+}
