@@ -5,9 +5,10 @@
 //! block's scaled residual and linear bias, GELU fused with the bias of the h->4h projection, the
 //! masked softmax of attention, the 2D rotary of q and k, and a cached step's attention inputs
 //! written into the KV cache. Every op has a plain burn implementation in
-//! [`reference`](mod@reference); that is what CPU (ndarray) and autodiff backends run. burn's cube
-//! backends (burn-cuda, with or without fusion) run CubeCL kernels instead, and the tests compare
-//! the two.
+//! [`reference`](mod@reference); that is what CPU (ndarray) backends run. burn's cube backends
+//! (burn-cuda, with or without fusion) run CubeCL kernels instead, and the tests compare the two.
+//! Under autodiff the ops run the inner backend's kernels and a backward of their own, which the
+//! tests compare with burn's backward through the reference ops.
 
 mod api;
 mod autodiff;
