@@ -86,16 +86,16 @@ pub(super) fn bias_gelu<B: KernelBackend, C: CheckpointStrategy>(
 struct Rotary;
 
 impl<B: KernelBackend> Backward<B, 1> for Rotary {
-    /// `cos` and `sin`.
+    /// `cos` and `swap(sin)`.
     type State = (FloatTensor<B>, FloatTensor<B>);
 
+    /// `swap` exchanges two halves, so it is its own transpose: `dx = dy cos + swap(dy sin)`,
+    /// that is `dx[j] = dy[j] cos[j] + dy[p(j)] sin[p(j)]`: the rotary itself with the table
+    /// `swap(sin)`, one kernel on cube backends.
     fn backward(self, ops: Ops<Self::State, 1>, grads: &mut Gradients, _: &mut Checkpointer) {
-        let (cos, sin) = ops.state;
+        let (cos, sin_swapped) = ops.state;
         unary::<B, _>(ops.parents, ops.node, grads, |dy| {
-            let dy: Tensor<B, 4> = tensor(dy);
-            // `swap` exchanges two halves, so it is its own transpose: dx = dy cos + swap(dy sin).
-            let rotated = swap(dy.clone() * tensor(sin));
-            prim(dy * tensor(cos) + rotated)
+            B::glm_rotary(dy, cos, sin_swapped)
         });
     }
 }
@@ -132,8 +132,10 @@ pub(super) fn rotary<B: KernelBackend, C: CheckpointStrategy>(
         .stateful()
     {
         OpsKind::Tracked(prep) => {
-            let out = B::glm_rotary(qk.primitive, cos.primitive.clone(), sin.primitive.clone());
-            prep.finish((cos.primitive, sin.primitive), out)
+            // The table is `[batch, 1, seq, d]`, a head's share of `qk`: swapped once here.
+            let sin_swapped = prim(swap::<B>(tensor(sin.primitive.clone())));
+            let out = B::glm_rotary(qk.primitive, cos.primitive.clone(), sin.primitive);
+            prep.finish((cos.primitive, sin_swapped), out)
         }
         OpsKind::UnTracked(prep) => {
             prep.finish(B::glm_rotary(qk.primitive, cos.primitive, sin.primitive))
