@@ -108,16 +108,8 @@ pub(super) fn add_layer_norm<B: KernelBackend, C: CheckpointStrategy>(
     .into_iter()
     .flatten()
     .any(|t| t.is_tracked());
-    let x = if tracked {
-        let h = reference::residual_sum::<Autodiff<B, C>, 2>(
-            tensor(a),
-            b.map(tensor),
-            bias.map(tensor),
-            alpha,
-        );
-        prim(h)
-    } else {
-        // No gradient flows: one fused op for the whole sum and norm.
+    if !tracked {
+        // No gradient flows: the one fused op for the sum and the norm.
         let out = B::glm_add_layer_norm(
             a.primitive.clone(),
             b.map(|t| t.primitive),
@@ -133,9 +125,15 @@ pub(super) fn add_layer_norm<B: KernelBackend, C: CheckpointStrategy>(
             .stateful()
         {
             OpsKind::UnTracked(prep) => prep.finish(out),
-            OpsKind::Tracked(_) => unreachable!("no input is tracked"),
+            OpsKind::Tracked(_) => unreachable!("none of the op's inputs is tracked"),
         };
-    };
+    }
+    let x = prim(reference::residual_sum::<Autodiff<B, C>, 2>(
+        tensor(a),
+        b.map(tensor),
+        bias.map(tensor),
+        alpha,
+    ));
     let norm = |x: FloatTensor<B>, gamma: FloatTensor<B>, beta: FloatTensor<B>| {
         B::glm_add_layer_norm(x, None, None, 1.0, gamma, beta, eps)
     };
