@@ -10,7 +10,7 @@ use burn::tensor::TensorMetadata;
 use burn::tensor::backend::Backend;
 use burn::tensor::ops::FloatTensor;
 
-use super::{narrow, prim, tensor, wide};
+use super::{float, narrow, prim, wide};
 use crate::{KernelBackend, reference};
 
 use reference::GELU_C;
@@ -31,7 +31,7 @@ impl<B: KernelBackend> Backward<B, 2> for BiasGelu {
         let [px, pbias] = ops.parents;
         let dy = grads.consume::<B>(&ops.node);
         let (x_dtype, bias_dtype) = (x.dtype(), bias.dtype());
-        let dx = bias_gelu_grad::<B>(tensor(x), tensor(bias), tensor(dy));
+        let dx = bias_gelu_grad::<B>(float(x), float(bias), float(dy));
         if let Some(node) = pbias {
             let n = dx.dims()[1];
             grads.register::<B>(
@@ -121,9 +121,9 @@ pub(super) fn rotary<B: KernelBackend, C: CheckpointStrategy>(
 ) -> FloatTensor<Autodiff<B, C>> {
     if cos.is_tracked() || sin.is_tracked() {
         return prim(reference::rotary::<Autodiff<B, C>>(
-            tensor(qk),
-            tensor(cos),
-            tensor(sin),
+            float(qk),
+            float(cos),
+            float(sin),
         ));
     }
     match Rotary
@@ -133,7 +133,7 @@ pub(super) fn rotary<B: KernelBackend, C: CheckpointStrategy>(
     {
         OpsKind::Tracked(prep) => {
             // The table is `[batch, 1, seq, d]`, a head's share of `qk`: swapped once here.
-            let sin_swapped = prim(swap::<B>(tensor(sin.primitive.clone())));
+            let sin_swapped = prim(swap::<B>(float(sin.primitive.clone())));
             let out = B::glm_rotary(qk.primitive, cos.primitive.clone(), sin.primitive);
             prep.finish((cos.primitive, sin_swapped), out)
         }

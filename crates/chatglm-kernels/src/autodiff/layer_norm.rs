@@ -9,7 +9,7 @@ use burn::tensor::Tensor;
 use burn::tensor::backend::Backend;
 use burn::tensor::ops::FloatTensor;
 
-use super::{narrow, prim, tensor, wide};
+use super::{float, narrow, prim, wide};
 use crate::{KernelBackend, reference};
 
 /// `LayerNorm(x) * gamma + beta` over the last dimension of `[rows, n]`; the parents are `x`,
@@ -28,9 +28,9 @@ impl<B: KernelBackend> Backward<B, 3> for LayerNorm {
         let [px, pgamma, pbeta] = ops.parents;
         let dy = grads.consume::<B>(&ops.node);
         let g = layer_norm_grads::<B>(
-            tensor(x),
-            tensor(gamma),
-            tensor(dy),
+            float(x),
+            float(gamma),
+            float(dy),
             self.eps,
             [pgamma.is_some(), pbeta.is_some()],
         );
@@ -129,9 +129,9 @@ pub(super) fn add_layer_norm<B: KernelBackend, C: CheckpointStrategy>(
         };
     }
     let x = prim(reference::residual_sum::<Autodiff<B, C>, 2>(
-        tensor(a),
-        b.map(tensor),
-        bias.map(tensor),
+        float(a),
+        b.map(float),
+        bias.map(float),
         alpha,
     ));
     let norm = |x: FloatTensor<B>, gamma: FloatTensor<B>, beta: FloatTensor<B>| {

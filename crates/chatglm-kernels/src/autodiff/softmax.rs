@@ -9,7 +9,7 @@ use burn::tensor::Tensor;
 use burn::tensor::backend::Backend;
 use burn::tensor::ops::FloatTensor;
 
-use super::{narrow, prim, tensor, wide};
+use super::{float, narrow, prim, wide};
 use crate::{KernelBackend, reference};
 
 /// `softmax(scores + mask)` over the last dimension, the mask a constant; the parent is `scores`.
@@ -23,7 +23,7 @@ impl<B: KernelBackend> Backward<B, 1> for MaskedSoftmax {
     fn backward(self, ops: Ops<Self::State, 1>, grads: &mut Gradients, _: &mut Checkpointer) {
         let y = ops.state;
         unary::<B, _>(ops.parents, ops.node, grads, |dy| {
-            prim(softmax_grad::<B>(tensor(y), tensor(dy)))
+            prim(softmax_grad::<B>(float(y), float(dy)))
         });
     }
 }
@@ -49,8 +49,8 @@ pub(super) fn masked_softmax<B: KernelBackend, C: CheckpointStrategy>(
 ) -> FloatTensor<Autodiff<B, C>> {
     if mask.is_tracked() {
         return prim(reference::masked_softmax::<Autodiff<B, C>>(
-            tensor(scores),
-            tensor(mask),
+            float(scores),
+            float(mask),
         ));
     }
     match MaskedSoftmax

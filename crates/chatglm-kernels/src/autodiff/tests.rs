@@ -7,7 +7,7 @@ use burn::backend::autodiff::grads::Gradients;
 use burn::backend::{Autodiff, NdArray};
 use burn::tensor::{Tensor, TensorData};
 
-use super::{prim, tensor};
+use super::{float, prim};
 use crate::{KernelBackend, reference};
 
 type Inner = NdArray<f64>;
@@ -78,7 +78,7 @@ fn layer_norm_gradients_match_the_reference_backward() {
         } else {
             (None, None)
         };
-        let ours = tensor::<Ad, 2>(Ad::glm_add_layer_norm(
+        let ours = float::<Ad, 2>(Ad::glm_add_layer_norm(
             prim(a.clone()),
             b_in.clone().map(prim),
             bias_in.clone().map(prim),
@@ -121,7 +121,7 @@ fn layer_norm_without_a_graph_is_the_fused_op() {
         data([n], 13, 1.0),
     );
     let (gamma, beta) = (data([n], 14, 1.0), data([n], 15, 1.0));
-    let ours = tensor::<Ad, 2>(Ad::glm_add_layer_norm(
+    let ours = float::<Ad, 2>(Ad::glm_add_layer_norm(
         prim(a.clone()),
         Some(prim(b.clone())),
         Some(prim(bias.clone())),
@@ -141,7 +141,7 @@ fn masked_softmax_gradients_match_the_reference_backward() {
     let hidden = data([2, 1, 4, 5], 22, 1.0).greater_elem(0.4);
     let mask =
         Tensor::<Ad, 4>::zeros([2, 1, 4, 5], &Default::default()).mask_fill(hidden, -10_000.0);
-    let ours = tensor::<Ad, 4>(Ad::glm_masked_softmax(
+    let ours = float::<Ad, 4>(Ad::glm_masked_softmax(
         prim(scores.clone()),
         prim(mask.clone()),
     ));
@@ -160,7 +160,7 @@ fn bias_gelu_gradients_match_the_reference_backward() {
         } else {
             bias
         };
-        let ours = tensor::<Ad, 2>(Ad::glm_bias_gelu(prim(x.clone()), prim(bias.clone())));
+        let ours = float::<Ad, 2>(Ad::glm_bias_gelu(prim(x.clone()), prim(bias.clone())));
         let theirs = reference::bias_gelu(x.clone(), bias.clone());
         same_out("bias gelu", ours.clone(), theirs.clone());
         let (ours, theirs) = (backward(ours), backward(theirs));
@@ -177,7 +177,7 @@ fn bias_gelu_gradients_match_the_reference_backward() {
 fn rotary_gradients_match_the_reference_backward() {
     let qk = data([2, 3, 4, 16], 41, 2.0).require_grad();
     let (cos, sin) = (data([2, 1, 4, 16], 42, 1.0), data([2, 1, 4, 16], 43, 1.0));
-    let ours = tensor::<Ad, 4>(Ad::glm_rotary(
+    let ours = float::<Ad, 4>(Ad::glm_rotary(
         prim(qk.clone()),
         prim(cos.clone()),
         prim(sin.clone()),
