@@ -95,13 +95,20 @@ pub fn masked_softmax<B: Backend>(scores: Tensor<B, 4>, mask: Tensor<B, 4>) -> T
 /// - `qk`: `[batch, heads, seq, d]` (`d` a multiple of 8), `cos`, `sin`: `[batch, 1, seq, d]`
 ///   -> as `qk`
 pub fn rotary<B: Backend>(qk: Tensor<B, 4>, cos: Tensor<B, 4>, sin: Tensor<B, 4>) -> Tensor<B, 4> {
-    let [b, h, s, d] = qk.dims();
-    let swapped: Tensor<B, 4> = qk
-        .clone()
-        .reshape([b * h * s, 4, 2, d / 8])
-        .flip([2])
-        .reshape([b, h, s, d]);
+    let swapped = swap_quarter_halves(qk.clone());
     qk * cos + swapped * sin
+}
+
+/// [`rotary`]'s `rotate_half` without its sign: the two halves of each quarter of the last
+/// dimension exchanged, a permutation that is its own inverse.
+///
+/// # Shapes
+/// - `t`: `[batch, heads, seq, d]` (`d` a multiple of 8) -> same
+pub(crate) fn swap_quarter_halves<B: Backend>(t: Tensor<B, 4>) -> Tensor<B, 4> {
+    let [b, h, s, d] = t.dims();
+    t.reshape([b * h * s, 4, 2, d / 8])
+        .flip([2])
+        .reshape([b, h, s, d])
 }
 
 /// q, k and v (`[batch, heads, seq, head_dim]` each) from the QKV projection's output without its

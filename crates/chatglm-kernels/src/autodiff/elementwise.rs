@@ -100,18 +100,6 @@ impl<B: KernelBackend> Backward<B, 1> for Rotary {
     }
 }
 
-/// The halves of each quarter of the last dimension exchanged ([`reference::rotary`]'s
-/// `rotate_half`, the sign being in the `sin` table).
-///
-/// # Shapes
-/// - `t`: `[batch, heads, seq, d]` (`d` a multiple of 8) -> same
-fn swap<B: Backend>(t: Tensor<B, 4>) -> Tensor<B, 4> {
-    let [b, h, s, d] = t.dims();
-    t.reshape([b * h * s, 4, 2, d / 8])
-        .flip([2])
-        .reshape([b, h, s, d])
-}
-
 /// [`KernelBackend::glm_rotary`] on autodiff: the inner backend's kernel forward, [`Rotary`]
 /// backward. Tables that need a gradient (not ChatGLM's) take the reference ops.
 pub(super) fn rotary<B: KernelBackend, C: CheckpointStrategy>(
@@ -133,7 +121,9 @@ pub(super) fn rotary<B: KernelBackend, C: CheckpointStrategy>(
     {
         OpsKind::Tracked(prep) => {
             // The table is `[batch, 1, seq, d]`, a head's share of `qk`: swapped once here.
-            let sin_swapped = prim(swap::<B>(float(sin.primitive.clone())));
+            let sin_swapped = prim(reference::swap_quarter_halves::<B>(float(
+                sin.primitive.clone(),
+            )));
             let out = B::glm_rotary(qk.primitive, cos.primitive.clone(), sin.primitive);
             prep.finish((cos.primitive, sin_swapped), out)
         }

@@ -24,7 +24,7 @@ use cudarc::cublas::sys::cudaDataType as cudaType;
 use cudarc::driver::{result as cu, sys as cusys};
 
 use super::layout::GemmPlan;
-use super::{DEVICE_WAITS, GEMM, HANDOFF, LT_CALLS, RUNNER, WAIT, lt, timed, wait};
+use super::{DEVICE_WAITS, GEMM, GemmError, HANDOFF, LT_CALLS, RUNNER, WAIT, lt, timed, wait};
 
 /// One GEMM as the caller hands it to the runner.
 pub(super) struct Job {
@@ -61,20 +61,13 @@ impl DeviceService for Lanes {
 
 impl Lanes {
     /// Makes the lane of the calling stream (on `index`) if it does not exist yet; whether it is
-    /// usable. Run on the runner, with the caller's stream current.
-    pub(super) fn ready(
-        &mut self,
-        client: &ComputeClient<CudaRuntime>,
-        index: usize,
-    ) -> Result<(), String> {
-        match self
-            .lanes
+    /// usable (why not was reported when it was made). Run on the runner, with the caller's
+    /// stream current.
+    pub(super) fn ready(&mut self, client: &ComputeClient<CudaRuntime>, index: usize) -> bool {
+        self.lanes
             .entry(StreamId::current())
             .or_insert_with(|| Lane::new(client, index))
-        {
-            Some(_) => Ok(()),
-            None => Err(format!("cuBLAS unusable on cuda:{index}")),
-        }
+            .is_some()
     }
 
     /// Queues `job` on the calling stream's lane (made by [`Self::ready`]). Run on the runner.
@@ -82,7 +75,7 @@ impl Lanes {
         let started = Instant::now();
         let outcome = match self.lanes.get_mut(&StreamId::current()) {
             Some(Some(lane)) => lane.run(&job),
-            _ => Err("no lane for this stream".to_string()),
+            _ => Err(GemmError::Unavailable("no lane for this stream")),
         };
         timed(RUNNER, started);
         if let Err(err) = outcome {
@@ -130,34 +123,33 @@ impl Lane {
         let reason = match made {
             Ok(Ok(lane)) => return Some(lane),
             Ok(Err(err)) => err,
-            Err(_) => "the library panicked while loading".to_string(),
+            Err(_) => GemmError::Unavailable("the library panicked while loading"),
         };
         super::unavailable(format!("cuBLAS unusable on cuda:{index}: {reason}"));
         None
     }
 
-    fn try_new(client: &ComputeClient<CudaRuntime>, index: usize) -> Result<Self, String> {
-        let driver = |what: &str| {
-            let what = what.to_string();
-            move |e: cudarc::driver::DriverError| format!("{what}: {e:?}")
-        };
+    fn try_new(client: &ComputeClient<CudaRuntime>, index: usize) -> Result<Self, GemmError> {
+        let driver = GemmError::driver;
         // SAFETY: plain driver and cuBLAS calls on handles created here; the primary context is
         // the one cubecl uses, retained (never released) for the lane's lifetime.
         unsafe {
-            let ordinal = i32::try_from(index).map_err(|e| e.to_string())?;
+            let ordinal = i32::try_from(index).map_err(GemmError::other("device index"))?;
             let dev = cu::device::get(ordinal).map_err(driver("device"))?;
             let context = cu::primary_ctx::retain(dev).map_err(driver("context"))?;
             cu::ctx::set_current(context).map_err(driver("context"))?;
             let stream = cu::stream::create(cu::stream::StreamKind::NonBlocking)
                 .map_err(driver("stream"))?;
             let mut handle = std::ptr::null_mut();
-            checked(cublas::cublasCreate_v2(&mut handle))
-                .map_err(|e| format!("cublasCreate: {e}"))?;
-            checked(cublas::cublasSetStream_v2(handle, stream.cast()))
-                .map_err(|e| format!("cublasSetStream: {e}"))?;
+            checked(cublas::cublasCreate_v2(&mut handle), "cublasCreate")?;
+            checked(
+                cublas::cublasSetStream_v2(handle, stream.cast()),
+                "cublasSetStream",
+            )?;
             let flag = client.create_from_slice(&[0u8; 4]);
-            cubecl::future::block_on(client.sync()).map_err(|e| format!("{e:?}"))?;
-            let flag_ptr = pointer(client, flag.clone()).ok_or("no flag buffer")?;
+            cubecl::future::block_on(client.sync()).map_err(GemmError::other("cubecl sync"))?;
+            let flag_ptr =
+                pointer(client, flag.clone()).ok_or(GemmError::Unavailable("no flag buffer"))?;
             let wait = if wait::host_wait_requested() {
                 None
             } else {
@@ -190,14 +182,16 @@ impl Lane {
 
     /// Waits for the inputs, queues the GEMM and the release on our stream, then the handoff on
     /// cubecl's.
-    fn run(&mut self, job: &Job) -> Result<(), String> {
+    fn run(&mut self, job: &Job) -> Result<(), GemmError> {
         if self.broken {
-            return Err("lane disabled after an earlier failure".into());
+            return Err(GemmError::Unavailable(
+                "lane disabled after an earlier failure",
+            ));
         }
         let seq = self
             .seq
             .checked_add(1)
-            .ok_or("sequence numbers exhausted")?;
+            .ok_or(GemmError::Unavailable("sequence numbers exhausted"))?;
         let started = Instant::now();
         // SAFETY: the primary context retained in `try_new`.
         let _ = unsafe { cu::ctx::set_current(self.context) };
@@ -210,7 +204,7 @@ impl Lane {
         let [Some(first), Some(second), Some(out)] =
             job.operands.clone().map(|h| pointer(client, h))
         else {
-            return Err("an operand has no device address".into());
+            return Err(GemmError::Unavailable("an operand has no device address"));
         };
         let on_device = match &self.wait {
             Some(wait) => match wait.wait(self.stream, seq) {
@@ -225,7 +219,7 @@ impl Lane {
             None => false,
         };
         if !on_device {
-            cubecl::future::block_on(client.sync()).map_err(|e| format!("cubecl sync: {e:?}"))?;
+            cubecl::future::block_on(client.sync()).map_err(GemmError::other("cubecl sync"))?;
         }
         let waited = timed(WAIT, started);
         let (alpha, beta) = (1.0f32, 0.0f32);
@@ -250,41 +244,47 @@ impl Lane {
                     LT_CALLS.fetch_add(1, Ordering::Relaxed);
                     result
                 }
-                None => checked(cublas::cublasGemmStridedBatchedEx(
-                    self.handle,
-                    op(plan.first.trans),
-                    op(plan.second.trans),
-                    plan.m,
-                    plan.n,
-                    plan.k,
-                    (&alpha as *const f32).cast::<c_void>(),
-                    first as *const c_void,
-                    job.data,
-                    plan.first.ld as i32,
-                    plan.first.batch_stride,
-                    second as *const c_void,
-                    job.data,
-                    plan.second.ld as i32,
-                    plan.second.batch_stride,
-                    (&beta as *const f32).cast::<c_void>(),
-                    out as *mut c_void,
-                    job.data,
-                    plan.out.ld as i32,
-                    plan.out.batch_stride,
-                    plan.batch,
-                    job.compute,
-                    cublas::cublasGemmAlgo_t::CUBLAS_GEMM_DEFAULT,
-                )),
+                None => checked(
+                    cublas::cublasGemmStridedBatchedEx(
+                        self.handle,
+                        op(plan.first.trans),
+                        op(plan.second.trans),
+                        plan.m,
+                        plan.n,
+                        plan.k,
+                        (&alpha as *const f32).cast::<c_void>(),
+                        first as *const c_void,
+                        job.data,
+                        plan.first.ld as i32,
+                        plan.first.batch_stride,
+                        second as *const c_void,
+                        job.data,
+                        plan.second.ld as i32,
+                        plan.second.batch_stride,
+                        (&beta as *const f32).cast::<c_void>(),
+                        out as *mut c_void,
+                        job.data,
+                        plan.out.ld as i32,
+                        plan.out.batch_stride,
+                        plan.batch,
+                        job.compute,
+                        cublas::cublasGemmAlgo_t::CUBLAS_GEMM_DEFAULT,
+                    ),
+                    "cublasGemmStridedBatchedEx",
+                ),
             };
             let queued = timed(GEMM, waited);
             // Written whether or not the GEMM was queued, so that the handoff always ends.
             let released = cusys::cuMemsetD32Async(self.flag_ptr, seq, 1, self.stream).result();
             (gemm, released, queued)
         };
-        if let Err(err) = released {
+        if let Err(error) = released {
             // Without the release the handoff would spin forever: leave it out, and this lane.
             self.broken = true;
-            return Err(format!("release failed: {err:?}"));
+            return Err(GemmError::Driver {
+                call: "the release",
+                error,
+            });
         }
         self.seq = seq;
         if on_device {
@@ -311,10 +311,13 @@ pub(super) fn pointer(client: &ComputeClient<CudaRuntime>, handle: Handle) -> Op
     Some(resource.resource().ptr)
 }
 
-fn checked(s: cublas::cublasStatus_t) -> Result<(), String> {
+fn checked(s: cublas::cublasStatus_t, call: &'static str) -> Result<(), GemmError> {
     if s == cublas::cublasStatus_t::CUBLAS_STATUS_SUCCESS {
         Ok(())
     } else {
-        Err(format!("{s:?}"))
+        Err(GemmError::Status {
+            call,
+            status: format!("{s:?}"),
+        })
     }
 }

@@ -13,6 +13,7 @@ use cudarc::cublas::sys::cudaDataType as CublasType;
 use cudarc::cublaslt::sys as lt;
 use cudarc::driver::result as cu;
 
+use super::GemmError;
 use super::layout::{GemmPlan, Operand};
 
 /// Workspace of the chosen algorithms (cuBLAS's own default on Hopper).
@@ -41,22 +42,25 @@ pub(super) struct Lt {
     plans: HashMap<(GemmPlan, bool), Option<LtPlan>>,
 }
 
-fn checked(s: lt::cublasStatus_t, what: &str) -> Result<(), String> {
+fn checked(s: lt::cublasStatus_t, call: &'static str) -> Result<(), GemmError> {
     if s == lt::cublasStatus_t::CUBLAS_STATUS_SUCCESS {
         Ok(())
     } else {
-        Err(format!("{what}: {s:?}"))
+        Err(GemmError::Status {
+            call,
+            status: format!("{s:?}"),
+        })
     }
 }
 
 impl Lt {
     /// A handle and its workspace, in the current context.
-    pub(super) fn new() -> Result<Self, String> {
+    pub(super) fn new() -> Result<Self, GemmError> {
         let mut handle = std::ptr::null_mut();
         // SAFETY: plain cuBLASLt and driver calls; both live for the life of the process.
         unsafe {
             checked(lt::cublasLtCreate(&mut handle), "cublasLtCreate")?;
-            let workspace = cu::malloc_sync(WORKSPACE).map_err(|e| format!("workspace: {e:?}"))?;
+            let workspace = cu::malloc_sync(WORKSPACE).map_err(GemmError::driver("workspace"))?;
             Ok(Self {
                 handle,
                 workspace,
@@ -74,7 +78,7 @@ impl Lt {
         data: CublasType,
         ptrs: [u64; 3],
         stream: *mut c_void,
-    ) -> Option<Result<(), String>> {
+    ) -> Option<Result<(), GemmError>> {
         let bf16 = match data {
             CublasType::CUDA_R_16F => false,
             CublasType::CUDA_R_16BF => true,
@@ -125,7 +129,7 @@ unsafe fn layout(
     cols: i32,
     op: &Operand,
     batch: i32,
-) -> Result<lt::cublasLtMatrixLayout_t, String> {
+) -> Result<lt::cublasLtMatrixLayout_t, GemmError> {
     let mut l = std::ptr::null_mut();
     // SAFETY: a new layout, attributes of the documented types.
     unsafe {
@@ -157,7 +161,7 @@ unsafe fn make_plan(
     handle: lt::cublasLtHandle_t,
     plan: &GemmPlan,
     bf16: bool,
-) -> Result<LtPlan, String> {
+) -> Result<LtPlan, GemmError> {
     let ty = if bf16 {
         lt::cudaDataType::CUDA_R_16BF
     } else {
@@ -228,7 +232,7 @@ unsafe fn make_plan(
         )?;
         let _ = lt::cublasLtMatmulPreferenceDestroy(pref);
         if found < 1 {
-            return Err("no algorithm".into());
+            return Err(GemmError::Unavailable("no algorithm"));
         }
         let result = result.assume_init();
         checked(result.state, "algorithm")?;

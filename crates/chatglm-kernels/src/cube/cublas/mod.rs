@@ -71,7 +71,7 @@ fn enabled() -> bool {
         // SAFETY: only tries to open the shared library.
         let present = unsafe { cublas::is_culib_present() };
         if !present {
-            unavailable("the cuBLAS library was not found".into());
+            unavailable("the cuBLAS library was not found");
         }
         present
     })
@@ -102,22 +102,57 @@ fn timed(part: usize, since: Instant) -> Instant {
     HOST_NS[part].fetch_add(ns, Ordering::Relaxed);
     now
 }
+/// Why cuBLAS could not be set up for a stream, or why a GEMM failed on the runner.
+#[derive(Debug, Clone, thiserror::Error)]
+enum GemmError {
+    /// A CUDA driver call failed.
+    #[error("{call}: {error}")]
+    Driver {
+        call: &'static str,
+        error: cudarc::driver::DriverError,
+    },
+    /// A cuBLAS or cuBLASLt call returned a failure status (named here).
+    #[error("{call}: {status}")]
+    Status { call: &'static str, status: String },
+    /// cubecl or NVRTC failed (a sync, the waiting kernel's compilation), as they describe it.
+    #[error("{call}: {detail}")]
+    Other { call: &'static str, detail: String },
+    /// Something the GEMM needs is missing, or the lane takes no more GEMMs.
+    #[error("{0}")]
+    Unavailable(&'static str),
+}
+
+impl GemmError {
+    /// `call`'s driver error, for `map_err`.
+    fn driver(call: &'static str) -> impl FnOnce(cudarc::driver::DriverError) -> Self {
+        move |error| Self::Driver { call, error }
+    }
+
+    /// `call`'s error as it prints itself, for `map_err`.
+    fn other<E: std::fmt::Debug>(call: &'static str) -> impl FnOnce(E) -> Self {
+        move |e| Self::Other {
+            call,
+            detail: format!("{e:?}"),
+        }
+    }
+}
+
 /// Why cuBLAS is not used (the last reason seen).
 static FAILURE: Mutex<Option<String>> = Mutex::new(None);
 
-fn unavailable(reason: String) {
+fn unavailable(reason: impl std::fmt::Display) {
     tracing::warn!("matrix products use burn's matmul: {reason}");
     if let Ok(mut slot) = FAILURE.lock() {
-        *slot = Some(reason);
+        *slot = Some(reason.to_string());
     }
 }
 
 /// A GEMM that failed after its caller got the output (on the runner).
-fn failed(reason: String) {
+fn failed(reason: impl std::fmt::Display) {
     tracing::error!("{reason}");
     FAILURES.fetch_add(1, Ordering::Relaxed);
     if let Ok(mut slot) = FAILURE.lock() {
-        *slot = Some(reason);
+        *slot = Some(reason.to_string());
     }
 }
 
@@ -244,12 +279,12 @@ impl Runner {
         let lanes = DeviceHandle::<Lanes>::new(device.to_id());
         let (client, index) = (client.clone(), device.index);
         match lanes.submit_blocking(move |lanes: &mut Lanes| lanes.ready(&client, index)) {
-            Ok(Ok(())) => Some(Self {
+            Ok(true) => Some(Self {
                 lanes,
                 usable: Arc::new(AtomicBool::new(true)),
             }),
             // Reported where the lane failed.
-            Ok(Err(_)) => None,
+            Ok(false) => None,
             Err(err) => {
                 unavailable(format!("cubecl's device runner: {err:?}"));
                 None

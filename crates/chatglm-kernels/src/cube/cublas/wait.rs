@@ -28,6 +28,8 @@ use cubecl::server::Handle;
 use cudarc::driver::{result as cu, sys as cusys};
 use cudarc::nvrtc::safe as nvrtc;
 
+use super::GemmError;
+
 /// Environment variable choosing how a GEMM waits for its inputs: unset or `device` for the
 /// GPU-side wait, `host` for a host-side drain of cubecl's queue.
 const WAIT_ENV: &str = "CHATGLM_GEMM_WAIT";
@@ -67,12 +69,12 @@ pub(super) fn signal(client: &ComputeClient<CudaRuntime>, flag: Handle, seq: u32
 }
 
 /// The waiting kernel's PTX, compiled once per process (each lane loads it into its context).
-fn ptx() -> Result<&'static CString, String> {
-    static PTX: OnceLock<Result<CString, String>> = OnceLock::new();
+fn ptx() -> Result<&'static CString, GemmError> {
+    static PTX: OnceLock<Result<CString, GemmError>> = OnceLock::new();
     PTX.get_or_init(|| {
         let ptx = nvrtc::compile_ptx_with_opts(SOURCE, nvrtc::CompileOptions::default())
-            .map_err(|e| format!("compiling the waiting kernel: {e:?}"))?;
-        CString::new(ptx.to_src()).map_err(|e| e.to_string())
+            .map_err(GemmError::other("compiling the waiting kernel"))?;
+        CString::new(ptx.to_src()).map_err(GemmError::other("the waiting kernel's PTX"))
     })
     .as_ref()
     .map_err(Clone::clone)
@@ -92,19 +94,20 @@ impl DeviceWait {
     pub(super) fn new(
         client: &ComputeClient<CudaRuntime>,
         stream: cusys::CUstream,
-    ) -> Result<Self, String> {
+    ) -> Result<Self, GemmError> {
         let image = ptx()?;
-        let name = CString::new(NAME).map_err(|e| e.to_string())?;
+        let name = CString::new(NAME).map_err(GemmError::other("the waiting kernel's name"))?;
         // SAFETY: `image` is NUL-terminated PTX text; the module is kept (never unloaded) for the
         // life of the process, as the function handle taken from it is.
         let function = unsafe {
             let module = cu::module::load_data(image.as_ptr().cast())
-                .map_err(|e| format!("loading the waiting kernel: {e:?}"))?;
+                .map_err(GemmError::driver("loading the waiting kernel"))?;
             cu::module::get_function(module, name)
-                .map_err(|e| format!("the waiting kernel: {e:?}"))?
+                .map_err(GemmError::driver("the waiting kernel"))?
         };
         let flag = client.create_from_slice(&[0u8; 4]);
-        let flag_ptr = super::lane::pointer(client, flag.clone()).ok_or("no flag buffer")?;
+        let flag_ptr = super::lane::pointer(client, flag.clone())
+            .ok_or(GemmError::Unavailable("no flag buffer"))?;
         let wait = Self {
             function,
             flag: ManuallyDrop::new(flag),
@@ -113,11 +116,11 @@ impl DeviceWait {
         // Sequence number 0: both kernels run once and end at once.
         signal(client, wait.flag(), 0);
         super::lane::pointer(client, (*wait.flag).clone())
-            .ok_or("cubecl did not queue the signal")?;
+            .ok_or(GemmError::Unavailable("cubecl did not queue the signal"))?;
         wait.wait(stream, 0)?;
         // SAFETY: a stream of ours, created in the current context.
-        unsafe { cu::stream::synchronize(stream) }.map_err(|e| format!("{e:?}"))?;
-        cubecl::future::block_on(client.sync()).map_err(|e| format!("{e:?}"))?;
+        unsafe { cu::stream::synchronize(stream) }.map_err(GemmError::driver("stream sync"))?;
+        cubecl::future::block_on(client.sync()).map_err(GemmError::other("cubecl sync"))?;
         Ok(wait)
     }
 
@@ -129,7 +132,7 @@ impl DeviceWait {
     /// Queues on `stream` the wait for signal `seq`. Only once the signal has reached the
     /// driver: after a request to cubecl's device runner made since [`signal`] (such as
     /// [`super::lane::pointer`]) has returned.
-    pub(super) fn wait(&self, stream: cusys::CUstream, seq: u32) -> Result<(), String> {
+    pub(super) fn wait(&self, stream: cusys::CUstream, seq: u32) -> Result<(), GemmError> {
         let mut ptr = self.flag_ptr;
         let mut seq = seq;
         let mut params = [
@@ -139,6 +142,6 @@ impl DeviceWait {
         // SAFETY: the function takes (const unsigned int*, unsigned int), matching `params`; the
         // flag stays allocated for the life of the process.
         unsafe { cu::launch_kernel(self.function, (1, 1, 1), (1, 1, 1), 0, stream, &mut params) }
-            .map_err(|e| format!("queueing the wait: {e:?}"))
+            .map_err(GemmError::driver("queueing the wait"))
     }
 }
