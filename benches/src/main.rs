@@ -21,6 +21,8 @@ use chatglm_model::{
 use clap::Parser;
 use serde_json::{Value, json};
 
+mod products;
+
 /// Benchmark options.
 #[derive(Debug, Parser)]
 #[command(
@@ -65,6 +67,10 @@ struct Opts {
     /// lengths) instead of the static batch decoder.
     #[arg(long)]
     continuous: bool,
+    /// Also time the decode products alone (each layer's four and the lm_head, at each of
+    /// `--batches` rows): weight bytes read per second per shape, beside a device copy.
+    #[arg(long)]
+    products: bool,
 }
 
 /// Samples the GPU's used memory (MiB) with nvidia-smi until stopped.
@@ -339,12 +345,18 @@ fn run<B: chatglm_model::KernelBackend>(opts: &Opts, device: B::Device) -> anyho
         json!({ "baseline_mib": base, "peak_mib": peak, "peak_gib_over_baseline": (peak - base) as f64 / 1024.0,
                 "allocator_after_load": allocator_after_load, "allocator_at_end": allocator(opts.device) })
     });
+    // After the memory figures: its tensors are not the model's.
+    let products = if opts.products {
+        Some(products::run::<B>(&cfg, &opts.batches, &device)?)
+    } else {
+        None
+    };
     Ok(json!({
         "device": opts.device.to_string(), "dtype": opts.dtype.to_string(), "backend": B::name(&device), "fusion": opts.fusion, "continuous": opts.continuous,
         "layers": cfg.num_layers, "hidden": cfg.hidden_size, "vocab": cfg.vocab_size, "params": params,
         "load_s": load_s, "prefill": prefill, "decode": decode,
         "time_to_first_token_s": ttft, "time_to_first_token_runs_s": first_token_runs, "prompt_len": opts.prompt, "warmup_s": warmup, "gpu_memory": memory,
-        "small_op": op_cost, "gemm": format!("{:?}", chatglm_kernels::gemm_status()),
+        "small_op": op_cost, "products": products, "gemm": format!("{:?}", chatglm_kernels::gemm_status()),
         "gemv_calls": chatglm_kernels::gemv_calls(),
         "mma_gemv_calls": chatglm_kernels::mma_gemv_calls(),
     }))

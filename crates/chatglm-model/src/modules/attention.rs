@@ -126,7 +126,7 @@ impl<B: KernelBackend> Attention<B> {
                 Some(ctx) => ctx,
                 None => {
                     let (keys, values, mask) = written_slots(keys, values, mask, used);
-                    attend_in_chunks(q, keys.swap_dims(2, 3), mask, values, QUERY_CHUNK)
+                    attend_in_chunks(q, keys.swap_dims(2, 3), mask, values, query_chunk())
                 }
             }
         };
@@ -187,6 +187,27 @@ const SLOT_SPAN_STEP: usize = 8;
 /// queries at a time, so its whole `[heads, seq, keys]` score matrix never exists at once: the
 /// scores of a 2048-token prompt would take more memory than its KV cache.
 pub const QUERY_CHUNK: usize = 512;
+
+/// Environment variable for tuning runs: queries per attention chunk instead of [`QUERY_CHUNK`]
+/// (a positive number; anything else is ignored with a warning).
+pub const QUERY_CHUNK_ENV: &str = "CHATGLM_QUERY_CHUNK";
+
+/// [`QUERY_CHUNK`], or [`QUERY_CHUNK_ENV`] where it is set (read once).
+fn query_chunk() -> usize {
+    static CHUNK: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    *CHUNK.get_or_init(|| {
+        let Ok(v) = std::env::var(QUERY_CHUNK_ENV) else {
+            return QUERY_CHUNK;
+        };
+        match v.trim().parse::<usize>() {
+            Ok(n) if n > 0 => n,
+            _ => {
+                tracing::warn!("{QUERY_CHUNK_ENV}={v} ignored: expected a positive number");
+                QUERY_CHUNK
+            }
+        }
+    })
+}
 
 /// [`attend`] over chunks of at most `chunk` queries, concatenated.
 fn attend_in_chunks<B: KernelBackend>(
