@@ -20,7 +20,7 @@ use burn_cubecl::tensor::CubeTensor;
 use cubecl::prelude::*;
 
 use super::reduce::{cube_max, cube_sum};
-use super::vector_aligned;
+use super::{Strides3, Strides3Launch, vector_aligned};
 
 /// Units per cube.
 const UNITS: usize = 512;
@@ -31,38 +31,47 @@ const SLOT_STEP: usize = 256;
 /// Most slots the kernel takes (scores in shared memory); longer caches use the reference path.
 pub(crate) const MAX_SLOTS: usize = 4096;
 
+/// The operands come as plain arrays and their layout as scalars: the number of heads and slots,
+/// then the strides of `q`, `keys` and `values` over (row, head, query or slot) in vectors, the
+/// mask's over (row, query) and slots (0 where it is shared), and the output's four. A launch
+/// then carries no tensor metadata, which cubecl copies to the GPU ahead of each kernel that has
+/// some (see the GEMV kernel of `mma_gemv`).
 #[cube(launch)]
 #[allow(clippy::too_many_arguments)]
 fn decode_attention_kernel<F: Float, N: Size>(
-    q: &Tensor<Vector<F, N>>,
-    keys: &Tensor<Vector<F, N>>,
-    values: &Tensor<Vector<F, N>>,
-    mask: &Tensor<F>,
-    out: &mut Tensor<F>,
+    q: &Array<Vector<F, N>>,
+    keys: &Array<Vector<F, N>>,
+    values: &Array<Vector<F, N>>,
+    mask: &Array<F>,
+    out: &mut Array<F>,
+    heads: u32,
+    slots: u32,
+    q_strides: Strides3,
+    k_strides: Strides3,
+    v_strides: Strides3,
+    m_strides: Strides3,
+    o_strides: Strides3,
+    o_last: u32,
     #[comptime] slots_max: usize,
     #[comptime] row_vectors: usize,
     #[define(F)] _dtype: StorageType,
 ) {
-    let heads = out.shape(1);
+    let heads = heads as usize;
     let b = CUBE_POS_X as usize / heads;
     let h = CUBE_POS_X as usize % heads;
     let query = CUBE_POS_Y as usize;
     let tid = UNIT_POS_X as usize;
     let units = CUBE_DIM_X as usize;
-    let slots = keys.shape(2);
+    let slots = slots as usize;
     let width = q.vector_size();
-    let q_base = (b * q.stride(0) + h * q.stride(1) + query * q.stride(2)) / width;
-    let k_base = (b * keys.stride(0) + h * keys.stride(1)) / width;
-    let k_row = keys.stride(2) / width;
-    let v_base = (b * values.stride(0) + h * values.stride(1)) / width;
-    let v_row = values.stride(2) / width;
-    let mut m_base = 0usize;
-    if mask.shape(0) != 1 {
-        m_base = b * mask.stride(0);
-    }
-    if mask.shape(2) != 1 {
-        m_base += query * mask.stride(2);
-    }
+    let q_base = q_strides.at(b, h, query);
+    let k_base = k_strides.at(b, h, 0);
+    let k_row = k_strides.third as usize;
+    let v_base = v_strides.at(b, h, 0);
+    let v_row = v_strides.third as usize;
+    // The mask's strides: (row, unused, query) and its slots' stride in `second`.
+    let m_base = m_strides.at(b, 0, query);
+    let m_slot = m_strides.second as usize;
 
     let mut scores = SharedMemory::<f32>::new(slots_max);
     let mut reduce = SharedMemory::<f32>::new(UNITS / 32);
@@ -82,7 +91,7 @@ fn decode_attention_kernel<F: Float, N: Size>(
             acc += Vector::<f32, N>::cast_from(keys[k_base + j * k_row + i]) * qv[i];
         }
         let dot = f32::cast_from(F::cast_from(f32::cast_from(acc.vector_sum())));
-        let s = dot + f32::cast_from(mask[m_base + j * mask.stride(3)]);
+        let s = dot + f32::cast_from(mask[m_base + j * m_slot]);
         scores[j] = s;
         if s > local_max {
             local_max = s;
@@ -147,8 +156,7 @@ fn decode_attention_kernel<F: Float, N: Size>(
         for gg in 0..groups {
             total += scores[gg * d + e];
         }
-        out[b * out.stride(0) + h * out.stride(1) + query * out.stride(2) + e * out.stride(3)] =
-            F::cast_from(total);
+        out[o_strides.at(b, h, query) + e * o_last as usize] = F::cast_from(total);
         e += units;
     }
 }
@@ -259,16 +267,38 @@ pub(crate) fn decode_attention<R: CubeRuntime>(
         Shape::new([b, heads, s, d]),
         dtype,
     );
+    let strides = |t: &CubeTensor<R>, per: usize, dims: [Option<usize>; 3]| {
+        let st = t.meta.strides();
+        let [a, b, c] = dims.map(|d| d.map_or(Some(0), |d| u32::try_from(st[d] / per).ok()));
+        Some(Strides3Launch::new(a?, b?, c?))
+    };
+    // Where the mask is shared over rows or queries, its stride there is 0; its slots' stride
+    // takes the middle place.
+    let shared = |dim: usize| (mask.meta.shape()[dim] != 1).then_some(dim);
+    let mask_strides = {
+        let st = mask.meta.strides();
+        let pick = |d: Option<usize>| d.map_or(Some(0), |d| u32::try_from(st[d]).ok());
+        Strides3Launch::new(pick(shared(0))?, pick(Some(3))?, pick(shared(2))?)
+    };
+    let all = [Some(0), Some(1), Some(2)];
     decode_attention_kernel::launch::<R>(
         &client,
         CubeCount::Static((b * heads) as u32, s as u32, 1),
         CubeDim::new_1d(UNITS as u32),
         width,
-        q.clone().into_tensor_arg(),
-        keys.clone().into_tensor_arg(),
-        values.clone().into_tensor_arg(),
-        mask.clone().into_tensor_arg(),
-        out.clone().into_tensor_arg(),
+        q.clone().into_array_arg(),
+        keys.clone().into_array_arg(),
+        values.clone().into_array_arg(),
+        mask.clone().into_array_arg(),
+        out.clone().into_array_arg(),
+        u32::try_from(heads).ok()?,
+        u32::try_from(slots).ok()?,
+        strides(q, width, all)?,
+        strides(keys, width, all)?,
+        strides(values, width, all)?,
+        mask_strides,
+        strides(&out, 1, all)?,
+        u32::try_from(out.meta.strides()[3]).ok()?,
         slots_max,
         row_vectors,
         dtype.into(),

@@ -10,30 +10,37 @@ use cubecl::prelude::*;
 
 use super::widest_vector;
 
+/// The operands come as plain arrays, the rows, the vectors per row and the row strides (in
+/// vectors) as scalars: a launch then carries no tensor metadata ([`super::Strides3`]).
 #[cube(launch)]
+#[allow(clippy::too_many_arguments)]
 fn bias_gelu_kernel<F: Float, N: Size>(
-    x: &Tensor<Vector<F, N>>,
-    bias: &Tensor<Vector<F, N>>,
-    out: &mut Tensor<Vector<F, N>>,
+    x: &Array<Vector<F, N>>,
+    bias: &Array<Vector<F, N>>,
+    out: &mut Array<Vector<F, N>>,
+    rows: u32,
+    row_vectors: u32,
+    x_row: u32,
+    out_row: u32,
     #[define(F)] _dtype: StorageType,
 ) {
     // A unit per vector of a row's columns; cubes along y step through the rows. Rows go
     // through the strides: burn-cuda may pitch the rows of 2D buffers.
-    let width = out.vector_size();
     let col = (CUBE_POS_X * CUBE_DIM_X + UNIT_POS_X) as usize;
-    if col >= out.shape(1) / width {
+    if col >= row_vectors as usize {
         terminate!();
     }
+    let (x_row, out_row) = (x_row as usize, out_row as usize);
     let bias = Vector::<f32, N>::cast_from(bias[col]);
     let mut row = CUBE_POS_Y as usize;
-    while row < out.shape(0) {
-        let v = Vector::<f32, N>::cast_from(x[row * x.stride(0) / width + col]) + bias;
+    while row < rows as usize {
+        let v = Vector::<f32, N>::cast_from(x[row * x_row + col]) + bias;
         let mut y = Vector::<f32, N>::new(0.0f32);
         #[unroll]
-        for e in 0..width {
+        for e in 0..out.vector_size() {
             y[e] = gelu_tanh(v[e]);
         }
-        out[row * out.stride(0) / width + col] = Vector::<F, N>::cast_from(y);
+        out[row * out_row + col] = Vector::<F, N>::cast_from(y);
         row += CUBE_COUNT_Y as usize;
     }
 }
@@ -65,14 +72,23 @@ pub(crate) fn bias_gelu<R: CubeRuntime>(x: CubeTensor<R>, bias: CubeTensor<R>) -
     let width = widest_vector(n, &[(&x, 1), (&bias, 0), (&out, 1)]).unwrap_or(1);
     let cubes = ((n / width) as u32).div_ceil(UNITS);
     let row_cubes = rows.min(65_535) as u32;
+    // Sizes and row strides in vectors as 32-bit scalars; a 2D activation of the model has far
+    // fewer than 2^32 elements.
+    let scalar = |v: usize| u32::try_from(v).unwrap_or(u32::MAX);
+    let row_stride = |t: &CubeTensor<R>| scalar(t.meta.strides()[0] / width);
+    let (x_row, out_row) = (row_stride(&x), row_stride(&out));
     bias_gelu_kernel::launch::<R>(
         &client,
         CubeCount::Static(cubes, row_cubes, 1),
         CubeDim::new_1d(UNITS),
         width,
-        x.into_tensor_arg(),
-        bias.into_tensor_arg(),
-        out.clone().into_tensor_arg(),
+        x.into_array_arg(),
+        bias.into_array_arg(),
+        out.clone().into_array_arg(),
+        scalar(rows),
+        scalar(n / width),
+        x_row,
+        out_row,
         dtype.into(),
     );
     out

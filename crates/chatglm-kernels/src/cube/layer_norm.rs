@@ -20,24 +20,25 @@ const MAX_BLOCK: u32 = 1024;
 const VECTORS_PER_UNIT: usize = 4;
 
 /// `a[row, v] * alpha (+ b[row, v]) (+ bias[v])` for vector `v` of a row, through each
-/// tensor's row stride (burn-cuda may pitch the rows of 2D buffers, so a row does not always start
-/// at `row * n`).
+/// operand's row stride in vectors (burn-cuda may pitch the rows of 2D buffers, so a row does not
+/// always start at `row * n`).
 #[cube]
 #[allow(clippy::too_many_arguments)]
 fn residual<F: Float, N: Size>(
-    a: &Tensor<Vector<F, N>>,
-    b: &Tensor<Vector<F, N>>,
-    bias: &Tensor<Vector<F, N>>,
+    a: &Array<Vector<F, N>>,
+    b: &Array<Vector<F, N>>,
+    bias: &Array<Vector<F, N>>,
+    a_row: usize,
+    b_row: usize,
     row: usize,
     v: usize,
     alpha: f32,
     #[comptime] has_b: bool,
     #[comptime] has_bias: bool,
 ) -> Vector<f32, N> {
-    let width = a.vector_size();
-    let mut x = Vector::<f32, N>::cast_from(a[row * a.stride(0) / width + v]) * Vector::new(alpha);
+    let mut x = Vector::<f32, N>::cast_from(a[row * a_row + v]) * Vector::new(alpha);
     if has_b {
-        x += Vector::<f32, N>::cast_from(b[row * b.stride(0) / width + v]);
+        x += Vector::<f32, N>::cast_from(b[row * b_row + v]);
     }
     if has_bias {
         x += Vector::<f32, N>::cast_from(bias[v]);
@@ -45,15 +46,22 @@ fn residual<F: Float, N: Size>(
     x
 }
 
+/// The operands come as plain arrays, their row strides (in vectors) and the row's length as
+/// scalars: a launch then carries no tensor metadata, which cubecl copies to the GPU ahead of
+/// each kernel that has some (see the GEMV kernel of `mma_gemv`).
 #[cube(launch)]
 #[allow(clippy::too_many_arguments)]
 fn add_layer_norm_kernel<F: Float, N: Size>(
-    a: &Tensor<Vector<F, N>>,
-    b: &Tensor<Vector<F, N>>,
-    bias: &Tensor<Vector<F, N>>,
-    gamma: &Tensor<Vector<F, N>>,
-    beta: &Tensor<Vector<F, N>>,
-    out: &mut Tensor<Vector<F, N>>,
+    a: &Array<Vector<F, N>>,
+    b: &Array<Vector<F, N>>,
+    bias: &Array<Vector<F, N>>,
+    gamma: &Array<Vector<F, N>>,
+    beta: &Array<Vector<F, N>>,
+    out: &mut Array<Vector<F, N>>,
+    row_len: u32,
+    a_row: u32,
+    b_row: u32,
+    out_row: u32,
     alpha: f32,
     eps: f32,
     #[comptime] has_b: bool,
@@ -63,8 +71,10 @@ fn add_layer_norm_kernel<F: Float, N: Size>(
     #[define(F)] _dtype: StorageType,
 ) {
     let width = out.vector_size();
-    let n = out.shape(1);
+    let n = row_len as usize;
     let nv = n / width;
+    let a_row = a_row as usize;
+    let b_row = b_row as usize;
     let row = CUBE_POS_X as usize;
     let tid = UNIT_POS_X as usize;
     let step = block as usize;
@@ -78,7 +88,7 @@ fn add_layer_norm_kernel<F: Float, N: Size>(
         let v = tid + i * step;
         let mut x = Vector::<f32, N>::new(0.0f32);
         if v < nv {
-            x = residual::<F, N>(a, b, bias, row, v, alpha, has_b, has_bias);
+            x = residual::<F, N>(a, b, bias, a_row, b_row, row, v, alpha, has_b, has_bias);
         }
         vals[i] = x;
         sum += x;
@@ -103,10 +113,18 @@ fn add_layer_norm_kernel<F: Float, N: Size>(
         if v < nv {
             let g = Vector::<f32, N>::cast_from(gamma[v]);
             let bb = Vector::<f32, N>::cast_from(beta[v]);
-            out[row * out.stride(0) / width + v] =
+            out[row * out_row as usize + v] =
                 Vector::<F, N>::cast_from((vals[i] - meanv) * inv * g + bb);
         }
     }
+}
+
+/// Whether [`add_layer_norm`] takes these operands: rows and row strides below 2^31 elements,
+/// as its kernel's scalars hold them (a contiguous copy pitches a row by less than that margin).
+pub(crate) fn fits<R: CubeRuntime>(a: &CubeTensor<R>, b: Option<&CubeTensor<R>>) -> bool {
+    const MOST: usize = 1 << 31;
+    let small = |t: &CubeTensor<R>| t.meta.shape()[1] < MOST && t.meta.strides()[0] < MOST;
+    small(a) && b.is_none_or(small)
 }
 
 /// # Shapes
@@ -161,17 +179,27 @@ pub(crate) fn add_layer_norm<R: CubeRuntime>(
         .next_multiple_of(32)
         .min(MAX_BLOCK);
     let per_unit = nv.div_ceil(block as usize);
+    // The row's length and the row strides in vectors (`widest_vector` checked that they are
+    // whole vectors); [`fits`] checked that they are below 2^31.
+    let scalar = |v: usize| u32::try_from(v).unwrap_or(u32::MAX);
+    let row_stride = |t: &CubeTensor<R>| scalar(t.meta.strides()[0] / width);
+    let (n32, a_row, b_row, out_row) =
+        (scalar(n), row_stride(&a), row_stride(&b), row_stride(&out));
     add_layer_norm_kernel::launch::<R>(
         &client,
         CubeCount::Static(rows as u32, 1, 1),
         CubeDim::new_1d(block),
         width,
-        a.into_tensor_arg(),
-        b.into_tensor_arg(),
-        bias.into_tensor_arg(),
-        gamma.into_tensor_arg(),
-        beta.into_tensor_arg(),
-        out.clone().into_tensor_arg(),
+        a.into_array_arg(),
+        b.into_array_arg(),
+        bias.into_array_arg(),
+        gamma.into_array_arg(),
+        beta.into_array_arg(),
+        out.clone().into_array_arg(),
+        n32,
+        a_row,
+        b_row,
+        out_row,
         alpha,
         eps,
         has_b,

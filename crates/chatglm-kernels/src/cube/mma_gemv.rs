@@ -92,13 +92,26 @@ pub(crate) fn mma_accumulate<F: Float>(
     acc[at + 1] = c[1];
 }
 
+/// The operands come as plain arrays and their layout as scalars (`n`, `k` in vectors, the
+/// distances between weight rows and between the left operand's rows in vectors, the output's
+/// strides between rows and columns, the bias's stride): the products have no batch dimensions.
+/// cubecl copies a kernel's tensor shapes and strides to the GPU before each launch, a
+/// host-to-device copy in the stream ahead of the kernel; scalars and array lengths travel in the
+/// launch's own parameters.
 #[cube(launch)]
 #[allow(clippy::too_many_arguments)]
 fn mma_gemv_kernel<F: Float, N: Size>(
-    lhs: &Tensor<Vector<F, N>>,
-    rhs: &Tensor<Vector<F, N>>,
-    bias: &Tensor<F>,
-    out: &mut Tensor<F>,
+    lhs: &Array<Vector<F, N>>,
+    rhs: &Array<Vector<F, N>>,
+    bias: &Array<F>,
+    out: &mut Array<F>,
+    layout_n: u32,
+    layout_kv: u32,
+    rhs_row: u32,
+    lhs_row: u32,
+    out_row: u32,
+    out_col: u32,
+    bias_step: u32,
     #[comptime] rows: usize,
     #[comptime] tiles: usize,
     #[comptime] unroll: usize,
@@ -108,10 +121,8 @@ fn mma_gemv_kernel<F: Float, N: Size>(
     #[define(F)] _dtype: StorageType,
 ) {
     let def = MmaDefinition::<F, F, f32>::new(16usize, 8usize, 16usize);
-    // Dimensions before the last two have size 1.
-    let rank = out.rank();
-    let n = out.shape(rank - 1);
-    let kv = lhs.shape(rank - 1) / lhs.vector_size();
+    let n = layout_n as usize;
+    let kv = layout_kv as usize;
     let lane = UNIT_POS_X as usize;
     let warp = UNIT_POS_Y as usize;
     let group = lane / 4;
@@ -119,7 +130,7 @@ fn mma_gemv_kernel<F: Float, N: Size>(
     let first_row = CUBE_POS_X as usize * TILE * tiles;
     // Weight rows this unit loads: `group` and `group + 8` of each tile (past `n`: the last row
     // again, never stored). In vectors.
-    let rhs_col = rhs.stride(rank - 1) / rhs.vector_size();
+    let rhs_col = rhs_row as usize;
     let mut row_base = Array::<usize>::new(2 * tiles);
     #[unroll]
     for h in 0..2 * tiles {
@@ -133,7 +144,7 @@ fn mma_gemv_kernel<F: Float, N: Size>(
     let has_x = group < rows;
     let mut x_row = 0usize;
     if has_x {
-        x_row = group * (lhs.stride(rank - 2) / lhs.vector_size());
+        x_row = group * lhs_row as usize;
     }
 
     let mut acc = Array::<Vector<f32, Const<2>>>::new(2 * tiles);
@@ -220,10 +231,10 @@ fn mma_gemv_kernel<F: Float, N: Size>(
             if bias_gelu {
                 // As the product rounded to the dtype, then `bias_gelu` in float32.
                 let v = f32::cast_from(F::cast_from(total))
-                    + f32::cast_from(bias[row * bias.stride(0)]);
+                    + f32::cast_from(bias[row * bias_step as usize]);
                 total = gelu_tanh(v);
             }
-            out[r * out.stride(rank - 2) + row * out.stride(rank - 1)] = F::cast_from(total);
+            out[r * out_row as usize + row * out_col as usize] = F::cast_from(total);
         }
         unit += warps * 32;
     }
@@ -331,16 +342,46 @@ pub(crate) fn product<R: CubeRuntime>(
     let client = lhs.client.clone();
     let out = empty_device_dtype(client.clone(), lhs.device.clone(), out_shape, dtype);
     let cubes = (n as u32).div_ceil((TILE * tiles) as u32);
+    let (ls, rs, os) = (lhs.meta.strides(), rhs.meta.strides(), out.meta.strides());
+    let layout = [
+        n,
+        kv,
+        rs[d - 1] / WIDTH,
+        ls[d - 2] / WIDTH,
+        os[d - 2],
+        os[d - 1],
+        bias.map_or(0, |b| b.meta.strides()[0]),
+    ]
+    .map(|v| u32::try_from(v).ok());
+    let [
+        Some(n32),
+        Some(kv32),
+        Some(rhs_row),
+        Some(lhs_row),
+        Some(out_row),
+        Some(out_col),
+        Some(bias_step),
+    ] = layout
+    else {
+        return None;
+    };
     mma_gemv_kernel::launch::<R>(
         &client,
         CubeCount::Static(cubes, 1, 1),
         CubeDim::new_2d(32, warps as u32),
         WIDTH,
-        lhs.clone().into_tensor_arg(),
-        rhs.clone().into_tensor_arg(),
+        lhs.clone().into_array_arg(),
+        rhs.clone().into_array_arg(),
         // Without a bias the slot holds any tensor; the kernel does not read it.
-        bias.unwrap_or(rhs).clone().into_tensor_arg(),
-        out.clone().into_tensor_arg(),
+        bias.unwrap_or(rhs).clone().into_array_arg(),
+        out.clone().into_array_arg(),
+        n32,
+        kv32,
+        rhs_row,
+        lhs_row,
+        out_row,
+        out_col,
+        bias_step,
         m,
         tiles,
         unroll,

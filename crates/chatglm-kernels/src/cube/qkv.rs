@@ -9,34 +9,40 @@ use burn_cubecl::tensor::CubeTensor;
 use cubecl::calculate_cube_count_elemwise;
 use cubecl::prelude::*;
 
-use super::{unit_last_stride, vector_aligned, widest_vector};
+use super::{Strides3, Strides3Launch, unit_last_stride, vector_aligned, widest_vector};
 
-/// Start of row `(i, j, k)` of a tensor read as vectors along its last dimension (unit stride;
-/// every other stride a whole number of vectors), in vectors.
-#[cube]
-fn row_start<F: Float, N: Size>(t: &Tensor<Vector<F, N>>, i: usize, j: usize, k: usize) -> usize {
-    (i * t.stride(0) + j * t.stride(1) + k * t.stride(2)) / t.vector_size()
-}
-
+/// The operands come as plain arrays read as vectors along their last dimension (unit stride;
+/// every other stride a whole number of vectors) and their layout as scalars: the number of
+/// vectors in all, heads, sequence positions and vectors per head row, then each operand's
+/// strides over its first three dimensions in vectors. A launch then carries no tensor metadata,
+/// which cubecl copies to the GPU ahead of each kernel that has some ([`Strides3`]).
 #[cube(launch)]
 #[allow(clippy::too_many_arguments)]
 fn qkv_to_cache_kernel<F: Float, N: Size>(
-    qkv: &Tensor<Vector<F, N>>,
-    bias: &Tensor<Vector<F, N>>,
-    cos: &Tensor<Vector<F, N>>,
-    sin: &Tensor<Vector<F, N>>,
-    q: &mut Tensor<Vector<F, N>>,
-    keys: &mut Tensor<Vector<F, N>>,
-    values: &mut Tensor<Vector<F, N>>,
+    qkv: &Array<Vector<F, N>>,
+    bias: &Array<Vector<F, N>>,
+    cos: &Array<Vector<F, N>>,
+    sin: &Array<Vector<F, N>>,
+    q: &mut Array<Vector<F, N>>,
+    keys: &mut Array<Vector<F, N>>,
+    values: &mut Array<Vector<F, N>>,
+    total: u32,
+    heads: u32,
+    seq: u32,
+    hv: u32,
+    qkv_strides: Strides3,
+    cos_strides: Strides3,
+    sin_strides: Strides3,
+    q_strides: Strides3,
+    k_strides: Strides3,
+    v_strides: Strides3,
     offset: u32,
     #[comptime] has_bias: bool,
     #[define(F)] _dtype: StorageType,
 ) {
     // A unit per vector of a head's columns.
-    let width = q.vector_size();
-    let (heads, seq) = (q.shape(1), q.shape(2));
-    let hv = q.shape(3) / width;
-    if ABSOLUTE_POS >= q.shape(0) * heads * seq * hv {
+    let (heads, seq, hv) = (heads as usize, seq as usize, hv as usize);
+    if ABSOLUTE_POS >= total as usize {
         terminate!();
     }
     let cv = ABSOLUTE_POS % hv;
@@ -48,8 +54,9 @@ fn qkv_to_cache_kernel<F: Float, N: Size>(
     // a quarter of the head (the caller's widths divide head_dim / 4).
     let half = hv / 2;
     let pv = (cv / half) * half + (cv % half + half / 2) % half;
-    let src = row_start::<F, N>(qkv, b, s, h);
-    let table = row_start::<F, N>(cos, b, 0, s);
+    let src = qkv_strides.at(b, s, h);
+    let cos_row = cos_strides.at(b, 0, s);
+    let sin_row = sin_strides.at(b, 0, s);
     let mut x = Array::<Vector<f32, N>>::new(5usize);
     // q at cv and pv, k at hv + cv and hv + pv, v at 2 hv + cv.
     let mut cols = Array::<usize>::new(5usize);
@@ -66,18 +73,17 @@ fn qkv_to_cache_kernel<F: Float, N: Size>(
         }
     }
     let (cq, sq) = (
-        Vector::<f32, N>::cast_from(cos[table + cv]),
-        Vector::<f32, N>::cast_from(sin[table + cv]),
+        Vector::<f32, N>::cast_from(cos[cos_row + cv]),
+        Vector::<f32, N>::cast_from(sin[sin_row + cv]),
     );
     let (ck, sk) = (
-        Vector::<f32, N>::cast_from(cos[table + hv + cv]),
-        Vector::<f32, N>::cast_from(sin[table + hv + cv]),
+        Vector::<f32, N>::cast_from(cos[cos_row + hv + cv]),
+        Vector::<f32, N>::cast_from(sin[sin_row + hv + cv]),
     );
-    q[row_start::<F, N>(q, b, h, s) + cv] = Vector::<F, N>::cast_from(x[0] * cq + x[1] * sq);
+    q[q_strides.at(b, h, s) + cv] = Vector::<F, N>::cast_from(x[0] * cq + x[1] * sq);
     let slot = usize::cast_from(offset) + s;
-    keys[row_start::<F, N>(keys, b, h, slot) + cv] =
-        Vector::<F, N>::cast_from(x[2] * ck + x[3] * sk);
-    values[row_start::<F, N>(values, b, h, slot) + cv] = Vector::<F, N>::cast_from(x[4]);
+    keys[k_strides.at(b, h, slot) + cv] = Vector::<F, N>::cast_from(x[2] * ck + x[3] * sk);
+    values[v_strides.at(b, h, slot) + cv] = Vector::<F, N>::cast_from(x[4]);
 }
 
 /// A tensor this kernel may write: the tensor itself when nothing else holds its buffer, else a
@@ -141,6 +147,17 @@ pub(crate) fn qkv_to_cache<R: CubeRuntime>(
         .filter(|&w| !has_bias || vector_aligned(&bias, 0, w))
         .unwrap_or(1);
     let units = units / width;
+    // Strides over the first three dimensions, in vectors; sizes as 32-bit scalars. A layer's
+    // cache holds far fewer than 2^32 vectors (8 rows of ChatGLM-6B's longest context: 2^24).
+    let scalar = |v: usize| u32::try_from(v).unwrap_or(u32::MAX);
+    let strides = |t: &CubeTensor<R>| {
+        let st = t.meta.strides();
+        Strides3Launch::new(
+            scalar(st[0] / width),
+            scalar(st[1] / width),
+            scalar(st[2] / width),
+        )
+    };
     let cube_dim = CubeDim::new(&client, units);
     let cube_count = calculate_cube_count_elemwise(&client, units, cube_dim);
     qkv_to_cache_kernel::launch::<R>(
@@ -148,13 +165,23 @@ pub(crate) fn qkv_to_cache<R: CubeRuntime>(
         cube_count,
         cube_dim,
         width,
-        qkv.into_tensor_arg(),
-        bias.into_tensor_arg(),
-        cos.into_tensor_arg(),
-        sin.into_tensor_arg(),
-        q.clone().into_tensor_arg(),
-        keys.clone().into_tensor_arg(),
-        values.clone().into_tensor_arg(),
+        qkv.clone().into_array_arg(),
+        bias.into_array_arg(),
+        cos.clone().into_array_arg(),
+        sin.clone().into_array_arg(),
+        q.clone().into_array_arg(),
+        keys.clone().into_array_arg(),
+        values.clone().into_array_arg(),
+        scalar(units),
+        scalar(heads),
+        scalar(s),
+        scalar(hd / width),
+        strides(&qkv),
+        strides(&cos),
+        strides(&sin),
+        strides(&q),
+        strides(&keys),
+        strides(&values),
         // Slots index a GPU tensor's dimension: far below u32::MAX (checked by the caller).
         offset as u32,
         has_bias,

@@ -15,7 +15,7 @@ use burn_cubecl::tensor::CubeTensor;
 use cubecl::prelude::*;
 
 use super::reduce::{cube_max, cube_sum};
-use super::{unit_last_stride, widest_vector};
+use super::{Strides3, Strides3Launch, unit_last_stride, widest_vector};
 
 /// Most units per row, and most vectors a unit holds: rows of up to `16 * 1024` vectors.
 const MAX_BLOCK: usize = 1024;
@@ -47,37 +47,44 @@ fn row_reduce(
     }
 }
 
+/// The operands come as plain arrays and their layout as scalars: the rows in all, heads,
+/// queries and vectors per row, then the strides over (row, head, query) of the scores and the
+/// output and over (row, query) of the mask (0 where it is shared over rows), in vectors. A
+/// launch then carries no tensor metadata ([`super::Strides3`]).
 #[cube(launch)]
+#[allow(clippy::too_many_arguments)]
 fn masked_softmax_kernel<F: Float, N: Size>(
-    scores: &Tensor<Vector<F, N>>,
-    mask: &Tensor<Vector<F, N>>,
-    out: &mut Tensor<Vector<F, N>>,
+    scores: &Array<Vector<F, N>>,
+    mask: &Array<Vector<F, N>>,
+    out: &mut Array<Vector<F, N>>,
+    rows: u32,
+    heads: u32,
+    seq: u32,
+    kv: u32,
+    s_strides: Strides3,
+    m_strides: Strides3,
+    o_strides: Strides3,
     #[comptime] shape: RowShape,
+    #[comptime] in_place: bool,
     #[define(F)] _dtype: StorageType,
 ) {
-    let heads = out.shape(1);
-    let seq = out.shape(2);
+    let (heads, seq, kv) = (heads as usize, seq as usize, kv as usize);
     let width = out.vector_size();
-    let kv = out.shape(3) / width;
     // A warp per row (`CUBE_DIM_Y` rows per cube), or a cube per row.
     let mut row = CUBE_POS_X as usize;
     if shape.warp_rows {
         row = row * shape.rows_per_cube + UNIT_POS_Y as usize;
-        if row >= out.shape(0) * heads * seq {
+        if row >= rows as usize {
             terminate!();
         }
     }
     let b = row / (heads * seq);
     let h = (row / seq) % heads;
     let s = row % seq;
-    // Row starts, in vectors (every stride but the last is a whole number of vectors).
-    let s_base = (b * scores.stride(0) + h * scores.stride(1) + s * scores.stride(2)) / width;
-    let o_base = (b * out.stride(0) + h * out.stride(1) + s * out.stride(2)) / width;
-    let mut m_base = s * mask.stride(2);
-    if mask.shape(0) != 1 {
-        m_base += b * mask.stride(0);
-    }
-    m_base /= width;
+    // Row starts, in vectors.
+    let s_base = s_strides.at(b, h, s);
+    let o_base = o_strides.at(b, h, s);
+    let m_base = m_strides.at(b, 0, s);
     let tid = UNIT_POS_X as usize;
     let step = shape.units;
     let mut shared = SharedMemory::<f32>::new(comptime!(shape.units.div_ceil(32)));
@@ -90,8 +97,14 @@ fn masked_softmax_kernel<F: Float, N: Size>(
         let v = tid + i * step;
         let mut x = Vector::<f32, N>::new(-3.0e38f32);
         if v < kv {
-            x = Vector::<f32, N>::cast_from(scores[s_base + v])
-                + Vector::<f32, N>::cast_from(mask[m_base + v]);
+            // In place, the scores are `out` itself (a read-only binding may not alias it); each
+            // unit reads its vectors before any unit writes, and writes only those.
+            let score = if in_place {
+                out[o_base + v]
+            } else {
+                scores[s_base + v]
+            };
+            x = Vector::<f32, N>::cast_from(score) + Vector::<f32, N>::cast_from(mask[m_base + v]);
         }
         vals[i] = x;
         vmax = max(vmax, x);
@@ -169,7 +182,9 @@ impl RowShape {
 }
 
 /// `None` for rows too long to hold in registers (more than `16 * 1024` vectors); the caller
-/// takes the reference path.
+/// takes the reference path. Scores that nothing else holds (`can_mut`) and that are contiguous
+/// take the probabilities in their own buffer: a prompt's chunk of attention then needs one
+/// score matrix, not two.
 ///
 /// # Shapes
 /// - `scores`: `[batch, heads, seq, keys]`, `mask`: `[batch or 1, 1, seq, keys]` -> as `scores`
@@ -184,27 +199,59 @@ pub(crate) fn masked_softmax<R: CubeRuntime>(
     if mask.dtype != dtype || rows > i32::MAX as usize {
         return None;
     }
+    let in_place = scores.can_mut() && scores.is_contiguous();
     let (scores, mask) = (
         unit_last_stride(scores.clone()),
         unit_last_stride(mask.clone()),
     );
     let client = scores.client.clone();
-    let out = empty_device_dtype(client.clone(), scores.device.clone(), shape, dtype);
+    let out = if in_place {
+        scores.clone()
+    } else {
+        empty_device_dtype(client.clone(), scores.device.clone(), shape.clone(), dtype)
+    };
     let width = widest_vector(keys, &[(&scores, 3), (&mask, 3), (&out, 3)])?;
     let row_shape = RowShape::new(keys / width)?;
     if rows == 0 || keys == 0 {
         return Some(out);
     }
     let cubes = rows.div_ceil(row_shape.rows_per_cube) as u32;
+    // Strides in vectors (every stride but the last is a whole number of vectors, as
+    // `widest_vector` checked); the mask's over rows is 0 where it is shared.
+    let scalar = |v: usize| u32::try_from(v).unwrap_or(u32::MAX);
+    let strides = |t: &CubeTensor<R>| {
+        let st = t.meta.strides();
+        Strides3Launch::new(
+            scalar(st[0] / width),
+            scalar(st[1] / width),
+            scalar(st[2] / width),
+        )
+    };
+    let mask_strides = {
+        let st = mask.meta.strides();
+        let per_row = if mask.meta.shape()[0] != 1 { st[0] } else { 0 };
+        Strides3Launch::new(scalar(per_row / width), 0, scalar(st[2] / width))
+    };
     masked_softmax_kernel::launch::<R>(
         &client,
         CubeCount::Static(cubes, 1, 1),
         CubeDim::new_2d(row_shape.units as u32, row_shape.rows_per_cube as u32),
         width,
-        scores.into_tensor_arg(),
-        mask.into_tensor_arg(),
-        out.clone().into_tensor_arg(),
+        // In place the kernel reads `out`; this slot then holds any tensor of the dtype.
+        if in_place { &mask } else { &scores }
+            .clone()
+            .into_array_arg(),
+        mask.clone().into_array_arg(),
+        out.clone().into_array_arg(),
+        scalar(rows),
+        scalar(shape[1]),
+        scalar(shape[2]),
+        scalar(keys / width),
+        strides(&scores),
+        mask_strides,
+        strides(&out),
         row_shape,
+        in_place,
         dtype.into(),
     );
     Some(out)

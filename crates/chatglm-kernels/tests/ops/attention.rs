@@ -59,6 +59,21 @@ pub(super) fn check_masked_softmax<B: KernelBackend>(dev: &B::Device, tol: Tol) 
             "{}: masked_softmax {shape:?}: max diff {d}",
             name::<B>()
         );
+        // Scores the caller still holds: the probabilities go elsewhere (on cube backends a
+        // sole owner's scores take them in place), and the scores keep their values.
+        let held = t(&scores, shape);
+        let kept = B::glm_masked_softmax(
+            held.clone().into_primitive().tensor(),
+            t(&mask, [b, 1, s, k]).into_primitive().tensor(),
+        );
+        let kept = values(Tensor::<B, 4>::from_primitive(TensorPrimitive::Float(kept)));
+        assert_eq!(kept, got, "{}: masked_softmax of held scores", name::<B>());
+        assert_eq!(
+            values(held),
+            values(t(&scores, shape)),
+            "{}: masked_softmax overwrote scores its caller holds",
+            name::<B>()
+        );
         let reference = reference::masked_softmax(t(&scores, shape), t(&mask, [b, 1, s, k]));
         let d = max_diff(&got, &values(reference));
         assert!(
