@@ -38,16 +38,7 @@ pub trait KernelBackend: Backend {
         beta: FloatTensor<Self>,
         eps: f32,
     ) -> FloatTensor<Self> {
-        let out = reference::add_layer_norm::<Self>(
-            float(a),
-            b.map(float),
-            bias.map(float),
-            alpha,
-            float(gamma),
-            float(beta),
-            eps,
-        );
-        out.into_primitive().tensor()
+        reference_add_layer_norm::<Self>(a, b, bias, alpha, gamma, beta, eps)
     }
 
     /// `softmax(scores + mask)` over the last dimension of `[batch, heads, seq, keys]` scores,
@@ -147,3 +138,28 @@ pub(crate) fn float<B: Backend, const D: usize>(t: FloatTensor<B>) -> Tensor<B, 
 
 impl KernelBackend for NdArray<f32> {}
 impl KernelBackend for NdArray<f64> {}
+
+/// [`reference::add_layer_norm`] on a backend's primitives (the default of
+/// [`KernelBackend::glm_add_layer_norm`], and the fallback of the backends that override it).
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn reference_add_layer_norm<B: KernelBackend>(
+    a: FloatTensor<B>,
+    b: Option<FloatTensor<B>>,
+    bias: Option<FloatTensor<B>>,
+    alpha: f32,
+    gamma: FloatTensor<B>,
+    beta: FloatTensor<B>,
+    eps: f32,
+) -> FloatTensor<B> {
+    reference::add_layer_norm::<B>(
+        float(a),
+        b.map(float),
+        bias.map(float),
+        alpha,
+        float(gamma),
+        float(beta),
+        eps,
+    )
+    .into_primitive()
+    .tensor()
+}

@@ -8,6 +8,7 @@ use burn_cubecl::tensor::CubeTensor;
 use cubecl::calculate_cube_count_elemwise;
 use cubecl::prelude::*;
 
+use super::strides::scalar;
 use super::widest_vector;
 
 /// The operands come as plain arrays, the rows, the vectors per row and the row strides (in
@@ -74,7 +75,6 @@ pub(crate) fn bias_gelu<R: CubeRuntime>(x: CubeTensor<R>, bias: CubeTensor<R>) -
     let row_cubes = rows.min(65_535) as u32;
     // Sizes and row strides in vectors as 32-bit scalars; a 2D activation of the model has far
     // fewer than 2^32 elements.
-    let scalar = |v: usize| u32::try_from(v).unwrap_or(u32::MAX);
     let row_stride = |t: &CubeTensor<R>| scalar(t.meta.strides()[0] / width);
     let (x_row, out_row) = (row_stride(&x), row_stride(&out));
     bias_gelu_kernel::launch::<R>(

@@ -9,6 +9,7 @@ use burn_cubecl::tensor::CubeTensor;
 use cubecl::prelude::*;
 
 use super::reduce::cube_sum;
+use super::strides::scalar;
 use super::widest_vector;
 
 /// Most units per row.
@@ -181,7 +182,6 @@ pub(crate) fn add_layer_norm<R: CubeRuntime>(
     let per_unit = nv.div_ceil(block as usize);
     // The row's length and the row strides in vectors (`widest_vector` checked that they are
     // whole vectors); [`fits`] checked that they are below 2^31.
-    let scalar = |v: usize| u32::try_from(v).unwrap_or(u32::MAX);
     let row_stride = |t: &CubeTensor<R>| scalar(t.meta.strides()[0] / width);
     let (n32, a_row, b_row, out_row) =
         (scalar(n), row_stride(&a), row_stride(&b), row_stride(&out));

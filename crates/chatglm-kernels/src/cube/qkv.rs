@@ -9,7 +9,8 @@ use burn_cubecl::tensor::CubeTensor;
 use cubecl::calculate_cube_count_elemwise;
 use cubecl::prelude::*;
 
-use super::{Strides3, Strides3Launch, unit_last_stride, vector_aligned, widest_vector};
+use super::strides::{scalar, vector_strides};
+use super::{Strides3, unit_last_stride, vector_aligned, widest_vector};
 
 /// The operands come as plain arrays read as vectors along their last dimension (unit stride;
 /// every other stride a whole number of vectors) and their layout as scalars: the number of
@@ -149,15 +150,7 @@ pub(crate) fn qkv_to_cache<R: CubeRuntime>(
     let units = units / width;
     // Strides over the first three dimensions, in vectors; sizes as 32-bit scalars. A layer's
     // cache holds far fewer than 2^32 vectors (8 rows of ChatGLM-6B's longest context: 2^24).
-    let scalar = |v: usize| u32::try_from(v).unwrap_or(u32::MAX);
-    let strides = |t: &CubeTensor<R>| {
-        let st = t.meta.strides();
-        Strides3Launch::new(
-            scalar(st[0] / width),
-            scalar(st[1] / width),
-            scalar(st[2] / width),
-        )
-    };
+    let strides = |t: &CubeTensor<R>| vector_strides(t, width);
     let cube_dim = CubeDim::new(&client, units);
     let cube_count = calculate_cube_count_elemwise(&client, units, cube_dim);
     qkv_to_cache_kernel::launch::<R>(

@@ -15,6 +15,7 @@ use burn_cubecl::tensor::CubeTensor;
 use cubecl::prelude::*;
 
 use super::reduce::{cube_max, cube_sum};
+use super::strides::{scalar, vector_strides};
 use super::{Strides3, Strides3Launch, unit_last_stride, widest_vector};
 
 /// Most units per row, and most vectors a unit holds: rows of up to `16 * 1024` vectors.
@@ -218,15 +219,7 @@ pub(crate) fn masked_softmax<R: CubeRuntime>(
     let cubes = rows.div_ceil(row_shape.rows_per_cube) as u32;
     // Strides in vectors (every stride but the last is a whole number of vectors, as
     // `widest_vector` checked); the mask's over rows is 0 where it is shared.
-    let scalar = |v: usize| u32::try_from(v).unwrap_or(u32::MAX);
-    let strides = |t: &CubeTensor<R>| {
-        let st = t.meta.strides();
-        Strides3Launch::new(
-            scalar(st[0] / width),
-            scalar(st[1] / width),
-            scalar(st[2] / width),
-        )
-    };
+    let strides = |t: &CubeTensor<R>| vector_strides(t, width);
     let mask_strides = {
         let st = mask.meta.strides();
         let per_row = if mask.meta.shape()[0] != 1 { st[0] } else { 0 };
