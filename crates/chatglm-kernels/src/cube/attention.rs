@@ -20,6 +20,7 @@ use burn_cubecl::tensor::CubeTensor;
 use cubecl::prelude::*;
 
 use super::reduce::{cube_max, cube_sum};
+use super::strides::{scalar, vector_strides};
 use super::{Strides3, Strides3Launch, vector_aligned};
 
 /// Units per cube.
@@ -267,20 +268,13 @@ pub(crate) fn decode_attention<R: CubeRuntime>(
         Shape::new([b, heads, s, d]),
         dtype,
     );
-    let strides = |t: &CubeTensor<R>, per: usize, dims: [Option<usize>; 3]| {
-        let st = t.meta.strides();
-        let [a, b, c] = dims.map(|d| d.map_or(Some(0), |d| u32::try_from(st[d] / per).ok()));
-        Some(Strides3Launch::new(a?, b?, c?))
-    };
-    // Where the mask is shared over rows or queries, its stride there is 0; its slots' stride
-    // takes the middle place.
-    let shared = |dim: usize| (mask.meta.shape()[dim] != 1).then_some(dim);
+    // The mask's strides over (row, slot, query) in elements, 0 along a dimension it is shared
+    // over (size 1).
     let mask_strides = {
-        let st = mask.meta.strides();
-        let pick = |d: Option<usize>| d.map_or(Some(0), |d| u32::try_from(st[d]).ok());
-        Strides3Launch::new(pick(shared(0))?, pick(Some(3))?, pick(shared(2))?)
+        let (shape, st) = (mask.meta.shape(), mask.meta.strides());
+        let along = |dim: usize| if shape[dim] == 1 { 0 } else { scalar(st[dim]) };
+        Strides3Launch::new(along(0), scalar(st[3]), along(2))
     };
-    let all = [Some(0), Some(1), Some(2)];
     decode_attention_kernel::launch::<R>(
         &client,
         CubeCount::Static((b * heads) as u32, s as u32, 1),
@@ -291,14 +285,14 @@ pub(crate) fn decode_attention<R: CubeRuntime>(
         values.clone().into_array_arg(),
         mask.clone().into_array_arg(),
         out.clone().into_array_arg(),
-        u32::try_from(heads).ok()?,
-        u32::try_from(slots).ok()?,
-        strides(q, width, all)?,
-        strides(keys, width, all)?,
-        strides(values, width, all)?,
+        scalar(heads),
+        scalar(slots),
+        vector_strides(q, width),
+        vector_strides(keys, width),
+        vector_strides(values, width),
         mask_strides,
-        strides(&out, 1, all)?,
-        u32::try_from(out.meta.strides()[3]).ok()?,
+        vector_strides(&out, 1),
+        scalar(out.meta.strides()[3]),
         slots_max,
         row_vectors,
         dtype.into(),

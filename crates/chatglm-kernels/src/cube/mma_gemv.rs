@@ -27,6 +27,7 @@ use cubecl::prelude::*;
 
 use super::elementwise::gelu_tanh;
 use super::gemv::Operands;
+use super::strides::scalar;
 use super::vector_aligned;
 
 /// Most rows of the left operand (the MMA's `n`).
@@ -343,28 +344,6 @@ pub(crate) fn product<R: CubeRuntime>(
     let out = empty_device_dtype(client.clone(), lhs.device.clone(), out_shape, dtype);
     let cubes = (n as u32).div_ceil((TILE * tiles) as u32);
     let (ls, rs, os) = (lhs.meta.strides(), rhs.meta.strides(), out.meta.strides());
-    let layout = [
-        n,
-        kv,
-        rs[d - 1] / WIDTH,
-        ls[d - 2] / WIDTH,
-        os[d - 2],
-        os[d - 1],
-        bias.map_or(0, |b| b.meta.strides()[0]),
-    ]
-    .map(|v| u32::try_from(v).ok());
-    let [
-        Some(n32),
-        Some(kv32),
-        Some(rhs_row),
-        Some(lhs_row),
-        Some(out_row),
-        Some(out_col),
-        Some(bias_step),
-    ] = layout
-    else {
-        return None;
-    };
     mma_gemv_kernel::launch::<R>(
         &client,
         CubeCount::Static(cubes, 1, 1),
@@ -375,13 +354,13 @@ pub(crate) fn product<R: CubeRuntime>(
         // Without a bias the slot holds any tensor; the kernel does not read it.
         bias.unwrap_or(rhs).clone().into_array_arg(),
         out.clone().into_array_arg(),
-        n32,
-        kv32,
-        rhs_row,
-        lhs_row,
-        out_row,
-        out_col,
-        bias_step,
+        scalar(n),
+        scalar(kv),
+        scalar(rs[d - 1] / WIDTH),
+        scalar(ls[d - 2] / WIDTH),
+        scalar(os[d - 2]),
+        scalar(os[d - 1]),
+        scalar(bias.map_or(0, |b| b.meta.strides()[0])),
         m,
         tiles,
         unroll,
