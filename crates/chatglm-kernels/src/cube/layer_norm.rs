@@ -82,14 +82,22 @@ fn add_layer_norm_kernel<F: Float, N: Size>(
     let mut shared = SharedMemory::<f32>::new((block / 32) as usize);
     // Each unit reads its `per_unit` vectors once, all loads in flight together, and keeps them
     // in registers for both statistics and the output (the row is never read twice).
+    // `gamma` and `beta` are loaded with the row, so that their latency is not paid again after
+    // the reductions.
     let mut vals = Array::<Vector<f32, N>>::new(per_unit);
+    let mut scale = Array::<Vector<F, N>>::new(per_unit);
+    let mut shift = Array::<Vector<F, N>>::new(per_unit);
     let mut sum = Vector::<f32, N>::new(0.0f32);
     #[unroll]
     for i in 0..per_unit {
         let v = tid + i * step;
         let mut x = Vector::<f32, N>::new(0.0f32);
+        scale[i] = Vector::<F, N>::new(F::new(0.0));
+        shift[i] = Vector::<F, N>::new(F::new(0.0));
         if v < nv {
             x = residual::<F, N>(a, b, bias, a_row, b_row, row, v, alpha, has_b, has_bias);
+            scale[i] = gamma[v];
+            shift[i] = beta[v];
         }
         vals[i] = x;
         sum += x;
@@ -112,8 +120,8 @@ fn add_layer_norm_kernel<F: Float, N: Size>(
     for i in 0..per_unit {
         let v = tid + i * step;
         if v < nv {
-            let g = Vector::<f32, N>::cast_from(gamma[v]);
-            let bb = Vector::<f32, N>::cast_from(beta[v]);
+            let g = Vector::<f32, N>::cast_from(scale[i]);
+            let bb = Vector::<f32, N>::cast_from(shift[i]);
             out[row * out_row as usize + v] =
                 Vector::<F, N>::cast_from((vals[i] - meanv) * inv * g + bb);
         }
