@@ -68,7 +68,8 @@ struct Opts {
     #[arg(long)]
     continuous: bool,
     /// Also time the decode products alone (each layer's four and the lm_head, at each of
-    /// `--batches` rows): weight bytes read per second per shape, beside a device copy.
+    /// `--batches` rows): weight bytes read per second per shape, beside a device copy; and the
+    /// step's other kernels alone.
     #[arg(long)]
     products: bool,
 }

@@ -131,6 +131,52 @@ fn bench_qkv_to_cache<B: KernelBackend>(c: &mut Criterion, label: &str, dev: &B:
     compare::<B>(c, name, dev, [("fused", &fused), ("reference", &plain)]);
 }
 
+/// A decoded token's attention (one token into a 512-slot cache, then attention over it):
+/// `decode_attention_qkv` against the two ops it fuses. Both sides keep the cache in a cell and
+/// write it in place, as the model's cache does.
+fn bench_decode_attention_qkv<B: KernelBackend>(c: &mut Criterion, label: &str, dev: &B::Device) {
+    const HEADS: usize = 32;
+    let hd = HIDDEN / HEADS;
+    let slots = 512;
+    let normal =
+        |shape: [usize; 4]| Tensor::<B, 4>::random(shape, Distribution::Normal(0.0, 1.0), dev);
+    let qkv = normal([1, 1, HEADS, 3 * hd]);
+    let bias = Tensor::<B, 1>::random([3 * HIDDEN], Distribution::Normal(0.0, 1.0), dev);
+    let (cos, sin) = (normal([1, 1, 1, 2 * hd]), normal([1, 1, 1, 2 * hd]));
+    let mask = Tensor::<B, 4>::zeros([1, 1, 1, slots], dev);
+    let cache = || {
+        std::cell::RefCell::new(Some((
+            normal([1, HEADS, slots, hd]),
+            normal([1, HEADS, slots, hd]),
+        )))
+    };
+    let (one_cache, two_cache) = (cache(), cache());
+    let tables = || (cos.clone(), sin.clone());
+    let one = || {
+        let kv = one_cache.borrow_mut().take().expect("cache");
+        let (out, k, v) = chatglm_kernels::decode_attention_qkv(
+            qkv.clone(),
+            Some(bias.clone()),
+            tables(),
+            kv,
+            300,
+            mask.clone(),
+        );
+        *one_cache.borrow_mut() = Some((k, v));
+        out.reshape([HEADS, hd])
+    };
+    let two = || {
+        let kv = two_cache.borrow_mut().take().expect("cache");
+        let (q, k, v) =
+            chatglm_kernels::qkv_to_cache(qkv.clone(), Some(bias.clone()), tables(), kv, 300);
+        let out = chatglm_kernels::decode_attention(q, k.clone(), v.clone(), mask.clone());
+        *two_cache.borrow_mut() = Some((k, v));
+        out.reshape([HEADS, hd])
+    };
+    let name = format!("{label}/decode_attention_qkv/{HEADS}x{slots}x{hd}");
+    compare::<B>(c, name, dev, [("one_op", &one), ("two_ops", &two)]);
+}
+
 /// A prefill-sized half-precision product through `chatglm_kernels::matmul` (cuBLAS on CUDA)
 /// against burn's matmul: 512 tokens through the QKV projection's `[out, in]` weight.
 fn bench_gemm<B: KernelBackend>(c: &mut Criterion, label: &str, dev: &B::Device) {
@@ -244,6 +290,7 @@ fn benches(c: &mut Criterion) {
         bench_matmul::<burn::backend::NdArray<f32>>(c, "cpu-f32", &dev);
         bench_gemv::<burn::backend::NdArray<f32>>(c, "cpu-f32", &dev);
         bench_attention::<burn::backend::NdArray<f32>>(c, "cpu-f32", &dev);
+        bench_decode_attention_qkv::<burn::backend::NdArray<f32>>(c, "cpu-f32", &dev);
         bench_matmul_bias_gelu::<burn::backend::NdArray<f32>>(c, "cpu-f32", &dev);
         return;
     }
@@ -257,6 +304,7 @@ fn benches(c: &mut Criterion) {
         bench_gemm::<Direct>(c, "cuda-direct-f16", &dev);
         bench_gemv::<Direct>(c, "cuda-direct-f16", &dev);
         bench_attention::<Direct>(c, "cuda-direct-f16", &dev);
+        bench_decode_attention_qkv::<Direct>(c, "cuda-direct-f16", &dev);
         bench_matmul_bias_gelu::<Direct>(c, "cuda-direct-f16", &dev);
         bench_matmul::<burn::backend::Cuda<f32, i32>>(c, "cuda-f32", &dev);
     }

@@ -83,6 +83,37 @@ pub fn qkv_to_cache<B: KernelBackend>(
     (keys, values): (Tensor<B, 4>, Tensor<B, 4>),
     offset: usize,
 ) -> (Tensor<B, 4>, Tensor<B, 4>, Tensor<B, 4>) {
+    check_qkv_to_cache(&qkv, bias.as_ref(), (&cos, &sin), (&keys, &values), offset);
+    if !fused_enabled() {
+        return reference::qkv_to_cache(
+            qkv,
+            bias,
+            (cos, sin),
+            (keys, values),
+            offset,
+            reference::rotary,
+        );
+    }
+    let prim = |t: Tensor<B, 4>| t.into_primitive().tensor();
+    let (q, keys, values) = B::glm_qkv_to_cache(
+        prim(qkv),
+        bias.map(|t| t.into_primitive().tensor()),
+        (prim(cos), prim(sin)),
+        (prim(keys), prim(values)),
+        offset,
+    );
+    let t = |p| Tensor::from_primitive(TensorPrimitive::Float(p));
+    (t(q), t(keys), t(values))
+}
+
+/// Panics with the op's message where [`qkv_to_cache`]'s operands do not fit together.
+fn check_qkv_to_cache<B: KernelBackend>(
+    qkv: &Tensor<B, 4>,
+    bias: Option<&Tensor<B, 1>>,
+    (cos, sin): (&Tensor<B, 4>, &Tensor<B, 4>),
+    (keys, values): (&Tensor<B, 4>, &Tensor<B, 4>),
+    offset: usize,
+) {
     let [b, s, heads, width] = qkv.dims();
     let hd = width / 3;
     assert_eq!(
@@ -91,7 +122,7 @@ pub fn qkv_to_cache<B: KernelBackend>(
         "qkv_to_cache: the last dimension must be 3 * head_dim"
     );
     assert_eq!(hd % 4, 0, "qkv_to_cache: head_dim must be a multiple of 4");
-    if let Some(bias) = &bias {
+    if let Some(bias) = bias {
         assert_eq!(
             bias.dims(),
             [heads * width],
@@ -118,26 +149,6 @@ pub fn qkv_to_cache<B: KernelBackend>(
         "qkv_to_cache: slots {offset}..{} outside the cache's {capacity}",
         offset + s
     );
-    if !fused_enabled() {
-        return reference::qkv_to_cache(
-            qkv,
-            bias,
-            (cos, sin),
-            (keys, values),
-            offset,
-            reference::rotary,
-        );
-    }
-    let prim = |t: Tensor<B, 4>| t.into_primitive().tensor();
-    let (q, keys, values) = B::glm_qkv_to_cache(
-        prim(qkv),
-        bias.map(|t| t.into_primitive().tensor()),
-        (prim(cos), prim(sin)),
-        (prim(keys), prim(values)),
-        offset,
-    );
-    let t = |p| Tensor::from_primitive(TensorPrimitive::Float(p));
-    (t(q), t(keys), t(values))
 }
 
 /// `softmax(scores + mask)` over the keys of attention scores, in float32 for half-precision
@@ -359,6 +370,54 @@ pub fn decode_attention<B: KernelBackend>(
         mask.into_primitive().tensor(),
     );
     Tensor::from_primitive(TensorPrimitive::Float(out))
+}
+
+/// A decoded token's attention in one op: [`qkv_to_cache`] for one new token per row at slot
+/// `offset`, then [`decode_attention`] over the updated cache. On burn's cube backends one kernel
+/// (a cube per (row, head) writes its own cache slot, then attends), with the same results as the
+/// two ops; elsewhere, or for shapes that kernel does not take, the two ops.
+///
+/// # Shapes
+/// - `qkv`: `[batch, 1, heads, 3 * head_dim]`, `bias`: `[heads * 3 * head_dim]`
+/// - `cos`, `sin`: `[batch, 1, 1, 2 * head_dim]`
+/// - `keys`, `values`: `[batch, heads, slots, head_dim]`
+/// - `mask`: additive, `[batch or 1, 1, 1, slots]`
+/// - returns the attention `[batch, heads, 1, head_dim]` and the updated keys and values
+#[allow(clippy::type_complexity)]
+pub fn decode_attention_qkv<B: KernelBackend>(
+    qkv: Tensor<B, 4>,
+    bias: Option<Tensor<B, 1>>,
+    (cos, sin): (Tensor<B, 4>, Tensor<B, 4>),
+    (keys, values): (Tensor<B, 4>, Tensor<B, 4>),
+    offset: usize,
+    mask: Tensor<B, 4>,
+) -> (Tensor<B, 4>, Tensor<B, 4>, Tensor<B, 4>) {
+    let [b, s, _, _] = qkv.dims();
+    let slots = keys.dims()[2];
+    assert_eq!(s, 1, "decode_attention_qkv: one new token per row");
+    let m = mask.dims();
+    assert!(
+        (m[0] == b || m[0] == 1) && m[1] == 1 && m[2] == 1 && m[3] == slots,
+        "decode_attention_qkv: mask shape {m:?} for {b} rows and {slots} slots"
+    );
+    if !fused_enabled() {
+        let (q, keys, values) = qkv_to_cache(qkv, bias, (cos, sin), (keys, values), offset);
+        let out = decode_attention(q, keys.clone(), values.clone(), mask);
+        return (out, keys, values);
+    }
+    // The shapes of the cache write, checked as `qkv_to_cache` checks them.
+    check_qkv_to_cache(&qkv, bias.as_ref(), (&cos, &sin), (&keys, &values), offset);
+    let prim = |t: Tensor<B, 4>| t.into_primitive().tensor();
+    let (out, keys, values) = B::glm_decode_attention_qkv(
+        prim(qkv),
+        bias.map(|t| t.into_primitive().tensor()),
+        (prim(cos), prim(sin)),
+        (prim(keys), prim(values)),
+        offset,
+        prim(mask),
+    );
+    let t = |p| Tensor::from_primitive(TensorPrimitive::Float(p));
+    (t(out), t(keys), t(values))
 }
 
 /// `LayerNorm(a * alpha + (b + bias))` over the last dimension: ChatGLM-6B's residual (`alpha`

@@ -112,6 +112,22 @@ pub trait KernelBackend: Backend {
         (prim(q), prim(keys), prim(values))
     }
 
+    /// A decoded token's attention: [`KernelBackend::glm_qkv_to_cache`] for one new token per row
+    /// at slot `offset`, then [`KernelBackend::glm_decode_attention`] over the updated cache with
+    /// `mask` `[batch or 1, 1, 1, slots]`. Returns the attention `[batch, heads, 1, head_dim]` and
+    /// the keys and values. Backends with kernels may run both in one.
+    #[allow(clippy::type_complexity)]
+    fn glm_decode_attention_qkv(
+        qkv: FloatTensor<Self>,
+        bias: Option<FloatTensor<Self>>,
+        tables: (FloatTensor<Self>, FloatTensor<Self>),
+        cache: (FloatTensor<Self>, FloatTensor<Self>),
+        offset: usize,
+        mask: FloatTensor<Self>,
+    ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>) {
+        qkv_then_attention::<Self>(qkv, bias, tables, cache, offset, mask)
+    }
+
     /// `gelu_tanh(lhs x rhs + bias)` for `lhs: [rows, k]`, `rhs: [k, n]` and `bias: [n]`, the
     /// product rounded to the dtype before the bias (as [`KernelBackend::glm_matmul`] then
     /// [`KernelBackend::glm_bias_gelu`]).
@@ -138,6 +154,23 @@ pub(crate) fn float<B: Backend, const D: usize>(t: FloatTensor<B>) -> Tensor<B, 
 
 impl KernelBackend for NdArray<f32> {}
 impl KernelBackend for NdArray<f64> {}
+
+/// [`KernelBackend::glm_qkv_to_cache`] then [`KernelBackend::glm_decode_attention`] (the default
+/// of [`KernelBackend::glm_decode_attention_qkv`], and the fallback of the backends that override
+/// it).
+#[allow(clippy::type_complexity)]
+pub(crate) fn qkv_then_attention<B: KernelBackend>(
+    qkv: FloatTensor<B>,
+    bias: Option<FloatTensor<B>>,
+    tables: (FloatTensor<B>, FloatTensor<B>),
+    cache: (FloatTensor<B>, FloatTensor<B>),
+    offset: usize,
+    mask: FloatTensor<B>,
+) -> (FloatTensor<B>, FloatTensor<B>, FloatTensor<B>) {
+    let (q, keys, values) = B::glm_qkv_to_cache(qkv, bias, tables, cache, offset);
+    let out = B::glm_decode_attention(q, keys.clone(), values.clone(), mask);
+    (out, keys, values)
+}
 
 /// [`reference::add_layer_norm`] on a backend's primitives (the default of
 /// [`KernelBackend::glm_add_layer_norm`], and the fallback of the backends that override it).

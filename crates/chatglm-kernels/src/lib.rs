@@ -23,8 +23,8 @@ pub mod runtime;
 
 pub use api::{
     GemmHostTimes, GemmStatus, PROMPT_KERNEL_MAX_WORK, add_layer_norm, bias_gelu, decode_attention,
-    fused_enabled, gemm_status, gemv_calls, masked_softmax, matmul, matmul_bias_gelu,
-    mma_gemv_calls, prompt_attention, qkv_to_cache, rotary,
+    decode_attention_qkv, fused_enabled, gemm_status, gemv_calls, masked_softmax, matmul,
+    matmul_bias_gelu, mma_gemv_calls, prompt_attention, qkv_to_cache, rotary,
 };
 pub use backend::KernelBackend;
 

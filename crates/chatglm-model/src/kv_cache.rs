@@ -87,6 +87,32 @@ impl<B: Backend> LayerKv<B> {
         (q, k, v)
     }
 
+    /// A decoded token's attention ([`chatglm_kernels::decode_attention_qkv`]): writes its keys
+    /// and values at slot `offset` as [`LayerKv::write_qkv`] does, then attends over the cache
+    /// with `mask` `[batch or 1, 1, 1, slots]`. `qkv`: `[batch, 1, heads, 3 * head_dim]` without
+    /// its bias. Returns the attention `[batch, heads, 1, head_dim]`.
+    pub fn attend_token(
+        &mut self,
+        offset: usize,
+        qkv: Tensor<B, 4>,
+        bias: Option<Tensor<B, 1>>,
+        rope: &Rope<B>,
+        mask: Tensor<B, 4>,
+    ) -> Tensor<B, 4>
+    where
+        B: KernelBackend,
+    {
+        // As in `write_qkv`: the cache the only owner of its buffers, so they are written in place.
+        let keys = self.keys.take().expect("cache layer in use");
+        let values = self.values.take().expect("cache layer in use");
+        let tables = (rope.cos.clone(), rope.sin.clone());
+        let (out, k, v) =
+            chatglm_kernels::decode_attention_qkv(qkv, bias, tables, (keys, values), offset, mask);
+        self.keys = Some(k);
+        self.values = Some(v);
+        out
+    }
+
     /// The cached keys and values.
     pub fn tensors(&self) -> Option<(Tensor<B, 4>, Tensor<B, 4>)> {
         Some((self.keys.clone()?, self.values.clone()?))

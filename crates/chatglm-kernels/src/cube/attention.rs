@@ -24,9 +24,12 @@ use super::strides::{scalar, vector_strides};
 use super::{Strides3, Strides3Launch, vector_aligned};
 
 /// Units per cube.
-const UNITS: usize = 512;
-/// Slots each group of units reads per pass of the values step.
-const UNROLL: usize = 4;
+pub(crate) const UNITS: usize = 512;
+/// Slots each group of units reads per pass of the values step, unless [`UNROLL_ENV`] says
+/// otherwise.
+const UNROLL: usize = 8;
+/// Environment variable for tuning runs: slots per pass of the values step (1 to 32).
+const UNROLL_ENV: &str = "CHATGLM_ATTENTION_UNROLL";
 /// Slot granularity of the shared score buffer (its size is compiled in).
 const SLOT_STEP: usize = 256;
 /// Most slots the kernel takes (scores in shared memory); longer caches use the reference path.
@@ -55,17 +58,69 @@ fn decode_attention_kernel<F: Float, N: Size>(
     o_last: u32,
     #[comptime] slots_max: usize,
     #[comptime] row_vectors: usize,
+    #[comptime] unroll: usize,
     #[define(F)] _dtype: StorageType,
 ) {
     let heads = heads as usize;
     let b = CUBE_POS_X as usize / heads;
     let h = CUBE_POS_X as usize % heads;
     let query = CUBE_POS_Y as usize;
+    let q_base = q_strides.at(b, h, query);
+    let mut qv = Array::<Vector<F, N>>::new(row_vectors);
+    #[unroll]
+    for i in 0..row_vectors {
+        qv[i] = q[q_base + i];
+    }
+    attend::<F, N>(
+        &qv,
+        keys,
+        values,
+        mask,
+        out,
+        b,
+        h,
+        query,
+        slots as usize,
+        k_strides,
+        v_strides,
+        m_strides,
+        o_strides.at(b, h, query),
+        o_last as usize,
+        slots_max,
+        row_vectors,
+        unroll,
+    );
+}
+
+/// The attention of query `query` (`qv`, kept in the dtype: as float32 it would take 128
+/// registers of a unit for ChatGLM's heads) of row `b`, head
+/// `h` over `slots` slots, written to `out` from `o_base` with stride `o_last`: the three phases
+/// of the module's doc. The strides: the keys' and the values' over (row, head, slot), the mask's
+/// over (row, slot, query).
+#[cube]
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn attend<F: Float, N: Size>(
+    qv: &Array<Vector<F, N>>,
+    keys: &Array<Vector<F, N>>,
+    values: &Array<Vector<F, N>>,
+    mask: &Array<F>,
+    out: &mut Array<F>,
+    b: usize,
+    h: usize,
+    query: usize,
+    slots: usize,
+    k_strides: Strides3,
+    v_strides: Strides3,
+    m_strides: Strides3,
+    o_base: usize,
+    o_last: usize,
+    #[comptime] slots_max: usize,
+    #[comptime] row_vectors: usize,
+    #[comptime] unroll: usize,
+) {
     let tid = UNIT_POS_X as usize;
     let units = CUBE_DIM_X as usize;
-    let slots = slots as usize;
-    let width = q.vector_size();
-    let q_base = q_strides.at(b, h, query);
+    let width = keys.vector_size();
     let k_base = k_strides.at(b, h, 0);
     let k_row = k_strides.third as usize;
     let v_base = v_strides.at(b, h, 0);
@@ -78,18 +133,14 @@ fn decode_attention_kernel<F: Float, N: Size>(
     let mut reduce = SharedMemory::<f32>::new(UNITS / 32);
 
     // 1. Scores, each rounded to the dtype as the product's output is, plus the mask.
-    let mut qv = Array::<Vector<f32, N>>::new(row_vectors);
-    #[unroll]
-    for i in 0..row_vectors {
-        qv[i] = Vector::<f32, N>::cast_from(q[q_base + i]);
-    }
     let mut local_max = f32::new(-3.0e38);
     let mut j = tid;
     while j < slots {
         let mut acc = Vector::<f32, N>::new(0.0f32);
         #[unroll]
         for i in 0..row_vectors {
-            acc += Vector::<f32, N>::cast_from(keys[k_base + j * k_row + i]) * qv[i];
+            acc += Vector::<f32, N>::cast_from(keys[k_base + j * k_row + i])
+                * Vector::<f32, N>::cast_from(qv[i]);
         }
         let dot = f32::cast_from(F::cast_from(f32::cast_from(acc.vector_sum())));
         let s = dot + f32::cast_from(mask[m_base + j * m_slot]);
@@ -125,9 +176,9 @@ fn decode_attention_kernel<F: Float, N: Size>(
     let mut acc = Vector::<f32, N>::new(0.0f32);
     let mut first = g;
     while first < slots {
-        let mut rows = Array::<Vector<F, N>>::new(UNROLL);
+        let mut rows = Array::<Vector<F, N>>::new(unroll);
         #[unroll]
-        for u in 0..UNROLL {
+        for u in 0..unroll {
             let s = first + u * groups;
             rows[u] = Vector::<F, N>::new(F::new(0.0));
             if s < slots {
@@ -135,13 +186,13 @@ fn decode_attention_kernel<F: Float, N: Size>(
             }
         }
         #[unroll]
-        for u in 0..UNROLL {
+        for u in 0..unroll {
             let s = first + u * groups;
             if s < slots {
                 acc += Vector::<f32, N>::cast_from(rows[u]) * Vector::<f32, N>::new(scores[s]);
             }
         }
-        first += UNROLL * groups;
+        first += unroll * groups;
     }
     // The groups' partial sums, element-wise, through the score buffer's memory (free now).
     sync_cube();
@@ -157,7 +208,7 @@ fn decode_attention_kernel<F: Float, N: Size>(
         for gg in 0..groups {
             total += scores[gg * d + e];
         }
-        out[o_strides.at(b, h, query) + e * o_last as usize] = F::cast_from(total);
+        out[o_base + e * o_last] = F::cast_from(total);
         e += units;
     }
 }
@@ -166,9 +217,13 @@ fn decode_attention_kernel<F: Float, N: Size>(
 /// number of vectors (at most one per unit), at most [`MAX_SLOTS`] slots (and enough score
 /// buffer for the partial sums).
 fn vector_width(d: usize) -> Option<usize> {
-    [8usize, 4, 2, 1]
-        .into_iter()
-        .find(|&w| d.is_multiple_of(w) && (d / w).is_power_of_two() && d / w <= UNITS)
+    [8usize, 4, 2, 1].into_iter().find(|&w| takes_width(d, w))
+}
+
+/// Whether the kernel reads head rows of `d` elements as vectors of `w`: a power-of-two number of
+/// them, at most one per unit.
+pub(crate) fn takes_width(d: usize, w: usize) -> bool {
+    d.is_multiple_of(w) && (d / w).is_power_of_two() && d / w <= UNITS
 }
 
 /// The sizes of an attention call's operands, checked against each other.
@@ -258,9 +313,6 @@ pub(crate) fn decode_attention<R: CubeRuntime>(
         return None;
     }
     let row_vectors = d / width;
-    let slots_max = slots
-        .next_multiple_of(SLOT_STEP)
-        .max(UNITS / row_vectors * d);
     let client = q.client.clone();
     let out = empty_device_dtype(
         client.clone(),
@@ -293,9 +345,31 @@ pub(crate) fn decode_attention<R: CubeRuntime>(
         mask_strides,
         vector_strides(&out, 1),
         scalar(out.meta.strides()[3]),
-        slots_max,
+        score_buffer(slots, d, width),
         row_vectors,
+        values_unroll(),
         dtype.into(),
     );
     Some(out)
+}
+
+/// [`UNROLL`], or [`UNROLL_ENV`] where it is set to 1-32 (read once).
+pub(crate) fn values_unroll() -> usize {
+    static UNROLL_SET: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    *UNROLL_SET.get_or_init(|| {
+        std::env::var(UNROLL_ENV)
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .filter(|u| (1..=32).contains(u))
+            .unwrap_or(UNROLL)
+    })
+}
+
+/// Floats of the kernels' shared score buffer for `slots` slots of head rows of `d` elements read
+/// as vectors of `width`: the slots rounded up to [`SLOT_STEP`], and at least the values step's
+/// partial sums (`d` per group of units).
+pub(crate) fn score_buffer(slots: usize, d: usize, width: usize) -> usize {
+    slots
+        .next_multiple_of(SLOT_STEP)
+        .max(UNITS / (d / width) * d)
 }

@@ -2,6 +2,8 @@
 //! the fusion wrapper forwards to these through custom operations, see `crate::fusion`).
 
 mod attention;
+mod attention_qkv;
+mod attention_split;
 mod cublas;
 mod elementwise;
 mod gemv;
@@ -129,6 +131,60 @@ where
         offset: usize,
     ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>) {
         qkv::qkv_to_cache(qkv, bias, tables, keys, values, offset)
+    }
+
+    fn glm_decode_attention_qkv(
+        qkv: FloatTensor<Self>,
+        bias: Option<FloatTensor<Self>>,
+        (cos, sin): (FloatTensor<Self>, FloatTensor<Self>),
+        (keys, values): (FloatTensor<Self>, FloatTensor<Self>),
+        offset: usize,
+        mask: FloatTensor<Self>,
+    ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>) {
+        let width = attention_qkv::width(
+            &qkv,
+            bias.as_ref(),
+            (&cos, &sin),
+            (&keys, &values),
+            offset,
+            &mask,
+        );
+        match width {
+            Some(width)
+                if attention_qkv::split(
+                    keys.meta.shape()[0] * keys.meta.shape()[1],
+                    keys.meta.shape()[2],
+                    keys.meta.shape()[3] / width,
+                ) =>
+            {
+                attention_split::decode_attention_split(
+                    qkv,
+                    bias,
+                    (cos, sin),
+                    (keys, values),
+                    offset,
+                    mask,
+                    width,
+                )
+            }
+            Some(width) => attention_qkv::decode_attention_qkv(
+                qkv,
+                bias,
+                (cos, sin),
+                (keys, values),
+                offset,
+                mask,
+                width,
+            ),
+            None => crate::backend::qkv_then_attention::<Self>(
+                qkv,
+                bias,
+                (cos, sin),
+                (keys, values),
+                offset,
+                mask,
+            ),
+        }
     }
 
     fn glm_rotary(

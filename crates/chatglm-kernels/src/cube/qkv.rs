@@ -50,14 +50,48 @@ fn qkv_to_cache_kernel<F: Float, N: Size>(
     let s = (ABSOLUTE_POS / hv) % seq;
     let h = (ABSOLUTE_POS / (hv * seq)) % heads;
     let b = ABSOLUTE_POS / (hv * seq * heads);
-    // q and k each rotate two halves of head_dim / 2 columns; `pv` is the vector of cv's
-    // rotate-half partners (the tables carry their sign, and q's scale). A vector never straddles
-    // a quarter of the head (the caller's widths divide head_dim / 4).
+    let x = rotated_qkv::<F, N>(
+        qkv,
+        bias,
+        cos,
+        sin,
+        qkv_strides.at(b, s, h),
+        h * 3 * hv,
+        cos_strides.at(b, 0, s),
+        sin_strides.at(b, 0, s),
+        cv,
+        hv,
+        has_bias,
+    );
+    q[q_strides.at(b, h, s) + cv] = Vector::<F, N>::cast_from(x[0]);
+    let slot = usize::cast_from(offset) + s;
+    keys[k_strides.at(b, h, slot) + cv] = Vector::<F, N>::cast_from(x[1]);
+    values[v_strides.at(b, h, slot) + cv] = Vector::<F, N>::cast_from(x[2]);
+}
+
+/// Vector `cv` of one head's q, k and v (`hv` vectors each), in float32 before rounding to the
+/// dtype: the QKV output's row at `src` (q, k, v side by side), its bias at `bias_base`, and the
+/// rotary of q and k with the tables' rows at `cos_row`, `sin_row`. q and k each rotate two halves
+/// of head_dim / 2 columns; the vector of `cv`'s rotate-half partners is `pv` (the tables carry
+/// their sign, and q's scale). A vector never straddles a quarter of the head (the callers' widths
+/// divide head_dim / 4).
+#[cube]
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn rotated_qkv<F: Float, N: Size>(
+    qkv: &Array<Vector<F, N>>,
+    bias: &Array<Vector<F, N>>,
+    cos: &Array<Vector<F, N>>,
+    sin: &Array<Vector<F, N>>,
+    src: usize,
+    bias_base: usize,
+    cos_row: usize,
+    sin_row: usize,
+    cv: usize,
+    hv: usize,
+    #[comptime] has_bias: bool,
+) -> Array<Vector<f32, N>> {
     let half = hv / 2;
     let pv = (cv / half) * half + (cv % half + half / 2) % half;
-    let src = qkv_strides.at(b, s, h);
-    let cos_row = cos_strides.at(b, 0, s);
-    let sin_row = sin_strides.at(b, 0, s);
     let mut x = Array::<Vector<f32, N>>::new(5usize);
     // q at cv and pv, k at hv + cv and hv + pv, v at 2 hv + cv.
     let mut cols = Array::<usize>::new(5usize);
@@ -70,7 +104,7 @@ fn qkv_to_cache_kernel<F: Float, N: Size>(
     for i in 0..5usize {
         x[i] = Vector::<f32, N>::cast_from(qkv[src + cols[i]]);
         if has_bias {
-            x[i] += Vector::<f32, N>::cast_from(bias[h * 3 * hv + cols[i]]);
+            x[i] += Vector::<f32, N>::cast_from(bias[bias_base + cols[i]]);
         }
     }
     let (cq, sq) = (
@@ -81,15 +115,16 @@ fn qkv_to_cache_kernel<F: Float, N: Size>(
         Vector::<f32, N>::cast_from(cos[cos_row + hv + cv]),
         Vector::<f32, N>::cast_from(sin[sin_row + hv + cv]),
     );
-    q[q_strides.at(b, h, s) + cv] = Vector::<F, N>::cast_from(x[0] * cq + x[1] * sq);
-    let slot = usize::cast_from(offset) + s;
-    keys[k_strides.at(b, h, slot) + cv] = Vector::<F, N>::cast_from(x[2] * ck + x[3] * sk);
-    values[v_strides.at(b, h, slot) + cv] = Vector::<F, N>::cast_from(x[4]);
+    let mut out = Array::<Vector<f32, N>>::new(3usize);
+    out[0] = x[0] * cq + x[1] * sq;
+    out[1] = x[2] * ck + x[3] * sk;
+    out[2] = x[4];
+    out
 }
 
 /// A tensor this kernel may write: the tensor itself when nothing else holds its buffer, else a
 /// copy (as burn's own slice assignment does).
-fn writable<R: CubeRuntime>(t: CubeTensor<R>) -> CubeTensor<R> {
+pub(crate) fn writable<R: CubeRuntime>(t: CubeTensor<R>) -> CubeTensor<R> {
     if t.can_mut() && t.is_nonoverlapping() {
         t
     } else {

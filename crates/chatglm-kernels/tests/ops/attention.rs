@@ -358,3 +358,66 @@ pub(super) fn check_prompt_attention<B: KernelBackend>(dev: &B::Device, tol: f32
         );
     }
 }
+
+/// A decoded token's cache write and attention in one op against the two ops it fuses
+/// (`qkv_to_cache`, then `decode_attention`, each checked against host math above): the same
+/// attention and cache, a cache buffer held elsewhere left as it was. The last case has more slots
+/// than the fused kernels take, so it checks the fallback. On CUDA the default picks the kernels
+/// by shape (the 1100-slot case takes the two-kernel split, the others the single kernel);
+/// `CHATGLM_DECODE_ATTENTION=split` or `single` sends every case to one of them.
+pub(super) fn check_decode_attention_qkv<B: KernelBackend>(dev: &B::Device, tol: Tol) {
+    for (b, h, hd, slots, offset, mask_rows) in [
+        (2usize, 3usize, 128usize, 300usize, 137usize, 2usize),
+        (1, 2, 128, 1100, 1050, 1),
+        (1, 2, 16, 9, 8, 1),
+        (3, 2, 8, 20, 0, 3),
+        (1, 1, 8, 4100, 4000, 1),
+    ] {
+        let width = 3 * hd;
+        let qkv = random(b * h * width, 51, 2.0);
+        let bias = random(h * width, 52, 0.5);
+        let cos = random(b * 2 * hd, 53, 1.0);
+        let sin = random(b * 2 * hd, 54, 1.0);
+        let keys = random(b * h * slots * hd, 55, 1.0);
+        let vals = random(b * h * slots * hd, 56, 1.0);
+        let mask = cut_mask(mask_rows, 1, slots, offset + 1);
+        let t4 = |v: &[f32], shape: [usize; 4]| tensor::<B, 4>(v, shape, dev);
+        let cache = [b, h, slots, hd];
+        let args = || {
+            (
+                t4(&qkv, [b, 1, h, width]),
+                Some(tensor::<B, 1>(&bias, [h * width], dev)),
+                (t4(&cos, [b, 1, 1, 2 * hd]), t4(&sin, [b, 1, 1, 2 * hd])),
+                (t4(&keys, cache), t4(&vals, cache)),
+                t4(&mask, [mask_rows, 1, 1, slots]),
+            )
+        };
+        let (tqkv, tbias, tables, (tk, tv), tmask) = args();
+        let (q, k2, v2) = chatglm_kernels::qkv_to_cache(tqkv, tbias, tables, (tk, tv), offset);
+        let two = chatglm_kernels::decode_attention(q, k2.clone(), v2.clone(), tmask);
+        let (tqkv, tbias, tables, (tk, tv), tmask) = args();
+        let held = tk.clone();
+        let (one, k1, v1) =
+            chatglm_kernels::decode_attention_qkv(tqkv, tbias, tables, (tk, tv), offset, tmask);
+        assert_eq!(one.dims(), [b, h, 1, hd]);
+        let shape = (b, h, hd, slots, offset);
+        for (what, got, want) in [
+            ("attention", one, two),
+            ("keys", k1, k2),
+            ("values", v1, v2),
+        ] {
+            let d = max_diff(&values(got), &values(want));
+            assert!(
+                d <= tol.ln,
+                "{}: decode_attention_qkv {what} {shape:?}: max diff {d} from the two ops",
+                name::<B>()
+            );
+        }
+        assert_eq!(
+            values(held),
+            values(t4(&keys, cache)),
+            "{}: decode_attention_qkv wrote into a buffer held elsewhere",
+            name::<B>()
+        );
+    }
+}

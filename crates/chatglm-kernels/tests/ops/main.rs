@@ -13,8 +13,8 @@ mod attention;
 mod gradients;
 
 use attention::{
-    check_decode_attention, check_masked_softmax, check_prompt_attention, check_qkv_to_cache,
-    check_rotary,
+    check_decode_attention, check_decode_attention_qkv, check_masked_softmax,
+    check_prompt_attention, check_qkv_to_cache, check_rotary,
 };
 
 fn random(n: usize, seed: u64, scale: f32) -> Vec<f32> {
@@ -358,6 +358,7 @@ fn check_all<B: KernelBackend>(dev: &B::Device, tol: Tol) {
     check_gemm_chain::<B>(dev, tol);
     check_masked_softmax::<B>(dev, tol);
     check_decode_attention::<B>(dev, tol);
+    check_decode_attention_qkv::<B>(dev, tol);
 }
 
 // Float32 sums of 4096 products measured 2.1e-6 (x sqrt(k)) on the H200; TF32 inputs (10-bit

@@ -90,45 +90,13 @@ impl<B: KernelBackend> Attention<B> {
             .forward_no_bias(x)
             .reshape([b, s, nh, 3 * hd]);
         let bias = self.query_key_value.bias.as_ref().map(|p| p.val());
-        // q arrives scaled by 1/sqrt(head_dim) from the rotary tables. `used`: the key slots
-        // written so far (those past them are masked).
-        let (q, keys, values, used) = match kv {
-            // Bias, split, rotary and cache writes in one op.
-            KvInput::Cache { layer, offset } => {
-                let (q, k, v) = layer.write_qkv(offset, qkv, bias, rope);
-                (q, k, v, offset + s)
+        let ctx = match kv {
+            // One new token per row (decoding) into the cache: the cache write and the attention
+            // in one op.
+            KvInput::Cache { layer, offset } if s == 1 => {
+                layer.attend_token(offset, qkv, bias, rope, mask)
             }
-            KvInput::Fresh(past) => {
-                let (q, k, v) = split_rotate(qkv, bias, rope);
-                let (k, v) = match past {
-                    None => (k, v),
-                    Some((pk, pv)) => (Tensor::cat(vec![pk, k], 2), Tensor::cat(vec![pv, v], 2)),
-                };
-                let used = k.dims()[2];
-                (q, k, v, used)
-            }
-            KvInput::Scatter { layer, index } => {
-                let (q, k, v) = split_rotate(qkv, bias, rope);
-                let (keys, values) = layer.scatter(index.clone(), k, v);
-                let used = keys.dims()[2];
-                (q, keys, values, used)
-            }
-        };
-        // One new token per row (decoding): the fused attention over the cache. A prompt: the
-        // prompt kernel where the backend has one (flash attention on CUDA in half precision),
-        // else two products and the masked softmax. (`decode_attention` takes several queries,
-        // but with a cube per query it measured 276 us per layer for a 128-token prompt on the
-        // H200, docs/benchmarks.md.)
-        let ctx = if s == 1 {
-            chatglm_kernels::decode_attention(q, keys, values, mask)
-        } else {
-            match chatglm_kernels::prompt_attention(&q, &keys, &values, &mask, used) {
-                Some(ctx) => ctx,
-                None => {
-                    let (keys, values, mask) = written_slots(keys, values, mask, used);
-                    attend_in_chunks(q, keys.swap_dims(2, 3), mask, values, query_chunk())
-                }
-            }
+            kv => attend_inputs(qkv, bias, rope, mask, kv),
         };
         // Heads back next to each other: `[b, heads, s, hd]` -> `[b, s, hidden]`. With one token
         // the heads already are, and a reshape is a view where the transpose would be a copy
@@ -139,6 +107,59 @@ impl<B: KernelBackend> Attention<B> {
             ctx.swap_dims(1, 2).reshape([b, s, hidden])
         };
         self.dense.forward_no_bias(ctx)
+    }
+}
+
+/// The attention of `qkv` (the QKV projection's output without its bias, `[batch, seq, heads,
+/// 3 * head_dim]`) over its keys and values as `kv` gives them (written into the cache, cat to the
+/// past ones or scattered): `[batch, heads, seq, head_dim]`.
+fn attend_inputs<B: KernelBackend>(
+    qkv: Tensor<B, 4>,
+    bias: Option<Tensor<B, 1>>,
+    rope: &Rope<B>,
+    mask: Tensor<B, 4>,
+    kv: KvInput<'_, B>,
+) -> Tensor<B, 4> {
+    let s = qkv.dims()[1];
+    // q arrives scaled by 1/sqrt(head_dim) from the rotary tables. `used`: the key slots
+    // written so far (those past them are masked).
+    let (q, keys, values, used) = match kv {
+        // Bias, split, rotary and cache writes in one op.
+        KvInput::Cache { layer, offset } => {
+            let (q, k, v) = layer.write_qkv(offset, qkv, bias, rope);
+            (q, k, v, offset + s)
+        }
+        KvInput::Fresh(past) => {
+            let (q, k, v) = split_rotate(qkv, bias, rope);
+            let (k, v) = match past {
+                None => (k, v),
+                Some((pk, pv)) => (Tensor::cat(vec![pk, k], 2), Tensor::cat(vec![pv, v], 2)),
+            };
+            let used = k.dims()[2];
+            (q, k, v, used)
+        }
+        KvInput::Scatter { layer, index } => {
+            let (q, k, v) = split_rotate(qkv, bias, rope);
+            let (keys, values) = layer.scatter(index.clone(), k, v);
+            let used = keys.dims()[2];
+            (q, keys, values, used)
+        }
+    };
+    // One new token per row (decoding): the fused attention over the cache. A prompt: the
+    // prompt kernel where the backend has one (flash attention on CUDA in half precision),
+    // else two products and the masked softmax. (`decode_attention` takes several queries,
+    // but with a cube per query it measured 276 us per layer for a 128-token prompt on the
+    // H200, docs/benchmarks.md.)
+    if s == 1 {
+        chatglm_kernels::decode_attention(q, keys, values, mask)
+    } else {
+        match chatglm_kernels::prompt_attention(&q, &keys, &values, &mask, used) {
+            Some(ctx) => ctx,
+            None => {
+                let (keys, values, mask) = written_slots(keys, values, mask, used);
+                attend_in_chunks(q, keys.swap_dims(2, 3), mask, values, query_chunk())
+            }
+        }
     }
 }
 

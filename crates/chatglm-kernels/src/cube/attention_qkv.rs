@@ -1,0 +1,269 @@
+//! A decoded token's attention inputs and its attention in one kernel: `qkv_to_cache` (the QKV
+//! output's bias, the rotary of q and k, k and v written into the cache at their slot) fused into
+//! `decode_attention`. One launch per layer and token instead of two.
+//!
+//! Each cube owns one (row, head), and a head's q, k and v come from that head's part of the QKV
+//! output only, so the cube writes its own cache slot and then reads it back with the others:
+//! nothing crosses cubes. The first `head_dim / width` units compute the head's vectors exactly
+//! as `qkv_to_cache` does (q rounded to the dtype, as that kernel stores it), write k and v into
+//! the cache and q (rounded) into shared memory; after a barrier (which also makes the cube's global writes
+//! visible to its own units) the cube runs `decode_attention`'s phases (`attention::attend`).
+//! The arithmetic is that of the two kernels, in the same order.
+
+use burn_cubecl::CubeRuntime;
+use burn_cubecl::ops::numeric::empty_device_dtype;
+use burn_cubecl::tensor::CubeTensor;
+use cubecl::prelude::*;
+
+use super::attention::{MAX_SLOTS, UNITS, attend, score_buffer, takes_width, values_unroll};
+use super::qkv::{rotated_qkv, writable};
+use super::strides::{scalar, vector_strides};
+use super::{Strides3, Strides3Launch, vector_aligned};
+
+/// The operands come as plain arrays and their layout as scalars (see `decode_attention_kernel`):
+/// the number of heads and slots, the token's slot, then the strides of `qkv` over (row, token,
+/// head), of the tables over (row, token, token), of the cache over (row, head, slot), all in
+/// vectors, the mask's over (row, slot, query) in elements and the output's.
+#[cube(launch)]
+#[allow(clippy::too_many_arguments)]
+fn decode_attention_qkv_kernel<F: Float, N: Size>(
+    qkv: &Array<Vector<F, N>>,
+    bias: &Array<Vector<F, N>>,
+    cos: &Array<Vector<F, N>>,
+    sin: &Array<Vector<F, N>>,
+    keys: &mut Array<Vector<F, N>>,
+    values: &mut Array<Vector<F, N>>,
+    mask: &Array<F>,
+    out: &mut Array<F>,
+    heads: u32,
+    slots: u32,
+    slot: u32,
+    qkv_strides: Strides3,
+    cos_strides: Strides3,
+    sin_strides: Strides3,
+    k_strides: Strides3,
+    v_strides: Strides3,
+    m_strides: Strides3,
+    o_strides: Strides3,
+    o_last: u32,
+    #[comptime] has_bias: bool,
+    #[comptime] slots_max: usize,
+    #[comptime] row_vectors: usize,
+    #[comptime] unroll: usize,
+    #[define(F)] _dtype: StorageType,
+) {
+    let heads = heads as usize;
+    let b = CUBE_POS_X as usize / heads;
+    let h = CUBE_POS_X as usize % heads;
+    let tid = UNIT_POS_X as usize;
+    let mut q_shared = SharedMemory::<Vector<F, N>>::new(row_vectors);
+    if tid < row_vectors {
+        let x = rotated_qkv::<F, N>(
+            qkv,
+            bias,
+            cos,
+            sin,
+            qkv_strides.at(b, 0, h),
+            h * 3 * row_vectors,
+            cos_strides.at(b, 0, 0),
+            sin_strides.at(b, 0, 0),
+            tid,
+            row_vectors,
+            has_bias,
+        );
+        q_shared[tid] = Vector::<F, N>::cast_from(x[0]);
+        let at = slot as usize;
+        keys[k_strides.at(b, h, at) + tid] = Vector::<F, N>::cast_from(x[1]);
+        values[v_strides.at(b, h, at) + tid] = Vector::<F, N>::cast_from(x[2]);
+    }
+    sync_cube();
+    let mut qv = Array::<Vector<F, N>>::new(row_vectors);
+    #[unroll]
+    for i in 0..row_vectors {
+        qv[i] = q_shared[i];
+    }
+    attend::<F, N>(
+        &qv,
+        keys,
+        values,
+        mask,
+        out,
+        b,
+        h,
+        0,
+        slots as usize,
+        k_strides,
+        v_strides,
+        m_strides,
+        o_strides.at(b, h, 0),
+        o_last as usize,
+        slots_max,
+        row_vectors,
+        unroll,
+    );
+}
+
+/// Environment variable for A/B runs: `single` or `split` takes this module's one kernel or
+/// the two of `attention_split` for every decoded token, instead of [`split`]'s choice.
+const SPLIT_ENV: &str = "CHATGLM_DECODE_ATTENTION";
+
+/// At most this many (row, head) pairs, and ...
+const SPLIT_MAX_PAIRS: usize = 32;
+/// ... at least this many cache slots, take the two kernels of `attention_split` by default.
+const SPLIT_MIN_SLOTS: usize = 1024;
+
+/// Whether a decoded token's attention over `slots` slots for `pairs` (row, head) pairs with head
+/// rows of `row_vectors` vectors takes the two kernels of `attention_split` (many cubes per (row,
+/// head)) rather than this module's one (a cube per (row, head)). On the H200 with ChatGLM-6B's
+/// 32 heads (`docs/benchmarks.md`, session 12) the two took 30-33 µs against 40 µs over 2048
+/// slots at batch 1, but 23-26 against 20-21 µs over 512 slots, and at batch 8 37 -> 44 µs
+/// (512 slots) and 103 -> 135 µs (2048): more cubes pay off only where one per (row, head)
+/// leaves most of the GPU idle for long.
+pub(crate) fn split(pairs: usize, slots: usize, row_vectors: usize) -> bool {
+    static FORCED: std::sync::OnceLock<Option<bool>> = std::sync::OnceLock::new();
+    let forced = *FORCED.get_or_init(|| {
+        let v = std::env::var(SPLIT_ENV).ok()?;
+        match v.to_ascii_lowercase().as_str() {
+            "single" => Some(false),
+            "split" => Some(true),
+            _ => {
+                tracing::warn!("{SPLIT_ENV}={v} ignored: expected single or split");
+                None
+            }
+        }
+    });
+    let wanted = forced.unwrap_or(pairs <= SPLIT_MAX_PAIRS && slots >= SPLIT_MIN_SLOTS);
+    wanted && super::attention_split::fits(row_vectors)
+}
+
+/// The vector width of [`decode_attention_qkv`] for these operands, or `None` where the kernel
+/// does not take them (the caller runs `qkv_to_cache`, then `decode_attention`): one token per
+/// row, one dtype, the shapes below, at most [`MAX_SLOTS`] slots, unit stride along the last
+/// dimension and vectors that never straddle a quarter of a head (the rotary's halves).
+pub(crate) fn width<R: CubeRuntime>(
+    qkv: &CubeTensor<R>,
+    bias: Option<&CubeTensor<R>>,
+    (cos, sin): (&CubeTensor<R>, &CubeTensor<R>),
+    (keys, values): (&CubeTensor<R>, &CubeTensor<R>),
+    offset: usize,
+    mask: &CubeTensor<R>,
+) -> Option<usize> {
+    let q = qkv.meta.shape();
+    let kv = keys.meta.shape();
+    if q.num_dims() != 4 || kv.num_dims() != 4 || q[1] != 1 {
+        return None;
+    }
+    let (b, heads, hd, slots) = (q[0], q[2], kv[3], kv[2]);
+    let table = [b, 1, 1, 2 * hd];
+    let m = mask.meta.shape();
+    let shapes_fit = q[3] == 3 * hd
+        && kv.as_slice() == [b, heads, slots, hd]
+        && values.meta.shape().as_slice() == [b, heads, slots, hd]
+        && cos.meta.shape().as_slice() == table
+        && sin.meta.shape().as_slice() == table
+        && bias.is_none_or(|t| t.meta.shape().as_slice() == [heads * 3 * hd])
+        && m.num_dims() == 4
+        && (m[0] == b || m[0] == 1)
+        && m[1] == 1
+        && m[2] == 1
+        && m[3] == slots;
+    let dtype = qkv.dtype;
+    let same_dtype = [cos, sin, keys, values, mask]
+        .into_iter()
+        .chain(bias)
+        .all(|t| t.dtype == dtype);
+    if !shapes_fit
+        || !same_dtype
+        || b * heads == 0
+        || b * heads > 65_535
+        || slots > MAX_SLOTS
+        || offset >= slots
+    {
+        return None;
+    }
+    let aligned = |width: usize| {
+        let unit_last = |t: &CubeTensor<R>| t.meta.strides()[3] == 1 && vector_aligned(t, 3, width);
+        [qkv, cos, sin, keys, values].into_iter().all(unit_last)
+            && bias.is_none_or(|t| t.meta.strides()[0] == 1 && vector_aligned(t, 0, width))
+    };
+    [8usize, 4, 2, 1]
+        .into_iter()
+        .find(|&w| (hd / 4).is_multiple_of(w) && takes_width(hd, w) && aligned(w))
+}
+
+/// `qkv_to_cache` then `decode_attention` for one new token per row, in one kernel, with the
+/// vector `width` that [`width`] found for these operands. The cache is written in place when
+/// nothing else holds its buffers (else a copy first, as `qkv_to_cache` does).
+///
+/// # Shapes
+/// - `qkv`: `[batch, 1, heads, 3 * head_dim]`, `bias`: `[heads * 3 * head_dim]`
+/// - `cos`, `sin`: `[batch, 1, 1, 2 * head_dim]`
+/// - `keys`, `values`: `[batch, heads, slots, head_dim]`, written at slot `offset`
+/// - `mask`: `[batch or 1, 1, 1, slots]`
+/// - returns the attention `[batch, heads, 1, head_dim]` and the updated keys and values
+pub(crate) fn decode_attention_qkv<R: CubeRuntime>(
+    qkv: CubeTensor<R>,
+    bias: Option<CubeTensor<R>>,
+    (cos, sin): (CubeTensor<R>, CubeTensor<R>),
+    (keys, values): (CubeTensor<R>, CubeTensor<R>),
+    offset: usize,
+    mask: CubeTensor<R>,
+    width: usize,
+) -> (CubeTensor<R>, CubeTensor<R>, CubeTensor<R>) {
+    let (keys, values) = (writable(keys), writable(values));
+    let kv = keys.meta.shape().clone();
+    let (b, heads, slots, hd) = (kv[0], kv[1], kv[2], kv[3]);
+    let client = qkv.client.clone();
+    let dtype = qkv.dtype;
+    let out = empty_device_dtype(
+        client.clone(),
+        qkv.device.clone(),
+        [b, heads, 1, hd].into(),
+        dtype,
+    );
+    let row_vectors = hd / width;
+    let has_bias = bias.is_some();
+    // Not read without a bias (comptime flag); any array of the dtype fills the slot.
+    let bias = bias.unwrap_or_else(|| cos.clone());
+    let mask_strides = {
+        let (shape, st) = (mask.meta.shape(), mask.meta.strides());
+        Strides3Launch::new(
+            if shape[0] == 1 { 0 } else { scalar(st[0]) },
+            scalar(st[3]),
+            0,
+        )
+    };
+    let strides = |t: &CubeTensor<R>| vector_strides(t, width);
+    decode_attention_qkv_kernel::launch::<R>(
+        &client,
+        CubeCount::Static((b * heads) as u32, 1, 1),
+        CubeDim::new_1d(UNITS as u32),
+        width,
+        qkv.clone().into_array_arg(),
+        bias.into_array_arg(),
+        cos.clone().into_array_arg(),
+        sin.clone().into_array_arg(),
+        keys.clone().into_array_arg(),
+        values.clone().into_array_arg(),
+        mask.clone().into_array_arg(),
+        out.clone().into_array_arg(),
+        scalar(heads),
+        scalar(slots),
+        // Below `slots` (checked by `width`).
+        scalar(offset),
+        strides(&qkv),
+        strides(&cos),
+        strides(&sin),
+        strides(&keys),
+        strides(&values),
+        mask_strides,
+        vector_strides(&out, 1),
+        scalar(out.meta.strides()[3]),
+        has_bias,
+        score_buffer(slots, hd, width),
+        row_vectors,
+        values_unroll(),
+        dtype.into(),
+    );
+    (out, keys, values)
+}
