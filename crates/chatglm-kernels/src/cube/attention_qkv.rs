@@ -55,27 +55,27 @@ fn decode_attention_qkv_kernel<F: Float, N: Size>(
     let heads = heads as usize;
     let b = CUBE_POS_X as usize / heads;
     let h = CUBE_POS_X as usize % heads;
-    let tid = UNIT_POS_X as usize;
     let mut q_shared = SharedMemory::<Vector<F, N>>::new(row_vectors);
-    if tid < row_vectors {
-        let x = rotated_qkv::<F, N>(
-            qkv,
-            bias,
-            cos,
-            sin,
-            qkv_strides.at(b, 0, h),
-            h * 3 * row_vectors,
-            cos_strides.at(b, 0, 0),
-            sin_strides.at(b, 0, 0),
-            tid,
-            row_vectors,
-            has_bias,
-        );
-        q_shared[tid] = Vector::<F, N>::cast_from(x[0]);
-        let at = slot as usize;
-        keys[k_strides.at(b, h, at) + tid] = Vector::<F, N>::cast_from(x[1]);
-        values[v_strides.at(b, h, at) + tid] = Vector::<F, N>::cast_from(x[2]);
-    }
+    token_qkv::<F, N>(
+        qkv,
+        bias,
+        cos,
+        sin,
+        keys,
+        values,
+        &mut q_shared,
+        b,
+        h,
+        slot as usize,
+        true,
+        qkv_strides,
+        cos_strides,
+        sin_strides,
+        k_strides,
+        v_strides,
+        row_vectors,
+        has_bias,
+    );
     sync_cube();
     let mut qv = Array::<Vector<F, N>>::new(row_vectors);
     #[unroll]
@@ -101,6 +101,55 @@ fn decode_attention_qkv_kernel<F: Float, N: Size>(
         row_vectors,
         unroll,
     );
+}
+
+/// A decoded token's q, k and v for head `h` of row `b`, as `qkv_to_cache` computes them, by the
+/// cube's first `row_vectors` units (a vector each): q rounded to the dtype into `q_shared`, and
+/// with `write` k and v into the cache at slot `at`. The caller syncs the cube before reading
+/// either. Strides as in `decode_attention_qkv_kernel`.
+#[cube]
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn token_qkv<F: Float, N: Size>(
+    qkv: &Array<Vector<F, N>>,
+    bias: &Array<Vector<F, N>>,
+    cos: &Array<Vector<F, N>>,
+    sin: &Array<Vector<F, N>>,
+    keys: &mut Array<Vector<F, N>>,
+    values: &mut Array<Vector<F, N>>,
+    q_shared: &mut SharedMemory<Vector<F, N>>,
+    b: usize,
+    h: usize,
+    at: usize,
+    write: bool,
+    qkv_strides: Strides3,
+    cos_strides: Strides3,
+    sin_strides: Strides3,
+    k_strides: Strides3,
+    v_strides: Strides3,
+    #[comptime] row_vectors: usize,
+    #[comptime] has_bias: bool,
+) {
+    let tid = UNIT_POS_X as usize;
+    if tid < row_vectors {
+        let x = rotated_qkv::<F, N>(
+            qkv,
+            bias,
+            cos,
+            sin,
+            qkv_strides.at(b, 0, h),
+            h * 3 * row_vectors,
+            cos_strides.at(b, 0, 0),
+            sin_strides.at(b, 0, 0),
+            tid,
+            row_vectors,
+            has_bias,
+        );
+        q_shared[tid] = Vector::<F, N>::cast_from(x[0]);
+        if write {
+            keys[k_strides.at(b, h, at) + tid] = Vector::<F, N>::cast_from(x[1]);
+            values[v_strides.at(b, h, at) + tid] = Vector::<F, N>::cast_from(x[2]);
+        }
+    }
 }
 
 /// Environment variable for A/B runs: `single` or `split` takes this module's one kernel or
@@ -210,60 +259,110 @@ pub(crate) fn decode_attention_qkv<R: CubeRuntime>(
     mask: CubeTensor<R>,
     width: usize,
 ) -> (CubeTensor<R>, CubeTensor<R>, CubeTensor<R>) {
-    let (keys, values) = (writable(keys), writable(values));
-    let kv = keys.meta.shape().clone();
-    let (b, heads, slots, hd) = (kv[0], kv[1], kv[2], kv[3]);
-    let client = qkv.client.clone();
-    let dtype = qkv.dtype;
+    let step = TokenStep::new(qkv, bias, (cos, sin), (keys, values), offset, mask, width);
+    let TokenStep {
+        b, heads, slots, ..
+    } = step;
+    let hd = step.row_vectors * width;
     let out = empty_device_dtype(
-        client.clone(),
-        qkv.device.clone(),
+        step.qkv.client.clone(),
+        step.qkv.device.clone(),
         [b, heads, 1, hd].into(),
-        dtype,
+        step.qkv.dtype,
     );
-    let row_vectors = hd / width;
-    let has_bias = bias.is_some();
-    // Not read without a bias (comptime flag); any array of the dtype fills the slot.
-    let bias = bias.unwrap_or_else(|| cos.clone());
-    let mask_strides = {
-        let (shape, st) = (mask.meta.shape(), mask.meta.strides());
+    let strides = |t: &CubeTensor<R>| vector_strides(t, width);
+    decode_attention_qkv_kernel::launch::<R>(
+        &step.qkv.client,
+        CubeCount::Static((b * heads) as u32, 1, 1),
+        CubeDim::new_1d(UNITS as u32),
+        width,
+        step.qkv.clone().into_array_arg(),
+        step.bias.clone().into_array_arg(),
+        step.cos.clone().into_array_arg(),
+        step.sin.clone().into_array_arg(),
+        step.keys.clone().into_array_arg(),
+        step.values.clone().into_array_arg(),
+        step.mask.clone().into_array_arg(),
+        out.clone().into_array_arg(),
+        scalar(heads),
+        scalar(slots),
+        scalar(step.offset),
+        strides(&step.qkv),
+        strides(&step.cos),
+        strides(&step.sin),
+        strides(&step.keys),
+        strides(&step.values),
+        step.mask_strides(),
+        vector_strides(&out, 1),
+        scalar(out.meta.strides()[3]),
+        step.has_bias,
+        score_buffer(slots, hd, width),
+        step.row_vectors,
+        values_unroll(),
+        step.qkv.dtype.into(),
+    );
+    (out, step.keys, step.values)
+}
+
+/// The operands of a decoded token's attention, ready for the kernels: the cache writable (a copy
+/// where its buffers are shared), the bias's slot filled where there is none, the sizes.
+pub(crate) struct TokenStep<R: CubeRuntime> {
+    pub qkv: CubeTensor<R>,
+    /// The bias, or any array of the dtype where [`Self::has_bias`] is false (not read then).
+    pub bias: CubeTensor<R>,
+    pub has_bias: bool,
+    pub cos: CubeTensor<R>,
+    pub sin: CubeTensor<R>,
+    pub keys: CubeTensor<R>,
+    pub values: CubeTensor<R>,
+    pub mask: CubeTensor<R>,
+    /// The token's slot.
+    pub offset: usize,
+    pub b: usize,
+    pub heads: usize,
+    pub slots: usize,
+    /// Vectors per head row.
+    pub row_vectors: usize,
+}
+
+impl<R: CubeRuntime> TokenStep<R> {
+    /// Takes the operands that [`width`] accepted, with its `width`.
+    pub(crate) fn new(
+        qkv: CubeTensor<R>,
+        bias: Option<CubeTensor<R>>,
+        (cos, sin): (CubeTensor<R>, CubeTensor<R>),
+        (keys, values): (CubeTensor<R>, CubeTensor<R>),
+        offset: usize,
+        mask: CubeTensor<R>,
+        width: usize,
+    ) -> Self {
+        let (keys, values) = (writable(keys), writable(values));
+        let kv = keys.meta.shape().clone();
+        let has_bias = bias.is_some();
+        Self {
+            bias: bias.unwrap_or_else(|| cos.clone()),
+            has_bias,
+            qkv,
+            cos,
+            sin,
+            keys,
+            values,
+            mask,
+            offset,
+            b: kv[0],
+            heads: kv[1],
+            slots: kv[2],
+            row_vectors: kv[3] / width,
+        }
+    }
+
+    /// The mask's strides over (row, slot, unused) in elements, 0 over rows where it is shared.
+    pub(crate) fn mask_strides(&self) -> Strides3Launch<R> {
+        let (shape, st) = (self.mask.meta.shape(), self.mask.meta.strides());
         Strides3Launch::new(
             if shape[0] == 1 { 0 } else { scalar(st[0]) },
             scalar(st[3]),
             0,
         )
-    };
-    let strides = |t: &CubeTensor<R>| vector_strides(t, width);
-    decode_attention_qkv_kernel::launch::<R>(
-        &client,
-        CubeCount::Static((b * heads) as u32, 1, 1),
-        CubeDim::new_1d(UNITS as u32),
-        width,
-        qkv.clone().into_array_arg(),
-        bias.into_array_arg(),
-        cos.clone().into_array_arg(),
-        sin.clone().into_array_arg(),
-        keys.clone().into_array_arg(),
-        values.clone().into_array_arg(),
-        mask.clone().into_array_arg(),
-        out.clone().into_array_arg(),
-        scalar(heads),
-        scalar(slots),
-        // Below `slots` (checked by `width`).
-        scalar(offset),
-        strides(&qkv),
-        strides(&cos),
-        strides(&sin),
-        strides(&keys),
-        strides(&values),
-        mask_strides,
-        vector_strides(&out, 1),
-        scalar(out.meta.strides()[3]),
-        has_bias,
-        score_buffer(slots, hd, width),
-        row_vectors,
-        values_unroll(),
-        dtype.into(),
-    );
-    (out, keys, values)
+    }
 }

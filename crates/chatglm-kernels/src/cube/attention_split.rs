@@ -25,10 +25,10 @@ use burn_cubecl::ops::numeric::empty_device_dtype;
 use burn_cubecl::tensor::CubeTensor;
 use cubecl::prelude::*;
 
-use super::qkv::{rotated_qkv, writable};
+use super::Strides3;
+use super::attention_qkv::{TokenStep, token_qkv};
 use super::reduce::{cube_max, cube_sum};
 use super::strides::{scalar, vector_strides};
-use super::{Strides3, Strides3Launch};
 
 /// Slots per cube of the scores kernel (a unit each).
 pub(crate) const CHUNK: usize = 128;
@@ -80,26 +80,27 @@ fn scores_kernel<F: Float, N: Size>(
     let at = slot as usize;
     let mut q_shared = SharedMemory::<Vector<F, N>>::new(row_vectors);
     let mut reduce = SharedMemory::<f32>::new(CHUNK / 32);
-    if tid < row_vectors {
-        let x = rotated_qkv::<F, N>(
-            qkv,
-            bias,
-            cos,
-            sin,
-            qkv_strides.at(b, 0, h),
-            h * 3 * row_vectors,
-            cos_strides.at(b, 0, 0),
-            sin_strides.at(b, 0, 0),
-            tid,
-            row_vectors,
-            has_bias,
-        );
-        q_shared[tid] = Vector::<F, N>::cast_from(x[0]);
-        if at / CHUNK == chunk {
-            keys[k_strides.at(b, h, at) + tid] = Vector::<F, N>::cast_from(x[1]);
-            values[v_strides.at(b, h, at) + tid] = Vector::<F, N>::cast_from(x[2]);
-        }
-    }
+    // The chunk holding the token's slot writes its k and v there.
+    token_qkv::<F, N>(
+        qkv,
+        bias,
+        cos,
+        sin,
+        keys,
+        values,
+        &mut q_shared,
+        b,
+        h,
+        at,
+        at / CHUNK == chunk,
+        qkv_strides,
+        cos_strides,
+        sin_strides,
+        k_strides,
+        v_strides,
+        row_vectors,
+        has_bias,
+    );
     sync_cube();
     let j = chunk * CHUNK + tid;
     let mut s = f32::new(-3.0e38);
@@ -248,63 +249,52 @@ pub(crate) fn decode_attention_split<R: CubeRuntime>(
     mask: CubeTensor<R>,
     width: usize,
 ) -> (CubeTensor<R>, CubeTensor<R>, CubeTensor<R>) {
-    let (keys, values) = (writable(keys), writable(values));
-    let kv = keys.meta.shape().clone();
-    let (b, heads, slots, hd) = (kv[0], kv[1], kv[2], kv[3]);
-    let client = qkv.client.clone();
-    let device = qkv.device.clone();
-    let dtype = qkv.dtype;
+    let step = TokenStep::new(qkv, bias, (cos, sin), (keys, values), offset, mask, width);
+    let TokenStep {
+        b,
+        heads,
+        slots,
+        row_vectors,
+        ..
+    } = step;
+    let client = step.qkv.client.clone();
+    let device = step.qkv.device.clone();
+    let dtype = step.qkv.dtype;
     let chunks = slots.div_ceil(CHUNK);
-    let scores = empty_device_dtype(
+    let scratch =
+        |len: usize| empty_device_dtype(client.clone(), device.clone(), [len].into(), DType::F32);
+    let (scores, stats) = (scratch(b * heads * slots), scratch(b * heads * chunks * 2));
+    let out = empty_device_dtype(
         client.clone(),
         device.clone(),
-        [b * heads * slots].into(),
-        DType::F32,
+        [b, heads, 1, row_vectors * width].into(),
+        dtype,
     );
-    let stats = empty_device_dtype(
-        client.clone(),
-        device.clone(),
-        [b * heads * chunks * 2].into(),
-        DType::F32,
-    );
-    let out = empty_device_dtype(client.clone(), device, [b, heads, 1, hd].into(), dtype);
-    let row_vectors = hd / width;
-    let has_bias = bias.is_some();
-    // Not read without a bias (comptime flag); any array of the dtype fills the slot.
-    let bias = bias.unwrap_or_else(|| cos.clone());
-    let mask_strides = {
-        let (shape, st) = (mask.meta.shape(), mask.meta.strides());
-        Strides3Launch::new(
-            if shape[0] == 1 { 0 } else { scalar(st[0]) },
-            scalar(st[3]),
-            0,
-        )
-    };
     let strides = |t: &CubeTensor<R>| vector_strides(t, width);
     scores_kernel::launch::<R>(
         &client,
         CubeCount::Static((b * heads) as u32, chunks as u32, 1),
         CubeDim::new_1d(CHUNK as u32),
         width,
-        qkv.clone().into_array_arg(),
-        bias.into_array_arg(),
-        cos.clone().into_array_arg(),
-        sin.clone().into_array_arg(),
-        keys.clone().into_array_arg(),
-        values.clone().into_array_arg(),
-        mask.clone().into_array_arg(),
+        step.qkv.clone().into_array_arg(),
+        step.bias.clone().into_array_arg(),
+        step.cos.clone().into_array_arg(),
+        step.sin.clone().into_array_arg(),
+        step.keys.clone().into_array_arg(),
+        step.values.clone().into_array_arg(),
+        step.mask.clone().into_array_arg(),
         scores.clone().into_array_arg(),
         stats.clone().into_array_arg(),
         scalar(heads),
         scalar(slots),
-        scalar(offset),
-        strides(&qkv),
-        strides(&cos),
-        strides(&sin),
-        strides(&keys),
-        strides(&values),
-        mask_strides,
-        has_bias,
+        scalar(step.offset),
+        strides(&step.qkv),
+        strides(&step.cos),
+        strides(&step.sin),
+        strides(&step.keys),
+        strides(&step.values),
+        step.mask_strides(),
+        step.has_bias,
         row_vectors,
         dtype.into(),
     );
@@ -313,17 +303,17 @@ pub(crate) fn decode_attention_split<R: CubeRuntime>(
         CubeCount::Static((b * heads) as u32, (row_vectors / COLUMNS) as u32, 1),
         CubeDim::new_1d(VALUE_UNITS as u32),
         width,
-        values.clone().into_array_arg(),
+        step.values.clone().into_array_arg(),
         scores.into_array_arg(),
         stats.into_array_arg(),
         out.clone().into_array_arg(),
         scalar(heads),
         scalar(slots),
         scalar(chunks),
-        strides(&values),
+        strides(&step.values),
         vector_strides(&out, 1),
         scalar(out.meta.strides()[3]),
         dtype.into(),
     );
-    (out, keys, values)
+    (out, step.keys, step.values)
 }
