@@ -150,32 +150,16 @@ where
             &mask,
         );
         match width {
-            Some(width)
-                if attention_qkv::split(
-                    keys.meta.shape()[0] * keys.meta.shape()[1],
-                    keys.meta.shape()[2],
-                    keys.meta.shape()[3] / width,
-                ) =>
-            {
-                attention_split::decode_attention_split(
-                    qkv,
-                    bias,
-                    (cos, sin),
-                    (keys, values),
-                    offset,
-                    mask,
-                    width,
-                )
+            Some(width) => {
+                let [b, heads, slots, hd] = keys.meta.shape().dims::<4>();
+                // One kernel (a cube per (row, head)) or two (many cubes per head), by shape.
+                let launch = if attention_qkv::split(b * heads, slots, hd / width) {
+                    attention_split::decode_attention_split::<R>
+                } else {
+                    attention_qkv::decode_attention_qkv::<R>
+                };
+                launch(qkv, bias, (cos, sin), (keys, values), offset, mask, width)
             }
-            Some(width) => attention_qkv::decode_attention_qkv(
-                qkv,
-                bias,
-                (cos, sin),
-                (keys, values),
-                offset,
-                mask,
-                width,
-            ),
             None => crate::backend::qkv_then_attention::<Self>(
                 qkv,
                 bias,
