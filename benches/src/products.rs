@@ -40,8 +40,8 @@ fn per_call<B: chatglm_model::KernelBackend, const D: usize>(
 }
 
 /// Each decode product of `cfg` (the four of a layer and the lm_head) at each of `rows`: µs per
-/// product and weight bytes read per second; a copy of the lm_head's weight; and the step's
-/// other kernels alone ([`kernels`]); and a prompt's product with its host time ([`prompt_gemm`]).
+/// product and weight bytes read per second; a copy of the lm_head's weight; the step's other
+/// kernels alone ([`kernels`]); and a prompt's product with its host time ([`prompt_gemm`]).
 pub fn run<B: chatglm_model::KernelBackend>(
     cfg: &GlmConfig,
     rows: &[usize],
@@ -103,20 +103,14 @@ fn kernels<B: chatglm_model::KernelBackend>(
 ) -> anyhow::Result<Value> {
     let (h, heads) = (cfg.hidden_size, cfg.num_heads);
     let hd = h / heads;
-    let normal = |dims: Vec<usize>, std: f64| {
-        Tensor::<B, 1>::random(
-            [dims.iter().product::<usize>()],
-            Distribution::Normal(0.0, std),
-            device,
-        )
-    };
-    let vector = |n: usize| normal(vec![n], 1.0);
+    let normal = |std: f64| Distribution::Normal(0.0, std);
+    let vector = |n: usize| Tensor::<B, 1>::random([n], normal(1.0), device);
     let (gamma, beta, bias) = (vector(h), vector(h), vector(h));
     let qkv_bias = vector(3 * h);
     let mut out = serde_json::Map::new();
     for &m in rows {
-        let a = normal(vec![m, h], 1.0).reshape([m, h]);
-        let b = normal(vec![m, h], 1.0).reshape([m, h]);
+        let a = Tensor::<B, 2>::random([m, h], normal(1.0), device);
+        let b = Tensor::<B, 2>::random([m, h], normal(1.0), device);
         let ln = per_call::<B, 2>(device, || {
             chatglm_kernels::add_layer_norm(
                 a.clone(),
@@ -128,11 +122,13 @@ fn kernels<B: chatglm_model::KernelBackend>(
                 1e-5,
             )
         })?;
-        let qkv = normal(vec![m, 3 * h], 1.0).reshape([m, 1, heads, 3 * hd]);
-        let table = |_| normal(vec![m, 2 * hd], 1.0).reshape([m, 1, 1, 2 * hd]);
-        let (cos, sin) = (table(0), table(1));
-        let cache =
-            |slots: usize| normal(vec![m, heads, slots, hd], 1.0).reshape([m, heads, slots, hd]);
+        let random4 = |shape: [usize; 4], std| Tensor::<B, 4>::random(shape, normal(std), device);
+        let qkv = random4([m, 1, heads, 3 * hd], 1.0);
+        let (cos, sin) = (
+            random4([m, 1, 1, 2 * hd], 1.0),
+            random4([m, 1, 1, 2 * hd], 1.0),
+        );
+        let cache = |slots: usize| random4([m, heads, slots, hd], 1.0);
         let mut kv = Some((cache(CACHE_SLOTS[0]), cache(CACHE_SLOTS[0])));
         let write = per_call::<B, 4>(device, || {
             let (keys, values) = kv.take().expect("the cache is put back after each call");
@@ -150,7 +146,7 @@ fn kernels<B: chatglm_model::KernelBackend>(
         row.insert("add_layer_norm_us".into(), json!(1e6 * ln));
         row.insert("qkv_to_cache_us".into(), json!(1e6 * write));
         for slots in CACHE_SLOTS {
-            let q = normal(vec![m, heads, hd], 0.1).reshape([m, heads, 1, hd]);
+            let q = random4([m, heads, 1, hd], 0.1);
             let (keys, values) = (cache(slots), cache(slots));
             let mask = Tensor::<B, 4>::zeros([m, 1, 1, slots], device);
             let s = per_call::<B, 4>(device, || {

@@ -83,7 +83,15 @@ pub fn qkv_to_cache<B: KernelBackend>(
     (keys, values): (Tensor<B, 4>, Tensor<B, 4>),
     offset: usize,
 ) -> (Tensor<B, 4>, Tensor<B, 4>, Tensor<B, 4>) {
-    check_qkv_to_cache(&qkv, bias.as_ref(), (&cos, &sin), (&keys, &values), offset);
+    let operands = (&cos, &sin);
+    check_qkv_to_cache(
+        "qkv_to_cache",
+        &qkv,
+        bias.as_ref(),
+        operands,
+        (&keys, &values),
+        offset,
+    );
     if !fused_enabled() {
         return reference::qkv_to_cache(
             qkv,
@@ -106,8 +114,9 @@ pub fn qkv_to_cache<B: KernelBackend>(
     (t(q), t(keys), t(values))
 }
 
-/// Panics with the op's message where [`qkv_to_cache`]'s operands do not fit together.
+/// Panics with a message naming `op` where [`qkv_to_cache`]'s operands do not fit together.
 fn check_qkv_to_cache<B: KernelBackend>(
+    op: &str,
     qkv: &Tensor<B, 4>,
     bias: Option<&Tensor<B, 1>>,
     (cos, sin): (&Tensor<B, 4>, &Tensor<B, 4>),
@@ -119,34 +128,30 @@ fn check_qkv_to_cache<B: KernelBackend>(
     assert_eq!(
         width,
         3 * hd,
-        "qkv_to_cache: the last dimension must be 3 * head_dim"
+        "{op}: the last dimension must be 3 * head_dim"
     );
-    assert_eq!(hd % 4, 0, "qkv_to_cache: head_dim must be a multiple of 4");
+    assert_eq!(hd % 4, 0, "{op}: head_dim must be a multiple of 4");
     if let Some(bias) = bias {
         assert_eq!(
             bias.dims(),
             [heads * width],
-            "qkv_to_cache: bias must be [heads * 3 * head_dim]"
+            "{op}: bias must be [heads * 3 * head_dim]"
         );
     }
     assert_eq!(
         cos.dims(),
         [b, 1, s, 2 * hd],
-        "qkv_to_cache: cos must be [batch, 1, seq, 2 * head_dim]"
+        "{op}: cos must be [batch, 1, seq, 2 * head_dim]"
     );
-    assert_eq!(
-        sin.dims(),
-        cos.dims(),
-        "qkv_to_cache: sin must be shaped as cos"
-    );
+    assert_eq!(sin.dims(), cos.dims(), "{op}: sin must be shaped as cos");
     let [kb, kh, capacity, kd] = keys.dims();
     assert!(
         [kb, kh, kd] == [b, heads, hd] && values.dims() == keys.dims(),
-        "qkv_to_cache: keys and values must be [batch, heads, capacity, head_dim]"
+        "{op}: keys and values must be [batch, heads, capacity, head_dim]"
     );
     assert!(
         offset + s <= capacity && u32::try_from(capacity).is_ok(),
-        "qkv_to_cache: slots {offset}..{} outside the cache's {capacity}",
+        "{op}: slots {offset}..{} outside the cache's {capacity}",
         offset + s
     );
 }
@@ -400,13 +405,20 @@ pub fn decode_attention_qkv<B: KernelBackend>(
         (m[0] == b || m[0] == 1) && m[1] == 1 && m[2] == 1 && m[3] == slots,
         "decode_attention_qkv: mask shape {m:?} for {b} rows and {slots} slots"
     );
+    let cache = (&keys, &values);
+    check_qkv_to_cache(
+        "decode_attention_qkv",
+        &qkv,
+        bias.as_ref(),
+        (&cos, &sin),
+        cache,
+        offset,
+    );
     if !fused_enabled() {
         let (q, keys, values) = qkv_to_cache(qkv, bias, (cos, sin), (keys, values), offset);
         let out = decode_attention(q, keys.clone(), values.clone(), mask);
         return (out, keys, values);
     }
-    // The shapes of the cache write, checked as `qkv_to_cache` checks them.
-    check_qkv_to_cache(&qkv, bias.as_ref(), (&cos, &sin), (&keys, &values), offset);
     let prim = |t: Tensor<B, 4>| t.into_primitive().tensor();
     let (out, keys, values) = B::glm_decode_attention_qkv(
         prim(qkv),

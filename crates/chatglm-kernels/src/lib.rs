@@ -3,8 +3,8 @@
 //! [`KernelBackend`] adds the ops the GLM block needs beyond burn's own: a matrix product that keeps
 //! float32 accuracy (on cuBLAS for prefill-sized products on CUDA), LayerNorm fused with the
 //! block's scaled residual and linear bias, GELU fused with the bias of the h->4h projection, the
-//! masked softmax of attention, the 2D rotary of q and k, and a cached step's attention inputs
-//! written into the KV cache. Every op has a plain burn implementation in
+//! masked softmax of attention, the 2D rotary of q and k, a cached step's attention inputs
+//! written into the KV cache, and a decoded token's attention (with its cache write). Every op has a plain burn implementation in
 //! [`reference`](mod@reference); that is what CPU (ndarray) backends run. burn's cube backends
 //! (burn-cuda, with or without fusion) run CubeCL kernels instead, and the tests compare the two.
 //! Under autodiff the ops run the inner backend's kernels and a backward of their own, which the
