@@ -22,6 +22,7 @@ use clap::Parser;
 use serde_json::{Value, json};
 
 mod products;
+mod steps;
 
 /// Benchmark options.
 #[derive(Debug, Parser)]
@@ -325,7 +326,8 @@ fn run<B: chatglm_model::KernelBackend>(opts: &Opts, device: B::Device) -> anyho
             batch.to_string(),
             json!({ "tokens_per_row": steps, "decode_seconds": rest, "tok_per_s_per_row": per_row,
                     "tok_per_s_total": per_row * batch as f64, "ms_per_step": 1000.0 * rest / (steps.max(2) - 1) as f64,
-                    "first_token_s": first }),
+                    "first_token_s": first,
+                    "step_split": steps::step_split(&model, &prompts, opts.decode_tokens, (special, cfg.pad_token_id), &device)? }),
         );
     }
 

@@ -109,8 +109,10 @@ impl<B: KernelBackend> CachedDecoder<'_, B> {
         Ok(last)
     }
 
-    /// One step; returns the logits tensor `[batch, 1, vocab]`.
-    fn step_tensor(&mut self, tokens: &[u32]) -> Result<Tensor<B, 3>, GenerateError> {
+    /// One step fed `tokens` (one per row); returns the logits `[batch, 1, vocab]` as a device
+    /// tensor without reading them: the host returns once the step is queued (for timing the
+    /// host's share of a step, and steps without a read-back).
+    pub fn step_tensor(&mut self, tokens: &[u32]) -> Result<Tensor<B, 3>, GenerateError> {
         let (layout, cache, step) = self
             .state
             .as_mut()
