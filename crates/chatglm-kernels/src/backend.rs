@@ -3,9 +3,10 @@
 
 use burn::backend::NdArray;
 use burn::tensor::backend::Backend;
-use burn::tensor::ops::FloatTensor;
-use burn::tensor::{Tensor, TensorPrimitive};
+use burn::tensor::ops::{FloatTensor, IntTensor};
+use burn::tensor::{Int, Tensor, TensorPrimitive};
 
+use crate::read::{PendingRead, ReadError};
 use crate::reference;
 
 /// A burn backend with ChatGLM's fused ops. The default methods are the reference
@@ -137,6 +138,15 @@ pub trait KernelBackend: Backend {
         bias: FloatTensor<Self>,
     ) -> FloatTensor<Self> {
         Self::glm_bias_gelu(Self::glm_matmul(lhs, rhs), bias)
+    }
+
+    /// Starts reading a 1D int tensor back ([`crate::start_read`]); by default it is read at
+    /// once.
+    fn glm_start_read_int(t: IntTensor<Self>) -> PendingRead {
+        let data = Tensor::<Self, 1, Int>::from_primitive(t)
+            .try_into_data()
+            .map_err(|e| ReadError(format!("{e:?}")));
+        PendingRead::new(move || data)
     }
 
     /// `gelu_tanh(x + bias)` for `x: [rows, n]` and `bias: [n]`.

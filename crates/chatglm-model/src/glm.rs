@@ -56,8 +56,23 @@ impl<B: Backend> ForwardInputs<B> {
         device: &B::Device,
     ) -> Self {
         let [b, s] = [positions.batch, positions.seq];
+        let ids = Tensor::from_data(TensorData::new(ids.to_vec(), [b, s]), device);
+        Self::on_device(ids, positions, mask, keys, head_dim, device)
+    }
+
+    /// [`ForwardInputs::new`] with the token ids already on the device (`[batch, seq]`), e.g. the
+    /// tokens a previous step picked there.
+    pub fn on_device(
+        ids: Tensor<B, 2, Int>,
+        positions: &PositionIds,
+        mask: Vec<f32>,
+        keys: usize,
+        head_dim: usize,
+        device: &B::Device,
+    ) -> Self {
+        let [b, s] = [positions.batch, positions.seq];
         Self {
-            ids: Tensor::from_data(TensorData::new(ids.to_vec(), [b, s]), device),
+            ids,
             rope: Rope::new(positions, head_dim, device),
             mask: Tensor::from_data(TensorData::new(mask, [b, 1, s, keys]), device),
         }

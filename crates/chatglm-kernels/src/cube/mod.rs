@@ -16,11 +16,13 @@ mod reduce;
 mod softmax;
 mod strides;
 
-use burn::tensor::ops::FloatTensor;
+use burn::tensor::TensorData;
+use burn::tensor::ops::{FloatTensor, IntTensor};
 use burn_cubecl::{BoolElement, CubeBackend, CubeRuntime, FloatElement, IntElement};
 
 use crate::KernelBackend;
 use crate::backend::float;
+use crate::read::{PendingRead, ReadError};
 
 pub(crate) use cublas::status as gemm_status;
 pub(crate) use gemv::calls as gemv_calls;
@@ -178,6 +180,24 @@ where
     ) -> FloatTensor<Self> {
         elementwise::rotary(qk, cos, sin)
     }
+
+    fn glm_start_read_int(t: IntTensor<Self>) -> PendingRead {
+        // cubecl queues the copy and an event when the read is made; only waiting for the event
+        // blocks (burn's `into_data_async` makes the read when first polled, then waits).
+        let t = burn_cubecl::kernel::into_contiguous(t);
+        let (shape, dtype) = (t.meta.shape().clone(), t.dtype);
+        let binding = cubecl::server::CopyDescriptor::new(
+            t.handle.clone().binding(),
+            shape.clone(),
+            t.meta.strides().clone(),
+            t.elem_size(),
+        );
+        let read = static_client(&t.client, &t.device).read_one_tensor_async(binding);
+        PendingRead::new(move || {
+            let bytes = cubecl::future::block_on(read).map_err(|e| ReadError(format!("{e}")))?;
+            Ok(TensorData::from_bytes(bytes, shape, dtype))
+        })
+    }
 }
 
 /// Whether `t` can be read as vectors of `width` elements along `axis` (whose stride must be 1):
@@ -222,4 +242,29 @@ pub(crate) fn widest_vector<R: CubeRuntime>(
     [8usize, 4, 2, 1].into_iter().find(|&w| {
         len.is_multiple_of(w) && operands.iter().all(|&(t, axis)| vector_aligned(t, axis, w))
     })
+}
+
+/// A client of `client`'s runtime and device that lives as long as the process (one per runtime
+/// and device, made once): cubecl's read futures borrow the client they were made by, and a read
+/// that outlives the call that queued it needs one that stays. Streams are chosen per calling
+/// thread when a read is made, as with any clone of the client.
+fn static_client<R: CubeRuntime>(
+    client: &cubecl::prelude::ComputeClient<R>,
+    device: &R::Device,
+) -> &'static cubecl::prelude::ComputeClient<R> {
+    use std::any::{Any, TypeId};
+    use std::collections::HashMap;
+    use std::sync::{Mutex, OnceLock};
+    type Clients = Mutex<HashMap<(TypeId, String), &'static (dyn Any + Send + Sync)>>;
+    static CLIENTS: OnceLock<Clients> = OnceLock::new();
+    let key = (TypeId::of::<R>(), format!("{device:?}"));
+    let mut clients = CLIENTS
+        .get_or_init(Default::default)
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner());
+    let any: &'static (dyn Any + Send + Sync) = *clients
+        .entry(key)
+        .or_insert_with(|| Box::leak(Box::new(client.clone())));
+    any.downcast_ref()
+        .expect("one client type per runtime type and device")
 }

@@ -11,6 +11,7 @@ use rand_chacha::ChaCha8Rng;
 
 mod attention;
 mod gradients;
+mod read;
 
 use attention::{
     check_decode_attention, check_decode_attention_qkv, check_masked_softmax,
@@ -359,6 +360,7 @@ fn check_all<B: KernelBackend>(dev: &B::Device, tol: Tol) {
     check_masked_softmax::<B>(dev, tol);
     check_decode_attention::<B>(dev, tol);
     check_decode_attention_qkv::<B>(dev, tol);
+    read::check_start_read::<B>(dev);
 }
 
 // Float32 sums of 4096 products measured 2.1e-6 (x sqrt(k)) on the H200; TF32 inputs (10-bit

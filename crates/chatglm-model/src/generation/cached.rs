@@ -1,8 +1,10 @@
 //! [`CachedDecoder`]: the [`Decoder`] of a [`GlmModel`] on a preallocated KV cache.
 
+use std::collections::VecDeque;
+
 use burn::tensor::backend::Backend;
-use burn::tensor::{DType, Tensor};
-use chatglm_kernels::KernelBackend;
+use burn::tensor::{DType, Int, Tensor};
+use chatglm_kernels::{KernelBackend, PendingRead};
 
 use super::generate::{Decoder, GenerateError, Picked};
 use super::sampling::GUARD_TOKEN;
@@ -20,6 +22,10 @@ pub struct CachedDecoder<'m, B: Backend> {
     pad_id: u32,
     device: B::Device,
     state: Option<(BatchLayout, KvCache<B>, usize)>,
+    /// Pipelined greedy decoding: the last queued step's tokens on the device (`[batch, 1]`),
+    /// and the reads of the queued steps' tokens, oldest first.
+    queued: Option<Tensor<B, 2, Int>>,
+    pending: VecDeque<PendingRead>,
 }
 
 impl<'m, B: KernelBackend> CachedDecoder<'m, B> {
@@ -38,6 +44,8 @@ impl<'m, B: KernelBackend> CachedDecoder<'m, B> {
             pad_id,
             device: device.clone(),
             state: None,
+            queued: None,
+            pending: VecDeque::new(),
         }
     }
 }
@@ -58,6 +66,12 @@ pub fn logits_rows<B: Backend>(logits: Tensor<B, 3>) -> Result<Vec<Vec<f32>>, Ge
 /// ([`greedy_token`](super::sampling::greedy_token): the argmax, the first on ties; the guard token for a row with a NaN or
 /// infinite value): only the ids cross to the host.
 pub fn greedy_rows<B: Backend>(logits: Tensor<B, 3>) -> Result<Vec<u32>, GenerateError> {
+    ids_of(greedy_ids(logits).into_data())
+}
+
+/// Each row's greedy token of `[batch, 1, vocab]` logits as [`greedy_rows`] picks it, left on
+/// the device: `[batch, 1]`.
+fn greedy_ids<B: Backend>(logits: Tensor<B, 3>) -> Tensor<B, 2, Int> {
     let [b, s, v] = logits.dims();
     let flat = logits.reshape([b * s, v]);
     let bad = flat
@@ -65,9 +79,12 @@ pub fn greedy_rows<B: Backend>(logits: Tensor<B, 3>) -> Result<Vec<u32>, Generat
         .is_nan()
         .bool_or(flat.clone().is_inf())
         .any_dim(1);
-    let ids = flat.argmax(1).mask_fill(bad, GUARD_TOKEN as i64);
-    let ids: Vec<i64> = ids
-        .into_data()
+    flat.argmax(1).mask_fill(bad, GUARD_TOKEN as i64)
+}
+
+/// Token ids read back from the device.
+fn ids_of(data: burn::tensor::TensorData) -> Result<Vec<u32>, GenerateError> {
+    let ids: Vec<i64> = data
         .convert::<i64>()
         .into_vec()
         .map_err(|e| GenerateError::Device(format!("{e:?}")))?;
@@ -113,6 +130,20 @@ impl<B: KernelBackend> CachedDecoder<'_, B> {
     /// tensor without reading them: the host returns once the step is queued (for timing the
     /// host's share of a step, and steps without a read-back).
     pub fn step_tensor(&mut self, tokens: &[u32]) -> Result<Tensor<B, 3>, GenerateError> {
+        let (layout, ..) = self
+            .state
+            .as_ref()
+            .ok_or(GenerateError::State("step before prefill"))?;
+        if tokens.len() != layout.rows.len() {
+            return Err(GenerateError::State("one token per row expected"));
+        }
+        let ids: Vec<i64> = tokens.iter().map(|&t| t as i64).collect();
+        let data = burn::tensor::TensorData::new(ids, [tokens.len(), 1]);
+        self.step_on(Tensor::from_data(data, &self.device))
+    }
+
+    /// One step fed `ids` (`[batch, 1]`, on the device); returns the logits `[batch, 1, vocab]`.
+    fn step_on(&mut self, ids: Tensor<B, 2, Int>) -> Result<Tensor<B, 3>, GenerateError> {
         let (layout, cache, step) = self
             .state
             .as_mut()
@@ -121,9 +152,8 @@ impl<B: KernelBackend> CachedDecoder<'_, B> {
             return Err(GenerateError::State("KV cache full"));
         }
         let keys = cache.capacity;
-        let ids: Vec<i64> = tokens.iter().map(|&t| t as i64).collect();
-        let inputs = ForwardInputs::new(
-            &ids,
+        let inputs = ForwardInputs::on_device(
+            ids,
             &layout.step_positions(*step),
             layout.step_mask(*step, cache.prefix_len, keys),
             keys,
@@ -133,6 +163,15 @@ impl<B: KernelBackend> CachedDecoder<'_, B> {
         let hidden = self.model.hidden_cached(&inputs, cache);
         *step += 1;
         Ok(self.model.lm_head(hidden))
+    }
+
+    /// Picks each row's greedy token of `logits` on the device, keeps it to feed the next queued
+    /// step and starts reading it back.
+    fn queue_pick(&mut self, logits: Tensor<B, 3>) {
+        let ids = greedy_ids(logits);
+        self.pending
+            .push_back(chatglm_kernels::start_read(ids.clone()));
+        self.queued = Some(ids);
     }
 }
 
@@ -163,6 +202,41 @@ impl<B: KernelBackend> Decoder for CachedDecoder<'_, B> {
 
     fn step_greedy(&mut self, tokens: &[u32]) -> Result<Vec<u32>, GenerateError> {
         greedy_rows(self.step_tensor(tokens)?)
+    }
+
+    fn queues_greedy(&self) -> bool {
+        true
+    }
+
+    fn queue_greedy_prefill(
+        &mut self,
+        prompts: &[Vec<u32>],
+        max_new_tokens: usize,
+    ) -> Result<(), GenerateError> {
+        self.pending.clear();
+        let logits = self.prefill_tensor(prompts, max_new_tokens)?;
+        self.queue_pick(logits);
+        Ok(())
+    }
+
+    fn queue_greedy_step(&mut self) -> Result<(), GenerateError> {
+        let ids = self.queued.take().ok_or(GenerateError::State(
+            "greedy step queued before the prefill",
+        ))?;
+        let logits = self.step_on(ids)?;
+        self.queue_pick(logits);
+        Ok(())
+    }
+
+    fn take_greedy_ids(&mut self) -> Result<Vec<u32>, GenerateError> {
+        let read = self
+            .pending
+            .pop_front()
+            .ok_or(GenerateError::State("no queued greedy step left to read"))?;
+        ids_of(
+            read.wait()
+                .map_err(|e| GenerateError::Device(e.to_string()))?,
+        )
     }
 }
 
@@ -233,8 +307,14 @@ mod tests {
     use burn::backend::NdArray;
     use burn::tensor::{Tensor, TensorData};
 
+    use std::ops::ControlFlow;
+
     use super::{CachedDecoder, greedy_rows, logits_rows, prefill_layout};
     use crate::config::GlmConfig;
+    use crate::generation::generate::{
+        Decoder, FinishReason, GenerateError, GenerationConfig, generate,
+    };
+    use crate::generation::sampling::SamplingConfig;
     use crate::generation::sampling::greedy_token;
     use crate::glm::GlmModel;
     use crate::load::CheckpointSource;
@@ -242,16 +322,23 @@ mod tests {
 
     /// Extra left padding (the prompt widths of backends that compile per shape) changes neither
     /// the prefill's last logits nor the decoding steps that follow.
-    #[test]
-    fn a_wider_prefill_gives_the_same_logits() {
-        type B = NdArray<f32>;
+    type B = NdArray<f32>;
+
+    /// The tiny checkpoint of the tests' fixtures.
+    fn tiny() -> (GlmConfig, GlmModel<B>) {
         let dir =
             std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tiny-glm6b");
         let cfg = GlmConfig::from_file(dir.join("config.json")).unwrap();
         let ckpt = chatglm_checkpoint::Checkpoint::open(&dir).unwrap();
+        let model =
+            GlmModel::build(&cfg, &mut CheckpointSource::new(&ckpt, &Default::default())).unwrap();
+        (cfg, model)
+    }
+
+    #[test]
+    fn a_wider_prefill_gives_the_same_logits() {
+        let (cfg, model) = tiny();
         let device = Default::default();
-        let model: GlmModel<B> =
-            GlmModel::build(&cfg, &mut CheckpointSource::new(&ckpt, &device)).unwrap();
         let sp = cfg.special_ids();
         let prompts = vec![
             vec![10, 11, 12, 13, sp.gmask, sp.bos],
@@ -308,7 +395,7 @@ mod tests {
         rows[3] = vec![1.0, 3.0, 0.5, 3.0, 3.0, -1.0, 2.0]; // a tie: the first one wins
         let flat: Vec<f32> = rows.concat();
         let t = || {
-            Tensor::<NdArray<f32>, 3>::from_data(
+            Tensor::<B, 3>::from_data(
                 TensorData::new(flat.clone(), [4, 1, v]),
                 &Default::default(),
             )
@@ -320,5 +407,77 @@ mod tests {
             .collect();
         assert_eq!(host, vec![greedy_token(&rows[0]), 5, 5, 1]);
         assert_eq!(greedy_rows(t()).unwrap(), host);
+    }
+
+    /// [`CachedDecoder`] without its queued greedy steps: generation reads each step's tokens
+    /// before it queues the next.
+    struct OneAtATime<'a, 'm>(&'a mut CachedDecoder<'m, B>);
+
+    impl Decoder for OneAtATime<'_, '_> {
+        fn vocab_size(&self) -> usize {
+            self.0.vocab_size()
+        }
+        fn prefill(&mut self, p: &[Vec<u32>], n: usize) -> Result<Vec<Vec<f32>>, GenerateError> {
+            self.0.prefill(p, n)
+        }
+        fn step(&mut self, tokens: &[u32]) -> Result<Vec<Vec<f32>>, GenerateError> {
+            self.0.step(tokens)
+        }
+        fn prefill_greedy(&mut self, p: &[Vec<u32>], n: usize) -> Result<Vec<u32>, GenerateError> {
+            self.0.prefill_greedy(p, n)
+        }
+        fn step_greedy(&mut self, tokens: &[u32]) -> Result<Vec<u32>, GenerateError> {
+            self.0.step_greedy(tokens)
+        }
+    }
+
+    /// Greedy steps queued ahead (each fed the previous step's picks on the device) generate the
+    /// tokens, events and finish reasons of steps fed from the host one at a time, including a
+    /// row that stops early while the other goes on.
+    #[test]
+    fn greedy_steps_queued_ahead_give_the_same_tokens() {
+        let (cfg, model) = tiny();
+        let device = Default::default();
+        let sp = cfg.special_ids();
+        let prompts = vec![
+            vec![10, 11, 12, 13, sp.gmask, sp.bos],
+            vec![20, 21, sp.gmask, sp.bos],
+        ];
+        let run = |stop_ids: Vec<u32>, ahead: bool| {
+            let config = GenerationConfig {
+                max_new_tokens: Some(6),
+                sampling: SamplingConfig::greedy(),
+                stop_ids,
+                ..Default::default()
+            };
+            let mut dec = CachedDecoder::new(&model, None, sp, cfg.pad_token_id, &device);
+            let mut events = Vec::new();
+            let out = if ahead {
+                generate(&mut dec, &prompts, &config, |e| {
+                    events.push(e);
+                    ControlFlow::Continue(())
+                })
+            } else {
+                generate(&mut OneAtATime(&mut dec), &prompts, &config, |e| {
+                    events.push(e);
+                    ControlFlow::Continue(())
+                })
+            }
+            .unwrap();
+            // Only the queued path leaves the last pick on the device.
+            assert_eq!(dec.queued.is_some(), ahead);
+            (out, events)
+        };
+        let (plain, _) = run(Vec::new(), false);
+        assert_eq!(plain.ids[0].len(), 6);
+        // Row 0's third token as a stop id: row 0 ends there (or earlier, where it repeats),
+        // unless row 1 stops first, and the batch goes on for the other.
+        let stop = plain.ids[0][2];
+        for stop_ids in [Vec::new(), vec![stop]] {
+            let want = run(stop_ids.clone(), false);
+            assert_eq!(run(stop_ids.clone(), true), want, "stop ids {stop_ids:?}");
+        }
+        let (stopped, _) = run(vec![stop], false);
+        assert!(stopped.finish.contains(&FinishReason::Stop));
     }
 }

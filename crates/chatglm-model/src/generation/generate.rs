@@ -60,6 +60,38 @@ pub trait Decoder {
     fn step_greedy(&mut self, tokens: &[u32]) -> Result<Vec<u32>, GenerateError> {
         Ok(self.step(tokens)?.iter().map(|l| greedy_token(l)).collect())
     }
+
+    /// Whether the decoder queues greedy steps ahead ([`queue_greedy_prefill`],
+    /// [`queue_greedy_step`], [`take_greedy_ids`]): each step is fed the tokens the previous one
+    /// picked on the device, so the next step can be queued before this one's tokens are read.
+    ///
+    /// [`queue_greedy_prefill`]: Self::queue_greedy_prefill
+    /// [`queue_greedy_step`]: Self::queue_greedy_step
+    /// [`take_greedy_ids`]: Self::take_greedy_ids
+    fn queues_greedy(&self) -> bool {
+        false
+    }
+
+    /// Queues the prefill of [`prefill_greedy`](Self::prefill_greedy) without waiting for its
+    /// tokens ([`take_greedy_ids`](Self::take_greedy_ids) returns them).
+    fn queue_greedy_prefill(
+        &mut self,
+        _prompts: &[Vec<u32>],
+        _max_new_tokens: usize,
+    ) -> Result<(), GenerateError> {
+        Err(GenerateError::State("greedy steps cannot be queued ahead"))
+    }
+
+    /// Queues one step fed each row's token picked by the last queued step (or prefill).
+    fn queue_greedy_step(&mut self) -> Result<(), GenerateError> {
+        Err(GenerateError::State("greedy steps cannot be queued ahead"))
+    }
+
+    /// The tokens of the oldest queued step (or prefill) not taken yet, one per row, waiting
+    /// for them if need be.
+    fn take_greedy_ids(&mut self) -> Result<Vec<u32>, GenerateError> {
+        Err(GenerateError::State("greedy steps cannot be queued ahead"))
+    }
 }
 
 /// Length limits, stop ids and sampling of one generation.
@@ -248,14 +280,29 @@ fn run<D: Decoder + ?Sized>(
         finish: vec![FinishReason::Length; prompts.len()],
     };
     let mut done = vec![false; prompts.len()];
-    // Greedy rows only: the decoder picks the tokens (on its device) and hands back ids alone.
+    // Greedy rows only: the decoder picks the tokens (on its device) and hands back ids alone;
+    // where it can, it queues each step before the previous step's tokens are read (a finished
+    // row is then fed its own pick rather than its last token: its output no longer changes).
     let greedy = plan.samplers.all_plain_greedy();
-    let mut next = if greedy {
+    let ahead = greedy && decoder.queues_greedy();
+    let mut next = if ahead {
+        decoder.queue_greedy_prefill(prompts, budget)?;
+        Picked::Ids(Vec::new())
+    } else if greedy {
         Picked::Ids(decoder.prefill_greedy(prompts, budget)?)
     } else {
         Picked::Logits(decoder.prefill(prompts, budget)?)
     };
     for step in 0..budget {
+        if ahead {
+            // The next step goes in before this one's tokens are waited for, so the device always
+            // has a step queued. Not after the prefill: its tokens come first (the time to the
+            // first token would otherwise include queueing a whole step).
+            if step > 0 && step + 1 < budget {
+                decoder.queue_greedy_step()?;
+            }
+            next = Picked::Ids(decoder.take_greedy_ids()?);
+        }
         let mut feed = Vec::with_capacity(prompts.len());
         let mut cancelled = false;
         for row in 0..prompts.len() {
@@ -298,7 +345,12 @@ fn run<D: Decoder + ?Sized>(
         if done.iter().all(|&d| d) || step + 1 == budget {
             break;
         }
-        next = if greedy {
+        next = if ahead {
+            if step == 0 {
+                decoder.queue_greedy_step()?;
+            }
+            continue;
+        } else if greedy {
             Picked::Ids(decoder.step_greedy(&feed)?)
         } else {
             Picked::Logits(decoder.step(&feed)?)
