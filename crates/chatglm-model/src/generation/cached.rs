@@ -324,26 +324,27 @@ mod tests {
     /// the prefill's last logits nor the decoding steps that follow.
     type B = NdArray<f32>;
 
-    /// The tiny checkpoint of the tests' fixtures.
-    fn tiny() -> (GlmConfig, GlmModel<B>) {
+    /// The tiny checkpoint of the tests' fixtures and two prompts of different lengths.
+    fn tiny() -> (GlmConfig, GlmModel<B>, Vec<Vec<u32>>) {
         let dir =
             std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tiny-glm6b");
         let cfg = GlmConfig::from_file(dir.join("config.json")).unwrap();
         let ckpt = chatglm_checkpoint::Checkpoint::open(&dir).unwrap();
         let model =
             GlmModel::build(&cfg, &mut CheckpointSource::new(&ckpt, &Default::default())).unwrap();
-        (cfg, model)
-    }
-
-    #[test]
-    fn a_wider_prefill_gives_the_same_logits() {
-        let (cfg, model) = tiny();
-        let device = Default::default();
         let sp = cfg.special_ids();
         let prompts = vec![
             vec![10, 11, 12, 13, sp.gmask, sp.bos],
             vec![20, 21, sp.gmask, sp.bos],
         ];
+        (cfg, model, prompts)
+    }
+
+    #[test]
+    fn a_wider_prefill_gives_the_same_logits() {
+        let (cfg, model, prompts) = tiny();
+        let device = Default::default();
+        let sp = cfg.special_ids();
         let run = |extra_pad: usize| {
             let layout = BatchLayout::new(&prompts, sp);
             let width = layout.width + extra_pad;
@@ -436,13 +437,9 @@ mod tests {
     /// row that stops early while the other goes on.
     #[test]
     fn greedy_steps_queued_ahead_give_the_same_tokens() {
-        let (cfg, model) = tiny();
+        let (cfg, model, prompts) = tiny();
         let device = Default::default();
         let sp = cfg.special_ids();
-        let prompts = vec![
-            vec![10, 11, 12, 13, sp.gmask, sp.bos],
-            vec![20, 21, sp.gmask, sp.bos],
-        ];
         let run = |stop_ids: Vec<u32>, ahead: bool| {
             let config = GenerationConfig {
                 max_new_tokens: Some(6),
