@@ -240,26 +240,17 @@ pub(crate) fn width<R: CubeRuntime>(
         .find(|&w| (hd / 4).is_multiple_of(w) && takes_width(hd, w) && aligned(w))
 }
 
-/// `qkv_to_cache` then `decode_attention` for one new token per row, in one kernel, with the
-/// vector `width` that [`width`] found for these operands. The cache is written in place when
-/// nothing else holds its buffers (else a copy first, as `qkv_to_cache` does).
+/// `qkv_to_cache` then `decode_attention` for one new token per row, in one kernel, on the
+/// operands of `step` made with the vector `width` that [`width`] found for them. The cache is
+/// written in place when nothing else holds its buffers (else a copy first, as `qkv_to_cache`
+/// does).
 ///
 /// # Shapes
-/// - `qkv`: `[batch, 1, heads, 3 * head_dim]`, `bias`: `[heads * 3 * head_dim]`
-/// - `cos`, `sin`: `[batch, 1, 1, 2 * head_dim]`
-/// - `keys`, `values`: `[batch, heads, slots, head_dim]`, written at slot `offset`
-/// - `mask`: `[batch or 1, 1, 1, slots]`
 /// - returns the attention `[batch, heads, 1, head_dim]` and the updated keys and values
 pub(crate) fn decode_attention_qkv<R: CubeRuntime>(
-    qkv: CubeTensor<R>,
-    bias: Option<CubeTensor<R>>,
-    (cos, sin): (CubeTensor<R>, CubeTensor<R>),
-    (keys, values): (CubeTensor<R>, CubeTensor<R>),
-    offset: usize,
-    mask: CubeTensor<R>,
+    step: TokenStep<R>,
     width: usize,
 ) -> (CubeTensor<R>, CubeTensor<R>, CubeTensor<R>) {
-    let step = TokenStep::new(qkv, bias, (cos, sin), (keys, values), offset, mask, width);
     let TokenStep {
         b, heads, slots, ..
     } = step;
@@ -327,6 +318,12 @@ pub(crate) struct TokenStep<R: CubeRuntime> {
 
 impl<R: CubeRuntime> TokenStep<R> {
     /// Takes the operands that [`width`] accepted, with its `width`.
+    ///
+    /// # Shapes
+    /// - `qkv`: `[batch, 1, heads, 3 * head_dim]`, `bias`: `[heads * 3 * head_dim]`
+    /// - `cos`, `sin`: `[batch, 1, 1, 2 * head_dim]`
+    /// - `keys`, `values`: `[batch, heads, slots, head_dim]`, to be written at slot `offset`
+    /// - `mask`: `[batch or 1, 1, 1, slots]`
     pub(crate) fn new(
         qkv: CubeTensor<R>,
         bias: Option<CubeTensor<R>>,

@@ -237,19 +237,13 @@ pub(crate) fn fits(row_vectors: usize) -> bool {
     row_vectors.is_multiple_of(COLUMNS) && row_vectors <= CHUNK
 }
 
-/// `qkv_to_cache` then `decode_attention` for one new token per row in the two kernels, with the
-/// vector `width` that `attention_qkv::width` found (and [`fits`]). Shapes as
-/// `attention_qkv::decode_attention_qkv`.
+/// `qkv_to_cache` then `decode_attention` for one new token per row in the two kernels, on the
+/// operands of `step` made with the vector `width` that `attention_qkv::width` found (and
+/// [`fits`]). Shapes as `attention_qkv::decode_attention_qkv`.
 pub(crate) fn decode_attention_split<R: CubeRuntime>(
-    qkv: CubeTensor<R>,
-    bias: Option<CubeTensor<R>>,
-    (cos, sin): (CubeTensor<R>, CubeTensor<R>),
-    (keys, values): (CubeTensor<R>, CubeTensor<R>),
-    offset: usize,
-    mask: CubeTensor<R>,
+    step: TokenStep<R>,
     width: usize,
 ) -> (CubeTensor<R>, CubeTensor<R>, CubeTensor<R>) {
-    let step = TokenStep::new(qkv, bias, (cos, sin), (keys, values), offset, mask, width);
     let TokenStep {
         b,
         heads,

@@ -153,14 +153,23 @@ where
         );
         match width {
             Some(width) => {
-                let [b, heads, slots, hd] = keys.meta.shape().dims::<4>();
+                let step = attention_qkv::TokenStep::new(
+                    qkv,
+                    bias,
+                    (cos, sin),
+                    (keys, values),
+                    offset,
+                    mask,
+                    width,
+                );
                 // One kernel (a cube per (row, head)) or two (many cubes per head), by shape.
-                let launch = if attention_qkv::split(b * heads, slots, hd / width) {
-                    attention_split::decode_attention_split::<R>
-                } else {
-                    attention_qkv::decode_attention_qkv::<R>
-                };
-                launch(qkv, bias, (cos, sin), (keys, values), offset, mask, width)
+                let launch =
+                    if attention_qkv::split(step.b * step.heads, step.slots, step.row_vectors) {
+                        attention_split::decode_attention_split::<R>
+                    } else {
+                        attention_qkv::decode_attention_qkv::<R>
+                    };
+                launch(step, width)
             }
             None => crate::backend::qkv_then_attention::<Self>(
                 qkv,
