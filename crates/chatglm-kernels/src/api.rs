@@ -380,7 +380,9 @@ pub fn decode_attention<B: KernelBackend>(
 /// A decoded token's attention in one op: [`qkv_to_cache`] for one new token per row at slot
 /// `offset`, then [`decode_attention`] over the updated cache. On burn's cube backends one kernel
 /// (a cube per (row, head) writes its own cache slot, then attends), with the same results as the
-/// two ops; elsewhere, or for shapes that kernel does not take, the two ops.
+/// two ops; elsewhere, or for shapes that kernel does not take, the two ops. The slots after
+/// `offset` hold no token yet: `mask` must exclude them (a decoder's does), and the kernel does
+/// not read them.
 ///
 /// # Shapes
 /// - `qkv`: `[batch, 1, heads, 3 * head_dim]`, `bias`: `[heads * 3 * head_dim]`

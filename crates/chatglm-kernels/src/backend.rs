@@ -116,7 +116,8 @@ pub trait KernelBackend: Backend {
     /// A decoded token's attention: [`KernelBackend::glm_qkv_to_cache`] for one new token per row
     /// at slot `offset`, then [`KernelBackend::glm_decode_attention`] over the updated cache with
     /// `mask` `[batch or 1, 1, 1, slots]`. Returns the attention `[batch, heads, 1, head_dim]` and
-    /// the keys and values. Backends with kernels may run both in one.
+    /// the keys and values. Backends with kernels may run both in one, reading no slot after
+    /// `offset` (the mask must exclude those).
     #[allow(clippy::type_complexity)]
     fn glm_decode_attention_qkv(
         qkv: FloatTensor<Self>,

@@ -23,8 +23,14 @@ use super::reduce::{cube_max, cube_sum};
 use super::strides::{scalar, vector_strides};
 use super::{Strides3, Strides3Launch, vector_aligned};
 
-/// Units per cube.
+/// Most units per cube (see [`units`]).
 pub(crate) const UNITS: usize = 512;
+/// Units per cube where [`units`] fits two cubes on a multiprocessor.
+const FEW_UNITS: usize = 256;
+/// Above this many cubes ((row, head) pairs), a cube has [`FEW_UNITS`] units.
+const MANY_PAIRS: usize = 64;
+/// Environment variable for tuning runs: units per cube (128, 256 or 512) for every call.
+const UNITS_ENV: &str = "CHATGLM_ATTENTION_UNITS";
 /// Slots each group of units reads per pass of the values step, unless [`UNROLL_ENV`] says
 /// otherwise.
 const UNROLL: usize = 8;
@@ -330,7 +336,7 @@ pub(crate) fn decode_attention<R: CubeRuntime>(
     decode_attention_kernel::launch::<R>(
         &client,
         CubeCount::Static((b * heads) as u32, s as u32, 1),
-        CubeDim::new_1d(UNITS as u32),
+        CubeDim::new_1d(units(b * heads * s, row_vectors) as u32),
         width,
         q.clone().into_array_arg(),
         keys.clone().into_array_arg(),
@@ -351,6 +357,25 @@ pub(crate) fn decode_attention<R: CubeRuntime>(
         dtype.into(),
     );
     Some(out)
+}
+
+/// Units per cube for `pairs` cubes ((row, head) pairs) over head rows of `row_vectors`
+/// vectors. The kernels hold a head's q in registers (128 per unit for ChatGLM-6B's head of 128
+/// halves), so a multiprocessor holds one cube of [`UNITS`] units: at batch 8 (256 cubes) that
+/// took 1.94 waves, 19.5 µs per layer under ncu on the H200 (`docs/benchmarks.md`, session
+/// 14). Beyond [`MANY_PAIRS`] cubes, [`FEW_UNITS`] fit two per multiprocessor; fewer cubes keep
+/// all units, as each then has a multiprocessor to itself. [`UNITS_ENV`] forces either.
+pub(crate) fn units(pairs: usize, row_vectors: usize) -> usize {
+    static FORCED: std::sync::OnceLock<Option<usize>> = std::sync::OnceLock::new();
+    let forced = *FORCED.get_or_init(|| {
+        std::env::var(UNITS_ENV)
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .filter(|&u| [FEW_UNITS / 2, FEW_UNITS, UNITS].contains(&u))
+    });
+    let wanted = forced.unwrap_or(if pairs > MANY_PAIRS { FEW_UNITS } else { UNITS });
+    // Every unit of the values step needs a vector of the head row.
+    if row_vectors > wanted { UNITS } else { wanted }
 }
 
 /// [`UNROLL`], or [`UNROLL_ENV`] where it is set to 1-32 (read once).

@@ -15,7 +15,7 @@ use burn_cubecl::ops::numeric::empty_device_dtype;
 use burn_cubecl::tensor::CubeTensor;
 use cubecl::prelude::*;
 
-use super::attention::{MAX_SLOTS, UNITS, attend, score_buffer, takes_width, values_unroll};
+use super::attention::{MAX_SLOTS, attend, score_buffer, takes_width, units, values_unroll};
 use super::qkv::{rotated_qkv, writable};
 use super::strides::{scalar, vector_strides};
 use super::{Strides3, Strides3Launch, vector_aligned};
@@ -265,7 +265,7 @@ pub(crate) fn decode_attention_qkv<R: CubeRuntime>(
     decode_attention_qkv_kernel::launch::<R>(
         &step.qkv.client,
         CubeCount::Static((b * heads) as u32, 1, 1),
-        CubeDim::new_1d(UNITS as u32),
+        CubeDim::new_1d(units(b * heads, step.row_vectors) as u32),
         width,
         step.qkv.clone().into_array_arg(),
         step.bias.clone().into_array_arg(),
@@ -276,7 +276,7 @@ pub(crate) fn decode_attention_qkv<R: CubeRuntime>(
         step.mask.clone().into_array_arg(),
         out.clone().into_array_arg(),
         scalar(heads),
-        scalar(slots),
+        scalar(step.live_slots()),
         scalar(step.offset),
         strides(&step.qkv),
         strides(&step.cos),
@@ -351,6 +351,13 @@ impl<R: CubeRuntime> TokenStep<R> {
             slots: kv[2],
             row_vectors: kv[3] / width,
         }
+    }
+
+    /// The slots the token attends: up to its own. The later ones hold no token yet and the
+    /// mask excludes them (weights of exactly 0 after the softmax), so the kernel stops there
+    /// (a scalar: the kernel's shape, and so its compiled code, stays that of the whole cache).
+    pub(crate) fn live_slots(&self) -> usize {
+        (self.offset + 1).min(self.slots)
     }
 
     /// The mask's strides over (row, slot, unused) in elements, 0 over rows where it is shared.

@@ -372,6 +372,8 @@ pub(super) fn check_decode_attention_qkv<B: KernelBackend>(dev: &B::Device, tol:
         (1, 2, 16, 9, 8, 1),
         (3, 2, 8, 20, 0, 3),
         (1, 1, 8, 4100, 4000, 1),
+        // More than 64 (row, head) pairs: cubes of 256 units on CUDA.
+        (8, 9, 128, 300, 211, 8),
     ] {
         let width = 3 * hd;
         let qkv = random(b * h * width, 51, 2.0);
