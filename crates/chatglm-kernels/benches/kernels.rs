@@ -12,11 +12,11 @@ const HIDDEN: usize = 4096;
 const INNER: usize = 16384;
 
 /// One benchmark group `name` timing each `(label, op)`, with a device sync per iteration.
-fn compare<B: KernelBackend>(
+fn compare<B: KernelBackend, T>(
     c: &mut Criterion,
     name: String,
     dev: &B::Device,
-    sides: [(&str, &dyn Fn() -> Tensor<B, 2>); 2],
+    sides: [(&str, &dyn Fn() -> T); 2],
 ) {
     let mut group = c.benchmark_group(name);
     for (label, op) in sides {
@@ -47,13 +47,13 @@ fn bench_backend<B: KernelBackend>(c: &mut Criterion, label: &str, dev: &B::Devi
         let plain =
             || reference::add_layer_norm(a.clone(), Some(b.clone()), lb(), 7.48, g(), be(), 1e-5);
         let name = format!("{label}/add_layer_norm/{rows}x{HIDDEN}");
-        compare::<B>(c, name, dev, [("fused", &fused), ("reference", &plain)]);
+        compare::<B, _>(c, name, dev, [("fused", &fused), ("reference", &plain)]);
     }
     let (x, bias) = (rand2(128, INNER), rand1(INNER));
     let fused = || chatglm_kernels::bias_gelu(x.clone(), bias.clone());
     let plain = || reference::bias_gelu(x.clone(), bias.clone());
     let name = format!("{label}/bias_gelu/128x{INNER}");
-    compare::<B>(c, name, dev, [("fused", &fused), ("reference", &plain)]);
+    compare::<B, _>(c, name, dev, [("fused", &fused), ("reference", &plain)]);
 
     // Attention's masked softmax: a decode step over a 2048-slot cache, and a 128-token prefill.
     // The kernel side calls the backend's op directly (whatever `CHATGLM_KERNELS` says).
@@ -71,7 +71,7 @@ fn bench_backend<B: KernelBackend>(c: &mut Criterion, label: &str, dev: &B::Devi
         let plain =
             || reference::masked_softmax(scores.clone(), mask.clone()).reshape([HEADS * s, k]);
         let name = format!("{label}/masked_softmax/{HEADS}x{s}x{k}");
-        compare::<B>(c, name, dev, [("fused", &fused), ("reference", &plain)]);
+        compare::<B, _>(c, name, dev, [("fused", &fused), ("reference", &plain)]);
     }
 
     // Rotary on q and k of a decode step and a 128-token prefill, read out of the QKV output.
@@ -92,7 +92,7 @@ fn bench_backend<B: KernelBackend>(c: &mut Criterion, label: &str, dev: &B::Devi
         };
         let plain = || reference::rotary(qk(), cos.clone(), sin.clone()).reshape([HEADS * s, d]);
         let name = format!("{label}/rotary/{HEADS}x{s}x{d}");
-        compare::<B>(c, name, dev, [("fused", &fused), ("reference", &plain)]);
+        compare::<B, _>(c, name, dev, [("fused", &fused), ("reference", &plain)]);
     }
 }
 
@@ -128,7 +128,7 @@ fn bench_qkv_to_cache<B: KernelBackend>(c: &mut Criterion, label: &str, dev: &B:
         q.reshape([HEADS, hd])
     };
     let name = format!("{label}/qkv_to_cache/{HEADS}x{hd}");
-    compare::<B>(c, name, dev, [("fused", &fused), ("reference", &plain)]);
+    compare::<B, _>(c, name, dev, [("fused", &fused), ("reference", &plain)]);
 }
 
 /// A decoded token's attention (one token into a 512-slot cache, then attention over it):
@@ -174,7 +174,7 @@ fn bench_decode_attention_qkv<B: KernelBackend>(c: &mut Criterion, label: &str, 
         out.reshape([HEADS, hd])
     };
     let name = format!("{label}/decode_attention_qkv/{HEADS}x{slots}x{hd}");
-    compare::<B>(c, name, dev, [("one_op", &one), ("two_ops", &two)]);
+    compare::<B, _>(c, name, dev, [("one_op", &one), ("two_ops", &two)]);
 }
 
 /// A prefill-sized half-precision product through `chatglm_kernels::matmul` (cuBLAS on CUDA)
@@ -185,7 +185,7 @@ fn bench_gemm<B: KernelBackend>(c: &mut Criterion, label: &str, dev: &B::Device)
     let ours = || chatglm_kernels::matmul(x.clone(), w.clone().transpose());
     let burn = || x.clone().matmul(w.clone().transpose());
     let name = format!("{label}/gemm/512x{HIDDEN}x{}", 3 * HIDDEN);
-    compare::<B>(c, name, dev, [("chatglm", &ours), ("burn", &burn)]);
+    compare::<B, _>(c, name, dev, [("chatglm", &ours), ("burn", &burn)]);
 }
 
 /// Attention against the reference (two products and `masked_softmax`): one new token over a
@@ -226,10 +226,10 @@ fn bench_attention<B: KernelBackend>(c: &mut Criterion, label: &str, dev: &B::De
         };
         if s == 1 {
             let name = format!("{label}/decode_attention/{heads}x{slots}x{d}");
-            compare::<B>(c, name, dev, [("fused", &decode), ("reference", &plain)]);
+            compare::<B, _>(c, name, dev, [("fused", &decode), ("reference", &plain)]);
         } else if chatglm_kernels::prompt_attention(&q, &k, &v, &mask, slots).is_some() {
             let name = format!("{label}/prompt_attention/{heads}x{s}x{slots}x{d}");
-            compare::<B>(c, name, dev, [("fused", &prompt), ("products", &plain)]);
+            compare::<B, _>(c, name, dev, [("fused", &prompt), ("products", &plain)]);
         }
     }
 }
@@ -246,7 +246,7 @@ fn bench_gemv<B: KernelBackend>(c: &mut Criterion, label: &str, dev: &B::Device)
             let ours = || times10(&|| chatglm_kernels::matmul(x.clone(), w.clone().transpose()));
             let burn = || times10(&|| x.clone().matmul(w.clone().transpose()));
             let name = format!("{label}/gemv_x10/{rows}x{inp}x{out}");
-            compare::<B>(c, name, dev, [("chatglm", &ours), ("burn", &burn)]);
+            compare::<B, _>(c, name, dev, [("chatglm", &ours), ("burn", &burn)]);
         }
     }
 }
@@ -266,7 +266,7 @@ fn bench_matmul_bias_gelu<B: KernelBackend>(c: &mut Criterion, label: &str, dev:
         })
     };
     let name = format!("{label}/matmul_bias_gelu_x10/1x{HIDDEN}x{INNER}");
-    compare::<B>(c, name, dev, [("fused", &fused), ("split", &split)]);
+    compare::<B, _>(c, name, dev, [("fused", &fused), ("split", &split)]);
 }
 
 /// The float32 matmul: the exact kernel against burn's (TF32 on tensor cores).
@@ -277,7 +277,20 @@ fn bench_matmul<B: KernelBackend>(c: &mut Criterion, label: &str, dev: &B::Devic
         let exact = || chatglm_kernels::matmul(x.clone(), w.clone().transpose());
         let burn = || x.clone().matmul(w.clone().transpose());
         let name = format!("{label}/matmul_f32/{rows}x{HIDDEN}x{HIDDEN}");
-        compare::<B>(c, name, dev, [("exact", &exact), ("burn", &burn)]);
+        compare::<B, _>(c, name, dev, [("exact", &exact), ("burn", &burn)]);
+    }
+}
+
+/// A decode step's greedy pick over ChatGLM-6B's vocabulary at batch 1 and 8: the one kernel
+/// against the six reference ops.
+fn bench_greedy_ids<B: KernelBackend>(c: &mut Criterion, label: &str, dev: &B::Device) {
+    const VOCAB: usize = 130_528;
+    for rows in [1usize, 8] {
+        let logits = Tensor::<B, 2>::random([rows, VOCAB], Distribution::Normal(0.0, 1.0), dev);
+        let fused = || chatglm_kernels::greedy_ids(logits.clone(), 5);
+        let plain = || reference::greedy_ids(logits.clone(), 5);
+        let name = format!("{label}/greedy_ids/{rows}x{VOCAB}");
+        compare::<B, _>(c, name, dev, [("fused", &fused), ("reference", &plain)]);
     }
 }
 
@@ -292,6 +305,7 @@ fn benches(c: &mut Criterion) {
         bench_attention::<burn::backend::NdArray<f32>>(c, "cpu-f32", &dev);
         bench_decode_attention_qkv::<burn::backend::NdArray<f32>>(c, "cpu-f32", &dev);
         bench_matmul_bias_gelu::<burn::backend::NdArray<f32>>(c, "cpu-f32", &dev);
+        bench_greedy_ids::<burn::backend::NdArray<f32>>(c, "cpu-f32", &dev);
         return;
     }
     #[cfg(feature = "cuda")]
@@ -306,6 +320,7 @@ fn benches(c: &mut Criterion) {
         bench_attention::<Direct>(c, "cuda-direct-f16", &dev);
         bench_decode_attention_qkv::<Direct>(c, "cuda-direct-f16", &dev);
         bench_matmul_bias_gelu::<Direct>(c, "cuda-direct-f16", &dev);
+        bench_greedy_ids::<Direct>(c, "cuda-direct-f16", &dev);
         bench_matmul::<burn::backend::Cuda<f32, i32>>(c, "cuda-f32", &dev);
     }
     #[cfg(not(feature = "cuda"))]

@@ -141,6 +141,13 @@ pub trait KernelBackend: Backend {
         Self::glm_bias_gelu(Self::glm_matmul(lhs, rhs), bias)
     }
 
+    /// Each row's greedy token of `[rows, vocab]` logits ([`reference::greedy_ids`]): the index
+    /// of its largest value (the first on ties), or `guard` where the row holds a NaN or an
+    /// infinity -> `[rows]`.
+    fn glm_greedy_ids(logits: FloatTensor<Self>, guard: u32) -> IntTensor<Self> {
+        reference::greedy_ids::<Self>(float(logits), guard).into_primitive()
+    }
+
     /// Starts reading a 1D int tensor back ([`crate::start_read`]); by default it is read at
     /// once.
     fn glm_start_read_int(t: IntTensor<Self>) -> PendingRead {

@@ -18,6 +18,7 @@ mod cube;
 #[cfg(feature = "cuda")]
 mod fusion;
 pub mod memory;
+mod pick;
 mod read;
 pub mod reference;
 pub mod runtime;
@@ -28,6 +29,7 @@ pub use api::{
     matmul_bias_gelu, mma_gemv_calls, prompt_attention, qkv_to_cache, rotary,
 };
 pub use backend::KernelBackend;
+pub use pick::greedy_ids;
 pub use read::{PendingRead, ReadError, start_read};
 
 /// burn-cuda without burn's fusion wrapper: every operation launches its kernel directly. For

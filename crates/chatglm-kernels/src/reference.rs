@@ -3,7 +3,7 @@
 
 use burn::tensor::activation::softmax;
 use burn::tensor::backend::Backend;
-use burn::tensor::{DType, Tensor};
+use burn::tensor::{DType, Int, Tensor};
 
 /// `sqrt(2 / pi)`.
 pub(crate) const GELU_C: f64 = 0.797_884_560_802_865_4;
@@ -183,4 +183,19 @@ pub fn decode_attention<B: crate::KernelBackend>(
     };
     let probs = crate::masked_softmax(crate::matmul(q, keys.swap_dims(2, 3)), mask);
     crate::matmul(probs, values)
+}
+
+/// Each row's greedy token of `[rows, vocab]` logits: the index of its largest value (the
+/// first on ties), or `guard` where the row holds a NaN or an infinity -> `[rows]`.
+pub fn greedy_ids<B: Backend>(logits: Tensor<B, 2>, guard: u32) -> Tensor<B, 1, Int> {
+    let [rows, _] = logits.dims();
+    let bad = logits
+        .clone()
+        .is_nan()
+        .bool_or(logits.clone().is_inf())
+        .any_dim(1);
+    logits
+        .argmax(1)
+        .mask_fill(bad, guard as i64)
+        .reshape([rows])
 }

@@ -10,6 +10,7 @@ mod gemv;
 mod layer_norm;
 mod matmul;
 mod mma_gemv;
+mod pick;
 mod prompt_attention;
 mod qkv;
 mod reduce;
@@ -188,6 +189,14 @@ where
         sin: FloatTensor<Self>,
     ) -> FloatTensor<Self> {
         elementwise::rotary(qk, cos, sin)
+    }
+
+    fn glm_greedy_ids(logits: FloatTensor<Self>, guard: u32) -> IntTensor<Self> {
+        let logits = unit_last_stride(logits);
+        if !pick::fits(&logits, <I as burn::tensor::Element>::dtype()) {
+            return crate::reference::greedy_ids::<Self>(float(logits), guard).into_primitive();
+        }
+        pick::greedy_ids(logits, guard)
     }
 
     fn glm_start_read_int(t: IntTensor<Self>) -> PendingRead {

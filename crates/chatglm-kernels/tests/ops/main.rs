@@ -361,6 +361,7 @@ fn check_all<B: KernelBackend>(dev: &B::Device, tol: Tol) {
     check_decode_attention::<B>(dev, tol);
     check_decode_attention_qkv::<B>(dev, tol);
     read::check_start_read::<B>(dev);
+    read::check_greedy_ids::<B>(dev);
 }
 
 // Float32 sums of 4096 products measured 2.1e-6 (x sqrt(k)) on the H200; TF32 inputs (10-bit

@@ -65,21 +65,15 @@ pub fn logits_rows<B: Backend>(logits: Tensor<B, 3>) -> Result<Vec<Vec<f32>>, Ge
 /// Reads `[batch, 1, vocab]` logits back as each row's greedy token, picked on the device
 /// ([`greedy_token`](super::sampling::greedy_token): the argmax, the first on ties; the guard token for a row with a NaN or
 /// infinite value): only the ids cross to the host.
-pub fn greedy_rows<B: Backend>(logits: Tensor<B, 3>) -> Result<Vec<u32>, GenerateError> {
+pub fn greedy_rows<B: KernelBackend>(logits: Tensor<B, 3>) -> Result<Vec<u32>, GenerateError> {
     ids_of(greedy_ids(logits).into_data())
 }
 
 /// Each row's greedy token of `[batch, 1, vocab]` logits as [`greedy_rows`] picks it, left on
-/// the device: `[batch, 1]`.
-fn greedy_ids<B: Backend>(logits: Tensor<B, 3>) -> Tensor<B, 2, Int> {
+/// the device: `[batch, 1]` ([`chatglm_kernels::greedy_ids`]: one kernel on CUDA).
+fn greedy_ids<B: KernelBackend>(logits: Tensor<B, 3>) -> Tensor<B, 2, Int> {
     let [b, s, v] = logits.dims();
-    let flat = logits.reshape([b * s, v]);
-    let bad = flat
-        .clone()
-        .is_nan()
-        .bool_or(flat.clone().is_inf())
-        .any_dim(1);
-    flat.argmax(1).mask_fill(bad, GUARD_TOKEN as i64)
+    chatglm_kernels::greedy_ids(logits.reshape([b * s, v]), GUARD_TOKEN as u32).reshape([b * s, 1])
 }
 
 /// Token ids read back from the device.
@@ -93,7 +87,7 @@ fn ids_of(data: burn::tensor::TensorData) -> Result<Vec<u32>, GenerateError> {
 
 /// Reads `[batch, 1, vocab]` logits back as each row's logits, or with `greedy` as each row's
 /// greedy token ([`greedy_rows`]).
-pub(super) fn pick<B: Backend>(
+pub(super) fn pick<B: KernelBackend>(
     logits: Tensor<B, 3>,
     greedy: bool,
 ) -> Result<Picked, GenerateError> {
