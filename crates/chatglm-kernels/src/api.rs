@@ -17,8 +17,8 @@ fn kernels_setting() -> &'static str {
     setting(&SETTING, "CHATGLM_KERNELS")
 }
 
-/// Whether [`add_layer_norm`], [`bias_gelu`], [`masked_softmax`] and [`rotary`] run the backend's
-/// fused kernels (the default) or
+/// Whether [`add_layer_norm`], [`bias_gelu`], [`masked_softmax`], [`rotary`] and
+/// [`greedy_ids`](crate::greedy_ids) run the backend's fused kernels (the default) or
 /// the reference ops on every backend (`CHATGLM_KERNELS=reference`: A/B measurements, and ruling
 /// the kernels out when a result looks wrong). [`matmul`] stays float32-exact either way.
 pub fn fused_enabled() -> bool {

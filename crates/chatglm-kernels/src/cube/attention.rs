@@ -364,7 +364,8 @@ pub(crate) fn decode_attention<R: CubeRuntime>(
 /// halves), so a multiprocessor holds one cube of [`UNITS`] units: at batch 8 (256 cubes) that
 /// took 1.94 waves, 19.5 µs per layer under ncu on the H200 (`docs/benchmarks.md`, session
 /// 14). Beyond [`MANY_PAIRS`] cubes, [`FEW_UNITS`] fit two per multiprocessor; fewer cubes keep
-/// all units, as each then has a multiprocessor to itself. [`UNITS_ENV`] forces either.
+/// all units, as each then has a multiprocessor to itself. [`UNITS_ENV`] forces 128, 256 or
+/// 512 units.
 pub(crate) fn units(pairs: usize, row_vectors: usize) -> usize {
     static FORCED: std::sync::OnceLock<Option<usize>> = std::sync::OnceLock::new();
     let forced = *FORCED.get_or_init(|| {
