@@ -265,17 +265,19 @@ pub(crate) fn widest_vector<R: CubeRuntime>(
 /// A client of `client`'s runtime and device that lives as long as the process (one per runtime
 /// and device, made once): cubecl's read futures borrow the client they were made by, and a read
 /// that outlives the call that queued it needs one that stays. Streams are chosen per calling
-/// thread when a read is made, as with any clone of the client.
+/// thread when a read is made, as with any clone of the client. Looked up on every decode step,
+/// by the device's id (no allocation).
 fn static_client<R: CubeRuntime>(
     client: &cubecl::prelude::ComputeClient<R>,
     device: &R::Device,
 ) -> &'static cubecl::prelude::ComputeClient<R> {
+    use cubecl::device::{Device, DeviceId};
     use std::any::{Any, TypeId};
     use std::collections::HashMap;
     use std::sync::{Mutex, OnceLock};
-    type Clients = Mutex<HashMap<(TypeId, String), &'static (dyn Any + Send + Sync)>>;
+    type Clients = Mutex<HashMap<(TypeId, DeviceId), &'static (dyn Any + Send + Sync)>>;
     static CLIENTS: OnceLock<Clients> = OnceLock::new();
-    let key = (TypeId::of::<R>(), format!("{device:?}"));
+    let key = (TypeId::of::<R>(), device.to_id());
     let mut clients = CLIENTS
         .get_or_init(Default::default)
         .lock()

@@ -314,8 +314,6 @@ mod tests {
     use crate::load::CheckpointSource;
     use crate::positions::BatchLayout;
 
-    /// Extra left padding (the prompt widths of backends that compile per shape) changes neither
-    /// the prefill's last logits nor the decoding steps that follow.
     type B = NdArray<f32>;
 
     /// The tiny checkpoint of the tests' fixtures and two prompts of different lengths.
@@ -334,6 +332,8 @@ mod tests {
         (cfg, model, prompts)
     }
 
+    /// Extra left padding (the prompt widths of backends that compile per shape) changes neither
+    /// the prefill's last logits nor the decoding steps that follow.
     #[test]
     fn a_wider_prefill_gives_the_same_logits() {
         let (cfg, model, prompts) = tiny();
