@@ -3,12 +3,21 @@
 //! Without them every start of a CUDA process compiles each kernel again with NVRTC and
 //! re-benchmarks every matmul shape: tens of seconds to minutes before the first token (see
 //! `docs/benchmarks.md`). [`use_kernel_cache`] turns both on under a per-GPU-architecture folder
-//! (compiled kernels are keyed by the kernel alone, not by the GPU they were built for).
+//! (compiled kernels are keyed by the kernel alone, not by the GPU they were built for), the
+//! compiled kernels in a subfolder per build of this crate's sources ([`compiled_kernels_folder`]):
+//! cubecl keys a compiled kernel by its name and compile-time parameters, not by its code, so a
+//! cache filled by an older build would otherwise hand its kernels to a newer one.
 
 use std::path::{Path, PathBuf};
 
 /// Environment variable naming the cache folder; `off` disables the caches.
 pub const CACHE_ENV: &str = "CHATGLM_KERNEL_CACHE";
+
+/// The subfolder (of the architecture's folder) holding the kernels compiled by this build:
+/// `ptx-` and a fingerprint of this crate's sources, taken when it was built.
+pub fn compiled_kernels_folder() -> String {
+    format!("ptx-{}", env!("CHATGLM_KERNELS_FINGERPRINT"))
+}
 
 /// The default root of the caches: `$XDG_CACHE_HOME/chatglm-rs/kernels` (or the platform's
 /// equivalent), `None` where the platform has no cache folder.
@@ -18,7 +27,7 @@ pub fn default_cache_root() -> Option<PathBuf> {
 
 /// Turns on the kernel and autotune caches for CUDA device `device_index` under `root` (or
 /// [`CACHE_ENV`], or [`default_cache_root`]), in a subfolder named after the GPU's compute
-/// capability. Settings a `cubecl.toml` in the working folder makes explicitly are kept (a
+/// capability (autotune results there, compiled kernels in its [`compiled_kernels_folder`]). Settings a `cubecl.toml` in the working folder makes explicitly are kept (a
 /// compilation cache it names, an autotune cache other than the default). Must run before the
 /// device's first use; returns the folder, or `None` when the caches stay as they were (already
 /// configured, disabled with `off`, the folder cannot be created, no such GPU, or a build
@@ -75,7 +84,8 @@ mod imp {
         }
         let mut config = CubeClRuntimeConfig::from_current_dir().override_from_env();
         if config.compilation.cache.is_none() {
-            config.compilation.cache = Some(CacheConfig::File(dir.clone()));
+            let compiled = dir.join(super::compiled_kernels_folder());
+            config.compilation.cache = Some(CacheConfig::File(compiled));
         }
         if matches!(config.autotune.cache, CacheConfig::Target) {
             config.autotune.cache = CacheConfig::File(dir.clone());

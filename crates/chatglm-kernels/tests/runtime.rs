@@ -2,7 +2,9 @@
 //! global to the process and set once, so this file holds a single test that goes through the
 //! cases in order. The CUDA half runs with `CHATGLM_TEST_DEVICE=cuda`.
 
-use chatglm_kernels::runtime::{CACHE_ENV, default_cache_root, use_kernel_cache};
+use chatglm_kernels::runtime::{
+    CACHE_ENV, compiled_kernels_folder, default_cache_root, use_kernel_cache,
+};
 
 fn files_under(dir: &std::path::Path) -> usize {
     std::fs::read_dir(dir).map_or(0, |entries| {
@@ -19,6 +21,13 @@ fn files_under(dir: &std::path::Path) -> usize {
 #[test]
 fn kernel_cache_configures_cubecl_once_per_process() {
     assert!(default_cache_root().is_none_or(|d| d.ends_with("chatglm-rs/kernels")));
+    // Compiled kernels go in a folder per build of the kernels' sources.
+    let folder = compiled_kernels_folder();
+    let fingerprint = folder.strip_prefix("ptx-").expect(&folder);
+    assert!(
+        fingerprint.len() == 16 && fingerprint.bytes().all(|b| b.is_ascii_hexdigit()),
+        "{folder}"
+    );
     let root = tempfile::tempdir().unwrap();
 
     // `off` leaves cubecl's configuration alone.
@@ -51,9 +60,10 @@ fn kernel_cache_configures_cubecl_once_per_process() {
         let a = Tensor::<B, 2>::ones([64, 64], &dev);
         let s = chatglm_kernels::matmul(a.clone(), a).sum().into_scalar();
         assert_eq!(s, 64.0 * 64.0 * 64.0);
+        let compiled = dir.join(&folder);
         assert!(
-            files_under(&dir) > 0,
-            "no compiled kernel cached under {dir:?}"
+            files_under(&compiled) > 0,
+            "no compiled kernel cached under {compiled:?}"
         );
     }
 }
