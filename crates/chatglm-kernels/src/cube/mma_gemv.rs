@@ -13,7 +13,15 @@
 //!   (`2q, 2q+1, 2q+8, 2q+9` for `q = lane % 4`) take the 4 contiguous values `4q .. 4q+4` of
 //!   both operands, so A and B see the same permutation and the sum is the product's;
 //! - the 8 warps of a cube split `k` and add their accumulators through shared memory; a store
-//!   per output, with the bias and GELU of `matmul_bias_gelu` applied in float32 on the way.
+//!   per output, with the bias and GELU of `matmul_bias_gelu` applied in float32 on the way;
+//! - cubes start at different places along `k` and wrap around: started together they would all
+//!   read the same stretch of their rows (the same offsets within rows 8-32 KB apart), and on the
+//!   H200 starting cube `c` at pass `c % passes` made decoding 2-4% faster (`docs/benchmarks.md`,
+//!   session 15).
+//!
+//! Pipelined variants (a second register set, or asynchronous copies into shared memory, loaded
+//! while the first is multiplied) ran every product slower: they hold fewer loads in flight per
+//! unit than this kernel's whole pass of 8 steps (session 15).
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -100,7 +108,9 @@ pub(crate) fn mma_accumulate<F: Float>(
 /// host-to-device copy in the stream ahead of the kernel; scalars and array lengths travel in the
 /// launch's own parameters.
 #[cube(launch)]
-#[allow(clippy::too_many_arguments)]
+// `div_ceil` written out: the kernel was measured and tested on the H200 with these two
+// expressions, not with cubecl's `div_ceil` expansion.
+#[allow(clippy::too_many_arguments, clippy::manual_div_ceil)]
 fn mma_gemv_kernel<F: Float, N: Size>(
     lhs: &Array<Vector<F, N>>,
     rhs: &Array<Vector<F, N>>,
@@ -119,6 +129,7 @@ fn mma_gemv_kernel<F: Float, N: Size>(
     #[comptime] warps: usize,
     #[comptime] checked: bool,
     #[comptime] bias_gelu: bool,
+    #[comptime] rotate: u32,
     #[define(F)] _dtype: StorageType,
 ) {
     let def = MmaDefinition::<F, F, f32>::new(16usize, 8usize, 16usize);
@@ -156,14 +167,27 @@ fn mma_gemv_kernel<F: Float, N: Size>(
     let zero = Vector::<F, N>::new(F::new(0.0));
     let mut w = Array::<Vector<F, N>>::new(unroll * 2 * tiles);
     let mut x = Array::<Vector<F, N>>::new(unroll);
-    // The cube's warps take consecutive 32-wide steps of `k`, `unroll` rounds per pass.
-    let mut step = warp;
-    while step * 4 < kv {
+    // The cube's warps take consecutive 32-wide steps of `k` (a round), `unroll` rounds per
+    // pass. Cubes running together would all read the same stretch of their rows; `rotate`
+    // starts cube `c` further along `k` and wraps around: at pass `c % passes` (1) or at round
+    // `c % rounds` (2).
+    let rounds = (kv + warps * 4 - 1) / (warps * 4);
+    let passes = (rounds + unroll - 1) / unroll;
+    let mut first = 0usize;
+    if rotate == 1 {
+        first = (CUBE_POS_X as usize % passes) * unroll;
+    } else if rotate == 2 {
+        first = CUBE_POS_X as usize % rounds;
+    }
+    for p in 0..passes {
         // All of this pass's loads first, so they are in flight together.
         #[unroll]
         for u in 0..unroll {
-            let v = (step + u * warps) * 4 + quad;
-            let inside = !checked || v < kv;
+            let slot = p * unroll + u;
+            let round = (slot + first) % rounds;
+            let v = (round * warps + warp) * 4 + quad;
+            // Past the last round (a pass cut short) or past `k` (a round cut short).
+            let inside = !checked || (slot < rounds && v < kv);
             #[unroll]
             for h in 0..2 * tiles {
                 w[u * 2 * tiles + h] = zero;
@@ -195,7 +219,6 @@ fn mma_gemv_kernel<F: Float, N: Size>(
                 }
             }
         }
-        step += unroll * warps;
     }
 
     // The warps' partial sums, then one unit per output adds them up.
@@ -267,6 +290,19 @@ fn tuning() -> Option<(usize, usize, usize)> {
                 None
             }
         }
+    })
+}
+
+/// Environment variable: where each cube starts along `k` (see the kernel): `off` at the first
+/// round, `pass` (the default) at pass `c % passes`, `round` at round `c % rounds`.
+const ROTATE_ENV: &str = "CHATGLM_MMA_ROTATE";
+
+fn rotation() -> u32 {
+    static MODE: std::sync::OnceLock<u32> = std::sync::OnceLock::new();
+    *MODE.get_or_init(|| match std::env::var(ROTATE_ENV) {
+        Ok(v) if v.eq_ignore_ascii_case("off") => 0,
+        Ok(v) if v.eq_ignore_ascii_case("round") => 2,
+        _ => 1,
     })
 }
 
@@ -367,6 +403,7 @@ pub(crate) fn product<R: CubeRuntime>(
         warps,
         checked,
         bias.is_some(),
+        rotation(),
         dtype.into(),
     );
     CALLS.fetch_add(1, Ordering::Relaxed);

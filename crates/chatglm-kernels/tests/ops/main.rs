@@ -454,9 +454,16 @@ fn half_precision_decode_products_run_on_tensor_cores() {
         return;
     }
     fn check<F: burn_cubecl::FloatElement>() {
+        // A tile per cube over whole passes; passes whose last steps fall past `k`; several
+        // tiles per cube, an odd number of passes for some cubes (the pipelined kernel's two
+        // register sets), on a grid of a few cubes per multiprocessor.
+        for (k, n) in [(4096usize, 40usize), (1000, 40), (3072, 4264)] {
+            check_shape::<F>(k, n);
+        }
+    }
+    fn check_shape<F: burn_cubecl::FloatElement>(k: usize, n: usize) {
         type Cube<F> = burn_cubecl::CubeBackend<cubecl::cuda::CudaRuntime, F, i32, u8>;
         let dev = burn::backend::cuda::CudaDevice::new(0);
-        let (k, n) = (4096usize, 40usize);
         let w = random(n * k, 41, 1.0);
         for m in [1usize, 2, 5, 8] {
             let x = random(m * k, 42, 1.0);
@@ -477,7 +484,7 @@ fn half_precision_decode_products_run_on_tensor_cores() {
             let d = max_diff(&values(got), &host_linear(&x, &w, m, k, n)) / (k as f32).sqrt();
             assert!(
                 d <= 2e-2,
-                "{}: {m} rows: max diff / sqrt(k) = {d}",
+                "{}: {m} x {k} x {n}: max diff / sqrt(k) = {d}",
                 name::<Cube<F>>()
             );
             assert_eq!(
