@@ -27,8 +27,9 @@ pub fn default_cache_root() -> Option<PathBuf> {
 
 /// Turns on the kernel and autotune caches for CUDA device `device_index` under `root` (or
 /// [`CACHE_ENV`], or [`default_cache_root`]), in a subfolder named after the GPU's compute
-/// capability (autotune results there, compiled kernels in its [`compiled_kernels_folder`]). Settings a `cubecl.toml` in the working folder makes explicitly are kept (a
-/// compilation cache it names, an autotune cache other than the default). Must run before the
+/// capability (autotune results there, compiled kernels in its [`compiled_kernels_folder`]).
+/// Settings a `cubecl.toml` in the working folder makes explicitly are kept (a compilation
+/// cache it names, an autotune cache other than the default). Must run before the
 /// device's first use; returns the folder, or `None` when the caches stay as they were (already
 /// configured, disabled with `off`, the folder cannot be created, no such GPU, or a build
 /// without CUDA).

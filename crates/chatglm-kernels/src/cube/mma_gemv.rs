@@ -16,7 +16,7 @@
 //!   per output, with the bias and GELU of `matmul_bias_gelu` applied in float32 on the way;
 //! - cubes start at different places along `k` and wrap around: started together they would all
 //!   read the same stretch of their rows (the same offsets within rows 8-32 KB apart), and on the
-//!   H200 starting cube `c` at pass `c % passes` made decoding 2-4% faster (`docs/benchmarks.md`,
+//!   H200 starting cube `c` at pass `c % passes` made decoding 1-4% faster (`docs/benchmarks.md`,
 //!   session 15).
 //!
 //! Pipelined variants (a second register set, or asynchronous copies into shared memory, loaded
@@ -302,6 +302,10 @@ fn rotation() -> u32 {
     *MODE.get_or_init(|| match std::env::var(ROTATE_ENV) {
         Ok(v) if v.eq_ignore_ascii_case("off") => 0,
         Ok(v) if v.eq_ignore_ascii_case("round") => 2,
+        Ok(v) if !v.eq_ignore_ascii_case("pass") => {
+            tracing::warn!("{ROTATE_ENV}={v} ignored: expected off, pass or round");
+            1
+        }
         _ => 1,
     })
 }

@@ -454,9 +454,8 @@ fn half_precision_decode_products_run_on_tensor_cores() {
         return;
     }
     fn check<F: burn_cubecl::FloatElement>() {
-        // A tile per cube over whole passes; passes whose last steps fall past `k`; several
-        // tiles per cube, an odd number of passes for some cubes (the pipelined kernel's two
-        // register sets), on a grid of a few cubes per multiprocessor.
+        // One wave of cubes over whole passes; passes and rounds cut short by `k`; more than a
+        // wave of cubes with 3 passes each, so cubes start at each pass (the rotation along `k`).
         for (k, n) in [(4096usize, 40usize), (1000, 40), (3072, 4264)] {
             check_shape::<F>(k, n);
         }
