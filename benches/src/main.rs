@@ -464,9 +464,8 @@ fn main() -> anyhow::Result<()> {
         #[cfg(feature = "cuda")]
         (DeviceSpec::Cuda(i), dtype) => {
             use chatglm_kernels::CudaDirect;
-            let cache = chatglm_model::device::prepare_cuda(i);
+            let (dev, cache) = chatglm_model::device::open_cuda(i)?;
             eprintln!("kernel cache: {cache:?}");
-            let dev = burn::backend::cuda::CudaDevice::new(i);
             match (dtype, opts.fusion) {
                 (ComputeDtype::F32, true) => run::<burn::backend::Cuda<f32, i32>>(&opts, dev)?,
                 (ComputeDtype::F16, true) => {

@@ -42,6 +42,13 @@ pub fn use_kernel_cache(device_index: usize, root: Option<&Path>) -> Option<Path
     imp::configure(device_index, &root)
 }
 
+/// How many CUDA devices the driver reports, or why there are none to use (no driver library,
+/// the driver failing to start, or a build without CUDA), asked without creating a context and
+/// without panicking.
+pub fn cuda_device_count() -> Result<usize, String> {
+    imp::device_count()
+}
+
 #[cfg(feature = "cuda")]
 mod imp {
     use std::path::{Path, PathBuf};
@@ -75,6 +82,17 @@ mod imp {
         .flatten()
     }
 
+    pub(super) fn device_count() -> Result<usize, String> {
+        use cudarc::driver::result;
+        // SAFETY: only looks the driver library up (its loading is what panics when absent).
+        if !unsafe { cudarc::driver::sys::is_culib_present() } {
+            return Err("no CUDA driver library (libcuda) found".into());
+        }
+        result::init().map_err(|e| format!("the CUDA driver failed to start: {e}"))?;
+        let n = result::device::get_count().map_err(|e| format!("counting CUDA devices: {e}"))?;
+        Ok(usize::try_from(n).unwrap_or(0))
+    }
+
     pub(super) fn configure(device_index: usize, root: &Path) -> Option<PathBuf> {
         let dir = root.join(arch(device_index)?);
         // A folder that cannot be made (read-only home, bad path) leaves the caches off.
@@ -99,6 +117,10 @@ mod imp {
 #[cfg(not(feature = "cuda"))]
 mod imp {
     use std::path::{Path, PathBuf};
+
+    pub(super) fn device_count() -> Result<usize, String> {
+        Err("this build has no CUDA support".into())
+    }
 
     pub(super) fn configure(_device_index: usize, _root: &Path) -> Option<PathBuf> {
         None

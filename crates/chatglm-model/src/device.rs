@@ -18,6 +18,14 @@ pub enum DeviceError {
     /// The CPU backend computes in float32 only.
     #[error("dtype {0} is not supported on the CPU backend (use --dtype f32)")]
     CpuDtype(ComputeDtype),
+    /// A CUDA device could not be used (no driver, no such GPU, or a failed first computation).
+    #[error("cannot use CUDA device {index}: {reason}")]
+    CudaInit {
+        /// The device's index.
+        index: usize,
+        /// What went wrong.
+        reason: String,
+    },
 }
 
 /// Where the model runs.
@@ -108,9 +116,59 @@ pub fn prepare_cuda(index: usize) -> Option<std::path::PathBuf> {
     Some(dir)
 }
 
+/// Opens CUDA device `index` for burn: checks that the driver is there and has such a device
+/// (an error, not a panic, where either is missing), readies the kernel caches
+/// ([`prepare_cuda`], returned as its folder), and runs one small computation on the device, so
+/// that a broken setup (NVRTC missing, say) shows here as an error.
+#[cfg(feature = "cuda")]
+pub fn open_cuda(
+    index: usize,
+) -> Result<(burn::backend::cuda::CudaDevice, Option<std::path::PathBuf>), DeviceError> {
+    let fail = |reason: String| DeviceError::CudaInit { index, reason };
+    let count = chatglm_kernels::runtime::cuda_device_count().map_err(fail)?;
+    if index >= count {
+        return Err(fail(format!("the driver reports {count} CUDA device(s)")));
+    }
+    let cache = prepare_cuda(index);
+    let dev = burn::backend::cuda::CudaDevice::new(index);
+    let probe = dev.clone();
+    let result = std::panic::catch_unwind(move || {
+        type B = chatglm_kernels::CudaDirect<f32>;
+        burn::tensor::Tensor::<B, 1>::from_floats([1.0f32, 2.0], &probe)
+            .sum()
+            .into_scalar()
+    });
+    match result {
+        Ok(v) if (v - 3.0).abs() < 1e-6 => Ok((dev, cache)),
+        Ok(v) => Err(fail(format!("a probe computed {v} instead of 3"))),
+        Err(panic) => Err(fail(
+            panic
+                .downcast_ref::<String>()
+                .cloned()
+                .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
+                .unwrap_or_else(|| "CUDA initialisation failed".into()),
+        )),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A device the driver does not have, or no driver at all (CI), is an error naming the
+    /// device, not a panic.
+    #[cfg(feature = "cuda")]
+    #[test]
+    fn a_missing_cuda_device_is_an_error() {
+        match open_cuda(4096) {
+            Err(DeviceError::CudaInit {
+                index: 4096,
+                reason,
+            }) => assert!(!reason.is_empty()),
+            Err(other) => panic!("unexpected error {other}"),
+            Ok(_) => panic!("CUDA device 4096 opened"),
+        }
+    }
 
     #[test]
     fn parses_devices_and_dtypes() {

@@ -30,20 +30,12 @@ pub enum EngineError {
     /// Loading failed.
     #[error(transparent)]
     Load(#[from] LoadError),
-    /// Bad device or dtype.
+    /// Bad device or dtype, or a device that cannot be used (no CUDA driver or GPU).
     #[error(transparent)]
     Device(#[from] DeviceError),
     /// Generation failed.
     #[error(transparent)]
     Generate(#[from] GenerateError),
-    /// The device could not be initialised (e.g. no CUDA driver or GPU).
-    #[error("cannot use device {device}: {reason}")]
-    DeviceInit {
-        /// The device asked for.
-        device: DeviceSpec,
-        /// What went wrong.
-        reason: String,
-    },
     /// Bad input ids.
     #[error("{0}")]
     Input(String),
@@ -200,9 +192,7 @@ impl ChatGlm {
             DeviceSpec::Cpu => Runtime::Cpu(Loaded::load(&config, &ckpt, Default::default())?),
             #[cfg(feature = "cuda")]
             DeviceSpec::Cuda(index) => {
-                crate::device::prepare_cuda(index);
-                let dev = burn::backend::cuda::CudaDevice::new(index);
-                probe_cuda(device, &dev)?;
+                let (dev, _cache) = crate::device::open_cuda(index)?;
                 match dtype {
                     ComputeDtype::F32 => Runtime::CudaF32(Loaded::load(&config, &ckpt, dev)?),
                     ComputeDtype::F16 => Runtime::CudaF16(Loaded::load(&config, &ckpt, dev)?),
@@ -368,35 +358,6 @@ impl ChatGlm {
             sampling,
             stop_ids: vec![self.config.eos_token_id],
             ..GenerationConfig::default()
-        }
-    }
-}
-
-/// Runs a tiny operation on a CUDA device so that a missing driver or GPU gives an error here
-/// rather than a panic deep inside a later call.
-#[cfg(feature = "cuda")]
-fn probe_cuda(spec: DeviceSpec, dev: &burn::backend::cuda::CudaDevice) -> Result<(), EngineError> {
-    let dev = dev.clone();
-    let result = std::panic::catch_unwind(move || {
-        let t = burn::tensor::Tensor::<CudaB<f32>, 1>::from_floats([1.0f32, 2.0], &dev);
-        t.sum().into_scalar()
-    });
-    match result {
-        Ok(v) if (v - 3.0).abs() < 1e-6 => Ok(()),
-        Ok(v) => Err(EngineError::DeviceInit {
-            device: spec,
-            reason: format!("probe computed {v} instead of 3"),
-        }),
-        Err(panic) => {
-            let reason = panic
-                .downcast_ref::<String>()
-                .cloned()
-                .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
-                .unwrap_or_else(|| "CUDA initialisation failed".into());
-            Err(EngineError::DeviceInit {
-                device: spec,
-                reason,
-            })
         }
     }
 }

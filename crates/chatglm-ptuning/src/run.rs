@@ -230,9 +230,8 @@ pub fn run_training(
         #[cfg(feature = "cuda")]
         DeviceSpec::Cuda(i) => {
             use burn::backend::Cuda;
-            use burn::backend::cuda::CudaDevice;
-            chatglm_model::device::prepare_cuda(i);
-            let dev = CudaDevice::new(i);
+            let (dev, _cache) =
+                chatglm_model::device::open_cuda(i).map_err(|e| RunError::Device(e.to_string()))?;
             match dtype {
                 ComputeDtype::F32 => train_with::<Autodiff<Cuda<f32, i32>>>(job, dev, on_event),
                 ComputeDtype::F16 => {

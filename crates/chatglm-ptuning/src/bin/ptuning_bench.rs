@@ -268,9 +268,8 @@ fn run(o: &Opts) -> Result<serde_json::Value, String> {
         #[cfg(feature = "cuda")]
         DeviceSpec::Cuda(idx) => {
             use burn::backend::Cuda;
-            let cache = chatglm_model::device::prepare_cuda(idx);
+            let (dev, cache) = chatglm_model::device::open_cuda(idx).map_err(|e| e.to_string())?;
             eprintln!("kernel cache: {cache:?}");
-            let dev = burn::backend::cuda::CudaDevice::new(idx);
             macro_rules! go {
                 ($f:ty) => {
                     bench::<Autodiff<Cuda<$f, i32>>>(o, dev)
