@@ -57,6 +57,17 @@ mod imp {
     use cubecl::config::cache::CacheConfig;
     use cubecl::config::{CubeClRuntimeConfig, RuntimeConfig};
 
+    /// Loads and starts the CUDA driver, or says why it cannot (no driver library, or the
+    /// driver failing to start). cudarc panics when it loads a library that is not there, so
+    /// its presence is checked first.
+    fn start_driver() -> Result<(), String> {
+        // SAFETY: only looks the driver library up.
+        if !unsafe { cudarc::driver::sys::is_culib_present() } {
+            return Err("no CUDA driver library (libcuda) found".into());
+        }
+        cudarc::driver::result::init().map_err(|e| format!("the CUDA driver failed to start: {e}"))
+    }
+
     /// `sm_XY` of the device, read through the driver without creating a context.
     fn arch(device_index: usize) -> Option<String> {
         use cudarc::driver::result;
@@ -64,32 +75,23 @@ mod imp {
             CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MAJOR as MAJOR,
             CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MINOR as MINOR,
         };
-        // Loading the driver library can panic where none is installed.
-        std::panic::catch_unwind(|| {
-            result::init().ok()?;
-            let dev = result::device::get(i32::try_from(device_index).ok()?).ok()?;
-            // SAFETY: `dev` is a device handle the driver just returned; the attributes are
-            // read-only properties.
-            let (major, minor) = unsafe {
-                (
-                    result::device::get_attribute(dev, MAJOR).ok()?,
-                    result::device::get_attribute(dev, MINOR).ok()?,
-                )
-            };
-            Some(format!("sm_{major}{minor}"))
-        })
-        .ok()
-        .flatten()
+        start_driver().ok()?;
+        let dev = result::device::get(i32::try_from(device_index).ok()?).ok()?;
+        // SAFETY: `dev` is a device handle the driver just returned; the attributes are
+        // read-only properties.
+        let (major, minor) = unsafe {
+            (
+                result::device::get_attribute(dev, MAJOR).ok()?,
+                result::device::get_attribute(dev, MINOR).ok()?,
+            )
+        };
+        Some(format!("sm_{major}{minor}"))
     }
 
     pub(super) fn device_count() -> Result<usize, String> {
-        use cudarc::driver::result;
-        // SAFETY: only looks the driver library up (its loading is what panics when absent).
-        if !unsafe { cudarc::driver::sys::is_culib_present() } {
-            return Err("no CUDA driver library (libcuda) found".into());
-        }
-        result::init().map_err(|e| format!("the CUDA driver failed to start: {e}"))?;
-        let n = result::device::get_count().map_err(|e| format!("counting CUDA devices: {e}"))?;
+        start_driver()?;
+        let n = cudarc::driver::result::device::get_count()
+            .map_err(|e| format!("counting CUDA devices: {e}"))?;
         Ok(usize::try_from(n).unwrap_or(0))
     }
 
