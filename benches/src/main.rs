@@ -73,6 +73,10 @@ struct Opts {
     /// step's other kernels alone.
     #[arg(long)]
     products: bool,
+    /// The GPU's used memory (MiB) before this process opened it (its CUDA context counts in
+    /// the peak, as in the figures before `device::open_cuda`'s probe created it earlier).
+    #[arg(skip)]
+    baseline_mib: Option<u64>,
 }
 
 /// Samples the GPU's used memory (MiB) with nvidia-smi until stopped.
@@ -97,8 +101,8 @@ fn gpu_used_mib(index: usize) -> Option<u64> {
 }
 
 impl MemSampler {
-    fn start(index: usize) -> Option<Self> {
-        let baseline = gpu_used_mib(index)?;
+    fn start(index: usize, baseline: Option<u64>) -> Option<Self> {
+        let baseline = baseline.or_else(|| gpu_used_mib(index))?;
         let stop = Arc::new(AtomicBool::new(false));
         let peak = Arc::new(AtomicU64::new(baseline));
         let (s, p) = (stop.clone(), peak.clone());
@@ -225,7 +229,7 @@ fn run<B: chatglm_model::KernelBackend>(opts: &Opts, device: B::Device) -> anyho
         gmask: cfg.gmask_token_id,
     };
     let sampler = match opts.device {
-        DeviceSpec::Cuda(i) => MemSampler::start(i),
+        DeviceSpec::Cuda(i) => MemSampler::start(i, opts.baseline_mib),
         DeviceSpec::Cpu => None,
     };
 
@@ -449,7 +453,7 @@ fn op_cost<B: chatglm_model::KernelBackend>(device: &B::Device) -> anyhow::Resul
 }
 
 fn main() -> anyhow::Result<()> {
-    let opts = Opts::parse();
+    let mut opts = Opts::parse();
     // Warnings (a fallback from cuBLAS, say) on stderr, beside the JSON on stdout.
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
@@ -464,6 +468,7 @@ fn main() -> anyhow::Result<()> {
         #[cfg(feature = "cuda")]
         (DeviceSpec::Cuda(i), dtype) => {
             use chatglm_kernels::CudaDirect;
+            opts.baseline_mib = gpu_used_mib(i);
             let (dev, cache) = chatglm_model::device::open_cuda(i)?;
             eprintln!("kernel cache: {cache:?}");
             match (dtype, opts.fusion) {

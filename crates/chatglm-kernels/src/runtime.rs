@@ -49,6 +49,16 @@ pub fn cuda_device_count() -> Result<usize, String> {
     imp::device_count()
 }
 
+/// Runs one small kernel on CUDA device `index` through cubecl alone (its context, an
+/// allocation, NVRTC, a launch and a read back) and checks its result, or says what failed.
+///
+/// It uses no burn tensor: burn fixes a device's default dtypes at the first tensor made on it
+/// (for every backend on that device, for the life of the process), so a probe through a
+/// float32 backend would make every later half-precision model load its weights in float32.
+pub fn probe_cuda(index: usize) -> Result<(), String> {
+    imp::probe(index)
+}
+
 #[cfg(feature = "cuda")]
 mod imp {
     use std::path::{Path, PathBuf};
@@ -95,6 +105,57 @@ mod imp {
         Ok(usize::try_from(n).unwrap_or(0))
     }
 
+    mod kernel {
+        use cubecl::prelude::*;
+
+        /// `out[0] = a + b`.
+        #[cube(launch)]
+        pub(super) fn probe_kernel(out: &mut Array<f32>, a: f32, b: f32) {
+            if UNIT_POS == 0 {
+                out[0] = a + b;
+            }
+        }
+    }
+
+    pub(super) fn probe(device_index: usize) -> Result<(), String> {
+        use cubecl::Runtime;
+        use cubecl::cuda::{CudaDevice, CudaRuntime};
+        use cubecl::prelude::{ArrayArg, CubeCount, CubeDim};
+        start_driver()?;
+        let run = move || -> Result<f32, String> {
+            let client = CudaRuntime::client(&CudaDevice::new(device_index));
+            let out = client.create_from_slice(&0f32.to_le_bytes());
+            // SAFETY: one f32, as just allocated.
+            let arg = unsafe { ArrayArg::from_raw_parts(out.clone(), 1) };
+            kernel::probe_kernel::launch::<CudaRuntime>(
+                &client,
+                CubeCount::Static(1, 1, 1),
+                CubeDim::new_1d(1),
+                arg,
+                1.0f32,
+                2.0f32,
+            );
+            let bytes = client
+                .read_one(out)
+                .map_err(|e| format!("reading a probe's result back: {e:?}"))?;
+            let value: [u8; 4] = bytes
+                .get(..4)
+                .and_then(|b| b.try_into().ok())
+                .ok_or("a probe's result came back short")?;
+            Ok(f32::from_le_bytes(value))
+        };
+        match std::panic::catch_unwind(run) {
+            Ok(Ok(3.0)) => Ok(()),
+            Ok(Ok(v)) => Err(format!("a probe computed {v} instead of 3")),
+            Ok(Err(e)) => Err(e),
+            Err(panic) => Err(panic
+                .downcast_ref::<String>()
+                .cloned()
+                .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
+                .unwrap_or_else(|| "CUDA initialisation failed".into())),
+        }
+    }
+
     pub(super) fn configure(device_index: usize, root: &Path) -> Option<PathBuf> {
         let dir = root.join(arch(device_index)?);
         // A folder that cannot be made (read-only home, bad path) leaves the caches off.
@@ -122,6 +183,10 @@ mod imp {
 
     pub(super) fn device_count() -> Result<usize, String> {
         Err("this build has no CUDA support".into())
+    }
+
+    pub(super) fn probe(_index: usize) -> Result<(), String> {
+        device_count().map(|_| ())
     }
 
     pub(super) fn configure(_device_index: usize, _root: &Path) -> Option<PathBuf> {

@@ -1,6 +1,6 @@
 //! The on-disk kernel and autotune caches (`chatglm_kernels::runtime`). cubecl's configuration is
 //! global to the process and set once, so this file holds a single test that goes through the
-//! cases in order. The CUDA half runs with `CHATGLM_TEST_DEVICE=cuda`.
+//! cases in order, and the probe of a CUDA device. The CUDA half runs with `CHATGLM_TEST_DEVICE=cuda`.
 
 use chatglm_kernels::runtime::{
     CACHE_ENV, compiled_kernels_folder, default_cache_root, use_kernel_cache,
@@ -47,7 +47,7 @@ fn kernel_cache_configures_cubecl_once_per_process() {
     }
     #[cfg(feature = "cuda")]
     {
-        use burn::tensor::Tensor;
+        use burn::tensor::{DType, Tensor};
         type B = burn::backend::Cuda<f32, i32>;
         let dir = use_kernel_cache(0, Some(root.path())).expect("a CUDA device to configure");
         assert!(dir.starts_with(root.path()), "{dir:?}");
@@ -56,8 +56,14 @@ fn kernel_cache_configures_cubecl_once_per_process() {
         // The configuration is taken: a second call changes nothing.
         assert_eq!(use_kernel_cache(0, Some(root.path())), None);
 
+        // The probe runs a kernel without a burn tensor, so the device's default dtypes (fixed by
+        // burn at the first tensor made there, for every backend) are still free: the first
+        // half-precision tensor gets float16, not a probe's float32.
+        chatglm_kernels::runtime::probe_cuda(0).expect("a probe on CUDA device 0");
         let dev = burn::backend::cuda::CudaDevice::new(0);
-        let a = Tensor::<B, 2>::ones([64, 64], &dev);
+        let h = Tensor::<burn::backend::Cuda<burn::tensor::f16, i32>, 1>::zeros([1], &dev);
+        assert_eq!(h.dtype(), DType::F16);
+        let a = Tensor::<B, 2>::ones([64, 64], (&dev, DType::F32));
         let s = chatglm_kernels::matmul(a.clone(), a).sum().into_scalar();
         assert_eq!(s, 64.0 * 64.0 * 64.0);
         let compiled = dir.join(&folder);

@@ -118,8 +118,9 @@ pub fn prepare_cuda(index: usize) -> Option<std::path::PathBuf> {
 
 /// Opens CUDA device `index` for burn: checks that the driver is there and has such a device
 /// (an error, not a panic, where either is missing), readies the kernel caches
-/// ([`prepare_cuda`], returned as its folder), and runs one small computation on the device, so
-/// that a broken setup (NVRTC missing, say) shows here as an error.
+/// ([`prepare_cuda`], returned as its folder), and runs one small kernel on the device
+/// ([`chatglm_kernels::runtime::probe_cuda`]), so that a broken setup (NVRTC missing, say) shows
+/// here as an error. The probe makes no burn tensor, so the device's default dtypes stay free.
 #[cfg(feature = "cuda")]
 pub fn open_cuda(
     index: usize,
@@ -130,25 +131,16 @@ pub fn open_cuda(
         return Err(fail(format!("the driver reports {count} CUDA device(s)")));
     }
     let cache = prepare_cuda(index);
-    let dev = burn::backend::cuda::CudaDevice::new(index);
-    let probe = dev.clone();
-    let result = std::panic::catch_unwind(move || {
-        type B = chatglm_kernels::CudaDirect<f32>;
-        burn::tensor::Tensor::<B, 1>::from_floats([1.0f32, 2.0], &probe)
-            .sum()
-            .into_scalar()
-    });
-    match result {
-        Ok(v) if (v - 3.0).abs() < 1e-6 => Ok((dev, cache)),
-        Ok(v) => Err(fail(format!("a probe computed {v} instead of 3"))),
-        Err(panic) => Err(fail(
-            panic
-                .downcast_ref::<String>()
-                .cloned()
-                .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
-                .unwrap_or_else(|| "CUDA initialisation failed".into()),
-        )),
-    }
+    chatglm_kernels::runtime::probe_cuda(index).map_err(fail)?;
+    Ok((burn::backend::cuda::CudaDevice::new(index), cache))
+}
+
+/// The dtype of `B`'s floats: what the model computes in. Its tensors are made in it explicitly,
+/// never in the device's default (burn fixes that per device and process at the first tensor
+/// made there, whatever the backend: after a float32 tensor, a half-precision model would get
+/// float32 weights).
+pub fn float_dtype<B: burn::tensor::backend::Backend>() -> burn::tensor::DType {
+    <B::FloatElem as burn::tensor::Element>::dtype()
 }
 
 #[cfg(test)]

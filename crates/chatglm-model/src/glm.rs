@@ -6,6 +6,7 @@ use burn::tensor::{Int, Tensor, TensorData};
 use chatglm_kernels::KernelBackend;
 
 use crate::config::GlmConfig;
+use crate::device::float_dtype;
 use crate::kv_cache::KvCache;
 use crate::load::{LoadError, WeightSource};
 use crate::modules::{
@@ -74,7 +75,10 @@ impl<B: Backend> ForwardInputs<B> {
         Self {
             ids,
             rope: Rope::new(positions, head_dim, device),
-            mask: Tensor::from_data(TensorData::new(mask, [b, 1, s, keys]), device),
+            mask: Tensor::from_data(
+                TensorData::new(mask, [b, 1, s, keys]),
+                (device, float_dtype::<B>()),
+            ),
         }
     }
 

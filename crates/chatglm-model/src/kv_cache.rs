@@ -6,6 +6,7 @@
 //! whole capacity with an additive mask hiding unused slots. Capacities are rounded up to
 //! [`bucket`] sizes so that different prompt lengths share shapes.
 
+use crate::device::float_dtype;
 use burn::tensor::backend::Backend;
 use burn::tensor::{IndexingUpdateOp, Int, Tensor};
 use chatglm_kernels::KernelBackend;
@@ -42,8 +43,8 @@ impl<B: Backend> LayerKv<B> {
     /// Zero-filled cache of `[batch, heads, capacity, head_dim]`.
     pub fn zeros(shape: [usize; 4], device: &B::Device) -> Self {
         Self {
-            keys: Some(Tensor::zeros(shape, device)),
-            values: Some(Tensor::zeros(shape, device)),
+            keys: Some(Tensor::zeros(shape, (device, float_dtype::<B>()))),
+            values: Some(Tensor::zeros(shape, (device, float_dtype::<B>()))),
         }
     }
 
@@ -151,7 +152,7 @@ impl<B: Backend> LayerKv<B> {
             if capacity <= c {
                 return t;
             }
-            Tensor::zeros([b, h, capacity, d], &t.device())
+            Tensor::zeros([b, h, capacity, d], (&t.device(), t.dtype()))
                 .slice_assign([0..b, 0..h, 0..c, 0..d], t)
         };
         self.update(grow, grow);

@@ -13,6 +13,7 @@ use burn::tensor::{DType, Distribution, Tensor, TensorData};
 use chatglm_checkpoint::{Checkpoint, CheckpointError, Dtype};
 
 use crate::config::ConfigError;
+use crate::device::float_dtype;
 
 /// Errors loading weights.
 #[derive(Debug, thiserror::Error)]
@@ -128,7 +129,7 @@ impl<B: Backend> WeightSource<B> for CheckpointSource<'_, B> {
         drop(view);
         let device = &self.device;
         Ok(persistent::<B, _, _>(device, data, |data| {
-            Tensor::from_data(data, device)
+            Tensor::from_data(data, (device, float_dtype::<B>()))
         }))
     }
 }
@@ -179,12 +180,13 @@ impl<B: Backend> WeightSource<B> for RandomSource<B> {
     ) -> Result<Tensor<B, D>, LoadError> {
         let (device, scale) = (&self.device, self.scale);
         Ok(persistent::<B, _, _>(device, name, |name: &str| {
+            let options = (device, float_dtype::<B>());
             if name.ends_with("layernorm.weight") {
-                Tensor::ones(shape, device)
+                Tensor::ones(shape, options)
             } else if name.ends_with("layernorm.bias") {
-                Tensor::zeros(shape, device)
+                Tensor::zeros(shape, options)
             } else {
-                Tensor::random(shape, Distribution::Uniform(-scale, scale), device)
+                Tensor::random(shape, Distribution::Uniform(-scale, scale), options)
             }
         }))
     }

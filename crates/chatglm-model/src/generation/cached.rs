@@ -332,6 +332,33 @@ mod tests {
         (cfg, model, prompts)
     }
 
+    /// The model's weights, cache, rotary tables and mask take the backend's float dtype, not the
+    /// device's default: burn fixes that at the first tensor made on a device, for every backend
+    /// there, so a half-precision model loaded after any float32 tensor on its GPU would get
+    /// float32 weights. Here: `NdArray<f64>` after an `NdArray<f32>` tensor on the same device.
+    #[test]
+    fn a_model_computes_in_its_backends_dtype_whatever_the_device_default() {
+        type F64 = NdArray<f64>;
+        let device = Default::default();
+        // Fixes the device's default at float32, unless an earlier test already did.
+        let _ = Tensor::<B, 1>::zeros([1], &device);
+        let dir =
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tiny-glm6b");
+        let cfg = GlmConfig::from_file(dir.join("config.json")).unwrap();
+        let ckpt = chatglm_checkpoint::Checkpoint::open(&dir).unwrap();
+        let model =
+            GlmModel::<F64>::build(&cfg, &mut CheckpointSource::new(&ckpt, &device)).unwrap();
+        let f64 = burn::tensor::DType::F64;
+        assert_eq!(model.transformer.word_embeddings.weight.val().dtype(), f64);
+        let sp = cfg.special_ids();
+        let mut dec = CachedDecoder::new(&model, None, sp, cfg.pad_token_id, &device);
+        let last = dec
+            .prefill_tensor(&[vec![10, 11, sp.gmask, sp.bos]], 4)
+            .unwrap();
+        assert_eq!(last.dtype(), f64);
+        assert_eq!(dec.step_tensor(&[12]).unwrap().dtype(), f64);
+    }
+
     /// Extra left padding (the prompt widths of backends that compile per shape) changes neither
     /// the prefill's last logits nor the decoding steps that follow.
     #[test]

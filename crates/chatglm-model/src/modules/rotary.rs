@@ -9,6 +9,7 @@
 use burn::tensor::backend::Backend;
 use burn::tensor::{Tensor, TensorData};
 
+use crate::device::float_dtype;
 use crate::positions::PositionIds;
 
 /// The float16-rounded inverse frequencies of one rotary half of size `rot_dim`.
@@ -49,8 +50,8 @@ impl<B: Backend> Rope<B> {
         }
         let shape = [positions.batch, 1, positions.seq, 2 * head_dim];
         Self {
-            cos: Tensor::from_data(TensorData::new(cos_qk, shape), device),
-            sin: Tensor::from_data(TensorData::new(sin_qk, shape), device),
+            cos: Tensor::from_data(TensorData::new(cos_qk, shape), (device, float_dtype::<B>())),
+            sin: Tensor::from_data(TensorData::new(sin_qk, shape), (device, float_dtype::<B>())),
         }
     }
 }
