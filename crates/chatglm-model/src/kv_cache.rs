@@ -6,11 +6,11 @@
 //! whole capacity with an additive mask hiding unused slots. Capacities are rounded up to
 //! [`bucket`] sizes so that different prompt lengths share shapes.
 
-use crate::device::float_dtype;
 use burn::tensor::backend::Backend;
 use burn::tensor::{IndexingUpdateOp, Int, Tensor};
 use chatglm_kernels::KernelBackend;
 
+use crate::device::float_dtype;
 use crate::modules::Rope;
 
 /// Capacity bucket for `needed` key slots: multiples of 256 up to 2048, then of 1024.
