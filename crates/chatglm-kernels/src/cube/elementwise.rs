@@ -8,8 +8,8 @@ use burn_cubecl::tensor::CubeTensor;
 use cubecl::calculate_cube_count_elemwise;
 use cubecl::prelude::*;
 
-use super::strides::scalar;
-use super::widest_vector;
+use super::strides::{scalar, vector_strides};
+use super::{Strides3, unit_last_stride, widest_vector};
 
 /// The operands come as plain arrays, the rows, the vectors per row and the row strides (in
 /// vectors) as scalars: a launch then carries no tensor metadata ([`super::Strides3`]).
@@ -94,54 +94,77 @@ pub(crate) fn bias_gelu<R: CubeRuntime>(x: CubeTensor<R>, bias: CubeTensor<R>) -
     out
 }
 
-/// Offset of element `(b, h, s, col)` through the strides of a 4D tensor (`h` is 0 for a tensor
-/// broadcast over heads).
-#[cube]
-pub(crate) fn offset4<F: Float>(t: &Tensor<F>, b: usize, h: usize, s: usize, col: usize) -> usize {
-    b * t.stride(0) + h * t.stride(1) + s * t.stride(2) + col * t.stride(3)
-}
-
+/// One unit per vector of `width` output elements, the operands as plain arrays with their
+/// strides over (row, head, position) as scalars in vectors ([`Strides3`]): no tensor metadata
+/// travels with the launch, and the index arithmetic is 32-bit. (The former kernel, a unit per
+/// element with 64-bit indices through the tensors' metadata, took 200 µs per launch on a
+/// P-Tuning step's q and k on the H200, `docs/benchmarks.md`, session 17.) The partner vector is
+/// the other half of the same quarter: the callers' widths divide an eighth of the last dimension.
 #[cube(launch)]
-fn rotary_kernel<F: Float>(
-    qk: &Tensor<F>,
-    cos: &Tensor<F>,
-    sin: &Tensor<F>,
-    out: &mut Tensor<F>,
+#[allow(clippy::too_many_arguments)]
+fn rotary_kernel<F: Float, N: Size>(
+    qk: &Array<Vector<F, N>>,
+    cos: &Array<Vector<F, N>>,
+    sin: &Array<Vector<F, N>>,
+    out: &mut Array<Vector<F, N>>,
+    total: u32,
+    heads: u32,
+    seq: u32,
+    row_vectors: u32,
+    qk_strides: Strides3,
+    cos_strides: Strides3,
+    sin_strides: Strides3,
     #[define(F)] _dtype: StorageType,
 ) {
-    let (heads, seq, d) = (out.shape(1), out.shape(2), out.shape(3));
-    if ABSOLUTE_POS >= out.shape(0) * heads * seq * d {
+    let pos = ABSOLUTE_POS as u32;
+    if pos >= total {
         terminate!();
     }
-    let col = ABSOLUTE_POS % d;
-    let s = (ABSOLUTE_POS / d) % seq;
-    let h = (ABSOLUTE_POS / (d * seq)) % heads;
-    let b = ABSOLUTE_POS / (d * seq * heads);
-    // The partner of `col`: the other half of its quarter.
-    let quarter = d / 4;
-    let partner = (col / quarter) * quarter + (col % quarter + quarter / 2) % quarter;
-    let x = f32::cast_from(qk[offset4::<F>(qk, b, h, s, col)]);
-    let y = f32::cast_from(qk[offset4::<F>(qk, b, h, s, partner)]);
-    let c = f32::cast_from(cos[offset4::<F>(cos, b, 0, s, col)]);
-    let sn = f32::cast_from(sin[offset4::<F>(sin, b, 0, s, col)]);
-    out[offset4::<F>(out, b, h, s, col)] = F::cast_from(x * c + y * sn);
+    let cv = pos % row_vectors;
+    let row = pos / row_vectors;
+    let s = row % seq;
+    let h = (row / seq) % heads;
+    let b = row / (seq * heads);
+    let quarter = row_vectors / 4;
+    let partner = (cv / quarter) * quarter + (cv % quarter + quarter / 2) % quarter;
+    let (b, h, s) = (b as usize, h as usize, s as usize);
+    let base = qk_strides.at(b, h, s);
+    let x = Vector::<f32, N>::cast_from(qk[base + cv as usize]);
+    let y = Vector::<f32, N>::cast_from(qk[base + partner as usize]);
+    let c = Vector::<f32, N>::cast_from(cos[cos_strides.at(b, 0, s) + cv as usize]);
+    let sn = Vector::<f32, N>::cast_from(sin[sin_strides.at(b, 0, s) + cv as usize]);
+    out[pos as usize] = Vector::<F, N>::cast_from(x * c + y * sn);
 }
 
 /// # Shapes
-/// - `qk`: `[batch, heads, seq, d]` (any strides), `cos`, `sin`: `[batch, 1, seq, d]` -> `qk`'s
-///   shape, contiguous
+/// - `qk`: `[batch, heads, seq, d]` (any strides; `d` a multiple of 8), `cos`, `sin`:
+///   `[batch, 1, seq, d]` -> `qk`'s shape, contiguous
+///
+/// `None` when the output has `u32::MAX` vectors or more (the kernel's indices are 32-bit).
 pub(crate) fn rotary<R: CubeRuntime>(
     qk: CubeTensor<R>,
     cos: CubeTensor<R>,
     sin: CubeTensor<R>,
-) -> CubeTensor<R> {
+) -> Option<CubeTensor<R>> {
     let client = qk.client.clone();
     let dtype = qk.dtype;
     let shape = qk.meta.shape().clone();
+    let [_, heads, seq, d] = [shape[0], shape[1], shape[2], shape[3]];
     let out = empty_device_dtype(client.clone(), qk.device.clone(), shape, dtype);
-    let units = out.meta.num_elements();
-    if units == 0 {
-        return out;
+    let elements = out.meta.num_elements();
+    if elements == 0 {
+        return Some(out);
+    }
+    let (qk, cos, sin) = (
+        unit_last_stride(qk),
+        unit_last_stride(cos),
+        unit_last_stride(sin),
+    );
+    // A vector never straddles the half of a quarter (the partner's offset is d / 8).
+    let width = widest_vector(d / 8, &[(&qk, 3), (&cos, 3), (&sin, 3), (&out, 3)]).unwrap_or(1);
+    let units = elements / width;
+    if u32::try_from(units).is_err() {
+        return None;
     }
     let cube_dim = CubeDim::new(&client, units);
     let cube_count = calculate_cube_count_elemwise(&client, units, cube_dim);
@@ -149,11 +172,19 @@ pub(crate) fn rotary<R: CubeRuntime>(
         &client,
         cube_count,
         cube_dim,
-        qk.into_tensor_arg(),
-        cos.into_tensor_arg(),
-        sin.into_tensor_arg(),
-        out.clone().into_tensor_arg(),
+        width,
+        qk.clone().into_array_arg(),
+        cos.clone().into_array_arg(),
+        sin.clone().into_array_arg(),
+        out.clone().into_array_arg(),
+        scalar(units),
+        scalar(heads),
+        scalar(seq),
+        scalar(d / width),
+        vector_strides(&qk, width),
+        vector_strides(&cos, width),
+        vector_strides(&sin, width),
         dtype.into(),
     );
-    out
+    Some(out)
 }

@@ -188,7 +188,14 @@ where
         cos: FloatTensor<Self>,
         sin: FloatTensor<Self>,
     ) -> FloatTensor<Self> {
-        elementwise::rotary(qk, cos, sin)
+        // The kernel's indices are 32-bit: a larger tensor (2^35 elements and more) takes the
+        // reference ops.
+        match elementwise::rotary(qk.clone(), cos.clone(), sin.clone()) {
+            Some(out) => out,
+            None => crate::reference::rotary::<Self>(float(qk), float(cos), float(sin))
+                .into_primitive()
+                .tensor(),
+        }
     }
 
     fn glm_greedy_ids(logits: FloatTensor<Self>, guard: u32) -> IntTensor<Self> {

@@ -108,14 +108,19 @@ fn host_rotary(x: &[f32], cos: &[f32], sin: &[f32], [b, h, s, d]: [usize; 4]) ->
 
 pub(super) fn check_rotary<B: KernelBackend>(dev: &B::Device, tol: Tol) {
     use burn::tensor::TensorPrimitive;
-    // ChatGLM-6B's q and k (2 x 128 wide) and a small width; q and k are read as a slice of the
-    // wider QKV output, as the model passes them (not contiguous).
-    for shape in [[1usize, 2, 3, 256], [2, 3, 5, 16]] {
+    // ChatGLM-6B's q and k (2 x 128 wide) and small widths; q and k are read as a slice of the
+    // wider QKV output, as the model passes them (not contiguous). The row strides allow
+    // vectors of 8, 2 and (an odd stride) 1 element.
+    for (shape, extra) in [
+        ([1usize, 2, 3, 256], 128),
+        ([2, 3, 5, 16], 8),
+        ([2, 2, 3, 32], 3),
+    ] {
         let [b, h, s, d] = shape;
-        let wide = [b, h, s, d + d / 2];
+        let wide = [b, h, s, d + extra];
         let full = random(wide.iter().product(), 12, 2.0);
         let x: Vec<f32> = full
-            .chunks(d + d / 2)
+            .chunks(d + extra)
             .flat_map(|row| row[..d].to_vec())
             .collect();
         let cos = random(b * s * d, 13, 1.0);
