@@ -113,6 +113,69 @@ pub trait KernelBackend: Backend {
         (prim(q), prim(keys), prim(values))
     }
 
+    /// A prompt's attention inputs without a cache: the QKV output split, its bias added, q and k
+    /// rotated ([`reference::split_qkv`]), and the keys and values appended to `past` (a P-Tuning
+    /// prefix). Returns q `[batch, heads, seq, head_dim]` and the keys and values `[batch, heads,
+    /// past + seq, head_dim]`, all contiguous on cube backends.
+    #[allow(clippy::type_complexity)]
+    fn glm_qkv_split(
+        qkv: FloatTensor<Self>,
+        bias: Option<FloatTensor<Self>>,
+        (cos, sin): (FloatTensor<Self>, FloatTensor<Self>),
+        past: Option<(FloatTensor<Self>, FloatTensor<Self>)>,
+    ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>) {
+        let (q, k, v) = reference::split_qkv::<Self>(float(qkv), bias.map(float), |qk| {
+            float(Self::glm_rotary(prim(qk), cos, sin))
+        });
+        let (k, v) = match past {
+            None => (k, v),
+            Some((pk, pv)) => (
+                Tensor::cat(vec![float(pk), k], 2),
+                Tensor::cat(vec![float(pv), v], 2),
+            ),
+        };
+        (prim(q), prim(k), prim(v))
+    }
+
+    /// The gradient of [`KernelBackend::glm_qkv_split`] with respect to `qkv` from those of q
+    /// and of the keys and values (whose first `past` slots, the prefix's, it does not read):
+    /// the rotary's transpose for q and k ([`reference::qkv_split_backward`]).
+    ///
+    /// `dq`: `[batch, heads, seq, head_dim]`, `dkeys`, `dvalues`: `[batch, heads, past + seq,
+    /// head_dim]`, `cos`, `sin`: `[batch, 1, seq, 2 * head_dim]` -> `[batch, seq, heads, 3 *
+    /// head_dim]`.
+    fn glm_qkv_split_backward(
+        dq: FloatTensor<Self>,
+        (dkeys, dvalues): (FloatTensor<Self>, FloatTensor<Self>),
+        (cos, sin): (FloatTensor<Self>, FloatTensor<Self>),
+        past: usize,
+    ) -> FloatTensor<Self> {
+        prim(reference::qkv_split_backward::<Self>(
+            float(dq),
+            (float(dkeys), float(dvalues)),
+            (float(cos), float(sin)),
+            past,
+            |t, cos, sin| float(Self::glm_rotary(prim(t), prim(cos), prim(sin))),
+        ))
+    }
+
+    /// `softmax(q k^T + mask) v` over the inputs of [`KernelBackend::glm_qkv_split`] (two
+    /// products and [`KernelBackend::glm_masked_softmax`]), as one op: under autodiff it has a
+    /// backward of its own, which keeps q, the keys, the values and the probabilities, and
+    /// needs no slice, concatenation or copy of the autodiff graph. `mask`: `[batch, 1, seq,
+    /// past + seq]` -> `[batch, heads, seq, head_dim]`.
+    #[allow(clippy::type_complexity)]
+    fn glm_qkv_attention(
+        qkv: FloatTensor<Self>,
+        bias: Option<FloatTensor<Self>>,
+        tables: (FloatTensor<Self>, FloatTensor<Self>),
+        past: Option<(FloatTensor<Self>, FloatTensor<Self>)>,
+        mask: FloatTensor<Self>,
+    ) -> FloatTensor<Self> {
+        let (q, keys, values) = Self::glm_qkv_split(qkv, bias, tables, past);
+        attend_split::<Self>(q, keys, values, mask).0
+    }
+
     /// A decoded token's attention: [`KernelBackend::glm_qkv_to_cache`] for one new token per row
     /// at slot `offset`, then [`KernelBackend::glm_decode_attention`] over the updated cache with
     /// `mask` `[batch or 1, 1, 1, slots]`. Returns the attention `[batch, heads, 1, head_dim]` and
@@ -163,6 +226,27 @@ pub trait KernelBackend: Backend {
             .into_primitive()
             .tensor()
     }
+}
+
+/// The attention of split inputs: `softmax(q keys^T + mask) values`, with the probabilities.
+///
+/// # Shapes
+/// - `q`: `[batch, heads, seq, d]`, `keys`, `values`: `[batch, heads, keys, d]`, `mask`:
+///   `[batch, 1, seq, keys]` -> `[batch, heads, seq, d]` and `[batch, heads, seq, keys]`
+pub(crate) fn attend_split<B: KernelBackend>(
+    q: FloatTensor<B>,
+    keys: FloatTensor<B>,
+    values: FloatTensor<B>,
+    mask: FloatTensor<B>,
+) -> (FloatTensor<B>, FloatTensor<B>) {
+    let scores = B::glm_matmul(q, B::float_transpose(keys));
+    let probs = B::glm_masked_softmax(scores, mask);
+    (B::glm_matmul(probs.clone(), values), probs)
+}
+
+/// A tensor's float primitive.
+fn prim<B: Backend, const D: usize>(t: Tensor<B, D>) -> FloatTensor<B> {
+    t.into_primitive().tensor()
 }
 
 /// A backend's float primitive as a tensor.

@@ -8,7 +8,7 @@ use burn::tensor::Shape;
 use burn::tensor::ops::FloatTensor;
 use burn_fusion::stream::{Operation, OperationStreams};
 use burn_fusion::{Fusion, FusionBackend, FusionRuntime};
-use burn_ir::{CustomOpIr, HandleContainer, OperationIr, OperationOutput, TensorIr};
+use burn_ir::{CustomOpIr, HandleContainer, OperationIr, TensorIr};
 
 use crate::KernelBackend;
 
@@ -27,6 +27,14 @@ enum Kind {
     MaskedSoftmax,
     DecodeAttention,
     Rotary,
+    /// Three outputs: q, the keys and the values.
+    QkvSplit {
+        has_bias: bool,
+        has_past: bool,
+    },
+    QkvSplitBackward {
+        past: usize,
+    },
 }
 
 /// A registered custom operation.
@@ -48,6 +56,17 @@ impl<B: FusionBackend + KernelBackend> Operation<B::FusionRuntime> for Custom<B>
             .iter()
             .map(|ir| handles.get_float_tensor::<B>(ir));
         let mut next = || inputs.next().expect("custom op registered with its inputs");
+        if let Kind::QkvSplit { has_bias, has_past } = self.kind {
+            let qkv = next();
+            let bias = has_bias.then(&mut next);
+            let tables = (next(), next());
+            let past = has_past.then(|| (next(), next()));
+            let (q, keys, values) = B::glm_qkv_split(qkv, bias, tables, past);
+            for (ir, out) in self.desc.outputs.iter().zip([q, keys, values]) {
+                handles.register_float_tensor::<B>(&ir.id, out);
+            }
+            return;
+        }
         let out = match self.kind {
             Kind::Matmul => {
                 let lhs = next();
@@ -89,6 +108,12 @@ impl<B: FusionBackend + KernelBackend> Operation<B::FusionRuntime> for Custom<B>
                 let cos = next();
                 B::glm_rotary(qk, cos, next())
             }
+            Kind::QkvSplitBackward { past } => {
+                let dq = next();
+                let grads = (next(), next());
+                B::glm_qkv_split_backward(dq, grads, (next(), next()), past)
+            }
+            Kind::QkvSplit { .. } => unreachable!("three outputs, registered above"),
         };
         handles.register_float_tensor::<B>(&self.desc.outputs[0].id, out);
     }
@@ -100,23 +125,35 @@ fn register<B: FusionBackend + KernelBackend>(
     inputs: Vec<FloatTensor<Fusion<B>>>,
     shape: Shape,
 ) -> FloatTensor<Fusion<B>> {
+    let mut outputs = register_outputs::<B>(name, kind, inputs, vec![shape]);
+    outputs.remove(0)
+}
+
+/// [`register`] for an op with several outputs (in the inputs' dtype), of the given shapes.
+fn register_outputs<B: FusionBackend + KernelBackend>(
+    name: &'static str,
+    kind: Kind,
+    inputs: Vec<FloatTensor<Fusion<B>>>,
+    shapes: Vec<Shape>,
+) -> Vec<FloatTensor<Fusion<B>>> {
     let client = inputs[0].client.clone();
     let dtype = inputs[0].dtype;
     let streams = OperationStreams::with_inputs(inputs.iter());
-    let out = TensorIr::uninit(client.create_empty_handle(), shape, dtype);
+    let outs: Vec<TensorIr> = shapes
+        .into_iter()
+        .map(|shape| TensorIr::uninit(client.create_empty_handle(), shape, dtype))
+        .collect();
     let irs: Vec<TensorIr> = inputs.into_iter().map(|t| t.into_ir()).collect();
-    let desc = CustomOpIr::new(name, &irs, &[out]);
-    client
-        .register(
-            streams,
-            OperationIr::Custom(desc.clone()),
-            Custom::<B> {
-                desc,
-                kind,
-                _b: PhantomData,
-            },
-        )
-        .output()
+    let desc = CustomOpIr::new(name, &irs, &outs);
+    client.register(
+        streams,
+        OperationIr::Custom(desc.clone()),
+        Custom::<B> {
+            desc,
+            kind,
+            _b: PhantomData,
+        },
+    )
 }
 
 /// `[..., m, k] x [..., k, n] -> [..., m, n]` with broadcast batch dimensions.
@@ -213,5 +250,44 @@ impl<B: FusionBackend + KernelBackend> KernelBackend for Fusion<B> {
     ) -> FloatTensor<Self> {
         let shape = qk.shape.clone();
         register::<B>("chatglm_rotary", Kind::Rotary, vec![qk, cos, sin], shape)
+    }
+
+    fn glm_qkv_split(
+        qkv: FloatTensor<Self>,
+        bias: Option<FloatTensor<Self>>,
+        (cos, sin): (FloatTensor<Self>, FloatTensor<Self>),
+        past: Option<(FloatTensor<Self>, FloatTensor<Self>)>,
+    ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>) {
+        let d = qkv.shape.as_slice();
+        let (b, s, heads, hd) = (d[0], d[1], d[2], d[3] / 3);
+        let prefix = past.as_ref().map_or(0, |(k, _)| k.shape.as_slice()[2]);
+        let kind = Kind::QkvSplit {
+            has_bias: bias.is_some(),
+            has_past: past.is_some(),
+        };
+        let mut inputs = vec![qkv];
+        inputs.extend(bias);
+        inputs.extend([cos, sin]);
+        if let Some((pk, pv)) = past {
+            inputs.extend([pk, pv]);
+        }
+        let cache = Shape::from([b, heads, prefix + s, hd]);
+        let shapes = vec![Shape::from([b, heads, s, hd]), cache.clone(), cache];
+        let mut outs = register_outputs::<B>("chatglm_qkv_split", kind, inputs, shapes).into_iter();
+        let mut next = || outs.next().expect("three outputs");
+        (next(), next(), next())
+    }
+
+    fn glm_qkv_split_backward(
+        dq: FloatTensor<Self>,
+        (dkeys, dvalues): (FloatTensor<Self>, FloatTensor<Self>),
+        (cos, sin): (FloatTensor<Self>, FloatTensor<Self>),
+        past: usize,
+    ) -> FloatTensor<Self> {
+        let d = dq.shape.as_slice();
+        let shape = Shape::from([d[0], d[2], d[1], 3 * d[3]]);
+        let inputs = vec![dq, dkeys, dvalues, cos, sin];
+        let kind = Kind::QkvSplitBackward { past };
+        register::<B>("chatglm_qkv_split_backward", kind, inputs, shape)
     }
 }

@@ -11,6 +11,7 @@
 //! tests compare with burn's backward through the reference ops.
 
 mod api;
+mod api_train;
 mod autodiff;
 mod backend;
 #[cfg(feature = "cuda")]
@@ -28,6 +29,7 @@ pub use api::{
     decode_attention_qkv, fused_enabled, gemm_status, gemv_calls, masked_softmax, matmul,
     matmul_bias_gelu, mma_gemv_calls, prompt_attention, qkv_to_cache, rotary,
 };
+pub use api_train::qkv_attention;
 pub use backend::KernelBackend;
 pub use pick::greedy_ids;
 pub use read::{PendingRead, ReadError, start_read};

@@ -135,6 +135,29 @@ pub fn split_qkv<B: Backend>(
     (q, k, mixed.narrow(3, 2 * hd, hd))
 }
 
+/// The gradient of the QKV output from those of [`split_qkv`]'s q, k and v, the keys and values
+/// given with `past` slots in front (a prefix's, not read): the transpose of the rotary for q and
+/// k, `dy * cos + swap(dy * sin)`, which is `rotate(dy, cos, swap(sin))` ([`rotary`]'s signature),
+/// and the heads moved back after the sequence. The bias adds nothing to the gradient.
+///
+/// # Shapes
+/// - `dq`: `[batch, heads, seq, head_dim]`, `dkeys`, `dvalues`: `[batch, heads, past + seq,
+///   head_dim]`, `cos`, `sin`: `[batch, 1, seq, 2 * head_dim]`
+/// - returns `[batch, seq, heads, 3 * head_dim]`
+pub fn qkv_split_backward<B: Backend>(
+    dq: Tensor<B, 4>,
+    (dkeys, dvalues): (Tensor<B, 4>, Tensor<B, 4>),
+    (cos, sin): (Tensor<B, 4>, Tensor<B, 4>),
+    past: usize,
+    rotate: impl FnOnce(Tensor<B, 4>, Tensor<B, 4>, Tensor<B, 4>) -> Tensor<B, 4>,
+) -> Tensor<B, 4> {
+    let s = dq.dims()[2];
+    let dk = dkeys.narrow(2, past, s);
+    let dv = dvalues.narrow(2, past, s);
+    let dqk = rotate(Tensor::cat(vec![dq, dk], 3), cos, swap_quarter_halves(sin));
+    Tensor::cat(vec![dqk, dv], 3).swap_dims(1, 2)
+}
+
 /// The attention inputs of a cached step: [`split_qkv`] with `rotate` (the rotary of [`rotary`]'s
 /// signature), then k and v written into the cache at slots `offset..offset + seq`. Returns q and
 /// the updated keys and values.

@@ -4,11 +4,14 @@
 //! - the matrix product keeps the inner GEMM (cuBLAS on CUDA) in both gradients ([`matmul`]);
 //! - LayerNorm keeps only its input and `gamma` for the backward ([`layer_norm`]);
 //! - the masked softmax keeps its output, GELU its input, the rotary its tables
-//!   ([`softmax`], [`elementwise`]).
+//!   ([`softmax`], [`elementwise`]);
+//! - a prompt's attention over a prefix, from the QKV output on, is one node that keeps q, the
+//!   keys, the values and the probabilities ([`attention`]).
 //!
 //! The reference ops' own backward needs several launches per forward op and keeps their
 //! intermediate tensors alive until the backward pass; the tests compare both gradients.
 
+mod attention;
 mod elementwise;
 mod layer_norm;
 mod matmul;
@@ -58,6 +61,16 @@ impl<B: KernelBackend, C: CheckpointStrategy> KernelBackend for Autodiff<B, C> {
 
     fn glm_bias_gelu(x: FloatTensor<Self>, bias: FloatTensor<Self>) -> FloatTensor<Self> {
         elementwise::bias_gelu::<B, C>(x, bias)
+    }
+
+    fn glm_qkv_attention(
+        qkv: FloatTensor<Self>,
+        bias: Option<FloatTensor<Self>>,
+        tables: (FloatTensor<Self>, FloatTensor<Self>),
+        past: Option<(FloatTensor<Self>, FloatTensor<Self>)>,
+        mask: FloatTensor<Self>,
+    ) -> FloatTensor<Self> {
+        attention::qkv_attention::<B, C>(qkv, bias, tables, past, mask)
     }
 }
 

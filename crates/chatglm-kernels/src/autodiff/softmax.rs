@@ -32,7 +32,7 @@ impl<B: KernelBackend> Backward<B, 1> for MaskedSoftmax {
 ///
 /// # Shapes
 /// - `y`, `dy`: `[batch, heads, seq, keys]`
-fn softmax_grad<B: Backend>(y: Tensor<B, 4>, dy: Tensor<B, 4>) -> Tensor<B, 4> {
+pub(super) fn softmax_grad<B: Backend>(y: Tensor<B, 4>, dy: Tensor<B, 4>) -> Tensor<B, 4> {
     let dtype = y.dtype();
     let y = wide(y);
     let dy = wide(dy);

@@ -136,6 +136,58 @@ where
         qkv::qkv_to_cache(qkv, bias, tables, keys, values, offset)
     }
 
+    fn glm_qkv_split(
+        qkv: FloatTensor<Self>,
+        bias: Option<FloatTensor<Self>>,
+        tables: (FloatTensor<Self>, FloatTensor<Self>),
+        past: Option<(FloatTensor<Self>, FloatTensor<Self>)>,
+    ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>) {
+        use burn::tensor::ops::FloatTensorOps;
+        use burn::tensor::{Shape, Slice};
+        let dims = qkv.meta.shape().clone();
+        let (b, s, heads, hd) = (dims[0], dims[1], dims[2], dims[3] / 3);
+        let prefix = past.as_ref().map_or(0, |(k, _)| k.meta.shape()[2]);
+        let shape = Shape::from([b, heads, prefix + s, hd]);
+        let empty = || Self::float_empty(shape.clone(), &qkv.device, qkv.dtype.into());
+        let (mut keys, mut values) = (empty(), empty());
+        if let Some((pk, pv)) = past {
+            // The prefix into the first slots (in place: the buffers are new), then this
+            // prompt's keys and values after it.
+            let front = [
+                Slice::from(0..b),
+                Slice::from(0..heads),
+                Slice::from(0..prefix),
+                Slice::from(0..hd),
+            ];
+            keys = Self::float_slice_assign(keys, &front, pk);
+            values = Self::float_slice_assign(values, &front, pv);
+        }
+        qkv::qkv_to_cache(qkv, bias, tables, keys, values, prefix)
+    }
+
+    fn glm_qkv_split_backward(
+        dq: FloatTensor<Self>,
+        grads: (FloatTensor<Self>, FloatTensor<Self>),
+        tables: (FloatTensor<Self>, FloatTensor<Self>),
+        past: usize,
+    ) -> FloatTensor<Self> {
+        // The kernel's indices are 32-bit: larger tensors take the reference ops.
+        let (dk, dv) = (grads.0.clone(), grads.1.clone());
+        let (cos, sin) = (tables.0.clone(), tables.1.clone());
+        match qkv::qkv_split_backward(dq.clone(), grads, tables, past) {
+            Some(out) => out,
+            None => crate::reference::qkv_split_backward::<Self>(
+                float(dq),
+                (float(dk), float(dv)),
+                (float(cos), float(sin)),
+                past,
+                crate::reference::rotary,
+            )
+            .into_primitive()
+            .tensor(),
+        }
+    }
+
     fn glm_decode_attention_qkv(
         qkv: FloatTensor<Self>,
         bias: Option<FloatTensor<Self>>,

@@ -217,3 +217,140 @@ pub(crate) fn qkv_to_cache<R: CubeRuntime>(
     );
     (q, keys, values)
 }
+
+/// The gradient of the QKV output from those of q, the keys and the values ([`qkv_to_cache`]'s
+/// outputs, the keys and values at slots `offset..`), as plain arrays of vectors with their
+/// strides as scalars: a unit per vector of the output `[batch, seq, heads, 3 * head_dim]`
+/// (contiguous). q's and k's are the rotary's transpose, `dy * cos + dy[partner] *
+/// sin[partner]`, in float32 and rounded once; v's is copied.
+#[cube(launch)]
+#[allow(clippy::too_many_arguments)]
+fn qkv_grad_kernel<F: Float, N: Size>(
+    dq: &Array<Vector<F, N>>,
+    dkeys: &Array<Vector<F, N>>,
+    dvalues: &Array<Vector<F, N>>,
+    cos: &Array<Vector<F, N>>,
+    sin: &Array<Vector<F, N>>,
+    out: &mut Array<Vector<F, N>>,
+    total: u32,
+    heads: u32,
+    seq: u32,
+    hv: u32,
+    q_strides: Strides3,
+    k_strides: Strides3,
+    v_strides: Strides3,
+    cos_strides: Strides3,
+    sin_strides: Strides3,
+    offset: u32,
+    #[define(F)] _dtype: StorageType,
+) {
+    let pos = ABSOLUTE_POS as u32;
+    if pos >= total {
+        terminate!();
+    }
+    // Output order: (b, s, h, part, cv) with part 0, 1, 2 for q, k, v.
+    let c = pos % (3 * hv);
+    let row = pos / (3 * hv);
+    let h = (row % heads) as usize;
+    let s = ((row / heads) % seq) as usize;
+    let b = (row / (heads * seq)) as usize;
+    let part = c / hv;
+    let cv = (c % hv) as usize;
+    let slot = s + offset as usize;
+    if part == 2 {
+        out[pos as usize] = dvalues[v_strides.at(b, h, slot) + cv];
+    } else {
+        let half = hv as usize / 2;
+        let pv = (cv / half) * half + (cv % half + half / 2) % half;
+        // The tables hold q's columns, then k's.
+        let table = part as usize * hv as usize;
+        let (cos_row, sin_row) = (cos_strides.at(b, 0, s), sin_strides.at(b, 0, s));
+        let c0 = Vector::<f32, N>::cast_from(cos[cos_row + table + cv]);
+        let s1 = Vector::<f32, N>::cast_from(sin[sin_row + table + pv]);
+        let (dy0, dy1) = if part == 0 {
+            let base = q_strides.at(b, h, s);
+            (dq[base + cv], dq[base + pv])
+        } else {
+            let base = k_strides.at(b, h, slot);
+            (dkeys[base + cv], dkeys[base + pv])
+        };
+        let (dy0, dy1) = (
+            Vector::<f32, N>::cast_from(dy0),
+            Vector::<f32, N>::cast_from(dy1),
+        );
+        out[pos as usize] = Vector::<F, N>::cast_from(dy0 * c0 + dy1 * s1);
+    }
+}
+
+/// The gradient of the QKV output from those of q, the keys and the values, the keys' and
+/// values' first `offset` slots not read (a prefix's).
+///
+/// # Shapes
+/// - `dq`: `[batch, heads, seq, head_dim]`, `dkeys`, `dvalues`: `[batch, heads, offset + seq,
+///   head_dim]` (any strides), `cos`, `sin`: `[batch, 1, seq, 2 * head_dim]`
+/// - returns `[batch, seq, heads, 3 * head_dim]`, contiguous
+///
+/// `None` when the output has `u32::MAX` vectors or more (the kernel's indices are 32-bit).
+pub(crate) fn qkv_split_backward<R: CubeRuntime>(
+    dq: CubeTensor<R>,
+    (dkeys, dvalues): (CubeTensor<R>, CubeTensor<R>),
+    (cos, sin): (CubeTensor<R>, CubeTensor<R>),
+    offset: usize,
+) -> Option<CubeTensor<R>> {
+    let dims = dq.meta.shape().clone();
+    let (b, heads, s, hd) = (dims[0], dims[1], dims[2], dims[3]);
+    let client = dq.client.clone();
+    let dtype = dq.dtype;
+    let out = empty_device_dtype(
+        client.clone(),
+        dq.device.clone(),
+        [b, s, heads, 3 * hd].into(),
+        dtype,
+    );
+    let elements = b * s * heads * 3 * hd;
+    if elements == 0 {
+        return Some(out);
+    }
+    let [dq, dkeys, dvalues, cos, sin] = [dq, dkeys, dvalues, cos, sin].map(unit_last_stride);
+    let operands = [
+        (&dq, 3),
+        (&dkeys, 3),
+        (&dvalues, 3),
+        (&cos, 3),
+        (&sin, 3),
+        (&out, 3),
+    ];
+    // A vector never straddles the half of a quarter of a head (the partner's offset).
+    let width = widest_vector(hd / 4, &operands).unwrap_or(1);
+    let units = elements / width;
+    if u32::try_from(units).is_err() || u32::try_from(dkeys.meta.shape()[2]).is_err() {
+        return None;
+    }
+    let strides = |t: &CubeTensor<R>| vector_strides(t, width);
+    let cube_dim = CubeDim::new(&client, units);
+    let cube_count = calculate_cube_count_elemwise(&client, units, cube_dim);
+    qkv_grad_kernel::launch::<R>(
+        &client,
+        cube_count,
+        cube_dim,
+        width,
+        dq.clone().into_array_arg(),
+        dkeys.clone().into_array_arg(),
+        dvalues.clone().into_array_arg(),
+        cos.clone().into_array_arg(),
+        sin.clone().into_array_arg(),
+        out.clone().into_array_arg(),
+        scalar(units),
+        scalar(heads),
+        scalar(s),
+        scalar(hd / width),
+        strides(&dq),
+        strides(&dkeys),
+        strides(&dvalues),
+        strides(&cos),
+        strides(&sin),
+        scalar(offset),
+        dtype.into(),
+    );
+    Some(out)
+}

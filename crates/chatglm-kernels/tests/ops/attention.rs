@@ -93,7 +93,12 @@ pub(super) fn check_masked_softmax<B: KernelBackend>(dev: &B::Device, tol: Tol) 
 }
 
 /// `x * cos + partner(x) * sin`, the partner being the other half of the element's quarter.
-fn host_rotary(x: &[f32], cos: &[f32], sin: &[f32], [b, h, s, d]: [usize; 4]) -> Vec<f32> {
+pub(super) fn host_rotary(
+    x: &[f32],
+    cos: &[f32],
+    sin: &[f32],
+    [b, h, s, d]: [usize; 4],
+) -> Vec<f32> {
     let q = d / 4;
     (0..b * h * s * d)
         .map(|i| {
@@ -234,7 +239,7 @@ pub(super) fn check_qkv_to_cache<B: KernelBackend>(dev: &B::Device, tol: Tol) {
 }
 
 /// `softmax(q k^T + mask) v` in float64; `mask`: `[mask_rows, 1, s, slots]`.
-fn host_decode_attention(
+pub(super) fn host_decode_attention(
     q: &[f32],
     k: &[f32],
     v: &[f32],

@@ -189,6 +189,51 @@ fn op_gradients<B: AutodiffBackend + KernelBackend>(
     };
     let g = weighted_sum(y, 64, dev).backward();
     out.push(("rotary: qk", grad(&qk, &g, "qk")));
+
+    // A prompt's attention over a prefix from the QKV output (P-Tuning's): the QKV output and the
+    // prefix's keys and values need gradients, the bias, the tables and the mask do not.
+    let (b, s, heads, hd, past) = (2, 6, 3, 16, 4);
+    let qkv = tensor::<B, 4>(
+        &random(b * s * heads * 3 * hd, 71, 1.5),
+        [b, s, heads, 3 * hd],
+        dev,
+    )
+    .require_grad();
+    let bias = tensor::<B, 1>(&random(heads * 3 * hd, 72, 0.5), [heads * 3 * hd], dev);
+    let table = [b, 1, s, 2 * hd];
+    let cos = tensor::<B, 4>(&random(b * s * 2 * hd, 73, 1.0), table, dev);
+    let sin = tensor::<B, 4>(&random(b * s * 2 * hd, 74, 1.0), table, dev);
+    let prefix = [b, heads, past, hd];
+    let pk = tensor::<B, 4>(&random(b * heads * past * hd, 75, 1.5), prefix, dev).require_grad();
+    let pv = tensor::<B, 4>(&random(b * heads * past * hd, 76, 1.5), prefix, dev).require_grad();
+    let hidden: Vec<f32> = random(b * s * (past + s), 77, 1.0)
+        .into_iter()
+        .map(|v| if v > 0.6 { -10_000.0 } else { 0.0 })
+        .collect();
+    let mask = tensor::<B, 4>(&hidden, [b, 1, s, past + s], dev);
+    let y = if ours {
+        float(B::glm_qkv_attention(
+            prim(qkv.clone()),
+            Some(prim(bias)),
+            (prim(cos), prim(sin)),
+            Some((prim(pk.clone()), prim(pv.clone()))),
+            prim(mask),
+        ))
+    } else {
+        let (q, k, v) = reference::split_qkv(qkv.clone(), Some(bias), |qk| {
+            reference::rotary(qk, cos, sin)
+        });
+        let k = Tensor::cat(vec![pk.clone(), k], 2);
+        let v = Tensor::cat(vec![pv.clone(), v], 2);
+        reference::masked_softmax(q.matmul(k.swap_dims(2, 3)), mask).matmul(v)
+    };
+    let g = weighted_sum(y, 78, dev).backward();
+    out.push(("qkv attention: qkv", grad(&qkv, &g, "qkv")));
+    out.push(("qkv attention: prefix keys", grad(&pk, &g, "prefix keys")));
+    out.push((
+        "qkv attention: prefix values",
+        grad(&pv, &g, "prefix values"),
+    ));
     out
 }
 

@@ -12,6 +12,7 @@ use rand_chacha::ChaCha8Rng;
 mod attention;
 mod gradients;
 mod read;
+mod train;
 
 use attention::{
     check_decode_attention, check_decode_attention_qkv, check_masked_softmax,
@@ -352,6 +353,7 @@ fn check_all<B: KernelBackend>(dev: &B::Device, tol: Tol) {
     check_prompt_attention::<B>(dev, tol.ln, false);
     check_rotary::<B>(dev, tol);
     check_qkv_to_cache::<B>(dev, tol);
+    train::check_qkv_attention::<B>(dev, tol);
     check_layer_norm::<B>(dev, tol);
     check_bias_gelu::<B>(dev, tol);
     check_matmul::<B>(dev, tol);

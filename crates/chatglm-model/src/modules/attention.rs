@@ -121,6 +121,15 @@ fn attend_inputs<B: KernelBackend>(
     kv: KvInput<'_, B>,
 ) -> Tensor<B, 4> {
     let s = qkv.dims()[1];
+    let kv = match kv {
+        // A prompt over a prefix without a cache (the P-Tuning step): one op from the QKV output
+        // to the attention, which under autodiff is one node of the graph.
+        KvInput::Fresh(past @ Some(_)) if s <= query_chunk() => {
+            let tables = (rope.cos.clone(), rope.sin.clone());
+            return chatglm_kernels::qkv_attention(qkv, bias, tables, past, mask);
+        }
+        kv => kv,
+    };
     // q arrives scaled by 1/sqrt(head_dim) from the rotary tables. `used`: the key slots
     // written so far (those past them are masked).
     let (q, keys, values, used) = match kv {

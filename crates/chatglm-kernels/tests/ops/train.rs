@@ -1,0 +1,183 @@
+//! The training attention (`qkv_attention`: a prompt over a P-Tuning prefix, without a cache) and
+//! its split's backward against host math.
+
+use burn::tensor::{Tensor, TensorPrimitive};
+use chatglm_kernels::KernelBackend;
+
+use super::attention::{host_decode_attention, host_rotary};
+use super::{Tol, max_diff, name, random, tensor, values};
+
+/// q `[b, h, s, hd]`, and the keys and values `[b, h, past + s, hd]` (the prefix's first) from a
+/// QKV output `[b, s, h, 3 hd]` with its bias: the split and the rotary on the host.
+#[allow(clippy::too_many_arguments)]
+fn host_split(
+    qkv: &[f32],
+    bias: &[f32],
+    (cos, sin): (&[f32], &[f32]),
+    (pk, pv): (&[f32], &[f32]),
+    [b, s, h, hd, past]: [usize; 5],
+) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
+    let width = 3 * hd;
+    let mut qk = vec![0.0; b * h * s * 2 * hd];
+    let mut v = vec![0.0; b * h * s * hd];
+    for (i, x) in qkv.iter().enumerate() {
+        let (c, hi, si, bi) = (
+            i % width,
+            (i / width) % h,
+            (i / (width * h)) % s,
+            i / (width * h * s),
+        );
+        let x = x + bias[hi * width + c];
+        let row = (bi * h + hi) * s + si;
+        if c < 2 * hd {
+            qk[row * 2 * hd + c] = x;
+        } else {
+            v[row * hd + c - 2 * hd] = x;
+        }
+    }
+    let rot = host_rotary(&qk, cos, sin, [b, h, s, 2 * hd]);
+    let slots = past + s;
+    let (mut q, mut keys, mut vals) = (
+        Vec::new(),
+        vec![0.0; b * h * slots * hd],
+        vec![0.0; b * h * slots * hd],
+    );
+    for bh in 0..b * h {
+        for j in 0..past * hd {
+            keys[bh * slots * hd + j] = pk[bh * past * hd + j];
+            vals[bh * slots * hd + j] = pv[bh * past * hd + j];
+        }
+        for si in 0..s {
+            let row = bh * s + si;
+            q.extend_from_slice(&rot[row * 2 * hd..row * 2 * hd + hd]);
+            let slot = (bh * slots + past + si) * hd;
+            keys[slot..slot + hd].copy_from_slice(&rot[row * 2 * hd + hd..(row + 1) * 2 * hd]);
+            vals[slot..slot + hd].copy_from_slice(&v[row * hd..(row + 1) * hd]);
+        }
+    }
+    (q, keys, vals)
+}
+
+fn prim<B: KernelBackend>(t: Tensor<B, 4>) -> burn::tensor::ops::FloatTensor<B> {
+    t.into_primitive().tensor()
+}
+
+fn float<B: KernelBackend>(t: burn::tensor::ops::FloatTensor<B>) -> Tensor<B, 4> {
+    Tensor::from_primitive(TensorPrimitive::Float(t))
+}
+
+/// `qkv_attention` and the backend's split against host math, then the split's backward by its
+/// defining identity: for any `dq`, `dk`, `dv`, `<split(x), (dq, dk, dv)> = <x, backward(dq, dk,
+/// dv)>` over this prompt's slots (the split is linear in the QKV output without its bias).
+pub(super) fn check_qkv_attention<B: KernelBackend>(dev: &B::Device, tol: Tol) {
+    // ChatGLM-6B's head width with a prefix, and a small head (vectors of 2) with another.
+    for (b, s, h, hd, past) in [(2usize, 5usize, 2usize, 128usize, 3usize), (1, 7, 3, 8, 4)] {
+        let width = 3 * hd;
+        let slots = past + s;
+        let qkv = random(b * s * h * width, 81, 1.0);
+        let bias = random(h * width, 82, 0.5);
+        let cos = random(b * s * 2 * hd, 83, 1.0);
+        let sin = random(b * s * 2 * hd, 84, 1.0);
+        let pk = random(b * h * past * hd, 85, 1.0);
+        let pv = random(b * h * past * hd, 86, 1.0);
+        let mask: Vec<f32> = (0..b * s * slots)
+            .map(|i| {
+                if i % slots > past + (i / slots) % s {
+                    -10000.0
+                } else {
+                    0.0
+                }
+            })
+            .collect();
+        let dims = [b, s, h, hd, past];
+        let (want_q, want_k, want_v) = host_split(&qkv, &bias, (&cos, &sin), (&pk, &pv), dims);
+        let want = host_decode_attention(&want_q, &want_k, &want_v, &mask, [b, h, s, slots, hd], b);
+        let t4 = |v: &[f32], shape: [usize; 4]| tensor::<B, 4>(v, shape, dev);
+        let table = [b, 1, s, 2 * hd];
+        let prefix = [b, h, past, hd];
+        let got = chatglm_kernels::qkv_attention(
+            t4(&qkv, [b, s, h, width]),
+            Some(tensor::<B, 1>(&bias, [h * width], dev)),
+            (t4(&cos, table), t4(&sin, table)),
+            Some((t4(&pk, prefix), t4(&pv, prefix))),
+            t4(&mask, [b, 1, s, slots]),
+        );
+        let d = max_diff(&values(got), &want);
+        assert!(
+            d <= tol.ln,
+            "{}: qkv_attention {dims:?}: max diff {d}",
+            name::<B>()
+        );
+
+        let (q, k, v) = B::glm_qkv_split(
+            prim(t4(&qkv, [b, s, h, width])),
+            Some(
+                tensor::<B, 1>(&bias, [h * width], dev)
+                    .into_primitive()
+                    .tensor(),
+            ),
+            (prim(t4(&cos, table)), prim(t4(&sin, table))),
+            Some((prim(t4(&pk, prefix)), prim(t4(&pv, prefix)))),
+        );
+        for (what, got, want) in [
+            ("q", q, &want_q),
+            ("keys", k, &want_k),
+            ("values", v, &want_v),
+        ] {
+            let d = max_diff(&values(float::<B>(got)), want);
+            assert!(
+                d <= tol.ln,
+                "{}: qkv split {what} {dims:?}: max diff {d}",
+                name::<B>()
+            );
+        }
+
+        // The backward: the split of `x` without bias or prefix against random gradients.
+        let x = random(b * s * h * width, 87, 1.0);
+        let (dq, dk, dv) = (
+            random(b * h * s * hd, 88, 1.0),
+            random(b * h * slots * hd, 89, 1.0),
+            random(b * h * slots * hd, 90, 1.0),
+        );
+        let (sq, sk, sv) = B::glm_qkv_split(
+            prim(t4(&x, [b, s, h, width])),
+            None,
+            (prim(t4(&cos, table)), prim(t4(&sin, table))),
+            Some((prim(t4(&pk, prefix)), prim(t4(&pv, prefix)))),
+        );
+        let dx = values(float::<B>(B::glm_qkv_split_backward(
+            prim(t4(&dq, [b, h, s, hd])),
+            (
+                prim(t4(&dk, [b, h, slots, hd])),
+                prim(t4(&dv, [b, h, slots, hd])),
+            ),
+            (prim(t4(&cos, table)), prim(t4(&sin, table))),
+            past,
+        )));
+        let dot = |a: &[f32], b: &[f32]| {
+            a.iter()
+                .zip(b)
+                .map(|(x, y)| *x as f64 * *y as f64)
+                .sum::<f64>()
+        };
+        // Only this prompt's slots of the keys and values come from `x`.
+        let own = |t: Vec<f32>| -> Vec<f32> {
+            t.chunks(slots * hd)
+                .flat_map(|c| c[past * hd..].to_vec())
+                .collect()
+        };
+        let (sk, sv) = (own(values(float::<B>(sk))), own(values(float::<B>(sv))));
+        let lhs = dot(&values(float::<B>(sq)), &dq)
+            + dot(&sk, &own(dk.clone()))
+            + dot(&sv, &own(dv.clone()));
+        let rhs = dot(&x, &dx);
+        let scale: f64 = (x.len() as f64).sqrt();
+        let d = ((lhs - rhs) / scale) as f32;
+        assert!(
+            d.abs() <= tol.ln,
+            "{}: qkv split backward {dims:?}: <split(x), g> = {lhs}, <x, backward(g)> = {rhs}",
+            name::<B>()
+        );
+        assert_eq!(dx.len(), b * s * h * width);
+    }
+}
