@@ -42,6 +42,23 @@ pub trait KernelBackend: Backend {
         reference_add_layer_norm::<Self>(a, b, bias, alpha, gamma, beta, eps)
     }
 
+    /// The gradient of `LayerNorm(x) * gamma + beta` with respect to `x` (`[rows, n]`) from the
+    /// output's, `dy` ([`reference::layer_norm_backward`]), in float32 and returned in `x`'s
+    /// dtype.
+    fn glm_layer_norm_backward(
+        x: FloatTensor<Self>,
+        gamma: FloatTensor<Self>,
+        dy: FloatTensor<Self>,
+        eps: f32,
+    ) -> FloatTensor<Self> {
+        prim(reference::layer_norm_backward::<Self>(
+            float(x),
+            float(gamma),
+            float(dy),
+            eps,
+        ))
+    }
+
     /// `softmax(scores + mask)` over the last dimension of `[batch, heads, seq, keys]` scores,
     /// with a `[batch, 1, seq, keys]` additive mask, in float32 and returned in the scores' dtype.
     fn glm_masked_softmax(scores: FloatTensor<Self>, mask: FloatTensor<Self>) -> FloatTensor<Self> {

@@ -35,6 +35,9 @@ enum Kind {
     QkvSplitBackward {
         past: usize,
     },
+    LayerNormBackward {
+        eps: f32,
+    },
 }
 
 /// A registered custom operation.
@@ -112,6 +115,11 @@ impl<B: FusionBackend + KernelBackend> Operation<B::FusionRuntime> for Custom<B>
                 let dq = next();
                 let grads = (next(), next());
                 B::glm_qkv_split_backward(dq, grads, (next(), next()), past)
+            }
+            Kind::LayerNormBackward { eps } => {
+                let x = next();
+                let gamma = next();
+                B::glm_layer_norm_backward(x, gamma, next(), eps)
             }
             Kind::QkvSplit { .. } => unreachable!("three outputs, registered above"),
         };
@@ -214,6 +222,18 @@ impl<B: FusionBackend + KernelBackend> KernelBackend for Fusion<B> {
             has_bias,
         };
         register::<B>("chatglm_add_layer_norm", kind, inputs, shape)
+    }
+
+    fn glm_layer_norm_backward(
+        x: FloatTensor<Self>,
+        gamma: FloatTensor<Self>,
+        dy: FloatTensor<Self>,
+        eps: f32,
+    ) -> FloatTensor<Self> {
+        let shape = x.shape.clone();
+        let kind = Kind::LayerNormBackward { eps };
+        let inputs = vec![x, gamma, dy];
+        register::<B>("chatglm_layer_norm_backward", kind, inputs, shape)
     }
 
     fn glm_bias_gelu(x: FloatTensor<Self>, bias: FloatTensor<Self>) -> FloatTensor<Self> {

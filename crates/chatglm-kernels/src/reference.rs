@@ -30,6 +30,47 @@ pub fn add_layer_norm<B: Backend>(
     normed * gamma.unsqueeze::<2>() + beta.unsqueeze::<2>()
 }
 
+/// The gradient of `LayerNorm(x) * gamma + beta` (no residual sum in front) with respect to `x`:
+/// with `g = dy * gamma`, `x_hat = (x - mean) * rstd`, `dx = rstd * (g - mean(g) - x_hat *
+/// mean(g * x_hat))`, computed in at least float32 and returned in `x`'s dtype.
+///
+/// # Shapes
+/// - `x`, `dy`: `[rows, n]`, `gamma`: `[n]` -> `[rows, n]`
+pub fn layer_norm_backward<B: Backend>(
+    x: Tensor<B, 2>,
+    gamma: Tensor<B, 1>,
+    dy: Tensor<B, 2>,
+    eps: f32,
+) -> Tensor<B, 2> {
+    let dtype = x.dtype();
+    let wide = |t: Tensor<B, 2>| match t.dtype() {
+        DType::F32 | DType::F64 => t,
+        _ => t.cast(DType::F32),
+    };
+    let (x_hat, rstd) = normalized(wide(x), eps);
+    let g = wide(dy) * wide(gamma.unsqueeze::<2>());
+    let g_mean = g.clone().mean_dim(1);
+    let gx_mean = (g.clone() * x_hat.clone()).mean_dim(1);
+    let dx = (g - g_mean - x_hat * gx_mean) * rstd;
+    if dx.dtype() == dtype {
+        dx
+    } else {
+        dx.cast(dtype)
+    }
+}
+
+/// `x_hat = (x - mean) * rstd` over the last dimension and `rstd = 1 / sqrt(var + eps)` (the
+/// biased variance of the centred rows), in `x`'s dtype.
+///
+/// # Shapes
+/// - `x`: `[rows, n]` -> `[rows, n]` and `[rows, 1]`
+pub fn normalized<B: Backend>(x: Tensor<B, 2>, eps: f32) -> (Tensor<B, 2>, Tensor<B, 2>) {
+    let centered = x.clone() - x.mean_dim(1);
+    let var = centered.clone().square().mean_dim(1);
+    let rstd = (var + eps).sqrt().recip();
+    (centered * rstd.clone(), rstd)
+}
+
 /// `a * alpha + (b + bias)`, rounded as the original rounds it (the linear layer's output with its
 /// bias first, then the scaled residual).
 ///

@@ -53,35 +53,27 @@ struct LayerNormGrads<B: Backend> {
     beta: Option<Tensor<B, 1>>,
 }
 
-/// `y = x_hat * gamma + beta`, `x_hat = (x - mean) * rstd`: with `g = dy * gamma`,
-/// `dx = rstd * (g - mean(g) - x_hat * mean(g * x_hat))`, `d gamma = sum_rows(dy * x_hat)` and
-/// `d beta = sum_rows(dy)`, all in at least float32. `want` says whether `gamma` and `beta` need theirs.
+/// `y = x_hat * gamma + beta`: `dx` from [`KernelBackend::glm_layer_norm_backward`] (one kernel on
+/// cube backends, [`reference::layer_norm_backward`] elsewhere), and where `want` asks for them
+/// `d gamma = sum_rows(dy * x_hat)` and `d beta = sum_rows(dy)`, in at least float32.
 ///
 /// # Shapes
 /// - `x`, `dy`: `[rows, n]`, `gamma`: `[n]`
-fn layer_norm_grads<B: Backend>(
+fn layer_norm_grads<B: KernelBackend>(
     x: Tensor<B, 2>,
     gamma: Tensor<B, 1>,
     dy: Tensor<B, 2>,
     eps: f32,
     [want_gamma, want_beta]: [bool; 2],
 ) -> LayerNormGrads<B> {
-    let (x_dtype, gamma_dtype) = (x.dtype(), gamma.dtype());
+    let gamma_dtype = gamma.dtype();
     let n = gamma.dims()[0];
-    let x = wide(x);
-    let dy = wide(dy);
-    let centered = x.clone() - x.mean_dim(1);
-    let var = centered.clone().square().mean_dim(1);
-    let rstd = (var + eps).sqrt().recip();
-    let x_hat = centered * rstd.clone();
-    let g = dy.clone() * wide(gamma).unsqueeze::<2>();
-    let g_mean = g.clone().mean_dim(1);
-    let gx_mean = (g.clone() * x_hat.clone()).mean_dim(1);
-    let dx = (g - g_mean - x_hat.clone() * gx_mean) * rstd;
+    let dx = B::glm_layer_norm_backward(prim(x.clone()), prim(gamma), prim(dy.clone()), eps);
     let per_column = |t: Tensor<B, 2>| narrow(t.sum_dim(0).reshape([n]), gamma_dtype);
+    let dy = wide(dy);
     LayerNormGrads {
-        x: narrow(dx, x_dtype),
-        gamma: want_gamma.then(|| per_column(dy.clone() * x_hat)),
+        x: float(dx),
+        gamma: want_gamma.then(|| per_column(dy.clone() * reference::normalized(wide(x), eps).0)),
         beta: want_beta.then(|| per_column(dy)),
     }
 }

@@ -8,6 +8,7 @@ mod cublas;
 mod elementwise;
 mod gemv;
 mod layer_norm;
+mod layer_norm_grad;
 mod matmul;
 mod mma_gemv;
 mod pick;
@@ -58,6 +59,25 @@ where
             );
         }
         layer_norm::add_layer_norm(a, b, bias, alpha, gamma, beta, eps)
+    }
+
+    fn glm_layer_norm_backward(
+        x: FloatTensor<Self>,
+        gamma: FloatTensor<Self>,
+        dy: FloatTensor<Self>,
+        eps: f32,
+    ) -> FloatTensor<Self> {
+        if !layer_norm_grad::fits(&x, &dy) {
+            return crate::reference::layer_norm_backward::<Self>(
+                float(x),
+                float(gamma),
+                float(dy),
+                eps,
+            )
+            .into_primitive()
+            .tensor();
+        }
+        layer_norm_grad::layer_norm_grad(x, gamma, dy, eps)
     }
 
     fn glm_bias_gelu(x: FloatTensor<Self>, bias: FloatTensor<Self>) -> FloatTensor<Self> {

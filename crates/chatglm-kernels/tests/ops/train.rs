@@ -181,3 +181,54 @@ pub(super) fn check_qkv_attention<B: KernelBackend>(dev: &B::Device, tol: Tol) {
         assert_eq!(dx.len(), b * s * h * width);
     }
 }
+
+/// `dx` of `LayerNorm(x) * gamma + beta` in float64.
+fn host_layer_norm_backward(x: &[f32], gamma: &[f32], dy: &[f32], n: usize, eps: f64) -> Vec<f32> {
+    let mut out = Vec::with_capacity(x.len());
+    for (xr, dr) in x.chunks(n).zip(dy.chunks(n)) {
+        let mean = xr.iter().map(|v| *v as f64).sum::<f64>() / n as f64;
+        let var = xr.iter().map(|v| (*v as f64 - mean).powi(2)).sum::<f64>() / n as f64;
+        let rstd = 1.0 / (var + eps).sqrt();
+        let x_hat: Vec<f64> = xr.iter().map(|v| (*v as f64 - mean) * rstd).collect();
+        let g: Vec<f64> = dr
+            .iter()
+            .zip(gamma)
+            .map(|(d, g)| *d as f64 * *g as f64)
+            .collect();
+        let g_mean = g.iter().sum::<f64>() / n as f64;
+        let gx_mean = g.iter().zip(&x_hat).map(|(a, b)| a * b).sum::<f64>() / n as f64;
+        out.extend(
+            g.iter()
+                .zip(&x_hat)
+                .map(|(g, xh)| (rstd * (g - g_mean - xh * gx_mean)) as f32),
+        );
+    }
+    out
+}
+
+/// The backend's LayerNorm gradient against host math: ChatGLM-6B's row width (vectors of 8, four
+/// per unit) and widths that take vectors of 4 and single elements.
+pub(super) fn check_layer_norm_backward<B: KernelBackend>(dev: &B::Device, tol: Tol) {
+    for (rows, n) in [(3usize, 4096usize), (5, 36), (4, 23)] {
+        let x = random(rows * n, 91, 3.0);
+        let gamma = random(n, 92, 1.0);
+        let dy = random(rows * n, 93, 1.0);
+        let want = host_layer_norm_backward(&x, &gamma, &dy, n, 1e-5);
+        let got = B::glm_layer_norm_backward(
+            tensor::<B, 2>(&x, [rows, n], dev).into_primitive().tensor(),
+            tensor::<B, 1>(&gamma, [n], dev).into_primitive().tensor(),
+            tensor::<B, 2>(&dy, [rows, n], dev)
+                .into_primitive()
+                .tensor(),
+            1e-5,
+        );
+        let got = values(Tensor::<B, 2>::from_primitive(TensorPrimitive::Float(got)));
+        // Sums over the row: the error grows with its length.
+        let d = max_diff(&got, &want);
+        assert!(
+            d <= tol.ln * 4.0,
+            "{}: layer norm backward {rows}x{n}: max diff {d}",
+            name::<B>()
+        );
+    }
+}
