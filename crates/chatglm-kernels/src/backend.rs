@@ -67,6 +67,14 @@ pub trait KernelBackend: Backend {
             .tensor()
     }
 
+    /// The gradient of a softmax over the last dimension (the masked softmax's, its mask a
+    /// constant) from its output `y` and the output's gradient `dy`: `y * (dy - sum(dy * y))`, in
+    /// float32 and returned in `y`'s dtype ([`reference::softmax_backward`]). `[batch, heads,
+    /// seq, keys]` both.
+    fn glm_softmax_backward(y: FloatTensor<Self>, dy: FloatTensor<Self>) -> FloatTensor<Self> {
+        prim(reference::softmax_backward::<Self>(float(y), float(dy)))
+    }
+
     /// `softmax(q k^T + mask) v` for one query per (row, head) over a KV cache
     /// ([`reference::decode_attention`]): `q` `[batch, heads, 1, d]`, `keys` and `values`
     /// `[batch, heads, slots, d]`, `mask` `[batch or 1, 1, 1, slots]` -> `[batch, heads, 1, d]`.

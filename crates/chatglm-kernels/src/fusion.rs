@@ -38,6 +38,7 @@ enum Kind {
     LayerNormBackward {
         eps: f32,
     },
+    SoftmaxBackward,
 }
 
 /// A registered custom operation.
@@ -120,6 +121,10 @@ impl<B: FusionBackend + KernelBackend> Operation<B::FusionRuntime> for Custom<B>
                 let x = next();
                 let gamma = next();
                 B::glm_layer_norm_backward(x, gamma, next(), eps)
+            }
+            Kind::SoftmaxBackward => {
+                let y = next();
+                B::glm_softmax_backward(y, next())
             }
             Kind::QkvSplit { .. } => unreachable!("three outputs, registered above"),
         };
@@ -245,6 +250,12 @@ impl<B: FusionBackend + KernelBackend> KernelBackend for Fusion<B> {
         let shape = scores.shape.clone();
         let kind = Kind::MaskedSoftmax;
         register::<B>("chatglm_masked_softmax", kind, vec![scores, mask], shape)
+    }
+
+    fn glm_softmax_backward(y: FloatTensor<Self>, dy: FloatTensor<Self>) -> FloatTensor<Self> {
+        let shape = y.shape.clone();
+        let kind = Kind::SoftmaxBackward;
+        register::<B>("chatglm_softmax_backward", kind, vec![y, dy], shape)
     }
 
     fn glm_decode_attention(

@@ -128,6 +128,27 @@ pub fn masked_softmax<B: Backend>(scores: Tensor<B, 4>, mask: Tensor<B, 4>) -> T
     }
 }
 
+/// The gradient of a softmax over the last dimension from its output `y` and the output's
+/// gradient `dy`: `y * (dy - sum(dy * y))`, in at least float32, returned in `y`'s dtype.
+///
+/// # Shapes
+/// - `y`, `dy`: `[batch, heads, seq, keys]` -> the same
+pub fn softmax_backward<B: Backend>(y: Tensor<B, 4>, dy: Tensor<B, 4>) -> Tensor<B, 4> {
+    let dtype = y.dtype();
+    let wide = |t: Tensor<B, 4>| match t.dtype() {
+        DType::F32 | DType::F64 => t,
+        _ => t.cast(DType::F32),
+    };
+    let (y, dy) = (wide(y), wide(dy));
+    let dot = (dy.clone() * y.clone()).sum_dim(3);
+    let dx = y * (dy - dot);
+    if dx.dtype() == dtype {
+        dx
+    } else {
+        dx.cast(dtype)
+    }
+}
+
 /// ChatGLM-6B's rotary embedding of q and k together: `x * cos + rotate_half(x) * sin`, where
 /// `rotate_half` swaps the two halves of each of the four quarters of the last dimension (the
 /// position and block halves of q and of k; the sign is folded into `sin`).

@@ -12,8 +12,6 @@ use burn::backend::autodiff::ops::{Backward, Ops, OpsKind};
 use burn::tensor::ops::FloatTensor;
 use burn::tensor::{Slice, TensorMetadata};
 
-use super::softmax::softmax_grad;
-use super::{float, prim};
 use crate::KernelBackend;
 use crate::backend::attend_split;
 
@@ -37,7 +35,7 @@ impl<B: KernelBackend> Backward<B, 3> for QkvAttention {
         // dk = dS^T q. Every product on the inner backend's GEMM (cuBLAS on CUDA).
         let dprobs = B::glm_matmul(dctx.clone(), B::float_transpose(values));
         let dvalues = B::glm_matmul(B::float_transpose(probs.clone()), dctx);
-        let dscores = prim(softmax_grad::<B>(float(probs), float(dprobs)));
+        let dscores = B::glm_softmax_backward(probs, dprobs);
         let dkeys = B::glm_matmul(B::float_transpose(dscores.clone()), q);
         let prefix = |t: &FloatTensor<B>| {
             let dims = t.shape();

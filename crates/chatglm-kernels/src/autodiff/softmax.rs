@@ -5,11 +5,9 @@ use burn::backend::autodiff::checkpoint::base::Checkpointer;
 use burn::backend::autodiff::checkpoint::strategy::CheckpointStrategy;
 use burn::backend::autodiff::grads::Gradients;
 use burn::backend::autodiff::ops::{Backward, Ops, OpsKind, unary};
-use burn::tensor::Tensor;
-use burn::tensor::backend::Backend;
 use burn::tensor::ops::FloatTensor;
 
-use super::{float, narrow, prim, wide};
+use super::{float, prim};
 use crate::{KernelBackend, reference};
 
 /// `softmax(scores + mask)` over the last dimension, the mask a constant; the parent is `scores`.
@@ -23,21 +21,9 @@ impl<B: KernelBackend> Backward<B, 1> for MaskedSoftmax {
     fn backward(self, ops: Ops<Self::State, 1>, grads: &mut Gradients, _: &mut Checkpointer) {
         let y = ops.state;
         unary::<B, _>(ops.parents, ops.node, grads, |dy| {
-            prim(softmax_grad::<B>(float(y), float(dy)))
+            B::glm_softmax_backward(y, dy)
         });
     }
-}
-
-/// `y * (dy - sum(dy * y))` over the last dimension, in at least float32, returned in `y`'s dtype.
-///
-/// # Shapes
-/// - `y`, `dy`: `[batch, heads, seq, keys]`
-pub(super) fn softmax_grad<B: Backend>(y: Tensor<B, 4>, dy: Tensor<B, 4>) -> Tensor<B, 4> {
-    let dtype = y.dtype();
-    let y = wide(y);
-    let dy = wide(dy);
-    let dot = (dy.clone() * y.clone()).sum_dim(3);
-    narrow(y * (dy - dot), dtype)
 }
 
 /// [`KernelBackend::glm_masked_softmax`] on autodiff: the inner backend's kernel forward,

@@ -16,6 +16,7 @@ mod prompt_attention;
 mod qkv;
 mod reduce;
 mod softmax;
+mod softmax_grad;
 mod strides;
 
 use burn::tensor::TensorData;
@@ -112,6 +113,15 @@ where
         match softmax::masked_softmax(&scores, &mask) {
             Some(out) => out,
             None => crate::reference::masked_softmax::<Self>(float(scores), float(mask))
+                .into_primitive()
+                .tensor(),
+        }
+    }
+
+    fn glm_softmax_backward(y: FloatTensor<Self>, dy: FloatTensor<Self>) -> FloatTensor<Self> {
+        match softmax_grad::softmax_grad(y.clone(), dy.clone()) {
+            Some(out) => out,
+            None => crate::reference::softmax_backward::<Self>(float(y), float(dy))
                 .into_primitive()
                 .tensor(),
         }

@@ -264,22 +264,30 @@ fn qkv_grad_kernel<F: Float, N: Size>(
         let pv = (cv / half) * half + (cv % half + half / 2) % half;
         // The tables hold q's columns, then k's.
         let table = part as usize * hv as usize;
-        let (cos_row, sin_row) = (cos_strides.at(b, 0, s), sin_strides.at(b, 0, s));
-        let c0 = Vector::<f32, N>::cast_from(cos[cos_row + table + cv]);
-        let s1 = Vector::<f32, N>::cast_from(sin[sin_row + table + pv]);
-        let (dy0, dy1) = if part == 0 {
+        let c0 = Vector::<f32, N>::cast_from(cos[cos_strides.at(b, 0, s) + table + cv]);
+        let s1 = Vector::<f32, N>::cast_from(sin[sin_strides.at(b, 0, s) + table + pv]);
+        if part == 0 {
             let base = q_strides.at(b, h, s);
-            (dq[base + cv], dq[base + pv])
+            out[pos as usize] = rotated_back::<F, N>(dq, base + cv, base + pv, c0, s1);
         } else {
             let base = k_strides.at(b, h, slot);
-            (dkeys[base + cv], dkeys[base + pv])
-        };
-        let (dy0, dy1) = (
-            Vector::<f32, N>::cast_from(dy0),
-            Vector::<f32, N>::cast_from(dy1),
-        );
-        out[pos as usize] = Vector::<F, N>::cast_from(dy0 * c0 + dy1 * s1);
+            out[pos as usize] = rotated_back::<F, N>(dkeys, base + cv, base + pv, c0, s1);
+        }
     }
+}
+
+/// `dy[at] * c0 + dy[partner] * s1` in float32, rounded to the dtype.
+#[cube]
+fn rotated_back<F: Float, N: Size>(
+    dy: &Array<Vector<F, N>>,
+    at: usize,
+    partner: usize,
+    c0: Vector<f32, N>,
+    s1: Vector<f32, N>,
+) -> Vector<F, N> {
+    let d0 = Vector::<f32, N>::cast_from(dy[at]);
+    let d1 = Vector::<f32, N>::cast_from(dy[partner]);
+    Vector::<F, N>::cast_from(d0 * c0 + d1 * s1)
 }
 
 /// The gradient of the QKV output from those of q, the keys and the values, the keys' and

@@ -355,6 +355,7 @@ fn check_all<B: KernelBackend>(dev: &B::Device, tol: Tol) {
     check_qkv_to_cache::<B>(dev, tol);
     train::check_qkv_attention::<B>(dev, tol);
     train::check_layer_norm_backward::<B>(dev, tol);
+    train::check_softmax_backward::<B>(dev, tol);
     check_layer_norm::<B>(dev, tol);
     check_bias_gelu::<B>(dev, tol);
     check_matmul::<B>(dev, tol);

@@ -232,3 +232,43 @@ pub(super) fn check_layer_norm_backward<B: KernelBackend>(dev: &B::Device, tol: 
         );
     }
 }
+
+/// The softmax's gradient from its output against host math: rows of ChatGLM's P-Tuning keys
+/// (256, vectors of 8), rows longer than a warp's first pass (700 keys) and odd rows (9 keys).
+pub(super) fn check_softmax_backward<B: KernelBackend>(dev: &B::Device, tol: Tol) {
+    for shape in [[2usize, 3, 4, 256], [1, 2, 3, 700], [2, 1, 5, 9]] {
+        let n = shape[3];
+        let rows = shape.iter().product::<usize>() / n;
+        // A softmax's output (positive rows summing to 1) and a gradient.
+        let mut y = random(rows * n, 94, 1.0);
+        for row in y.chunks_mut(n) {
+            let e: Vec<f32> = row.iter().map(|v| (2.0 * v).exp()).collect();
+            let sum: f32 = e.iter().sum();
+            for (o, e) in row.iter_mut().zip(e) {
+                *o = e / sum;
+            }
+        }
+        let dy = random(rows * n, 95, 1.0);
+        let want: Vec<f32> = y
+            .chunks(n)
+            .zip(dy.chunks(n))
+            .flat_map(|(yr, dr)| {
+                let dot: f64 = yr.iter().zip(dr).map(|(a, b)| *a as f64 * *b as f64).sum();
+                yr.iter()
+                    .zip(dr)
+                    .map(move |(a, b)| (*a as f64 * (*b as f64 - dot)) as f32)
+            })
+            .collect();
+        let got = B::glm_softmax_backward(
+            prim(tensor::<B, 4>(&y, shape, dev)),
+            prim(tensor::<B, 4>(&dy, shape, dev)),
+        );
+        let d = max_diff(&values(float::<B>(got)), &want);
+        // Values are below 1; half precision rounds them to 11 bits.
+        assert!(
+            d <= tol.ln / 4.0,
+            "{}: softmax backward {shape:?}: max diff {d}",
+            name::<B>()
+        );
+    }
+}
