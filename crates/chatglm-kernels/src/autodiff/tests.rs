@@ -186,3 +186,46 @@ fn rotary_gradients_match_the_reference_backward() {
     same_out("rotary", ours.clone(), theirs.clone());
     same_grad("qk", &qk, &backward(ours), &backward(theirs));
 }
+
+#[test]
+fn qkv_attention_gradients_match_the_reference_backward() {
+    // The QKV output and the prefix need gradients; also the untracked QKV output of a first
+    // layer whose input needs none (only the prefix's gradients are asked for).
+    let (b, s, heads, hd, past) = (2, 5, 2, 8, 3);
+    for qkv_tracked in [true, false] {
+        let qkv = data([b, s, heads, 3 * hd], 51, 1.5);
+        let qkv = if qkv_tracked { qkv.require_grad() } else { qkv };
+        let bias = data([heads * 3 * hd], 52, 0.5);
+        let (cos, sin) = (
+            data([b, 1, s, 2 * hd], 53, 1.0),
+            data([b, 1, s, 2 * hd], 54, 1.0),
+        );
+        let pk = data([b, heads, past, hd], 55, 1.5).require_grad();
+        let pv = data([b, heads, past, hd], 56, 1.5).require_grad();
+        let hidden = data([b, 1, s, past + s], 57, 1.0).greater_elem(0.5);
+        let mask = Tensor::<Ad, 4>::zeros([b, 1, s, past + s], &Default::default())
+            .mask_fill(hidden, -10_000.0);
+        let ours = float::<Ad, 4>(Ad::glm_qkv_attention(
+            prim(qkv.clone()),
+            Some(prim(bias.clone())),
+            (prim(cos.clone()), prim(sin.clone())),
+            Some((prim(pk.clone()), prim(pv.clone()))),
+            prim(mask.clone()),
+        ));
+        let (q, k, v) = reference::split_qkv(qkv.clone(), Some(bias), |qk| {
+            reference::rotary(qk, cos, sin)
+        });
+        let k = Tensor::cat(vec![pk.clone(), k], 2);
+        let v = Tensor::cat(vec![pv.clone(), v], 2);
+        let theirs = reference::masked_softmax(q.matmul(k.swap_dims(2, 3)), mask).matmul(v);
+        same_out("qkv attention", ours.clone(), theirs.clone());
+        let (ours, theirs) = (backward(ours), backward(theirs));
+        same_grad("prefix keys", &pk, &ours, &theirs);
+        same_grad("prefix values", &pv, &ours, &theirs);
+        if qkv_tracked {
+            same_grad("qkv", &qkv, &ours, &theirs);
+        } else {
+            assert!(qkv.grad(&ours).is_none());
+        }
+    }
+}
