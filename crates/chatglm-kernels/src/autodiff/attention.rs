@@ -37,6 +37,10 @@ impl<B: KernelBackend> Backward<B, 3> for QkvAttention {
         let dvalues = B::glm_matmul(B::float_transpose(probs.clone()), dctx);
         let dscores = B::glm_softmax_backward(probs, dprobs);
         let dkeys = B::glm_matmul(B::float_transpose(dscores.clone()), q);
+        // The prefix's slots, in a buffer of their own: a slice is a view that would keep the
+        // whole gradient alive for as long as the prefix's is held (the P-Tuning step holds
+        // every layer's until the prefix encoder's backward). An elementwise op writes a new
+        // tensor while the viewed one is still held here.
         let prefix = |t: &FloatTensor<B>| {
             let dims = t.shape();
             let slices = [
@@ -45,7 +49,7 @@ impl<B: KernelBackend> Backward<B, 3> for QkvAttention {
                 Slice::from(0..past),
                 Slice::from(0..dims[3]),
             ];
-            B::float_slice(t.clone(), &slices)
+            B::float_add_scalar(B::float_slice(t.clone(), &slices), 0f32.into())
         };
         if let Some(node) = pk_node {
             grads.register::<B>(node.id, prefix(&dkeys));

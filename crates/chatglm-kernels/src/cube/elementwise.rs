@@ -3,7 +3,7 @@
 
 use burn_cubecl::CubeRuntime;
 use burn_cubecl::kernel::into_contiguous;
-use burn_cubecl::ops::numeric::empty_device_dtype;
+use burn_cubecl::ops::numeric::{empty_device_contiguous_dtype, empty_device_dtype};
 use burn_cubecl::tensor::CubeTensor;
 use cubecl::calculate_cube_count_elemwise;
 use cubecl::prelude::*;
@@ -150,7 +150,9 @@ pub(crate) fn rotary<R: CubeRuntime>(
     let dtype = qk.dtype;
     let shape = qk.meta.shape().clone();
     let [_, heads, seq, d] = [shape[0], shape[1], shape[2], shape[3]];
-    let out = empty_device_dtype(client.clone(), qk.device.clone(), shape, dtype);
+    // Contiguous (the kernel writes vector `pos` at `pos`): cubecl may pitch the rows of a
+    // buffer it lays out itself.
+    let out = empty_device_contiguous_dtype(client.clone(), qk.device.clone(), shape, dtype);
     let elements = out.meta.num_elements();
     if elements == 0 {
         return Some(out);

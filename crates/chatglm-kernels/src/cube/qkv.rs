@@ -4,7 +4,7 @@
 
 use burn_cubecl::CubeRuntime;
 use burn_cubecl::kernel::into_contiguous;
-use burn_cubecl::ops::numeric::empty_device_dtype;
+use burn_cubecl::ops::numeric::{empty_device_contiguous_dtype, empty_device_dtype};
 use burn_cubecl::tensor::CubeTensor;
 use cubecl::calculate_cube_count_elemwise;
 use cubecl::prelude::*;
@@ -309,7 +309,9 @@ pub(crate) fn qkv_split_backward<R: CubeRuntime>(
     let (b, heads, s, hd) = (dims[0], dims[1], dims[2], dims[3]);
     let client = dq.client.clone();
     let dtype = dq.dtype;
-    let out = empty_device_dtype(
+    // Contiguous (the kernel writes vector `pos` at `pos`): cubecl may pitch the rows of a
+    // buffer it lays out itself (rows of 3 * 128 half-precision elements, say).
+    let out = empty_device_contiguous_dtype(
         client.clone(),
         dq.device.clone(),
         [b, s, heads, 3 * hd].into(),

@@ -17,9 +17,10 @@ const ROWS_PER_CUBE: u32 = 8;
 /// Units per warp: the kernel's rows are warps of 32 (NVIDIA's, the only runtime it is built for).
 const WARP: u32 = 32;
 
-/// Contiguous `y`, `dy` and output, `rows` rows of `row_vectors` vectors: warp `UNIT_POS_Y` of
-/// cube `CUBE_POS_X` takes one row, each lane every 32nd vector, reading the row twice (the
-/// second time from cache) so that rows of any length fit.
+/// Row-major `y`, `dy` and output (rows maybe pitched: each operand's row stride in vectors),
+/// `rows` rows of `row_vectors` vectors: warp `UNIT_POS_Y` of cube `CUBE_POS_X` takes one row,
+/// each lane every 32nd vector, reading the row twice (the second time from cache) so that rows
+/// of any length fit.
 #[cube(launch)]
 fn softmax_grad_kernel<F: Float, N: Size>(
     y: &Array<Vector<F, N>>,
@@ -27,6 +28,9 @@ fn softmax_grad_kernel<F: Float, N: Size>(
     out: &mut Array<Vector<F, N>>,
     rows: u32,
     row_vectors: u32,
+    y_row: u32,
+    dy_row: u32,
+    out_row: u32,
     #[define(F)] _dtype: StorageType,
 ) {
     let row = CUBE_POS_X * CUBE_DIM_Y + UNIT_POS_Y;
@@ -35,20 +39,23 @@ fn softmax_grad_kernel<F: Float, N: Size>(
         terminate!();
     }
     let nv = row_vectors as usize;
-    let base = row as usize * nv;
+    let row = row as usize;
+    let (y_base, dy_base) = (row * y_row as usize, row * dy_row as usize);
+    let out_base = row * out_row as usize;
     let lane = UNIT_POS_X as usize;
     let mut acc = Vector::<f32, N>::new(0.0f32);
     let mut v = lane;
     while v < nv {
-        acc += Vector::<f32, N>::cast_from(y[base + v]) * Vector::<f32, N>::cast_from(dy[base + v]);
+        acc += Vector::<f32, N>::cast_from(y[y_base + v])
+            * Vector::<f32, N>::cast_from(dy[dy_base + v]);
         v += WARP as usize;
     }
     let dot = Vector::<f32, N>::new(plane_sum(f32::cast_from(acc.vector_sum())));
     let mut w = lane;
     while w < nv {
-        let yv = Vector::<f32, N>::cast_from(y[base + w]);
-        let dv = Vector::<f32, N>::cast_from(dy[base + w]);
-        out[base + w] = Vector::<F, N>::cast_from(yv * (dv - dot));
+        let yv = Vector::<f32, N>::cast_from(y[y_base + w]);
+        let dv = Vector::<f32, N>::cast_from(dy[dy_base + w]);
+        out[out_base + w] = Vector::<F, N>::cast_from(yv * (dv - dot));
         w += WARP as usize;
     }
 }
@@ -68,6 +75,7 @@ pub(crate) fn softmax_grad<R: CubeRuntime>(
     {
         return None;
     }
+    // Row-major, rows maybe pitched (cubecl lays out copies and new buffers so).
     let (y, dy) = (into_contiguous(y), into_contiguous(dy));
     let shape = y.meta.shape().clone();
     let d = shape.num_dims();
@@ -82,6 +90,16 @@ pub(crate) fn softmax_grad<R: CubeRuntime>(
         return None;
     };
     let cubes = rows32.div_ceil(ROWS_PER_CUBE);
+    // Row strides in vectors (`widest_vector` checked that they are whole vectors); a single row
+    // has none.
+    let row_stride = |t: &CubeTensor<R>| {
+        if d < 2 {
+            scalar(n / width)
+        } else {
+            scalar(t.meta.strides()[d - 2] / width)
+        }
+    };
+    let (y_row, dy_row, out_row) = (row_stride(&y), row_stride(&dy), row_stride(&out));
     let dtype = y.dtype;
     softmax_grad_kernel::launch::<R>(
         &client,
@@ -93,6 +111,9 @@ pub(crate) fn softmax_grad<R: CubeRuntime>(
         out.clone().into_array_arg(),
         rows32,
         scalar(n / width),
+        y_row,
+        dy_row,
+        out_row,
         dtype.into(),
     );
     Some(out)
