@@ -162,6 +162,34 @@ pub(super) fn check_rotary<B: KernelBackend>(dev: &B::Device, tol: Tol) {
     }
 }
 
+/// The QKV output `[b, s, h, 3 hd]` with its bias added, split on the host into q|k rows
+/// `[b, h, s, 2 hd]` and v rows `[b, h, s, hd]`.
+pub(super) fn host_split_rows(
+    qkv: &[f32],
+    bias: &[f32],
+    [b, s, h, hd]: [usize; 4],
+) -> (Vec<f32>, Vec<f32>) {
+    let width = 3 * hd;
+    let mut qk = vec![0.0; b * h * s * 2 * hd];
+    let mut v = vec![0.0; b * h * s * hd];
+    for (i, x) in qkv.iter().enumerate() {
+        let (c, hi, si, bi) = (
+            i % width,
+            (i / width) % h,
+            (i / (width * h)) % s,
+            i / (width * h * s),
+        );
+        let x = x + bias[hi * width + c];
+        let row = (bi * h + hi) * s + si;
+        if c < 2 * hd {
+            qk[row * 2 * hd + c] = x;
+        } else {
+            v[row * hd + c - 2 * hd] = x;
+        }
+    }
+    (qk, v)
+}
+
 /// A cached step's attention inputs against host math: bias, split, rotary, cache writes at
 /// `offset`; the slots around them keep their contents, and a cache buffer held elsewhere is not
 /// written.
@@ -178,24 +206,7 @@ pub(super) fn check_qkv_to_cache<B: KernelBackend>(dev: &B::Device, tol: Tol) {
         let sin = random(b * s * 2 * hd, 34, 1.0);
         let keys = random(b * h * cap * hd, 35, 1.0);
         let vals = random(b * h * cap * hd, 36, 1.0);
-        // Host: q|k rows [b, h, s, 2 hd] and v rows [b, h, s, hd], bias added.
-        let mut qk = vec![0.0; b * h * s * 2 * hd];
-        let mut v = vec![0.0; b * h * s * hd];
-        for (i, x) in qkv.iter().enumerate() {
-            let (c, hi, si, bi) = (
-                i % width,
-                (i / width) % h,
-                (i / (width * h)) % s,
-                i / (width * h * s),
-            );
-            let x = x + bias[hi * width + c];
-            let row = (bi * h + hi) * s + si;
-            if c < 2 * hd {
-                qk[row * 2 * hd + c] = x;
-            } else {
-                v[row * hd + c - 2 * hd] = x;
-            }
-        }
+        let (qk, v) = host_split_rows(&qkv, &bias, [b, s, h, hd]);
         let rot = host_rotary(&qk, &cos, &sin, [b, h, s, 2 * hd]);
         let (mut want_q, mut want_k, mut want_v) = (Vec::new(), keys.clone(), vals.clone());
         for row in 0..b * h * s {

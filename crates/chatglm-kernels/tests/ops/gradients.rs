@@ -225,7 +225,10 @@ fn op_gradients<B: AutodiffBackend + KernelBackend>(
         });
         let k = Tensor::cat(vec![pk.clone(), k], 2);
         let v = Tensor::cat(vec![pv.clone(), v], 2);
-        reference::masked_softmax(q.matmul(k.swap_dims(2, 3)), mask).matmul(v)
+        // The products through `chatglm_kernels::matmul` (float32 stays float32; its gradients
+        // are checked against burn's matmul above): burn's own rounds float32 to TF32 on CUDA.
+        let scores = chatglm_kernels::matmul(q, k.swap_dims(2, 3));
+        chatglm_kernels::matmul(reference::masked_softmax(scores, mask), v)
     };
     let g = weighted_sum(y, 78, dev).backward();
     out.push(("qkv attention: qkv", grad(&qkv, &g, "qkv")));

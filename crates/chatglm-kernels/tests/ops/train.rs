@@ -4,7 +4,7 @@
 use burn::tensor::{Tensor, TensorPrimitive};
 use chatglm_kernels::KernelBackend;
 
-use super::attention::{host_decode_attention, host_rotary};
+use super::attention::{host_decode_attention, host_rotary, host_split_rows};
 use super::{F32, HALF, Tol, max_diff, name, random, tensor, values};
 
 /// q `[b, h, s, hd]`, and the keys and values `[b, h, past + s, hd]` (the prefix's first) from a
@@ -17,24 +17,7 @@ fn host_split(
     (pk, pv): (&[f32], &[f32]),
     [b, s, h, hd, past]: [usize; 5],
 ) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
-    let width = 3 * hd;
-    let mut qk = vec![0.0; b * h * s * 2 * hd];
-    let mut v = vec![0.0; b * h * s * hd];
-    for (i, x) in qkv.iter().enumerate() {
-        let (c, hi, si, bi) = (
-            i % width,
-            (i / width) % h,
-            (i / (width * h)) % s,
-            i / (width * h * s),
-        );
-        let x = x + bias[hi * width + c];
-        let row = (bi * h + hi) * s + si;
-        if c < 2 * hd {
-            qk[row * 2 * hd + c] = x;
-        } else {
-            v[row * hd + c - 2 * hd] = x;
-        }
-    }
+    let (qk, v) = host_split_rows(qkv, bias, [b, s, h, hd]);
     let rot = host_rotary(&qk, cos, sin, [b, h, s, 2 * hd]);
     let slots = past + s;
     let (mut q, mut keys, mut vals) = (
