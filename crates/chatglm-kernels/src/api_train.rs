@@ -56,11 +56,8 @@ pub fn qkv_attention<B: KernelBackend>(
         "qkv_attention: mask must be [batch, 1, seq, past + seq]"
     );
     if !fused_enabled() {
-        let (q, k, v) = reference::split_qkv(qkv, bias, |qk| reference::rotary(qk, cos, sin));
-        let (k, v) = match past {
-            None => (k, v),
-            Some((pk, pv)) => (Tensor::cat(vec![pk, k], 2), Tensor::cat(vec![pv, v], 2)),
-        };
+        let (q, k, v) =
+            reference::split_qkv_after(qkv, bias, past, |qk| reference::rotary(qk, cos, sin));
         return crate::matmul(
             crate::masked_softmax(crate::matmul(q, k.swap_dims(2, 3)), mask),
             v,

@@ -149,16 +149,11 @@ pub trait KernelBackend: Backend {
         (cos, sin): (FloatTensor<Self>, FloatTensor<Self>),
         past: Option<(FloatTensor<Self>, FloatTensor<Self>)>,
     ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>) {
-        let (q, k, v) = reference::split_qkv::<Self>(float(qkv), bias.map(float), |qk| {
-            float(Self::glm_rotary(prim(qk), cos, sin))
-        });
-        let (k, v) = match past {
-            None => (k, v),
-            Some((pk, pv)) => (
-                Tensor::cat(vec![float(pk), k], 2),
-                Tensor::cat(vec![float(pv), v], 2),
-            ),
-        };
+        let past = past.map(|(k, v)| (float(k), float(v)));
+        let (q, k, v) =
+            reference::split_qkv_after::<Self>(float(qkv), bias.map(float), past, |qk| {
+                float(Self::glm_rotary(prim(qk), cos, sin))
+            });
         (prim(q), prim(k), prim(v))
     }
 

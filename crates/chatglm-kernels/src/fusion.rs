@@ -60,17 +60,6 @@ impl<B: FusionBackend + KernelBackend> Operation<B::FusionRuntime> for Custom<B>
             .iter()
             .map(|ir| handles.get_float_tensor::<B>(ir));
         let mut next = || inputs.next().expect("custom op registered with its inputs");
-        if let Kind::QkvSplit { has_bias, has_past } = self.kind {
-            let qkv = next();
-            let bias = has_bias.then(&mut next);
-            let tables = (next(), next());
-            let past = has_past.then(|| (next(), next()));
-            let (q, keys, values) = B::glm_qkv_split(qkv, bias, tables, past);
-            for (ir, out) in self.desc.outputs.iter().zip([q, keys, values]) {
-                handles.register_float_tensor::<B>(&ir.id, out);
-            }
-            return;
-        }
         let out = match self.kind {
             Kind::Matmul => {
                 let lhs = next();
@@ -126,7 +115,17 @@ impl<B: FusionBackend + KernelBackend> Operation<B::FusionRuntime> for Custom<B>
                 let y = next();
                 B::glm_softmax_backward(y, next())
             }
-            Kind::QkvSplit { .. } => unreachable!("three outputs, registered above"),
+            Kind::QkvSplit { has_bias, has_past } => {
+                let qkv = next();
+                let bias = has_bias.then(&mut next);
+                let tables = (next(), next());
+                let past = has_past.then(|| (next(), next()));
+                let (q, keys, values) = B::glm_qkv_split(qkv, bias, tables, past);
+                for (ir, out) in self.desc.outputs.iter().zip([q, keys, values]) {
+                    handles.register_float_tensor::<B>(&ir.id, out);
+                }
+                return;
+            }
         };
         handles.register_float_tensor::<B>(&self.desc.outputs[0].id, out);
     }

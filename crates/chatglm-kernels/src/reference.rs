@@ -59,6 +59,21 @@ pub fn layer_norm_backward<B: Backend>(
     }
 }
 
+/// `t` in float32 when it is in half precision, else as it is: the backward passes compute in at
+/// least float32, as the kernels' statistics do.
+pub(crate) fn wide<B: Backend, const D: usize>(t: Tensor<B, D>) -> Tensor<B, D> {
+    if matches!(t.dtype(), DType::F32 | DType::F64) {
+        t
+    } else {
+        t.cast(DType::F32)
+    }
+}
+
+/// `t` in `dtype` (a gradient in its parent's dtype).
+pub(crate) fn narrow<B: Backend, const D: usize>(t: Tensor<B, D>, dtype: DType) -> Tensor<B, D> {
+    if t.dtype() == dtype { t } else { t.cast(dtype) }
+}
+
 /// `x_hat = (x - mean) * rstd` over the last dimension and `rstd = 1 / sqrt(var + eps)` (the
 /// biased variance of the centred rows), in `x`'s dtype.
 ///
@@ -195,6 +210,23 @@ pub fn split_qkv<B: Backend>(
     let q = qk.clone().narrow(3, 0, hd);
     let k = qk.narrow(3, hd, hd);
     (q, k, mixed.narrow(3, 2 * hd, hd))
+}
+
+/// [`split_qkv`], then the keys and values appended to `past`'s (a P-Tuning prefix, `[batch, heads,
+/// past, head_dim]` each): q `[batch, heads, seq, head_dim]`, keys and values `[batch, heads, past +
+/// seq, head_dim]`.
+#[allow(clippy::type_complexity)]
+pub fn split_qkv_after<B: Backend>(
+    qkv: Tensor<B, 4>,
+    bias: Option<Tensor<B, 1>>,
+    past: Option<(Tensor<B, 4>, Tensor<B, 4>)>,
+    rotate: impl FnOnce(Tensor<B, 4>) -> Tensor<B, 4>,
+) -> (Tensor<B, 4>, Tensor<B, 4>, Tensor<B, 4>) {
+    let (q, k, v) = split_qkv(qkv, bias, rotate);
+    match past {
+        None => (q, k, v),
+        Some((pk, pv)) => (q, Tensor::cat(vec![pk, k], 2), Tensor::cat(vec![pv, v], 2)),
+    }
 }
 
 /// The gradient of the QKV output from those of [`split_qkv`]'s q, k and v, the keys and values

@@ -21,12 +21,13 @@ mod tests;
 
 use burn::backend::Autodiff;
 use burn::backend::autodiff::checkpoint::strategy::CheckpointStrategy;
+use burn::tensor::Tensor;
 use burn::tensor::backend::Backend;
 use burn::tensor::ops::FloatTensor;
-use burn::tensor::{DType, Tensor};
 
 use crate::KernelBackend;
 use crate::backend::float;
+use crate::reference::{narrow, wide};
 
 impl<B: KernelBackend, C: CheckpointStrategy> KernelBackend for Autodiff<B, C> {
     const SHAPE_COMPILED: bool = B::SHAPE_COMPILED;
@@ -77,19 +78,4 @@ impl<B: KernelBackend, C: CheckpointStrategy> KernelBackend for Autodiff<B, C> {
 /// A tensor's primitive.
 fn prim<B: Backend, const D: usize>(t: Tensor<B, D>) -> FloatTensor<B> {
     t.into_primitive().tensor()
-}
-
-/// `t` in float32 when it is in half precision, else as it is: the backward passes compute in
-/// at least float32, as the kernels' statistics do.
-fn wide<B: Backend, const D: usize>(t: Tensor<B, D>) -> Tensor<B, D> {
-    if matches!(t.dtype(), DType::F32 | DType::F64) {
-        t
-    } else {
-        t.cast(DType::F32)
-    }
-}
-
-/// `t` in `dtype` (a gradient in its parent's dtype).
-fn narrow<B: Backend, const D: usize>(t: Tensor<B, D>, dtype: DType) -> Tensor<B, D> {
-    if t.dtype() == dtype { t } else { t.cast(dtype) }
 }

@@ -212,11 +212,10 @@ fn qkv_attention_gradients_match_the_reference_backward() {
             Some((prim(pk.clone()), prim(pv.clone()))),
             prim(mask.clone()),
         ));
-        let (q, k, v) = reference::split_qkv(qkv.clone(), Some(bias), |qk| {
+        let past = Some((pk.clone(), pv.clone()));
+        let (q, k, v) = reference::split_qkv_after(qkv.clone(), Some(bias), past, |qk| {
             reference::rotary(qk, cos, sin)
         });
-        let k = Tensor::cat(vec![pk.clone(), k], 2);
-        let v = Tensor::cat(vec![pv.clone(), v], 2);
         let theirs = reference::masked_softmax(q.matmul(k.swap_dims(2, 3)), mask).matmul(v);
         same_out("qkv attention", ours.clone(), theirs.clone());
         let (ours, theirs) = (backward(ours), backward(theirs));

@@ -97,11 +97,9 @@ fn layer_norm_grad_kernel<F: Float, N: Size>(
     }
 }
 
-/// Whether [`layer_norm_grad`] takes these operands: rows and row strides below 2^31 elements.
-pub(crate) fn fits<R: CubeRuntime>(x: &CubeTensor<R>, dy: &CubeTensor<R>) -> bool {
-    super::layer_norm::fits(x, Some(dy))
-}
-
+/// The callers check the operands with [`super::layer_norm::fits`] (rows and row strides below
+/// 2^31 elements, as the forward kernel's scalars).
+///
 /// # Shapes
 /// - `x`, `dy`: `[rows, n]`, `gamma`: `[n]` -> `[rows, n]`
 pub(crate) fn layer_norm_grad<R: CubeRuntime>(

@@ -220,11 +220,10 @@ fn op_gradients<B: AutodiffBackend + KernelBackend>(
             prim(mask),
         ))
     } else {
-        let (q, k, v) = reference::split_qkv(qkv.clone(), Some(bias), |qk| {
+        let past = Some((pk.clone(), pv.clone()));
+        let (q, k, v) = reference::split_qkv_after(qkv.clone(), Some(bias), past, |qk| {
             reference::rotary(qk, cos, sin)
         });
-        let k = Tensor::cat(vec![pk.clone(), k], 2);
-        let v = Tensor::cat(vec![pv.clone(), v], 2);
         // The products through `chatglm_kernels::matmul` (float32 stays float32; its gradients
         // are checked against burn's matmul above): burn's own rounds float32 to TF32 on CUDA.
         let scores = chatglm_kernels::matmul(q, k.swap_dims(2, 3));

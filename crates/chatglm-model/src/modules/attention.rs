@@ -139,11 +139,8 @@ fn attend_inputs<B: KernelBackend>(
             (q, k, v, offset + s)
         }
         KvInput::Fresh(past) => {
-            let (q, k, v) = split_rotate(qkv, bias, rope);
-            let (k, v) = match past {
-                None => (k, v),
-                Some((pk, pv)) => (Tensor::cat(vec![pk, k], 2), Tensor::cat(vec![pv, v], 2)),
-            };
+            let (q, k, v) =
+                chatglm_kernels::reference::split_qkv_after(qkv, bias, past, |qk| rope.apply(qk));
             let used = k.dims()[2];
             (q, k, v, used)
         }
