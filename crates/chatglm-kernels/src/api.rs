@@ -189,8 +189,12 @@ pub enum GemmStatus {
     Cublas {
         /// GEMMs queued on cuBLAS.
         calls: u64,
-        /// Those whose inputs cuBLAS's stream awaited on the GPU (the others drained cubecl's
-        /// queue on the host first: `CHATGLM_GEMM_WAIT=host`, or no waiting kernel).
+        /// Those queued on cubecl's own stream, after their inputs, with no handoff (unless
+        /// `CHATGLM_GEMM_STREAM=own`, or the stream was not found).
+        shared_stream: u64,
+        /// Those queued on a stream of cuBLAS's own whose inputs that stream awaited on the GPU
+        /// (the others there drained cubecl's queue on the host first: `CHATGLM_GEMM_WAIT=host`,
+        /// or no waiting kernel).
         device_waits: u64,
         /// Those queued through cuBLASLt with an algorithm chosen once per shape (half
         /// precision, unless `CHATGLM_CUBLASLT=off`); the others through

@@ -418,8 +418,17 @@ fn fused_ops_match_host_math_and_reference() {
                 "no product ran on cuBLASLt: {status:?}"
             );
         }
-        // ... and their inputs were awaited on the GPU, unless the host wait was asked for.
-        if !std::env::var("CHATGLM_GEMM_WAIT").is_ok_and(|v| v.eq_ignore_ascii_case("host")) {
+        // ... on cubecl's own stream, unless our own was asked for; there, their inputs were
+        // awaited on the GPU, unless the host wait was asked for.
+        let env_is = |name: &str, value: &str| {
+            std::env::var(name).is_ok_and(|v| v.eq_ignore_ascii_case(value))
+        };
+        if !env_is("CHATGLM_GEMM_STREAM", "own") {
+            assert!(
+                matches!(status, chatglm_kernels::GemmStatus::Cublas { shared_stream, .. } if shared_stream >= 20),
+                "cuBLAS did not queue on cubecl's stream: {status:?}"
+            );
+        } else if !env_is("CHATGLM_GEMM_WAIT", "host") {
             assert!(
                 matches!(status, chatglm_kernels::GemmStatus::Cublas { device_waits, .. } if device_waits >= 20),
                 "cuBLAS waited for its inputs on the host: {status:?}"

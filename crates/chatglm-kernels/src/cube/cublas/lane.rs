@@ -24,7 +24,9 @@ use cudarc::cublas::sys::cudaDataType as cudaType;
 use cudarc::driver::{result as cu, sys as cusys};
 
 use super::layout::GemmPlan;
-use super::{DEVICE_WAITS, GEMM, GemmError, HANDOFF, LT_CALLS, RUNNER, WAIT, lt, timed, wait};
+use super::{
+    DEVICE_WAITS, GEMM, GemmError, HANDOFF, LT_CALLS, RUNNER, SHARED, WAIT, lt, stream, timed, wait,
+};
 
 /// One GEMM as the caller hands it to the runner.
 pub(super) struct Job {
@@ -40,8 +42,8 @@ pub(super) struct Job {
 
 /// The lanes of one GPU, one per cubecl stream (that is, per thread queueing work), living on
 /// cubecl's device runner thread for that GPU.
-#[derive(Default)]
 pub(super) struct Lanes {
+    device: DeviceId,
     lanes: HashMap<StreamId, Option<Lane>>,
 }
 
@@ -50,8 +52,11 @@ pub(super) struct Lanes {
 unsafe impl Send for Lanes {}
 
 impl DeviceService for Lanes {
-    fn init(_device_id: DeviceId) -> Self {
-        Self::default()
+    fn init(device: DeviceId) -> Self {
+        Self {
+            device,
+            lanes: HashMap::new(),
+        }
     }
 
     fn utilities(&self) -> ServerUtilitiesHandle {
@@ -66,7 +71,7 @@ impl Lanes {
     pub(super) fn ready(&mut self, client: &ComputeClient<CudaRuntime>, index: usize) -> bool {
         self.lanes
             .entry(StreamId::current())
-            .or_insert_with(|| Lane::new(client, index))
+            .or_insert_with(|| Lane::new(client, index, self.device))
             .is_some()
     }
 
@@ -96,11 +101,28 @@ fn handoff(flag: &Array<Atomic<u32>>, seq: u32) {
     }
 }
 
-/// A cuBLAS handle on a stream of ours, and the flags of its handoffs with one cubecl stream.
-/// Never freed: a lane lasts until the process ends.
+/// Queues on cubecl's stream a one-thread kernel that spins until the `u32` at `flag` reaches
+/// `seq`.
+pub(super) fn handoff_on_cubecl(client: &ComputeClient<CudaRuntime>, flag: Handle, seq: u32) {
+    // SAFETY: `flag` is a buffer of at least one u32.
+    let flag = unsafe { ArrayArg::from_raw_parts(flag, 1) };
+    handoff::launch::<CudaRuntime>(
+        client,
+        CubeCount::Static(1, 1, 1),
+        CubeDim::new_1d(1),
+        flag,
+        seq,
+    );
+}
+
+/// A cuBLAS handle on cubecl's stream, or on a stream of ours with the flags of its handoffs with
+/// that stream. Never freed: a lane lasts until the process ends.
 struct Lane {
     context: cusys::CUcontext,
+    /// Where cuBLAS queues: cubecl's stream when `shared`, else ours.
     stream: cusys::CUstream,
+    /// cuBLAS queues on cubecl's own stream ([`stream::find`]): no handoff at all.
+    shared: bool,
     handle: cublas::cublasHandle_t,
     /// The GPU-side wait for the inputs (`None`: the runner drains cubecl's queue instead).
     wait: Option<wait::DeviceWait>,
@@ -115,10 +137,10 @@ struct Lane {
 }
 
 impl Lane {
-    fn new(client: &ComputeClient<CudaRuntime>, index: usize) -> Option<Self> {
+    fn new(client: &ComputeClient<CudaRuntime>, index: usize, device: DeviceId) -> Option<Self> {
         // cudarc panics where the library lacks a symbol it expects.
         let made = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            Self::try_new(client, index)
+            Self::try_new(client, index, device)
         }));
         let reason = match made {
             Ok(Ok(lane)) => return Some(lane),
@@ -129,7 +151,11 @@ impl Lane {
         None
     }
 
-    fn try_new(client: &ComputeClient<CudaRuntime>, index: usize) -> Result<Self, GemmError> {
+    fn try_new(
+        client: &ComputeClient<CudaRuntime>,
+        index: usize,
+        device: DeviceId,
+    ) -> Result<Self, GemmError> {
         let driver = GemmError::driver;
         // SAFETY: plain driver and cuBLAS calls on handles created here; the primary context is
         // the one cubecl uses, retained (never released) for the lane's lifetime.
@@ -138,8 +164,22 @@ impl Lane {
             let dev = cu::device::get(ordinal).map_err(driver("device"))?;
             let context = cu::primary_ctx::retain(dev).map_err(driver("context"))?;
             cu::ctx::set_current(context).map_err(driver("context"))?;
-            let stream = cu::stream::create(cu::stream::StreamKind::NonBlocking)
+            let own = cu::stream::create(cu::stream::StreamKind::NonBlocking)
                 .map_err(driver("stream"))?;
+            cubecl::future::block_on(client.sync()).map_err(GemmError::other("cubecl sync"))?;
+            let cubecl_stream = if stream::shared_requested() {
+                stream::find(client, device, own)
+                    .inspect_err(|err| {
+                        tracing::warn!(
+                            "cuBLAS queues on a stream of its own, handing off with cubecl's: {err}"
+                        );
+                    })
+                    .ok()
+            } else {
+                None
+            };
+            let shared = cubecl_stream.is_some();
+            let stream = cubecl_stream.unwrap_or(own);
             let mut handle = std::ptr::null_mut();
             checked(cublas::cublasCreate_v2(&mut handle), "cublasCreate")?;
             checked(
@@ -150,7 +190,7 @@ impl Lane {
             cubecl::future::block_on(client.sync()).map_err(GemmError::other("cubecl sync"))?;
             let flag_ptr =
                 pointer(client, flag.clone()).ok_or(GemmError::Unavailable("no flag buffer"))?;
-            let wait = if wait::host_wait_requested() {
+            let wait = if shared || wait::host_wait_requested() {
                 None
             } else {
                 wait::DeviceWait::new(client, stream)
@@ -169,6 +209,7 @@ impl Lane {
             Ok(Self {
                 context,
                 stream,
+                shared,
                 handle,
                 wait,
                 lt,
@@ -180,32 +221,37 @@ impl Lane {
         }
     }
 
-    /// Waits for the inputs, queues the GEMM and the release on our stream, then the handoff on
-    /// cubecl's.
+    /// Queues the GEMM: on cubecl's stream when the lane shares it; else waits for the inputs,
+    /// queues the GEMM and the release on our stream, then the handoff on cubecl's.
     fn run(&mut self, job: &Job) -> Result<(), GemmError> {
         if self.broken {
             return Err(GemmError::Unavailable(
                 "lane disabled after an earlier failure",
             ));
         }
-        let seq = self
-            .seq
-            .checked_add(1)
-            .ok_or(GemmError::Unavailable("sequence numbers exhausted"))?;
         let started = Instant::now();
         // SAFETY: the primary context retained in `try_new`.
         let _ = unsafe { cu::ctx::set_current(self.context) };
         let client = &job.client;
+        if self.shared {
+            // Everything cubecl queued before is already in the driver's queue on this stream.
+            let operands = operands(job)?;
+            let waited = timed(WAIT, started);
+            let gemm = self.queue(job, operands);
+            timed(GEMM, waited);
+            SHARED.fetch_add(1, Ordering::Relaxed);
+            return gemm;
+        }
+        let seq = self
+            .seq
+            .checked_add(1)
+            .ok_or(GemmError::Unavailable("sequence numbers exhausted"))?;
         // On the runner, cubecl's requests run at once: the signal is in the driver's queue, after
         // the inputs' kernels, before the waiting kernel is queued below.
         if let Some(wait) = &self.wait {
             wait::signal(client, wait.flag(), seq);
         }
-        let [Some(first), Some(second), Some(out)] =
-            job.operands.clone().map(|h| pointer(client, h))
-        else {
-            return Err(GemmError::Unavailable("an operand has no device address"));
-        };
+        let operands = operands(job)?;
         let on_device = match &self.wait {
             Some(wait) => match wait.wait(self.stream, seq) {
                 Ok(()) => true,
@@ -222,62 +268,12 @@ impl Lane {
             cubecl::future::block_on(client.sync()).map_err(GemmError::other("cubecl sync"))?;
         }
         let waited = timed(WAIT, started);
-        let (alpha, beta) = (1.0f32, 0.0f32);
-        let op = |t: bool| {
-            if t {
-                cublas::cublasOperation_t::CUBLAS_OP_T
-            } else {
-                cublas::cublasOperation_t::CUBLAS_OP_N
-            }
-        };
-        let plan = &job.plan;
-        // SAFETY: the pointers are live cubecl buffers of the sizes the plan describes (the job
-        // holds their handles until this returns, and cubecl's stream does not reuse them before
-        // the handoff below completes); alpha/beta are float32 as the compute types need.
-        let by_lt = self
-            .lt
-            .as_mut()
-            .and_then(|lt| lt.gemm(plan, job.data, [first, second, out], self.stream.cast()));
-        let (gemm, released, queued) = unsafe {
-            let gemm = match by_lt {
-                Some(result) => {
-                    LT_CALLS.fetch_add(1, Ordering::Relaxed);
-                    result
-                }
-                None => checked(
-                    cublas::cublasGemmStridedBatchedEx(
-                        self.handle,
-                        op(plan.first.trans),
-                        op(plan.second.trans),
-                        plan.m,
-                        plan.n,
-                        plan.k,
-                        (&alpha as *const f32).cast::<c_void>(),
-                        first as *const c_void,
-                        job.data,
-                        plan.first.ld as i32,
-                        plan.first.batch_stride,
-                        second as *const c_void,
-                        job.data,
-                        plan.second.ld as i32,
-                        plan.second.batch_stride,
-                        (&beta as *const f32).cast::<c_void>(),
-                        out as *mut c_void,
-                        job.data,
-                        plan.out.ld as i32,
-                        plan.out.batch_stride,
-                        plan.batch,
-                        job.compute,
-                        cublas::cublasGemmAlgo_t::CUBLAS_GEMM_DEFAULT,
-                    ),
-                    "cublasGemmStridedBatchedEx",
-                ),
-            };
-            let queued = timed(GEMM, waited);
-            // Written whether or not the GEMM was queued, so that the handoff always ends.
-            let released = cusys::cuMemsetD32Async(self.flag_ptr, seq, 1, self.stream).result();
-            (gemm, released, queued)
-        };
+        let gemm = self.queue(job, operands);
+        let queued = timed(GEMM, waited);
+        // Written whether or not the GEMM was queued, so that the handoff always ends.
+        // SAFETY: the lane's live 4-byte flag, on our stream.
+        let released =
+            unsafe { cusys::cuMemsetD32Async(self.flag_ptr, seq, 1, self.stream) }.result();
         if let Err(error) = released {
             // Without the release the handoff would spin forever: leave it out, and this lane.
             self.broken = true;
@@ -290,18 +286,75 @@ impl Lane {
         if on_device {
             DEVICE_WAITS.fetch_add(1, Ordering::Relaxed);
         }
-        // SAFETY: one u32 flag, as allocated in `try_new`.
-        let flag = unsafe { ArrayArg::from_raw_parts((*self.flag).clone(), 1) };
-        handoff::launch::<CudaRuntime>(
-            client,
-            CubeCount::Static(1, 1, 1),
-            CubeDim::new_1d(1),
-            flag,
-            seq,
-        );
+        handoff_on_cubecl(client, (*self.flag).clone(), seq);
         timed(HANDOFF, queued);
         gemm
     }
+
+    /// Queues the GEMM itself on the lane's stream (cuBLASLt where it has a plan, else cuBLAS).
+    fn queue(&mut self, job: &Job, [first, second, out]: [u64; 3]) -> Result<(), GemmError> {
+        let plan = &job.plan;
+        let by_lt = self
+            .lt
+            .as_mut()
+            .and_then(|lt| lt.gemm(plan, job.data, [first, second, out], self.stream.cast()));
+        if let Some(result) = by_lt {
+            LT_CALLS.fetch_add(1, Ordering::Relaxed);
+            return result;
+        }
+        let (alpha, beta) = (1.0f32, 0.0f32);
+        let op = |t: bool| {
+            if t {
+                cublas::cublasOperation_t::CUBLAS_OP_T
+            } else {
+                cublas::cublasOperation_t::CUBLAS_OP_N
+            }
+        };
+        // SAFETY: the pointers are live cubecl buffers of the sizes the plan describes (the job
+        // holds their handles until this returns, and cubecl does not reuse them before the GEMM
+        // has run: it is on cubecl's stream, or the handoff follows it there); alpha/beta are
+        // float32 as the compute types need.
+        unsafe {
+            checked(
+                cublas::cublasGemmStridedBatchedEx(
+                    self.handle,
+                    op(plan.first.trans),
+                    op(plan.second.trans),
+                    plan.m,
+                    plan.n,
+                    plan.k,
+                    (&alpha as *const f32).cast::<c_void>(),
+                    first as *const c_void,
+                    job.data,
+                    plan.first.ld as i32,
+                    plan.first.batch_stride,
+                    second as *const c_void,
+                    job.data,
+                    plan.second.ld as i32,
+                    plan.second.batch_stride,
+                    (&beta as *const f32).cast::<c_void>(),
+                    out as *mut c_void,
+                    job.data,
+                    plan.out.ld as i32,
+                    plan.out.batch_stride,
+                    plan.batch,
+                    job.compute,
+                    cublas::cublasGemmAlgo_t::CUBLAS_GEMM_DEFAULT,
+                ),
+                "cublasGemmStridedBatchedEx",
+            )
+        }
+    }
+}
+
+/// The device addresses of a job's operands, in cuBLAS's order.
+fn operands(job: &Job) -> Result<[u64; 3], GemmError> {
+    let [Some(first), Some(second), Some(out)] =
+        job.operands.clone().map(|h| pointer(&job.client, h))
+    else {
+        return Err(GemmError::Unavailable("an operand has no device address"));
+    };
+    Ok([first, second, out])
 }
 
 /// The device address of a buffer (after the memory it needs is allocated). cubecl's device runner

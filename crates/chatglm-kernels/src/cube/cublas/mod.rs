@@ -1,10 +1,13 @@
 //! Matrix products through cuBLAS on the buffers of burn-cuda tensors: no copy, the output
 //! allocated by cubecl and handed back to burn.
 //!
-//! cubecl 0.10 queues each thread's kernels on a CUDA stream it does not expose, so cuBLAS runs on
-//! a stream of ours (a lane: one per cubecl stream and GPU, see [`lane`]). The caller allocates
-//! the output and hands the GEMM as a task to cubecl's device runner, the thread that hands
-//! cubecl's work to the driver, in order. It does not wait for it. There, the GEMM:
+//! The caller allocates the output and hands the GEMM as a task to cubecl's device runner, the
+//! thread that hands cubecl's work to the driver, in order. It does not wait for it. There, a
+//! lane (one per cubecl stream and GPU, see [`lane`]) queues it on cubecl's own CUDA stream,
+//! found once per lane ([`stream`]), right behind the kernels that wrote its inputs.
+//!
+//! cubecl 0.10 does not expose that stream; where it cannot be found (or with
+//! `CHATGLM_GEMM_STREAM=own`), cuBLAS runs on a stream of ours and the GEMM:
 //! 1. makes our stream wait for the inputs: on the GPU ([`wait`]: a signal kernel on cubecl's
 //!    stream, a kernel of ours spinning on our stream until it has run), or, with
 //!    `CHATGLM_GEMM_WAIT=host` or where that kernel cannot be built, on the host, where the
@@ -29,6 +32,7 @@
 mod lane;
 mod layout;
 mod lt;
+mod stream;
 mod wait;
 
 use std::cell::RefCell;
@@ -79,6 +83,8 @@ fn enabled() -> bool {
 
 /// GEMMs run on cuBLAS so far in this process.
 static CALLS: AtomicU64 = AtomicU64::new(0);
+/// Those of them queued on cubecl's own stream (no handoff).
+static SHARED: AtomicU64 = AtomicU64::new(0);
 /// Those of them whose inputs were awaited on the GPU.
 static DEVICE_WAITS: AtomicU64 = AtomicU64::new(0);
 /// Those of them queued through cuBLASLt.
@@ -164,6 +170,7 @@ pub(crate) fn status() -> GemmStatus {
         let us = |part: usize| HOST_NS[part].load(Ordering::Relaxed) / 1000;
         return GemmStatus::Cublas {
             calls,
+            shared_stream: SHARED.load(Ordering::Relaxed),
             device_waits,
             cublaslt_calls: LT_CALLS.load(Ordering::Relaxed),
             failures: FAILURES.load(Ordering::Relaxed),
