@@ -120,6 +120,36 @@ fn train_step_matches_pytorch() {
             }
         }
 
+        // The same gradients through the training loop's two-stage backward (the loss's pass
+        // ends at one leaf per slot of the prefix table; a second pass reaches the parameters).
+        let (kv2, leaves) = enc.forward_leaves(1, burn::tensor::DType::F32);
+        let loss2 = batch_loss(
+            &model,
+            &batch,
+            Some(&kv2),
+            special,
+            cfg.pad_token_id,
+            &device,
+        )
+        .unwrap();
+        let g2 = params::encoder_grads(&enc, &leaves.backward(&loss2.backward()));
+        assert_eq!(g.len(), g2.len());
+        for ((name, one), (name2, two)) in g.iter().zip(&g2) {
+            assert_eq!(name, name2);
+            let (one, two) = (
+                one.clone().into_data().to_vec::<f32>().unwrap(),
+                two.clone().into_data().to_vec::<f32>().unwrap(),
+            );
+            let scale = one.iter().fold(0f32, |a, &b| a.max(b.abs()));
+            assert!(scale > 0.0, "{variant} {name}: no gradient");
+            for (i, (a, b)) in two.iter().zip(&one).enumerate() {
+                assert!(
+                    (a - b).abs() <= 1e-6 * scale,
+                    "{variant} {name}[{i}]: two-stage {a}, one pass {b}"
+                );
+            }
+        }
+
         // One AdamW step, then the loss again.
         let a = &case["adamw_step"];
         let betas = a["betas"].as_array().unwrap();

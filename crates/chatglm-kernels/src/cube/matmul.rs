@@ -30,14 +30,16 @@ use cubek::std::InputBinding;
 
 use super::{cublas, gemv, mma_gemv};
 
-/// [`cublas::matmul`] when `R` is the CUDA runtime.
+/// [`cublas::matmul`] when `R` is the CUDA runtime, else [`cublas::matmul_relaid`] (half
+/// precision, an operand copied to a layout cuBLAS takes).
 fn cublas_matmul<R: CubeRuntime>(
     lhs: &CubeTensor<R>,
     rhs: &CubeTensor<R>,
 ) -> Option<CubeTensor<R>> {
     let lhs = (lhs as &dyn Any).downcast_ref::<CubeTensor<CudaRuntime>>()?;
     let rhs = (rhs as &dyn Any).downcast_ref::<CubeTensor<CudaRuntime>>()?;
-    let out: Box<dyn Any> = Box::new(cublas::matmul(lhs, rhs)?);
+    let out = cublas::matmul(lhs, rhs).or_else(|| cublas::matmul_relaid(lhs, rhs))?;
+    let out: Box<dyn Any> = Box::new(out);
     out.downcast::<CubeTensor<R>>().ok().map(|out| *out)
 }
 

@@ -267,7 +267,8 @@ fn check_matmul<B: KernelBackend>(dev: &B::Device, tol: Tol) {
     // Batched, as attention scores: [b, h, s, d] x [b, h, d, keys] (5 queries: burn; 40:
     // cuBLAS; one query against a cache of 257 slots: the GEMV kernel).
     for (s, keys) in [(5, 5), (40, 40), (1, 257)] {
-        check_batched_matmul::<B>(dev, tol, s, keys);
+        check_batched_matmul::<B>(dev, tol, s, keys, false);
+        check_batched_matmul::<B>(dev, tol, s, keys, true);
     }
     // A weight broadcast over the batch, seen transposed (GEMV): [3, 2, 64] x [1, 64, 16].
     let (x, w) = (random(3 * 2 * 64, 13, 1.0), random(16 * 64, 14, 1.0));
@@ -322,12 +323,32 @@ fn check_gemm_chain<B: KernelBackend>(dev: &B::Device, tol: Tol) {
     );
 }
 
-fn check_batched_matmul<B: KernelBackend>(dev: &B::Device, tol: Tol, s: usize, keys: usize) {
+/// `[b, h, s, d] x [b, h, d, keys]`; with `heads_view`, the left operand is the view of a
+/// `[b, s, h, d]` tensor that a heads transpose makes (no single batch stride: on CUDA it is
+/// copied before cuBLAS takes it).
+fn check_batched_matmul<B: KernelBackend>(
+    dev: &B::Device,
+    tol: Tol,
+    s: usize,
+    keys: usize,
+    heads_view: bool,
+) {
     let (b, h, d) = (2usize, 3usize, 128usize);
     let q = random(b * h * s * d, 9, 1.0);
     let kk = random(b * h * keys * d, 10, 1.0);
+    let lhs = if heads_view {
+        let mut by_position = vec![0f32; q.len()];
+        for (i, v) in q.iter().enumerate() {
+            let (bh, sd) = (i / (s * d), i % (s * d));
+            let (bi, hi, si, di) = (bh / h, bh % h, sd / d, sd % d);
+            by_position[((bi * s + si) * h + hi) * d + di] = *v;
+        }
+        tensor::<B, 4>(&by_position, [b, s, h, d], dev).swap_dims(1, 2)
+    } else {
+        tensor::<B, 4>(&q, [b, h, s, d], dev)
+    };
     let got = values(chatglm_kernels::matmul(
-        tensor::<B, 4>(&q, [b, h, s, d], dev),
+        lhs,
         tensor::<B, 4>(&kk, [b, h, keys, d], dev).swap_dims(2, 3),
     ));
     let mut want = Vec::new();
@@ -344,7 +365,7 @@ fn check_batched_matmul<B: KernelBackend>(dev: &B::Device, tol: Tol, s: usize, k
     let diff = max_diff(&got, &want) / (d as f32).sqrt();
     assert!(
         diff <= tol.mm,
-        "{}: batched matmul ({s} queries, {keys} keys): max diff / sqrt(k) = {diff}",
+        "{}: batched matmul ({s} queries, {keys} keys, heads view {heads_view}): max diff / sqrt(k) = {diff}",
         name::<B>()
     );
 }

@@ -254,7 +254,7 @@ pub fn train_from<B: AutodiffBackend + chatglm_model::KernelBackend>(
             tokens += rows.iter().map(|&r| features[r].length as u64).sum::<u64>();
             let enc = params::trainable_encoder::<B>(&params)?;
             // In the base dtype: the dropout masks then take half the memory on GPU.
-            let mut kv = enc.forward_as(batch.len(), base_dtype);
+            let (mut kv, leaves) = enc.forward_leaves(batch.len(), base_dtype);
             if opts.prefix_dropout > 0.0 {
                 B::seed(device, mix(&[opts.seed, step, micro as u64, 0xd209]));
                 kv = prefix_dropout(kv, opts.prefix_dropout);
@@ -282,6 +282,7 @@ pub fn train_from<B: AutodiffBackend + chatglm_model::KernelBackend>(
                 (loss.clone().inner(), (loss / divisor).backward())
             };
             drop(kv);
+            let grads = leaves.backward(&grads);
             let value = f64::from(
                 loss.into_data()
                     .convert_dtype(DType::F32)

@@ -270,6 +270,33 @@ pub(crate) fn matmul(
     Some(out)
 }
 
+/// [`matmul`], after copying into a contiguous buffer an operand whose layout one batch stride
+/// cannot describe (the gradient of a heads transpose, `[batch, heads, ..]` viewed out of
+/// `[batch, .., heads * dim]`): one copy, then cuBLAS, where burn's matmul would take several
+/// times the GEMM's time. `None` where cuBLAS would refuse the product anyway.
+pub(crate) fn matmul_relaid(
+    lhs: &CubeTensor<CudaRuntime>,
+    rhs: &CubeTensor<CudaRuntime>,
+) -> Option<CubeTensor<CudaRuntime>> {
+    let (ls, rs) = (lhs.meta.shape(), rhs.meta.shape());
+    let (lc, rc) = (contiguous_strides(ls), contiguous_strides(rs));
+    let out = contiguous_strides(&burn::tensor::calculate_matmul_output(ls, rs).ok()?);
+    let plans = |l: &[usize], r: &[usize]| GemmPlan::new((ls, l), (rs, r), &out).is_some();
+    let (lhs_s, rhs_s) = (lhs.meta.strides(), rhs.meta.strides());
+    if plans(lhs_s, rhs_s) || !plans(&lc, &rc) || !matches!(lhs.dtype, DType::F16 | DType::BF16) {
+        // Either cuBLAS refused for another reason, or no copy helps.
+        return None;
+    }
+    let copy = |t: &CubeTensor<CudaRuntime>| burn_cubecl::kernel::into_contiguous(t.clone());
+    if plans(&lc, rhs_s) {
+        matmul(&copy(lhs), rhs)
+    } else if plans(lhs_s, &rc) {
+        matmul(lhs, &copy(rhs))
+    } else {
+        matmul(&copy(lhs), &copy(rhs))
+    }
+}
+
 /// The way from one thread to the lane of one cubecl stream on one GPU.
 #[derive(Clone)]
 struct Runner {

@@ -107,7 +107,10 @@ pub(super) fn find(
     // wait for).
     // SAFETY: a live 4-byte buffer; `own` is our stream in the current context.
     unsafe {
-        if cusys::cuMemsetD32Async(flag_ptr, 1, 1, own).result().is_err() {
+        if cusys::cuMemsetD32Async(flag_ptr, 1, 1, own)
+            .result()
+            .is_err()
+        {
             cusys::cuMemsetD32_v2(flag_ptr, 1, 1)
                 .result()
                 .map_err(GemmError::driver("raising the probe's flag"))?;
