@@ -27,23 +27,56 @@ pub(super) fn shared_requested() -> bool {
     !std::env::var(STREAM_ENV).is_ok_and(|v| v.eq_ignore_ascii_case("own"))
 }
 
-/// The stream handles printed as `Stream { sys: 0x… }` in `text`, in order, without repeats.
-fn printed_streams(text: &str) -> Vec<u64> {
-    const FIELD: &str = "Stream { sys: 0x";
-    let mut found = Vec::new();
-    for (at, _) in text.match_indices(FIELD) {
-        let rest = &text[at + FIELD.len()..];
-        let end = rest
-            .find(|c: char| !c.is_ascii_hexdigit())
-            .unwrap_or(rest.len());
-        if let Ok(handle) = u64::from_str_radix(&rest[..end], 16)
-            && handle != 0
-            && !found.contains(&handle)
-        {
-            found.push(handle);
+/// The field before a stream's handle in cubecl-cuda's `Debug` text.
+const FIELD: &str = "Stream { sys: 0x";
+
+/// A `fmt::Write` sink that keeps only the stream handles printed as `Stream { sys: 0x… }`, in
+/// order, without repeats, and only as much text as a match cut between two writes needs: the
+/// server's text also prints its in-memory PTX cache byte by byte (tens of MB).
+#[derive(Default)]
+struct StreamScan {
+    pending: String,
+    found: Vec<u64>,
+}
+
+impl std::fmt::Write for StreamScan {
+    fn write_str(&mut self, piece: &str) -> std::fmt::Result {
+        self.pending.push_str(piece);
+        let text = &self.pending;
+        let mut done = 0;
+        let mut open = None;
+        while let Some(at) = text[done..].find(FIELD) {
+            let digits = done + at + FIELD.len();
+            let Some(len) = text[digits..].find(|c: char| !c.is_ascii_hexdigit()) else {
+                // The handle may go on in the next write.
+                open = Some(done + at);
+                break;
+            };
+            if let Ok(handle) = u64::from_str_radix(&text[digits..digits + len], 16)
+                && handle != 0
+                && !self.found.contains(&handle)
+            {
+                self.found.push(handle);
+            }
+            done = digits + len;
         }
+        // Keep an open match, or a tail that may be the start of one.
+        let mut keep = open.unwrap_or_else(|| done.max(text.len().saturating_sub(FIELD.len())));
+        while !text.is_char_boundary(keep) {
+            keep -= 1;
+        }
+        self.pending.drain(..keep);
+        Ok(())
     }
-    found
+}
+
+/// The stream handles printed as `Stream { sys: 0x… }` in `value`'s `Debug` text.
+fn printed_streams(value: &impl std::fmt::Debug) -> Vec<u64> {
+    use std::fmt::Write;
+    let mut scan = StreamScan::default();
+    // Writing to the scan never fails; a `Debug` impl that fails leaves what was seen so far.
+    let _ = write!(scan, "{value:?}");
+    scan.found
 }
 
 /// Whether the driver reports `stream` busy (work queued and not done).
@@ -71,10 +104,10 @@ pub(super) fn find(
     own: cusys::CUstream,
 ) -> Result<cusys::CUstream, GemmError> {
     let server = DeviceHandle::<<CudaRuntime as Runtime>::Server>::new(device);
-    let text = server
-        .submit_blocking(|server| format!("{server:?}"))
+    let printed = server
+        .submit_blocking(|server| printed_streams(server))
         .map_err(GemmError::other("printing cubecl's server"))?;
-    let candidates: Vec<cusys::CUstream> = printed_streams(&text)
+    let candidates: Vec<cusys::CUstream> = printed
         .into_iter()
         .map(|h| h as usize as cusys::CUstream)
         .collect();
@@ -141,18 +174,51 @@ const LOOKS: usize = 4;
 
 #[cfg(test)]
 mod tests {
-    use super::printed_streams;
+    use std::fmt::Write;
+
+    use super::{StreamScan, printed_streams};
+
+    const TEXT: &str = "CudaServer { ctx: CudaContext { ptx: [46, 118, 101] }, streams: MultiStream { \
+        streams: StreamPool { streams: [None, Some(StreamWrapper { stream: Stream { sys: \
+        0x5a1b2c3d40, memory_management_gpu: DynamicMemoryManagement \"GpuStorage\" }, cursor: 3 \
+        }), Some(StreamWrapper { stream: Stream { sys: 0x7f00aa, memory_management_gpu: .. } }), \
+        Some(StreamWrapper { stream: Stream { sys: 0x5a1b2c3d40 } }), Some(StreamWrapper { \
+        stream: Stream { sys: 0x0 } })] }, max_streams: 4 }, comm_stream: 0x1234, é }";
+
+    /// A value whose `Debug` text is [`TEXT`], written in pieces of `piece` bytes.
+    struct Pieces(usize);
+
+    impl std::fmt::Debug for Pieces {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            let mut rest = TEXT;
+            while !rest.is_empty() {
+                let mut cut = self.0.min(rest.len());
+                while !rest.is_char_boundary(cut) {
+                    cut += 1;
+                }
+                f.write_str(&rest[..cut])?;
+                rest = &rest[cut..];
+            }
+            Ok(())
+        }
+    }
 
     #[test]
     fn stream_handles_are_read_from_the_servers_debug_text() {
-        let text = "CudaServer { ctx: CudaContext { .. }, streams: MultiStream { streams: \
-            StreamPool { streams: [None, Some(StreamWrapper { stream: Stream { sys: 0x5a1b2c3d40, \
-            memory_management_gpu: DynamicMemoryManagement \"GpuStorage\" }, cursor: 3 }), \
-            Some(StreamWrapper { stream: Stream { sys: 0x7f00aa, memory_management_gpu: .. } }), \
-            Some(StreamWrapper { stream: Stream { sys: 0x5a1b2c3d40 } })] }, max_streams: 4 }, \
-            comm_stream: 0x1234 }";
-        assert_eq!(printed_streams(text), vec![0x5a1b2c3d40, 0x7f00aa]);
-        assert!(printed_streams("CudaServer { comm_stream: 0x1234 }").is_empty());
-        assert!(printed_streams("Stream { sys: 0x0 }").is_empty());
+        // Whole, and cut anywhere (inside the field's name, inside a handle).
+        for piece in [TEXT.len(), 1, 2, 3, 5, 7, 16, 17, 40] {
+            assert_eq!(
+                printed_streams(&Pieces(piece)),
+                vec![0x5a1b2c3d40, 0x7f00aa],
+                "pieces of {piece} bytes"
+            );
+        }
+        let mut scan = StreamScan::default();
+        scan.write_str("CudaServer { comm_stream: 0x1234 }")
+            .unwrap();
+        assert!(scan.found.is_empty());
+        // Nothing past a possible start of the field is kept.
+        scan.write_str(&"0".repeat(10_000)).unwrap();
+        assert!(scan.pending.len() <= super::FIELD.len());
     }
 }
