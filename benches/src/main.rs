@@ -261,13 +261,27 @@ fn run<B: chatglm_model::KernelBackend>(opts: &Opts, device: B::Device) -> anyho
         }
         warmup.insert(format!("prefill_{len}"), json!(times[0]));
         let best = times[1..].iter().copied().fold(f64::INFINITY, f64::min);
+        // The GEMMs' own GPU time in the split run (CHATGLM_GEMM_EVENTS=1), earlier ones cleared.
+        let gpu_index = match opts.device {
+            DeviceSpec::Cuda(i) => Some(i),
+            DeviceSpec::Cpu => None,
+        };
+        let gemm_times = || gpu_index.and_then(chatglm_kernels::gemm_gpu_times);
+        gemm_times();
         let (queued_s, synced_s) =
             prefill_split(&model, &prompt, special, cfg.pad_token_id, &device)?;
+        let gemm_gpu = gemm_times().filter(|t| t.gemms > 0).map(|t| {
+            json!({
+                "gemms": t.gemms, "gemm_ms": t.gemm_ms, "span_ms": t.span_ms,
+                "by_shape": t.by_shape,
+            })
+        });
         prefill.insert(
             len.to_string(),
             json!({
                 "seconds": best, "tok_per_s": len as f64 / best,
                 "host_queue_s": queued_s, "host_queue_then_sync_s": synced_s,
+                "gemm_gpu": gemm_gpu,
             }),
         );
     }

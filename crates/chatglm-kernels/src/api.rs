@@ -229,6 +229,34 @@ pub struct GemmHostTimes {
     pub handoff_us: u64,
 }
 
+/// GPU time of the cuBLAS GEMMs, from a CUDA event before and after each one on the stream that
+/// runs it (only with `CHATGLM_GEMM_EVENTS=1`, for benchmarks: two events per GEMM).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct GemmGpuTimes {
+    /// GEMMs timed.
+    pub gemms: u64,
+    /// GPU time inside them, in milliseconds.
+    pub gemm_ms: f64,
+    /// From the first one's start to the last one's end, in milliseconds: with the GEMMs on
+    /// cubecl's stream, what is not GEMM time is the other kernels' and the GPU's idle time.
+    pub span_ms: f64,
+    /// Per shape `batch x m x k x n` (`[batch, m, k] x [k, n]`): GEMMs and milliseconds.
+    pub by_shape: Vec<(String, u64, f64)>,
+}
+
+/// The GPU times of the GEMMs queued on CUDA device `index` since the last call (which it
+/// clears), waiting for them to finish; `None` when no GEMM ran on cuBLAS, and all zeros unless
+/// `CHATGLM_GEMM_EVENTS=1` was set.
+pub fn gemm_gpu_times(index: usize) -> Option<GemmGpuTimes> {
+    #[cfg(feature = "cuda")]
+    return crate::cube::gemm_gpu_times(index);
+    #[cfg(not(feature = "cuda"))]
+    {
+        let _ = index;
+        None
+    }
+}
+
 /// See [`GemmStatus`].
 pub fn gemm_status() -> GemmStatus {
     #[cfg(feature = "cuda")]

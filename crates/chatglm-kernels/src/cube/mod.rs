@@ -27,6 +27,7 @@ use crate::KernelBackend;
 use crate::backend::float;
 use crate::read::{PendingRead, ReadError};
 
+pub(crate) use cublas::gpu_times as gemm_gpu_times;
 pub(crate) use cublas::status as gemm_status;
 pub(crate) use gemv::calls as gemv_calls;
 pub(crate) use mma_gemv::calls as mma_gemv_calls;

@@ -192,6 +192,11 @@ fn bench<B: AutodiffBackend + chatglm_model::KernelBackend>(
     let mut step_times = Vec::new();
     let mut last = Instant::now();
     let warmup = o.warmup;
+    // The GEMMs' own GPU time over the timed steps (CHATGLM_GEMM_EVENTS=1).
+    let gpu: Option<usize> = o
+        .device
+        .strip_prefix("cuda")
+        .map(|rest| rest.trim_start_matches(':').parse().unwrap_or(0));
     train(&base, &feats, &opts, out.path(), None, &device, &mut |e| {
         if let TrainEvent::Step { step, loss } = e {
             let now = Instant::now();
@@ -204,6 +209,7 @@ fn bench<B: AutodiffBackend + chatglm_model::KernelBackend>(
             }
             if step == warmup {
                 timed_from = Some(now);
+                gpu.and_then(chatglm_kernels::gemm_gpu_times);
             }
             last = now;
         }
@@ -213,7 +219,17 @@ fn bench<B: AutodiffBackend + chatglm_model::KernelBackend>(
     let total: f64 = step_times.iter().sum();
     let n = step_times.len().max(1) as f64;
     let tokens = (o.batch * o.seq) as f64;
+    let gemm_gpu = gpu
+        .and_then(chatglm_kernels::gemm_gpu_times)
+        .filter(|t| t.gemms > 0)
+        .map(|t| {
+            serde_json::json!({
+                "gemms_per_step": t.gemms as f64 / n, "gemm_ms_per_step": t.gemm_ms / n,
+                "span_ms_per_step": t.span_ms / n, "by_shape": t.by_shape,
+            })
+        });
     Ok(serde_json::json!({
+        "gemm_gpu": gemm_gpu,
         "step_seconds": total / n,
         "tokens_per_second": tokens * n / total.max(1e-9),
         "step_times": step_times,

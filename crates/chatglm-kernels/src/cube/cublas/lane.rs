@@ -25,7 +25,8 @@ use cudarc::driver::{result as cu, sys as cusys};
 
 use super::layout::GemmPlan;
 use super::{
-    DEVICE_WAITS, GEMM, GemmError, HANDOFF, LT_CALLS, RUNNER, SHARED, WAIT, lt, stream, timed, wait,
+    DEVICE_WAITS, GEMM, GemmError, HANDOFF, LT_CALLS, RUNNER, SHARED, WAIT, lt, stream, timed,
+    timing, wait,
 };
 
 /// One GEMM as the caller hands it to the runner.
@@ -45,6 +46,8 @@ pub(super) struct Job {
 pub(super) struct Lanes {
     device: DeviceId,
     lanes: HashMap<StreamId, Option<Lane>>,
+    /// The GEMMs' GPU times, when asked for ([`timing`]).
+    marks: timing::Marks,
 }
 
 // SAFETY: a `Lanes` is created on cubecl's device runner thread (`DeviceService::init` runs there)
@@ -56,6 +59,7 @@ impl DeviceService for Lanes {
         Self {
             device,
             lanes: HashMap::new(),
+            marks: timing::Marks::default(),
         }
     }
 
@@ -75,11 +79,16 @@ impl Lanes {
             .is_some()
     }
 
+    /// The GPU times of the GEMMs timed since the last call (see [`timing`]). Run on the runner.
+    pub(super) fn take_times(&mut self) -> crate::GemmGpuTimes {
+        self.marks.take()
+    }
+
     /// Queues `job` on the calling stream's lane (made by [`Self::ready`]). Run on the runner.
     pub(super) fn run(&mut self, job: Job) {
         let started = Instant::now();
         let outcome = match self.lanes.get_mut(&StreamId::current()) {
-            Some(Some(lane)) => lane.run(&job),
+            Some(Some(lane)) => lane.run(&job, &mut self.marks),
             _ => Err(GemmError::Unavailable("no lane for this stream")),
         };
         timed(RUNNER, started);
@@ -223,7 +232,7 @@ impl Lane {
 
     /// Queues the GEMM: on cubecl's stream when the lane shares it; else waits for the inputs,
     /// queues the GEMM and the release on our stream, then the handoff on cubecl's.
-    fn run(&mut self, job: &Job) -> Result<(), GemmError> {
+    fn run(&mut self, job: &Job, marks: &mut timing::Marks) -> Result<(), GemmError> {
         if self.broken {
             return Err(GemmError::Unavailable(
                 "lane disabled after an earlier failure",
@@ -237,7 +246,7 @@ impl Lane {
             // Everything cubecl queued before is already in the driver's queue on this stream.
             let operands = operands(job)?;
             let waited = timed(WAIT, started);
-            let gemm = self.queue(job, operands);
+            let gemm = marks.around(self.stream, job.plan, || self.queue(job, operands));
             timed(GEMM, waited);
             SHARED.fetch_add(1, Ordering::Relaxed);
             return gemm;
@@ -268,7 +277,7 @@ impl Lane {
             cubecl::future::block_on(client.sync()).map_err(GemmError::other("cubecl sync"))?;
         }
         let waited = timed(WAIT, started);
-        let gemm = self.queue(job, operands);
+        let gemm = marks.around(self.stream, job.plan, || self.queue(job, operands));
         let queued = timed(GEMM, waited);
         // Written whether or not the GEMM was queued, so that the handoff always ends.
         // SAFETY: the lane's live 4-byte flag, on our stream.

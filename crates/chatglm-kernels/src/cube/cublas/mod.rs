@@ -33,6 +33,7 @@ mod lane;
 mod layout;
 mod lt;
 mod stream;
+mod timing;
 mod wait;
 
 use std::cell::RefCell;
@@ -268,6 +269,15 @@ pub(crate) fn matmul(
     CALLS.fetch_add(1, Ordering::Relaxed);
     timed(TOTAL, start);
     Some(out)
+}
+
+/// See [`crate::gemm_gpu_times`]: `None` where no GEMM ran on cuBLAS on that GPU.
+pub(crate) fn gpu_times(index: usize) -> Option<crate::GemmGpuTimes> {
+    if CALLS.load(Ordering::Relaxed) == 0 {
+        return None;
+    }
+    let lanes = DeviceHandle::<Lanes>::new(CudaDevice::new(index).to_id());
+    lanes.submit_blocking(|lanes| lanes.take_times()).ok()
 }
 
 /// [`matmul`], after copying into a contiguous buffer an operand whose layout one batch stride
