@@ -72,13 +72,42 @@ impl<B: Backend> ForwardInputs<B> {
         device: &B::Device,
     ) -> Self {
         let [b, s] = [positions.batch, positions.seq];
+        let mask = Tensor::from_data(
+            TensorData::new(mask, [b, 1, s, keys]),
+            (device, float_dtype::<B>()),
+        );
+        Self::with_mask(ids, positions, mask, head_dim, device)
+    }
+
+    /// The inputs of left-padded prompts (`ids`: `[batch * width]`) in a cache of `keys` slots
+    /// after `prefix_len` prefix slots, the mask built on the device ([`crate::mask`]).
+    pub fn prompts(
+        ids: &[i64],
+        layout: &BatchLayout,
+        prefix_len: usize,
+        keys: usize,
+        head_dim: usize,
+        device: &B::Device,
+    ) -> Self {
+        let ids = Tensor::from_data(
+            TensorData::new(ids.to_vec(), [layout.rows.len(), layout.width]),
+            device,
+        );
+        let mask = crate::mask::prompt_mask(layout, prefix_len, keys, device);
+        Self::with_mask(ids, &layout.prompt_positions(), mask, head_dim, device)
+    }
+
+    fn with_mask(
+        ids: Tensor<B, 2, Int>,
+        positions: &PositionIds,
+        mask: Tensor<B, 4>,
+        head_dim: usize,
+        device: &B::Device,
+    ) -> Self {
         Self {
             ids,
             rope: Rope::new(positions, head_dim, device),
-            mask: Tensor::from_data(
-                TensorData::new(mask, [b, 1, s, keys]),
-                (device, float_dtype::<B>()),
-            ),
+            mask,
         }
     }
 
@@ -94,10 +123,10 @@ impl<B: Backend> ForwardInputs<B> {
     ) -> Self {
         let layout = BatchLayout::new(seqs, special);
         let keys = prefix_len + layout.width;
-        Self::new(
+        Self::prompts(
             &layout.padded_ids(seqs, pad_id),
-            &layout.prompt_positions(),
-            layout.prompt_mask(prefix_len, keys),
+            &layout,
+            prefix_len,
             keys,
             head_dim,
             device,

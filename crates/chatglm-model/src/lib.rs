@@ -15,6 +15,7 @@ pub mod generation;
 pub mod glm;
 pub mod kv_cache;
 pub mod load;
+pub mod mask;
 pub mod modules;
 pub mod positions;
 pub mod prefix;

@@ -283,10 +283,10 @@ fn prefill_layout<B: KernelBackend>(
     let needed = prefix_len + layout.width + extra;
     let mut cache = model.new_cache(prompts.len(), needed, prefix, device);
     let keys = cache.capacity;
-    let inputs = ForwardInputs::new(
+    let inputs = ForwardInputs::prompts(
         &layout.padded_ids(prompts, pad_id),
-        &layout.prompt_positions(),
-        layout.prompt_mask(prefix_len, keys),
+        &layout,
+        prefix_len,
         keys,
         model.head_dim(),
         device,
