@@ -3,11 +3,15 @@
 //! Each head of q and k is split into two halves; the first half rotates by the position id, the
 //! second by the block position id. Within a half of size `r` the rotation is "rotate half"
 //! style with `inv_freq[i] = 1 / 10000^(2i / r)` rounded to float16 as the original stores it.
-//! The cos/sin tables are computed on the host for exactly the positions in use, so the tensors
-//! given to the device always have the shape of the batch (fixed shapes in the decode loop).
+//! The cos/sin tables are made on the host for exactly the positions in use, so the tensors
+//! given to the device always have the shape of the batch (fixed shapes in the decode loop); their
+//! rows are copied from per-id rows computed once per process, and they travel in float32 and are
+//! cast on the device.
+
+use std::sync::{Arc, Mutex};
 
 use burn::tensor::backend::Backend;
-use burn::tensor::{Tensor, TensorData};
+use burn::tensor::{DType, Tensor, TensorData};
 
 use crate::device::float_dtype;
 use crate::positions::PositionIds;
@@ -48,10 +52,15 @@ impl<B: Backend> Rope<B> {
             sin_qk.extend(sin[row.clone()].iter().map(|v| v * scale));
             sin_qk.extend_from_slice(&sin[row]);
         }
+        // Uploaded in float32 and cast on the device: the host converts nothing.
         let shape = [positions.batch, 1, positions.seq, 2 * head_dim];
+        let table = |values: Vec<f32>| {
+            Tensor::<B, 4>::from_data(TensorData::new(values, shape), (device, DType::F32))
+                .cast(float_dtype::<B>())
+        };
         Self {
-            cos: Tensor::from_data(TensorData::new(cos_qk, shape), (device, float_dtype::<B>())),
-            sin: Tensor::from_data(TensorData::new(sin_qk, shape), (device, float_dtype::<B>())),
+            cos: table(cos_qk),
+            sin: table(sin_qk),
         }
     }
 }
@@ -70,29 +79,156 @@ impl<B: chatglm_kernels::KernelBackend> Rope<B> {
 /// Host cos/sin tables `[batch * seq * head_dim]` (sin carries the rotate-half sign).
 pub fn host_tables(positions: &PositionIds, head_dim: usize) -> (Vec<f32>, Vec<f32>) {
     let rot = head_dim / 2;
-    let freqs = inv_freq(rot);
+    let half = rot / 2;
     let n = positions.batch * positions.seq;
+    let most = positions
+        .position
+        .iter()
+        .chain(&positions.block)
+        .copied()
+        .max()
+        .unwrap_or(0);
+    let table = id_table(rot, most);
     let mut cos = Vec::with_capacity(n * head_dim);
     let mut sin = Vec::with_capacity(n * head_dim);
     for t in 0..n {
         for id in [positions.position[t], positions.block[t]] {
-            for sign in [-1.0f64, 1.0] {
-                for f in &freqs {
-                    // The original multiplies in float32; the product is exact (f16 frequency
-                    // times an integer below 2^13), then takes cos/sin of it.
-                    let angle = (id as f32 * f) as f64;
-                    cos.push(angle.cos() as f32);
-                    sin.push((sign * angle.sin()) as f32);
+            let computed;
+            let (c, s) = match table.row(id) {
+                Some(row) => row,
+                None => {
+                    computed = IdRow::of(id, &inv_freq(rot));
+                    (&computed.cos[..], &computed.sin[..])
                 }
+            };
+            debug_assert_eq!(c.len(), half);
+            for sign in [-1.0f32, 1.0] {
+                cos.extend_from_slice(c);
+                sin.extend(s.iter().map(|v| sign * v));
             }
         }
     }
     (cos, sin)
 }
 
+/// cos and sin of one id's angles (`id * inv_freq[i]`).
+#[derive(Debug, Default)]
+struct IdRow {
+    cos: Vec<f32>,
+    sin: Vec<f32>,
+}
+
+impl IdRow {
+    fn of(id: i64, freqs: &[f32]) -> Self {
+        let mut row = Self::default();
+        for f in freqs {
+            // The original multiplies in float32; the product is exact (f16 frequency times an
+            // integer below 2^13), then takes cos/sin of it.
+            let angle = (id as f32 * f) as f64;
+            row.cos.push(angle.cos() as f32);
+            row.sin.push(angle.sin() as f32);
+        }
+        row
+    }
+}
+
+/// [`IdRow`]s of the ids `0..len` for one rotary half size, side by side.
+#[derive(Debug)]
+struct IdTable {
+    half: usize,
+    cos: Vec<f32>,
+    sin: Vec<f32>,
+}
+
+impl IdTable {
+    fn new(rot: usize, len: usize) -> Self {
+        let freqs = inv_freq(rot);
+        let mut table = Self {
+            half: freqs.len(),
+            cos: Vec::with_capacity(len * freqs.len()),
+            sin: Vec::with_capacity(len * freqs.len()),
+        };
+        for id in 0..len as i64 {
+            let row = IdRow::of(id, &freqs);
+            table.cos.extend(row.cos);
+            table.sin.extend(row.sin);
+        }
+        table
+    }
+
+    fn row(&self, id: i64) -> Option<(&[f32], &[f32])> {
+        let at = usize::try_from(id).ok()? * self.half;
+        Some((
+            self.cos.get(at..at + self.half)?,
+            self.sin.get(at..at + self.half)?,
+        ))
+    }
+}
+
+/// Ids the process-wide tables cover at most (ChatGLM-6B's positions stay below 2048 plus the
+/// generated tokens); larger ones are computed per call.
+const MAX_TABLE_IDS: i64 = 1 << 16;
+
+/// The process-wide table of rotary half size `rot` covering id `most` where it can: a prompt's
+/// tables are then copied rows, not 2 * 64 cosines and sines per token (about 10 ms of host time
+/// before a 2048-token prompt's first kernel, docs/benchmarks.md, session 18).
+fn id_table(rot: usize, most: i64) -> Arc<IdTable> {
+    static TABLES: Mutex<Vec<(usize, Arc<IdTable>)>> = Mutex::new(Vec::new());
+    let mut tables = TABLES
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner());
+    let wanted = most.clamp(0, MAX_TABLE_IDS - 1) as usize + 1;
+    match tables.iter_mut().find(|(r, _)| *r == rot) {
+        Some((_, table)) if table.cos.len() >= wanted * table.half => table.clone(),
+        Some((_, table)) => {
+            *table = Arc::new(IdTable::new(
+                rot,
+                wanted.max(2 * table.cos.len() / table.half.max(1)),
+            ));
+            table.clone()
+        }
+        None => {
+            let table = Arc::new(IdTable::new(rot, wanted.max(2048)));
+            tables.push((rot, table.clone()));
+            table
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The tables from the process-wide rows equal the formula computed per token, bit for
+    /// bit: ids inside the first table, past it (the table grows) and past the largest table.
+    #[test]
+    fn cached_rows_equal_the_formula() {
+        let ids = [0i64, 1, 7, 2047, 3000, 5000, MAX_TABLE_IDS + 3];
+        let positions = PositionIds {
+            batch: 1,
+            seq: ids.len(),
+            position: ids.to_vec(),
+            block: ids.iter().rev().copied().collect(),
+        };
+        for head_dim in [16, 128] {
+            let freqs = inv_freq(head_dim / 2);
+            let (mut cos, mut sin) = (Vec::new(), Vec::new());
+            for t in 0..ids.len() {
+                for id in [positions.position[t], positions.block[t]] {
+                    for sign in [-1.0f64, 1.0] {
+                        for f in &freqs {
+                            let angle = (id as f32 * f) as f64;
+                            cos.push(angle.cos() as f32);
+                            sin.push((sign * angle.sin()) as f32);
+                        }
+                    }
+                }
+            }
+            let (got_cos, got_sin) = host_tables(&positions, head_dim);
+            assert_eq!(got_cos, cos, "cos, head_dim {head_dim}");
+            assert_eq!(got_sin, sin, "sin, head_dim {head_dim}");
+        }
+    }
 
     #[test]
     fn inv_freq_matches_checkpoint_buffer_values() {
