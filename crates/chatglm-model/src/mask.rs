@@ -63,13 +63,7 @@ mod tests {
     use burn::backend::NdArray;
 
     use super::*;
-    use crate::positions::SpecialIds;
-
-    const SP: SpecialIds = SpecialIds {
-        bos: 294,
-        mask: 290,
-        gmask: 291,
-    };
+    use crate::positions::TEST_SPECIAL as SP;
 
     /// The device mask equals the host one, value for value: rows of different lengths (left
     /// padding), with and without `<sop>` (all context), with a prefix and spare cache slots.

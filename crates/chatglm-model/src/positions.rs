@@ -191,15 +191,19 @@ impl BatchLayout {
     }
 }
 
+/// The tiny fixtures' special ids, for unit tests.
+#[cfg(test)]
+pub(crate) const TEST_SPECIAL: SpecialIds = SpecialIds {
+    bos: 294,
+    mask: 290,
+    gmask: 291,
+};
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    const SP: SpecialIds = SpecialIds {
-        bos: 294,
-        mask: 290,
-        gmask: 291,
-    };
+    const SP: SpecialIds = TEST_SPECIAL;
 
     #[test]
     fn prompt_positions_follow_the_2d_rule() {

@@ -4,8 +4,8 @@
 //! cubecl 0.10 keeps its streams private, but its server must be `Debug` (a bound of
 //! `ComputeServer`), and cubecl-cuda's prints each stream's handle (`Stream { sys: 0x… }`). Those
 //! handles are only candidates. The one that runs the calling thread's work is found by what it
-//! does: a kernel queued through cubecl spins on a flag, and exactly one candidate must be busy
-//! then and idle once our own stream has raised the flag. Anything else (no candidate, none or
+//! does: a kernel queued through cubecl spins on a flag that our own stream raises 20 ms later,
+//! and exactly one candidate must be busy in the meantime and idle afterwards. Anything else (no candidate, none or
 //! several busy, a failed call) leaves the lane on its own stream with the handoff of
 //! [`super::wait`], as does `CHATGLM_GEMM_STREAM=own`.
 
@@ -117,7 +117,24 @@ pub(super) fn find(
     let flag = client.create_from_slice(&[0u8; 4]);
     let flag_ptr = super::lane::pointer(client, flag.clone())
         .ok_or(GemmError::Unavailable("no flag buffer"))?;
+    // Both kernels run once first (a flag of 0 ends the spinning one at once): a kernel's first
+    // launch may load it lazily, and loading may wait for the whole context.
+    let delay = super::wait::Delay::new()?;
+    super::lane::handoff_on_cubecl(client, flag.clone(), 0);
+    delay.queue(own, 0)?;
+    // SAFETY: our stream, in the current context.
+    unsafe { cudarc::driver::result::stream::synchronize(own) }
+        .map_err(GemmError::driver("stream sync"))?;
     cubecl::future::block_on(client.sync()).map_err(GemmError::other("cubecl sync"))?;
+    // Our stream raises the flag after a delay, queued before the spinning kernel, so that the
+    // kernel ends whatever the host does after launching it (cubecl's profiler, for one, waits
+    // for every kernel it launches to end: then no candidate looks busy, and the probe fails
+    // without a deadlock).
+    delay.queue(own, PROBE_DELAY_NS)?;
+    // SAFETY: a live 4-byte buffer; `own` is our stream in the current context.
+    unsafe { cusys::cuMemsetD32Async(flag_ptr, 1, 1, own) }
+        .result()
+        .map_err(GemmError::driver("queueing the probe's flag"))?;
     super::lane::handoff_on_cubecl(client, flag.clone(), 1);
     // The launch is in the driver's queue once the runner has answered a later request.
     super::lane::pointer(client, flag).ok_or(GemmError::Unavailable("no flag buffer"))?;
@@ -135,20 +152,9 @@ pub(super) fn find(
             Ok(seen)
         });
     }
-    // Raised whatever was seen, so that the spinning kernel ends; a failed async write falls
-    // back to the blocking one (on the null stream, which cubecl's non-blocking streams do not
-    // wait for).
-    // SAFETY: a live 4-byte buffer; `own` is our stream in the current context.
-    unsafe {
-        if cusys::cuMemsetD32Async(flag_ptr, 1, 1, own)
-            .result()
-            .is_err()
-        {
-            cusys::cuMemsetD32_v2(flag_ptr, 1, 1)
-                .result()
-                .map_err(GemmError::driver("raising the probe's flag"))?;
-        }
-    }
+    // SAFETY: our stream, in the current context.
+    unsafe { cudarc::driver::result::stream::synchronize(own) }
+        .map_err(GemmError::driver("stream sync"))?;
     cubecl::future::block_on(client.sync()).map_err(GemmError::other("cubecl sync"))?;
     // ... and idle once it has ended.
     let mut found = Vec::new();
@@ -171,6 +177,9 @@ pub(super) fn find(
 
 /// How many times each candidate is queried while the probe spins.
 const LOOKS: usize = 4;
+
+/// How long after the probe's launch our stream raises its flag: the looks take well under 1 ms.
+const PROBE_DELAY_NS: u64 = 20_000_000;
 
 #[cfg(test)]
 mod tests {

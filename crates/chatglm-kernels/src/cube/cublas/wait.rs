@@ -40,14 +40,23 @@ pub(super) fn host_wait_requested() -> bool {
 }
 
 /// The waiting kernel: one thread re-reading the flag (volatile, so from L2, where cubecl's
-/// stream writes it) until it holds at least `seq`.
+/// stream writes it) until it holds at least `seq`. And a delay: one thread reading the GPU's
+/// nanosecond timer until `ns` have passed (for [`super::stream`]'s probe).
 const SOURCE: &str = r#"
 extern "C" __global__ void chatglm_wait_at_least(const volatile unsigned int* flag, unsigned int seq) {
     while (*flag < seq) {
     }
 }
+extern "C" __global__ void chatglm_delay(unsigned long long ns) {
+    unsigned long long start, now;
+    asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(start));
+    do {
+        asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(now));
+    } while (now - start < ns);
+}
 "#;
 const NAME: &str = "chatglm_wait_at_least";
+const DELAY: &str = "chatglm_delay";
 
 #[cube(launch)]
 fn raise(flag: &Array<Atomic<u32>>, seq: u32) {
@@ -80,6 +89,38 @@ fn ptx() -> Result<&'static CString, GemmError> {
     .map_err(Clone::clone)
 }
 
+/// `name` of our kernels, loaded into the current context (a module per call, kept, never
+/// unloaded, for the life of the process, as the function handle taken from it is).
+fn function(name: &str) -> Result<cusys::CUfunction, GemmError> {
+    let image = ptx()?;
+    let name = CString::new(name).map_err(GemmError::other("a kernel's name"))?;
+    // SAFETY: `image` is NUL-terminated PTX text holding the function.
+    unsafe {
+        let module = cu::module::load_data(image.as_ptr().cast())
+            .map_err(GemmError::driver("loading our kernels"))?;
+        cu::module::get_function(module, name).map_err(GemmError::driver("one of our kernels"))
+    }
+}
+
+/// Our one-thread kernel that ends a given time after it starts, loaded in the current context.
+pub(super) struct Delay(cusys::CUfunction);
+
+impl Delay {
+    pub(super) fn new() -> Result<Self, GemmError> {
+        function(DELAY).map(Self)
+    }
+
+    /// Queues on `stream` (ours, in the current context) the kernel ending `ns` nanoseconds
+    /// after it starts.
+    pub(super) fn queue(&self, stream: cusys::CUstream, ns: u64) -> Result<(), GemmError> {
+        let mut ns = ns;
+        let mut params = [(&raw mut ns).cast::<c_void>()];
+        // SAFETY: the function takes (unsigned long long), matching `params`.
+        unsafe { cu::launch_kernel(self.0, (1, 1, 1), (1, 1, 1), 0, stream, &mut params) }
+            .map_err(GemmError::driver("queueing the delay"))
+    }
+}
+
 /// The flag cubecl's stream raises, and our kernel that waits for it.
 pub(super) struct DeviceWait {
     function: cusys::CUfunction,
@@ -95,16 +136,7 @@ impl DeviceWait {
         client: &ComputeClient<CudaRuntime>,
         stream: cusys::CUstream,
     ) -> Result<Self, GemmError> {
-        let image = ptx()?;
-        let name = CString::new(NAME).map_err(GemmError::other("the waiting kernel's name"))?;
-        // SAFETY: `image` is NUL-terminated PTX text; the module is kept (never unloaded) for the
-        // life of the process, as the function handle taken from it is.
-        let function = unsafe {
-            let module = cu::module::load_data(image.as_ptr().cast())
-                .map_err(GemmError::driver("loading the waiting kernel"))?;
-            cu::module::get_function(module, name)
-                .map_err(GemmError::driver("the waiting kernel"))?
-        };
+        let function = function(NAME)?;
         let flag = client.create_from_slice(&[0u8; 4]);
         let flag_ptr = super::lane::pointer(client, flag.clone())
             .ok_or(GemmError::Unavailable("no flag buffer"))?;
