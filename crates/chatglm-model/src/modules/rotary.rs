@@ -5,8 +5,8 @@
 //! style with `inv_freq[i] = 1 / 10000^(2i / r)` rounded to float16 as the original stores it.
 //! The cos/sin tables are made on the host for exactly the positions in use, so the tensors
 //! given to the device always have the shape of the batch (fixed shapes in the decode loop); their
-//! rows are copied from per-id rows computed once per process, and they travel in float32 and are
-//! cast on the device.
+//! rows are copied from per-id rows computed once per process, and a long prompt's travel in
+//! float32 and are cast on the device.
 
 use std::sync::{Arc, Mutex};
 
@@ -52,11 +52,18 @@ impl<B: Backend> Rope<B> {
             sin_qk.extend(sin[row.clone()].iter().map(|v| v * scale));
             sin_qk.extend_from_slice(&sin[row]);
         }
-        // Uploaded in float32 and cast on the device: the host converts nothing.
+        // A prompt's tables travel in float32 and are cast on the device (the host would convert
+        // a 2048-token prompt's million values one by one); a decoding step's few rows are
+        // converted on the host, which saves the step two launches.
         let shape = [positions.batch, 1, positions.seq, 2 * head_dim];
+        let on_device = cos_qk.len() >= DEVICE_CAST_MIN;
         let table = |values: Vec<f32>| {
-            Tensor::<B, 4>::from_data(TensorData::new(values, shape), (device, DType::F32))
-                .cast(float_dtype::<B>())
+            let data = TensorData::new(values, shape);
+            if on_device {
+                Tensor::<B, 4>::from_data(data, (device, DType::F32)).cast(float_dtype::<B>())
+            } else {
+                Tensor::from_data(data, (device, float_dtype::<B>()))
+            }
         };
         Self {
             cos: table(cos_qk),
@@ -165,6 +172,10 @@ impl IdTable {
     }
 }
 
+/// Table values from which [`Rope::new`] casts on the device rather than on the host (256 tokens
+/// of ChatGLM-6B's 128-wide heads).
+const DEVICE_CAST_MIN: usize = 1 << 16;
+
 /// Ids the process-wide tables cover at most (ChatGLM-6B's positions stay below 2048 plus the
 /// generated tokens); larger ones are computed per call.
 const MAX_TABLE_IDS: i64 = 1 << 16;
@@ -227,6 +238,28 @@ mod tests {
             let (got_cos, got_sin) = host_tables(&positions, head_dim);
             assert_eq!(got_cos, cos, "cos, head_dim {head_dim}");
             assert_eq!(got_sin, sin, "sin, head_dim {head_dim}");
+        }
+    }
+
+    /// A long prompt's tables (cast on the device) hold the same rows as a short one's (cast on
+    /// the host).
+    #[test]
+    fn long_and_short_tables_hold_the_same_rows() {
+        type B = burn::backend::NdArray<f64>;
+        let device = Default::default();
+        let positions = |n: usize| PositionIds {
+            batch: 1,
+            seq: n,
+            position: (0..n as i64).collect(),
+            block: vec![0; n],
+        };
+        let (long, short) = (300, 2);
+        assert!(long * 2 * 128 >= DEVICE_CAST_MIN && short * 2 * 128 < DEVICE_CAST_MIN);
+        let long = Rope::<B>::new(&positions(long), 128, &device);
+        let short = Rope::<B>::new(&positions(short), 128, &device);
+        for (l, s) in [(long.cos, short.cos), (long.sin, short.sin)] {
+            let rows = l.narrow(2, 0, 2).into_data().to_vec::<f64>().unwrap();
+            assert_eq!(rows, s.into_data().to_vec::<f64>().unwrap());
         }
     }
 
