@@ -98,13 +98,15 @@ pub fn host_tables(positions: &PositionIds, head_dim: usize) -> (Vec<f32>, Vec<f
     let table = id_table(rot, most);
     let mut cos = Vec::with_capacity(n * head_dim);
     let mut sin = Vec::with_capacity(n * head_dim);
+    // Only ids past the largest table need the frequencies here.
+    let freqs = std::cell::OnceCell::new();
     for t in 0..n {
         for id in [positions.position[t], positions.block[t]] {
             let computed;
             let (c, s) = match table.row(id) {
                 Some(row) => row,
                 None => {
-                    computed = IdRow::of(id, &inv_freq(rot));
+                    computed = IdRow::of(id, freqs.get_or_init(|| inv_freq(rot)));
                     (&computed.cos[..], &computed.sin[..])
                 }
             };

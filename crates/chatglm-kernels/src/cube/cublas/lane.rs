@@ -69,13 +69,13 @@ impl DeviceService for Lanes {
 }
 
 impl Lanes {
-    /// Makes the lane of the calling stream (on `index`) if it does not exist yet; whether it is
+    /// Makes the lane of the calling stream if it does not exist yet; whether it is
     /// usable (why not was reported when it was made). Run on the runner, with the caller's
     /// stream current.
-    pub(super) fn ready(&mut self, client: &ComputeClient<CudaRuntime>, index: usize) -> bool {
+    pub(super) fn ready(&mut self, client: &ComputeClient<CudaRuntime>) -> bool {
         self.lanes
             .entry(StreamId::current())
-            .or_insert_with(|| Lane::new(client, index, self.device))
+            .or_insert_with(|| Lane::new(client, self.device))
             .is_some()
     }
 
@@ -146,36 +146,34 @@ struct Lane {
 }
 
 impl Lane {
-    fn new(client: &ComputeClient<CudaRuntime>, index: usize, device: DeviceId) -> Option<Self> {
+    fn new(client: &ComputeClient<CudaRuntime>, device: DeviceId) -> Option<Self> {
         // cudarc panics where the library lacks a symbol it expects.
         let made = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            Self::try_new(client, index, device)
+            Self::try_new(client, device)
         }));
         let reason = match made {
             Ok(Ok(lane)) => return Some(lane),
             Ok(Err(err)) => err,
             Err(_) => GemmError::Unavailable("the library panicked while loading"),
         };
-        super::unavailable(format!("cuBLAS unusable on cuda:{index}: {reason}"));
+        super::unavailable(format!(
+            "cuBLAS unusable on cuda:{}: {reason}",
+            device.index_id
+        ));
         None
     }
 
-    fn try_new(
-        client: &ComputeClient<CudaRuntime>,
-        index: usize,
-        device: DeviceId,
-    ) -> Result<Self, GemmError> {
+    fn try_new(client: &ComputeClient<CudaRuntime>, device: DeviceId) -> Result<Self, GemmError> {
         let driver = GemmError::driver;
         // SAFETY: plain driver and cuBLAS calls on handles created here; the primary context is
         // the one cubecl uses, retained (never released) for the lane's lifetime.
         unsafe {
-            let ordinal = i32::try_from(index).map_err(GemmError::other("device index"))?;
+            let ordinal = i32::from(device.index_id);
             let dev = cu::device::get(ordinal).map_err(driver("device"))?;
             let context = cu::primary_ctx::retain(dev).map_err(driver("context"))?;
             cu::ctx::set_current(context).map_err(driver("context"))?;
             let own = cu::stream::create(cu::stream::StreamKind::NonBlocking)
                 .map_err(driver("stream"))?;
-            cubecl::future::block_on(client.sync()).map_err(GemmError::other("cubecl sync"))?;
             let cubecl_stream = if stream::shared_requested() {
                 stream::find(client, device, own)
                     .inspect_err(|err| {

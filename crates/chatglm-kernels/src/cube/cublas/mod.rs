@@ -293,8 +293,12 @@ pub(crate) fn matmul_relaid(
     let out = contiguous_strides(&burn::tensor::calculate_matmul_output(ls, rs).ok()?);
     let plans = |l: &[usize], r: &[usize]| GemmPlan::new((ls, l), (rs, r), &out).is_some();
     let (lhs_s, rhs_s) = (lhs.meta.strides(), rhs.meta.strides());
-    if plans(lhs_s, rhs_s) || !plans(&lc, &rc) || !matches!(lhs.dtype, DType::F16 | DType::BF16) {
-        // Either cuBLAS refused for another reason, or no copy helps.
+    if !enabled()
+        || plans(lhs_s, rhs_s)
+        || !plans(&lc, &rc)
+        || !matches!(lhs.dtype, DType::F16 | DType::BF16)
+    {
+        // cuBLAS is off or refused for another reason, or no copy helps: copying would be waste.
         return None;
     }
     let copy = |t: &CubeTensor<CudaRuntime>| burn_cubecl::kernel::into_contiguous(t.clone());
@@ -321,8 +325,8 @@ impl Runner {
     /// [`status`]).
     fn new(client: &ComputeClient<CudaRuntime>, device: &CudaDevice) -> Option<Self> {
         let lanes = DeviceHandle::<Lanes>::new(device.to_id());
-        let (client, index) = (client.clone(), device.index);
-        match lanes.submit_blocking(move |lanes: &mut Lanes| lanes.ready(&client, index)) {
+        let client = client.clone();
+        match lanes.submit_blocking(move |lanes: &mut Lanes| lanes.ready(&client)) {
             Ok(true) => Some(Self {
                 lanes,
                 usable: Arc::new(AtomicBool::new(true)),

@@ -96,8 +96,8 @@ unsafe fn busy(stream: cusys::CUstream) -> Result<bool, GemmError> {
 }
 
 /// The CUDA stream on which cubecl runs the calling thread's work on this GPU. Run on cubecl's
-/// device runner, with the context current and cubecl's queue drained; `own` is an idle stream
-/// of ours, used to raise the flag.
+/// device runner, with the context current (cubecl's queue is drained here); `own` is an idle
+/// stream of ours, used to raise the flag.
 pub(super) fn find(
     client: &ComputeClient<CudaRuntime>,
     device: DeviceId,
