@@ -375,6 +375,42 @@ pub fn prompt_attention<B: KernelBackend>(
     Some(Tensor::from_primitive(TensorPrimitive::Float(out)))
 }
 
+/// A prompt's attention as two products and [`masked_softmax`], at most `chunk` queries at a
+/// time (so that the whole `[heads, seq, keys]` score matrix never exists at once), with the
+/// heads side by side: what the attention's dense layer reads. On burn-cuda in half precision,
+/// cuBLAS writes each chunk's context straight into its rows of the output; elsewhere (and with
+/// [`fused_enabled`] off) the chunks are concatenated and the heads transposed
+/// ([`reference::attention_products`]).
+///
+/// # Shapes
+/// - `q`: `[batch, heads, seq, d]` (scaled), `keys`, `values`: `[batch, heads, keys, d]`,
+///   `mask`: additive, `[batch, 1, seq, keys]` -> `[batch, seq, heads * d]`
+pub fn attention_products<B: KernelBackend>(
+    q: Tensor<B, 4>,
+    keys: Tensor<B, 4>,
+    values: Tensor<B, 4>,
+    mask: Tensor<B, 4>,
+    chunk: usize,
+) -> Tensor<B, 3> {
+    let [b, heads, s, d] = q.dims();
+    let k = keys.dims()[2];
+    assert!(
+        keys.dims() == [b, heads, k, d] && values.dims() == [b, heads, k, d],
+        "attention_products: keys and values must be [batch, heads, keys, head_dim]"
+    );
+    assert_eq!(
+        mask.dims(),
+        [b, 1, s, k],
+        "attention_products: mask must be [batch, 1, seq, keys]"
+    );
+    if !fused_enabled() {
+        return reference::attention_products(q, keys, values, mask, chunk);
+    }
+    let prim = |t: Tensor<B, 4>| t.into_primitive().tensor();
+    let out = B::glm_attention_products(prim(q), prim(keys), prim(values), prim(mask), chunk);
+    Tensor::from_primitive(TensorPrimitive::Float(out))
+}
+
 /// Attention of queries over a KV cache, a cube of units per query: `softmax(q k^T + mask) v`,
 /// with the scores and probabilities rounded to the dtype as separate products and softmax round
 /// them. Made for one new token per (row, head) (decoding); several queries are correct but slow

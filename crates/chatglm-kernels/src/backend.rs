@@ -104,6 +104,23 @@ pub trait KernelBackend: Backend {
         None
     }
 
+    /// `softmax(q keys^T + mask) values` of a prompt as two products and
+    /// [`KernelBackend::glm_masked_softmax`], at most `chunk` queries at a time (the whole
+    /// `[heads, seq, keys]` score matrix never exists at once), with the heads side by side in
+    /// the output. The default goes through the backend's ops and concatenates the chunks;
+    /// burn-cuda in half precision writes each chunk's context into its place instead.
+    /// `q` `[batch, heads, seq, d]`, `keys` and `values` `[batch, heads, keys, d]`, `mask`
+    /// `[batch, 1, seq, keys]` -> `[batch, seq, heads * d]`.
+    fn glm_attention_products(
+        q: FloatTensor<Self>,
+        keys: FloatTensor<Self>,
+        values: FloatTensor<Self>,
+        mask: FloatTensor<Self>,
+        chunk: usize,
+    ) -> FloatTensor<Self> {
+        chunked_products::<Self>(q, keys, values, mask, chunk)
+    }
+
     /// ChatGLM-6B's rotary embedding of `[batch, heads, seq, d]` q and k with `[batch, 1, seq, d]`
     /// tables ([`reference::rotary`]).
     fn glm_rotary(
@@ -262,6 +279,24 @@ pub(crate) fn attend_split<B: KernelBackend>(
     let scores = B::glm_matmul(q, B::float_transpose(keys));
     let probs = B::glm_masked_softmax(scores, mask);
     (B::glm_matmul(probs.clone(), values), probs)
+}
+
+/// [`reference::attention_products`] on a backend's primitives (the default of
+/// [`KernelBackend::glm_attention_products`], and the fallback of the backends that override it).
+pub(crate) fn chunked_products<B: KernelBackend>(
+    q: FloatTensor<B>,
+    keys: FloatTensor<B>,
+    values: FloatTensor<B>,
+    mask: FloatTensor<B>,
+    chunk: usize,
+) -> FloatTensor<B> {
+    prim(reference::attention_products::<B>(
+        float(q),
+        float(keys),
+        float(values),
+        float(mask),
+        chunk,
+    ))
 }
 
 /// A tensor's float primitive.

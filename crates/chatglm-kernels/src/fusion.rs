@@ -25,6 +25,9 @@ enum Kind {
     },
     BiasGelu,
     MaskedSoftmax,
+    AttentionProducts {
+        chunk: usize,
+    },
     DecodeAttention,
     Rotary,
     /// Three outputs: q, the keys and the values.
@@ -89,6 +92,12 @@ impl<B: FusionBackend + KernelBackend> Operation<B::FusionRuntime> for Custom<B>
             Kind::MaskedSoftmax => {
                 let scores = next();
                 B::glm_masked_softmax(scores, next())
+            }
+            Kind::AttentionProducts { chunk } => {
+                let q = next();
+                let keys = next();
+                let values = next();
+                B::glm_attention_products(q, keys, values, next(), chunk)
             }
             Kind::DecodeAttention => {
                 let q = next();
@@ -249,6 +258,20 @@ impl<B: FusionBackend + KernelBackend> KernelBackend for Fusion<B> {
         let shape = scores.shape.clone();
         let kind = Kind::MaskedSoftmax;
         register::<B>("chatglm_masked_softmax", kind, vec![scores, mask], shape)
+    }
+
+    fn glm_attention_products(
+        q: FloatTensor<Self>,
+        keys: FloatTensor<Self>,
+        values: FloatTensor<Self>,
+        mask: FloatTensor<Self>,
+        chunk: usize,
+    ) -> FloatTensor<Self> {
+        let d = q.shape.as_slice();
+        let shape = Shape::from([d[0], d[2], d[1] * d[3]]);
+        let kind = Kind::AttentionProducts { chunk };
+        let inputs = vec![q, keys, values, mask];
+        register::<B>("chatglm_attention_products", kind, inputs, shape)
     }
 
     fn glm_softmax_backward(y: FloatTensor<Self>, dy: FloatTensor<Self>) -> FloatTensor<Self> {

@@ -302,6 +302,46 @@ pub fn decode_attention<B: crate::KernelBackend>(
     crate::matmul(probs, values)
 }
 
+/// A prompt's attention as the model computes it without writing into the output: per chunk of
+/// at most `chunk` queries the scores' product, the masked softmax and the values' product (each
+/// through the backend's ops, so each rounds to the dtype), the chunks concatenated along the
+/// queries and the heads put side by side.
+///
+/// # Shapes
+/// - `q`: `[batch, heads, seq, d]`, `keys`, `values`: `[batch, heads, keys, d]`, `mask`:
+///   `[batch, 1, seq, keys]` -> `[batch, seq, heads * d]`
+pub fn attention_products<B: crate::KernelBackend>(
+    q: Tensor<B, 4>,
+    keys: Tensor<B, 4>,
+    values: Tensor<B, 4>,
+    mask: Tensor<B, 4>,
+    chunk: usize,
+) -> Tensor<B, 3> {
+    let [b, heads, s, d] = q.dims();
+    let keys_t = keys.swap_dims(2, 3);
+    let attend = |q: Tensor<B, 4>, mask: Tensor<B, 4>| {
+        let probs = crate::masked_softmax(crate::matmul(q, keys_t.clone()), mask);
+        crate::matmul(probs, values.clone())
+    };
+    let chunk = chunk.max(1);
+    let ctx = if s <= chunk {
+        attend(q, mask)
+    } else {
+        let parts = (0..s)
+            .step_by(chunk)
+            .map(|start| {
+                let n = (s - start).min(chunk);
+                attend(
+                    q.clone().narrow(2, start, n),
+                    mask.clone().narrow(2, start, n),
+                )
+            })
+            .collect();
+        Tensor::cat(parts, 2)
+    };
+    ctx.swap_dims(1, 2).reshape([b, s, heads * d])
+}
+
 /// Each row's greedy token of `[rows, vocab]` logits: the index of its largest value (the
 /// first on ties), or `guard` where the row holds a NaN or an infinity -> `[rows]`.
 pub fn greedy_ids<B: Backend>(logits: Tensor<B, 2>, guard: u32) -> Tensor<B, 1, Int> {

@@ -2,6 +2,7 @@
 //! the fusion wrapper forwards to these through custom operations, see `crate::fusion`).
 
 mod attention;
+mod attention_products;
 mod attention_qkv;
 mod attention_split;
 mod cublas;
@@ -144,6 +145,19 @@ where
             )
             .into_primitive()
             .tensor(),
+        }
+    }
+
+    fn glm_attention_products(
+        q: FloatTensor<Self>,
+        keys: FloatTensor<Self>,
+        values: FloatTensor<Self>,
+        mask: FloatTensor<Self>,
+        chunk: usize,
+    ) -> FloatTensor<Self> {
+        match attention_products::attention_products(&q, &keys, &values, &mask, chunk) {
+            Some(out) => out,
+            None => crate::backend::chunked_products::<Self>(q, keys, values, mask, chunk),
         }
     }
 

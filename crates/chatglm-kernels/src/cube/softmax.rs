@@ -26,6 +26,14 @@ const MAX_PER_UNIT: usize = 16;
 const BLOCK: usize = 256;
 /// Rows per cube when a warp takes a row (rows of up to `32 * MAX_PER_UNIT` vectors).
 const WARP_ROWS: usize = 8;
+/// Environment variable for tuning runs: units per row (32 for a warp per row, or 64 to 1024 for a
+/// cube of that many units per row) for every row that fits, instead of [`RowShape::new`]'s
+/// choice.
+const UNITS_ENV: &str = "CHATGLM_SOFTMAX_UNITS";
+/// Environment variable for tuning runs: `fast` takes the exponentials with the GPU's
+/// approximate `exp` (`__expf`) instead of the correctly rounded one the original's
+/// float32 softmax uses.
+const EXP_ENV: &str = "CHATGLM_SOFTMAX_EXP";
 
 /// `max` or `sum` of `value` over a row's units: a warp, or the whole cube.
 #[cube]
@@ -120,7 +128,11 @@ fn masked_softmax_kernel<F: Float, N: Size>(
     let mut vsum = Vector::<f32, N>::new(0.0f32);
     #[unroll]
     for i in 0..shape.per_unit {
-        let e = Vector::exp(vals[i] - row_max);
+        let e = if shape.fast_exp {
+            fast_exp(vals[i] - row_max)
+        } else {
+            Vector::exp(vals[i] - row_max)
+        };
         vals[i] = e;
         vsum += e;
     }
@@ -141,6 +153,12 @@ fn masked_softmax_kernel<F: Float, N: Size>(
     }
 }
 
+/// `exp(x)` through the GPU's approximate exponential (a scaled `ex2.approx`).
+#[cube(fast_math = FastMath::all())]
+fn fast_exp<N: Size>(x: Vector<f32, N>) -> Vector<f32, N> {
+    Vector::exp(x)
+}
+
 /// How the kernel covers its rows.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 struct RowShape {
@@ -152,6 +170,8 @@ struct RowShape {
     rows_per_cube: usize,
     /// Vectors each unit holds.
     per_unit: usize,
+    /// The approximate exponential ([`EXP_ENV`]).
+    fast_exp: bool,
 }
 
 impl RowShape {
@@ -159,27 +179,52 @@ impl RowShape {
     /// take a warp each and need no shared memory; longer ones take whole warps of a cube. The
     /// vectors per unit are a power of two, so that few kernel variants are compiled.
     fn new(kv: usize) -> Option<Self> {
-        if kv <= 32 * MAX_PER_UNIT {
-            return Some(Self {
-                warp_rows: true,
-                units: 32,
-                rows_per_cube: WARP_ROWS,
-                per_unit: kv.div_ceil(32).next_power_of_two(),
-            });
-        }
-        let units = if kv <= BLOCK * MAX_PER_UNIT {
-            BLOCK
-        } else {
-            MAX_BLOCK
+        Self::with_units(kv, tuned_units(), fast_exp_asked())
+    }
+
+    /// [`RowShape::new`] with `units` per row where given (and where the row fits them), and the
+    /// exponential `fast_exp` asks for.
+    fn with_units(kv: usize, units: Option<usize>, fast_exp: bool) -> Option<Self> {
+        let units = match units {
+            Some(u) if kv <= u * MAX_PER_UNIT => u,
+            _ if kv <= 32 * MAX_PER_UNIT => 32,
+            _ if kv <= BLOCK * MAX_PER_UNIT => BLOCK,
+            _ => MAX_BLOCK,
         };
         let per_unit = kv.div_ceil(units).next_power_of_two();
+        let warp_rows = units == 32;
         (per_unit <= MAX_PER_UNIT).then_some(Self {
-            warp_rows: false,
+            warp_rows,
             units,
-            rows_per_cube: 1,
+            rows_per_cube: if warp_rows { WARP_ROWS } else { 1 },
             per_unit,
+            fast_exp,
         })
     }
+}
+
+/// [`UNITS_ENV`]'s units per row: a power of two from 32 to [`MAX_BLOCK`] (read once; anything
+/// else is ignored with a warning).
+fn tuned_units() -> Option<usize> {
+    static UNITS: std::sync::OnceLock<Option<usize>> = std::sync::OnceLock::new();
+    *UNITS.get_or_init(|| {
+        let v = std::env::var(UNITS_ENV).ok()?;
+        match v.trim().parse::<usize>() {
+            Ok(n) if n.is_power_of_two() && (32..=MAX_BLOCK).contains(&n) => Some(n),
+            _ => {
+                tracing::warn!(
+                    "{UNITS_ENV}={v} ignored: expected a power of two from 32 to {MAX_BLOCK}"
+                );
+                None
+            }
+        }
+    })
+}
+
+/// Whether [`EXP_ENV`] asks for the approximate exponential (read once).
+fn fast_exp_asked() -> bool {
+    static FAST: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *FAST.get_or_init(|| std::env::var(EXP_ENV).is_ok_and(|v| v.trim() == "fast"))
 }
 
 /// `None` for rows too long to hold in registers (more than `16 * 1024` vectors); the caller
@@ -255,7 +300,11 @@ mod tests {
     use super::RowShape;
 
     fn shape(kv: usize) -> Option<(bool, usize, usize)> {
-        RowShape::new(kv).map(|s| (s.warp_rows, s.units, s.per_unit))
+        tuned(kv, None)
+    }
+
+    fn tuned(kv: usize, units: Option<usize>) -> Option<(bool, usize, usize)> {
+        RowShape::with_units(kv, units, false).map(|s| (s.warp_rows, s.units, s.per_unit))
     }
 
     #[test]
@@ -271,5 +320,16 @@ mod tests {
         assert_eq!(shape(4097), Some((false, 1024, 8)));
         assert_eq!(shape(16 * 1024), Some((false, 1024, 16)));
         assert_eq!(shape(16 * 1024 + 1), None);
+    }
+
+    #[test]
+    fn tuned_units_apply_where_the_row_fits_them() {
+        // 2048 keys as vectors of 8 over 64 or 256 units: a cube per row.
+        assert_eq!(tuned(256, Some(64)), Some((false, 64, 4)));
+        assert_eq!(tuned(256, Some(256)), Some((false, 256, 1)));
+        assert_eq!(tuned(256, Some(32)), Some((true, 32, 8)));
+        // A row too long for 32 units of 16 vectors keeps the default.
+        assert_eq!(tuned(4096, Some(32)), Some((false, 256, 16)));
+        assert_eq!(tuned(3, Some(1024)), Some((false, 1024, 1)));
     }
 }

@@ -444,3 +444,55 @@ pub(super) fn check_decode_attention_qkv<B: KernelBackend>(dev: &B::Device, tol:
         );
     }
 }
+
+/// A prompt's attention as two products and the masked softmax in chunks of queries, the heads
+/// side by side, against host math and the reference ops: several chunks (the last one partial),
+/// batch rows with their own masks, one chunk for every query. On CUDA in half precision each
+/// chunk's context is written by cuBLAS into its rows of the output.
+pub(super) fn check_attention_products<B: KernelBackend>(dev: &B::Device, tol: Tol) {
+    for (b, h, s, slots, d, chunk) in [
+        (1usize, 2usize, 70usize, 80usize, 128usize, 32usize),
+        (2, 3, 17, 24, 64, 8),
+        (1, 1, 130, 136, 128, 512),
+    ] {
+        let q = random(b * h * s * d, 61, 0.3);
+        let k = random(b * h * slots * d, 62, 1.0);
+        let v = random(b * h * slots * d, 63, 1.0);
+        let mask = cut_mask(b, s, slots, slots - 4);
+        // Host math is `[batch, heads, seq, d]`: the heads go side by side.
+        let heads_first = host_decode_attention(&q, &k, &v, &mask, [b, h, s, slots, d], b);
+        let want: Vec<f32> = (0..b * s * h * d)
+            .map(|i| {
+                let (row, query, head, e) = (i / (s * h * d), i / (h * d) % s, i / d % h, i % d);
+                heads_first[((row * h + head) * s + query) * d + e]
+            })
+            .collect();
+        let args = || {
+            (
+                tensor::<B, 4>(&q, [b, h, s, d], dev),
+                tensor::<B, 4>(&k, [b, h, slots, d], dev),
+                tensor::<B, 4>(&v, [b, h, slots, d], dev),
+                tensor::<B, 4>(&mask, [b, 1, s, slots], dev),
+            )
+        };
+        let (tq, tk, tv, tm) = args();
+        let got = chatglm_kernels::attention_products(tq, tk, tv, tm, chunk);
+        assert_eq!(got.dims(), [b, s, h * d]);
+        let got = values(got);
+        let shape = (b, h, s, slots, d, chunk);
+        let diff = max_diff(&got, &want);
+        assert!(
+            diff <= tol.ln,
+            "{}: attention_products {shape:?}: max diff {diff}",
+            name::<B>()
+        );
+        let (tq, tk, tv, tm) = args();
+        let reference = values(reference::attention_products(tq, tk, tv, tm, chunk));
+        let diff = max_diff(&got, &reference);
+        assert!(
+            diff <= tol.ln,
+            "{}: attention_products vs reference {shape:?}: max diff {diff}",
+            name::<B>()
+        );
+    }
+}

@@ -15,8 +15,8 @@ mod read;
 mod train;
 
 use attention::{
-    check_decode_attention, check_decode_attention_qkv, check_masked_softmax,
-    check_prompt_attention, check_qkv_to_cache, check_rotary,
+    check_attention_products, check_decode_attention, check_decode_attention_qkv,
+    check_masked_softmax, check_prompt_attention, check_qkv_to_cache, check_rotary,
 };
 
 fn random(n: usize, seed: u64, scale: f32) -> Vec<f32> {
@@ -380,6 +380,7 @@ fn check_all<B: KernelBackend>(dev: &B::Device, tol: Tol) {
     check_matmul_bias_gelu::<B>(dev, tol);
     check_gemm_chain::<B>(dev, tol);
     check_masked_softmax::<B>(dev, tol);
+    check_attention_products::<B>(dev, tol);
     check_decode_attention::<B>(dev, tol);
     check_decode_attention_qkv::<B>(dev, tol);
     read::check_start_read::<B>(dev);

@@ -94,39 +94,45 @@ impl<B: KernelBackend> Attention<B> {
             // One new token per row (decoding) into the cache: the cache write and the attention
             // in one op.
             KvInput::Cache { layer, offset } if s == 1 => {
-                layer.attend_token(offset, qkv, bias, rope, mask)
+                side_by_side(layer.attend_token(offset, qkv, bias, rope, mask))
             }
             kv => attend_inputs(qkv, bias, rope, mask, kv),
-        };
-        // Heads back next to each other: `[b, heads, s, hd]` -> `[b, s, hidden]`. With one token
-        // the heads already are, and a reshape is a view where the transpose would be a copy
-        // kernel per layer and decoded token.
-        let ctx = if s == 1 {
-            ctx.reshape([b, s, hidden])
-        } else {
-            ctx.swap_dims(1, 2).reshape([b, s, hidden])
         };
         self.dense.forward_no_bias(ctx)
     }
 }
 
+/// Heads back next to each other: `[b, heads, s, hd]` -> `[b, s, hidden]`. With one token the
+/// heads already are, and a reshape is a view where the transpose would be a copy kernel per
+/// layer and decoded token.
+fn side_by_side<B: KernelBackend>(ctx: Tensor<B, 4>) -> Tensor<B, 3> {
+    let [b, heads, s, hd] = ctx.dims();
+    if s == 1 {
+        ctx.reshape([b, s, heads * hd])
+    } else {
+        ctx.swap_dims(1, 2).reshape([b, s, heads * hd])
+    }
+}
+
 /// The attention of `qkv` (the QKV projection's output without its bias, `[batch, seq, heads,
 /// 3 * head_dim]`) over its keys and values as `kv` gives them (written into the cache, cat to the
-/// past ones or scattered): `[batch, heads, seq, head_dim]`.
+/// past ones or scattered), the heads side by side: `[batch, seq, hidden]`.
 fn attend_inputs<B: KernelBackend>(
     qkv: Tensor<B, 4>,
     bias: Option<Tensor<B, 1>>,
     rope: &Rope<B>,
     mask: Tensor<B, 4>,
     kv: KvInput<'_, B>,
-) -> Tensor<B, 4> {
+) -> Tensor<B, 3> {
     let s = qkv.dims()[1];
     let kv = match kv {
         // A prompt over a prefix without a cache (the P-Tuning step): one op from the QKV output
         // to the attention, which under autodiff is one node of the graph.
         KvInput::Fresh(past @ Some(_)) if s <= query_chunk() => {
             let tables = (rope.cos.clone(), rope.sin.clone());
-            return chatglm_kernels::qkv_attention(qkv, bias, tables, past, mask);
+            return side_by_side(chatglm_kernels::qkv_attention(
+                qkv, bias, tables, past, mask,
+            ));
         }
         kv => kv,
     };
@@ -157,16 +163,13 @@ fn attend_inputs<B: KernelBackend>(
     // but with a cube per query it measured 276 us per layer for a 128-token prompt on the
     // H200, docs/benchmarks.md.)
     if s == 1 {
-        chatglm_kernels::decode_attention(q, keys, values, mask)
-    } else {
-        match chatglm_kernels::prompt_attention(&q, &keys, &values, &mask, used) {
-            Some(ctx) => ctx,
-            None => {
-                let (keys, values, mask) = written_slots(keys, values, mask, used);
-                attend_in_chunks(q, keys.swap_dims(2, 3), mask, values, query_chunk())
-            }
-        }
+        return side_by_side(chatglm_kernels::decode_attention(q, keys, values, mask));
     }
+    if let Some(ctx) = chatglm_kernels::prompt_attention(&q, &keys, &values, &mask, used) {
+        return side_by_side(ctx);
+    }
+    let (keys, values, mask) = written_slots(keys, values, mask, used);
+    chatglm_kernels::attention_products(q, keys, values, mask, query_chunk())
 }
 
 /// q, k and v from the QKV output without its bias ([`chatglm_kernels::reference::split_qkv`],
@@ -234,83 +237,4 @@ fn query_chunk() -> usize {
             }
         }
     })
-}
-
-/// [`attend`] over chunks of at most `chunk` queries, concatenated.
-fn attend_in_chunks<B: KernelBackend>(
-    q: Tensor<B, 4>,
-    keys: Tensor<B, 4>,
-    mask: Tensor<B, 4>,
-    values: Tensor<B, 4>,
-    chunk: usize,
-) -> Tensor<B, 4> {
-    let s = q.dims()[2];
-    if s <= chunk {
-        return attend(q, keys, mask, values);
-    }
-    let parts = (0..s)
-        .step_by(chunk)
-        .map(|start| {
-            let n = (s - start).min(chunk);
-            attend(
-                q.clone().narrow(2, start, n),
-                keys.clone(),
-                mask.clone().narrow(2, start, n),
-                values.clone(),
-            )
-        })
-        .collect();
-    Tensor::cat(parts, 2)
-}
-
-/// Softmax attention of `q` over `keys` (already transposed) and `values`.
-///
-/// # Shapes
-/// - `q`: `[batch, heads, seq, head_dim]`, `keys`: `[batch, heads, head_dim, keys]`
-/// - `mask`: `[batch, 1, seq, keys]`, `values`: `[batch, heads, keys, head_dim]`
-/// - output: `[batch, heads, seq, head_dim]`
-fn attend<B: KernelBackend>(
-    q: Tensor<B, 4>,
-    keys: Tensor<B, 4>,
-    mask: Tensor<B, 4>,
-    values: Tensor<B, 4>,
-) -> Tensor<B, 4> {
-    // The original takes the softmax of float16/bfloat16 scores in float32
-    // (`attention_scores.float()`), then casts the probabilities back.
-    let probs = chatglm_kernels::masked_softmax(chatglm_kernels::matmul(q, keys), mask);
-    chatglm_kernels::matmul(probs, values)
-}
-
-#[cfg(test)]
-mod tests {
-    use burn::backend::NdArray;
-    use burn::tensor::{Distribution, Tensor};
-
-    use super::attend_in_chunks;
-
-    #[test]
-    fn chunked_queries_give_the_whole_attention() {
-        type B = NdArray<f32>;
-        let dev = Default::default();
-        let r =
-            |shape: [usize; 4]| Tensor::<B, 4>::random(shape, Distribution::Normal(0.0, 1.0), &dev);
-        let (q, k, v) = (r([2, 3, 11, 8]), r([2, 3, 8, 13]), r([2, 3, 13, 8]));
-        // A causal-style mask with hidden (-10000) entries.
-        let mask: Vec<f32> = (0..2 * 11 * 13)
-            .map(|i| {
-                if (i % 13) > (i / 13) % 11 + 2 {
-                    -10000.0
-                } else {
-                    0.0
-                }
-            })
-            .collect();
-        let mask =
-            Tensor::<B, 4>::from_data(burn::tensor::TensorData::new(mask, [2, 1, 11, 13]), &dev);
-        let whole = attend_in_chunks(q.clone(), k.clone(), mask.clone(), v.clone(), 64);
-        let chunked = attend_in_chunks(q, k, mask, v, 4);
-        assert_eq!(chunked.dims(), [2, 3, 11, 8]);
-        let diff = (whole - chunked).abs().max().into_scalar();
-        assert!(diff < 1e-6, "largest difference {diff}");
-    }
 }

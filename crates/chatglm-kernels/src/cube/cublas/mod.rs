@@ -199,8 +199,75 @@ pub(crate) fn matmul(
     lhs: &CubeTensor<CudaRuntime>,
     rhs: &CubeTensor<CudaRuntime>,
 ) -> Option<CubeTensor<CudaRuntime>> {
-    let dtype = lhs.dtype;
-    let (data, compute) = match dtype {
+    let types = gemm_types(lhs, rhs)?;
+    let (ls, rs) = (lhs.meta.shape(), rhs.meta.shape());
+    let out_shape = burn::tensor::calculate_matmul_output(ls, rs).ok()?;
+    let operands = |out_strides: &[usize]| {
+        GemmPlan::new(
+            (ls, lhs.meta.strides()),
+            (rs, rhs.meta.strides()),
+            out_strides,
+        )
+    };
+    // Checked before allocating the output; again with the output's real (maybe pitched) strides.
+    operands(&contiguous_strides(&out_shape))?;
+    let start = Instant::now();
+    let runner = runner(lhs)?;
+    let asked = Instant::now();
+    let out = empty_device_dtype(
+        lhs.client.clone(),
+        lhs.device.clone(),
+        out_shape.clone(),
+        lhs.dtype,
+    );
+    timed(ALLOC, asked);
+    submit(
+        &runner,
+        lhs,
+        rhs,
+        &out,
+        operands(out.meta.strides())?,
+        types,
+    );
+    timed(TOTAL, start);
+    Some(out)
+}
+
+/// [`matmul`] written into `out`, a view of the product's shape whose rows have unit stride (such
+/// as one chunk of queries of a `[batch, heads, seq, d]` view of a `[batch, seq, heads * d]`
+/// buffer), or `None` (nothing queued) where cuBLAS would not take it. The caller owns `out`'s
+/// buffer: nothing else may read it before this GEMM (queued behind the kernels already queued
+/// on the stream) has run.
+pub(crate) fn matmul_into(
+    lhs: &CubeTensor<CudaRuntime>,
+    rhs: &CubeTensor<CudaRuntime>,
+    out: &CubeTensor<CudaRuntime>,
+) -> Option<()> {
+    let types = gemm_types(lhs, rhs)?;
+    let (ls, rs) = (lhs.meta.shape(), rhs.meta.shape());
+    let out_shape = burn::tensor::calculate_matmul_output(ls, rs).ok()?;
+    if out.dtype != lhs.dtype || out.meta.shape() != &out_shape {
+        return None;
+    }
+    let plan = GemmPlan::new(
+        (ls, lhs.meta.strides()),
+        (rs, rhs.meta.strides()),
+        out.meta.strides(),
+    )?;
+    let start = Instant::now();
+    let runner = runner(lhs)?;
+    submit(&runner, lhs, rhs, out, plan, types);
+    timed(TOTAL, start);
+    Some(())
+}
+
+/// The cuBLAS data and compute types of a product of `lhs` and `rhs`, or `None` where cuBLAS is
+/// off, the dtypes differ or have none, or the left operand has fewer than [`MIN_ROWS`] rows.
+fn gemm_types(
+    lhs: &CubeTensor<CudaRuntime>,
+    rhs: &CubeTensor<CudaRuntime>,
+) -> Option<(cudaType, cublas::cublasComputeType_t)> {
+    let types = match lhs.dtype {
         DType::F16 => (
             cudaType::CUDA_R_16F,
             cublas::cublasComputeType_t::CUBLAS_COMPUTE_32F,
@@ -216,25 +283,17 @@ pub(crate) fn matmul(
         ),
         _ => return None,
     };
-    if rhs.dtype != dtype || !enabled() {
+    if rhs.dtype != lhs.dtype || !enabled() {
         return None;
     }
     let (ls, rs) = (lhs.meta.shape(), rhs.meta.shape());
     let d = ls.num_dims();
-    if rs.num_dims() != d || d < 2 || ls[d - 2] < MIN_ROWS {
-        return None;
-    }
-    let out_shape = burn::tensor::calculate_matmul_output(ls, rs).ok()?;
-    let operands = |out_strides: &[usize]| {
-        GemmPlan::new(
-            (ls, lhs.meta.strides()),
-            (rs, rhs.meta.strides()),
-            out_strides,
-        )
-    };
-    // Checked before allocating the output; again with the output's real (maybe pitched) strides.
-    operands(&contiguous_strides(&out_shape))?;
-    let start = Instant::now();
+    (rs.num_dims() == d && d >= 2 && ls[d - 2] >= MIN_ROWS).then_some(types)
+}
+
+/// The calling thread's way to the lane of its cubecl stream on `lhs`'s GPU, made on first use;
+/// `None` where cuBLAS is unusable there.
+fn runner(lhs: &CubeTensor<CudaRuntime>) -> Option<Runner> {
     // Per stream, not per thread: burn's fusion runs the work of every thread's stream on its
     // own thread, and a lane serves one stream.
     let runner = RUNNERS.with(|runners| {
@@ -244,20 +303,21 @@ pub(crate) fn matmul(
             .or_insert_with(|| Runner::new(&lhs.client, &lhs.device))
             .clone()
     })?;
-    if !runner.usable.load(Ordering::Relaxed) {
-        return None;
-    }
-    let asked = Instant::now();
-    let out = empty_device_dtype(
-        lhs.client.clone(),
-        lhs.device.clone(),
-        out_shape.clone(),
-        dtype,
-    );
-    timed(ALLOC, asked);
+    runner.usable.load(Ordering::Relaxed).then_some(runner)
+}
+
+/// Queues `plan` (`out = lhs x rhs`) on `runner`'s lane.
+fn submit(
+    runner: &Runner,
+    lhs: &CubeTensor<CudaRuntime>,
+    rhs: &CubeTensor<CudaRuntime>,
+    out: &CubeTensor<CudaRuntime>,
+    plan: GemmPlan,
+    (data, compute): (cudaType, cublas::cublasComputeType_t),
+) {
     let job = Job {
         client: lhs.client.clone(),
-        plan: operands(out.meta.strides())?,
+        plan,
         operands: [rhs.handle.clone(), lhs.handle.clone(), out.handle.clone()],
         data,
         compute,
@@ -267,8 +327,6 @@ pub(crate) fn matmul(
     // Handed over now rather than when the runner's queue fills: the GPU gets the GEMM sooner.
     runner.lanes.flush_queue();
     CALLS.fetch_add(1, Ordering::Relaxed);
-    timed(TOTAL, start);
-    Some(out)
 }
 
 /// See [`crate::gemm_gpu_times`]: `None` where no GEMM ran on cuBLAS on that GPU.
