@@ -149,9 +149,12 @@ fn view(
     strides: [usize; 4],
 ) -> CubeTensor<CudaRuntime> {
     let mut v = t.clone();
-    for i in 0..4 {
-        v.meta.shape_mut()[i] = shape[i];
-        v.meta.strides_mut()[i] = strides[i];
+    // `t` may have another rank (the output is `[batch, seq, hidden]`).
+    while v.meta.rank() > 0 {
+        v.meta.remove(0);
+    }
+    for (size, stride) in shape.into_iter().zip(strides) {
+        v.meta.push(size, stride);
     }
     if offset > 0 {
         v.handle = v.handle.offset_start((offset * t.dtype.size()) as u64);
