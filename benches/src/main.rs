@@ -268,12 +268,17 @@ fn run<B: chatglm_model::KernelBackend>(opts: &Opts, device: B::Device) -> anyho
         };
         let gemm_times = || gpu_index.and_then(chatglm_kernels::gemm_gpu_times);
         gemm_times();
-        let (queued_s, synced_s) =
-            prefill_split(&model, &prompt, special, cfg.pad_token_id, &device)?;
+        let (queued_s, synced_s) = prefill_split(
+            &model,
+            &prompt,
+            (special, cfg.pad_token_id),
+            &device,
+            gpu_index,
+        )?;
         let gemm_gpu = gemm_times().filter(|t| t.gemms > 0).map(|t| {
             json!({
                 "gemms": t.gemms, "gemm_ms": t.gemm_ms, "span_ms": t.span_ms,
-                "by_shape": t.by_shape,
+                "lead_ms": t.lead_ms, "tail_ms": t.tail_ms, "by_shape": t.by_shape,
             })
         });
         prefill.insert(
@@ -390,15 +395,23 @@ fn run<B: chatglm_model::KernelBackend>(opts: &Opts, device: B::Device) -> anyho
 fn prefill_split<B: chatglm_model::KernelBackend>(
     model: &GlmModel<B>,
     prompt: &[Vec<u32>],
-    special: SpecialIds,
-    pad_id: u32,
+    (special, pad_id): (SpecialIds, u32),
     device: &B::Device,
+    gpu_index: Option<usize>,
 ) -> anyhow::Result<(f64, f64)> {
-    let mut dec = CachedDecoder::new(model, None, special, pad_id, device);
     B::sync(device).map_err(|e| anyhow::anyhow!("{e:?}"))?;
+    // GPU time marks (with `CHATGLM_GEMM_EVENTS=1`) around the decoder's whole work, its cache
+    // included, as in the timed runs.
+    if let Some(index) = gpu_index {
+        chatglm_kernels::gemm_gpu_mark(index);
+    }
     let t = Instant::now();
+    let mut dec = CachedDecoder::new(model, None, special, pad_id, device);
     let logits = dec.prefill_tensor(prompt, 1)?;
     let queued = secs(t.elapsed());
+    if let Some(index) = gpu_index {
+        chatglm_kernels::gemm_gpu_mark(index);
+    }
     B::sync(device).map_err(|e| anyhow::anyhow!("{e:?}"))?;
     let synced = secs(t.elapsed());
     drop(logits);

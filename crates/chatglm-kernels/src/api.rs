@@ -242,6 +242,22 @@ pub struct GemmGpuTimes {
     pub span_ms: f64,
     /// Per shape `batch x m x k x n` (`[batch, m, k] x [k, n]`): GEMMs and milliseconds.
     pub by_shape: Vec<(String, u64, f64)>,
+    /// From the first point marked ([`gemm_gpu_mark`]) to the first GEMM's start, in
+    /// milliseconds, where at least two points were marked on a stream the GEMMs share.
+    pub lead_ms: Option<f64>,
+    /// From the last GEMM's end to the last point marked, likewise.
+    pub tail_ms: Option<f64>,
+}
+
+/// Marks the present point of the calling thread's queue on CUDA device `index`, when the GEMMs
+/// are timed (`CHATGLM_GEMM_EVENTS=1`) on the cubecl stream this thread queues on: a mark before
+/// some work and one after it (before any wait) make [`gemm_gpu_times`] report the GPU time
+/// before the first GEMM and after the last one. Does nothing otherwise.
+pub fn gemm_gpu_mark(index: usize) {
+    #[cfg(feature = "cuda")]
+    crate::cube::gemm_gpu_mark(index);
+    #[cfg(not(feature = "cuda"))]
+    let _ = index;
 }
 
 /// The GPU times of the GEMMs queued on CUDA device `index` since the last call (which it

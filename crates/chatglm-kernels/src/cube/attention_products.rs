@@ -16,9 +16,9 @@ use cubecl::cuda::CudaRuntime;
 use super::{cublas, softmax};
 
 /// `softmax(q keys^T + mask) values` with at most `chunk` queries at a time, as `[batch, seq,
-/// heads * d]`; `None` (nothing queued) where the runtime is not CUDA, the dtype not half
-/// precision, or cuBLAS or the softmax kernel would not take the operands. The caller then takes
-/// burn's ops.
+/// heads * d]`; `None` where the runtime is not CUDA, the dtype not half precision, or cuBLAS or
+/// the softmax kernel would not take the operands (the first chunk's products find that out; what
+/// was queued before is discarded). The caller then takes burn's ops.
 ///
 /// # Shapes
 /// - `q`: `[batch, heads, seq, d]`, `keys`, `values`: `[batch, heads, keys, d]`, `mask`:

@@ -28,6 +28,7 @@ use crate::KernelBackend;
 use crate::backend::float;
 use crate::read::{PendingRead, ReadError};
 
+pub(crate) use cublas::gpu_mark as gemm_gpu_mark;
 pub(crate) use cublas::gpu_times as gemm_gpu_times;
 pub(crate) use cublas::status as gemm_status;
 pub(crate) use gemv::calls as gemv_calls;

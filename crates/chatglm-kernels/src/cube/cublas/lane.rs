@@ -84,6 +84,18 @@ impl Lanes {
         self.marks.take()
     }
 
+    /// Records a timing point on the calling stream's lane, where it shares cubecl's stream and
+    /// GEMMs are timed ([`timing`]). Run on the runner.
+    pub(super) fn point(&mut self) {
+        if let Some(Some(lane)) = self.lanes.get(&StreamId::current())
+            && lane.shared
+        {
+            // SAFETY: the primary context retained in `Lane::try_new`.
+            let _ = unsafe { cu::ctx::set_current(lane.context) };
+            self.marks.point(lane.stream);
+        }
+    }
+
     /// Queues `job` on the calling stream's lane (made by [`Self::ready`]). Run on the runner.
     pub(super) fn run(&mut self, job: Job) {
         let started = Instant::now();

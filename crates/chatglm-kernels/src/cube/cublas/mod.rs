@@ -338,6 +338,16 @@ pub(crate) fn gpu_times(index: usize) -> Option<crate::GemmGpuTimes> {
     lanes.submit_blocking(|lanes| lanes.take_times()).ok()
 }
 
+/// See [`crate::gemm_gpu_mark`].
+pub(crate) fn gpu_mark(index: usize) {
+    if CALLS.load(Ordering::Relaxed) == 0 || !timing::enabled() {
+        return;
+    }
+    let lanes = DeviceHandle::<Lanes>::new(CudaDevice::new(index).to_id());
+    lanes.submit(|lanes: &mut Lanes| lanes.point());
+    lanes.flush_queue();
+}
+
 /// [`matmul`], after copying into a contiguous buffer an operand whose layout one batch stride
 /// cannot describe (the gradient of a heads transpose, `[batch, heads, ..]` viewed out of
 /// `[batch, .., heads * dim]`): one copy, then cuBLAS, where burn's matmul would take several

@@ -28,10 +28,12 @@ struct Mark {
     end: cusys::CUevent,
 }
 
-/// The timed GEMMs of one GPU since the last read, in the order they were queued.
+/// The timed GEMMs of one GPU since the last read, in the order they were queued, and the points
+/// marked on its streams ([`crate::gemm_gpu_mark`]).
 #[derive(Default)]
 pub(super) struct Marks {
     marks: Vec<Mark>,
+    points: Vec<cusys::CUevent>,
 }
 
 /// A new event that records time.
@@ -83,9 +85,25 @@ impl Marks {
         result
     }
 
-    /// Waits for the timed GEMMs, sums them up, and forgets them.
+    /// Records a point on `stream` (when timing is on and the event could be made).
+    pub(super) fn point(&mut self, stream: cusys::CUstream) {
+        let Some(point) = enabled().then(event).flatten() else {
+            return;
+        };
+        // SAFETY: an event of the current context, recorded on a live stream of it.
+        match unsafe { cusys::cuEventRecord(point, stream) }.result() {
+            Ok(()) => self.points.push(point),
+            // SAFETY: made above, not used again.
+            Err(_) => unsafe {
+                cusys::cuEventDestroy_v2(point);
+            },
+        }
+    }
+
+    /// Waits for the timed GEMMs and points, sums them up, and forgets them.
     pub(super) fn take(&mut self) -> GemmGpuTimes {
         let marks = std::mem::take(&mut self.marks);
+        let points = std::mem::take(&mut self.points);
         let mut times = GemmGpuTimes::default();
         let elapsed = |a: cusys::CUevent, b: cusys::CUevent| {
             let mut ms = 0f32;
@@ -101,6 +119,16 @@ impl Marks {
                 .is_ok()
             {
                 times.span_ms = elapsed(first.start, last.end);
+                // SAFETY: recorded events of the current context.
+                let done =
+                    |e: &cusys::CUevent| unsafe { cusys::cuEventSynchronize(*e) }.result().is_ok();
+                if let (Some(a), Some(b)) = (points.first(), points.last())
+                    && points.len() >= 2
+                    && done(b)
+                {
+                    times.lead_ms = Some(elapsed(*a, first.start));
+                    times.tail_ms = Some(elapsed(last.end, *b));
+                }
                 for mark in &marks {
                     let ms = elapsed(mark.start, mark.end);
                     let p = &mark.plan;
@@ -119,6 +147,12 @@ impl Marks {
             unsafe {
                 cusys::cuEventDestroy_v2(mark.start);
                 cusys::cuEventDestroy_v2(mark.end);
+            }
+        }
+        for point in points {
+            // SAFETY: events made by `point`, not used again.
+            unsafe {
+                cusys::cuEventDestroy_v2(point);
             }
         }
         times.by_shape = by_shape
