@@ -268,17 +268,13 @@ fn run<B: chatglm_model::KernelBackend>(opts: &Opts, device: B::Device) -> anyho
         };
         let gemm_times = || gpu_index.and_then(chatglm_kernels::gemm_gpu_times);
         gemm_times();
-        let (queued_s, synced_s) = prefill_split(
-            &model,
-            &prompt,
-            (special, cfg.pad_token_id),
-            &device,
-            gpu_index,
-        )?;
+        let (queued_s, synced_s) =
+            prefill_split(&model, &prompt, (special, cfg.pad_token_id), &device)?;
         let gemm_gpu = gemm_times().filter(|t| t.gemms > 0).map(|t| {
             json!({
                 "gemms": t.gemms, "gemm_ms": t.gemm_ms, "span_ms": t.span_ms,
-                "lead_ms": t.lead_ms, "tail_ms": t.tail_ms, "by_shape": t.by_shape,
+                "lead_ms": t.lead_ms, "tail_ms": t.tail_ms, "points": t.points,
+                "by_shape": t.by_shape,
             })
         });
         prefill.insert(
@@ -397,21 +393,16 @@ fn prefill_split<B: chatglm_model::KernelBackend>(
     prompt: &[Vec<u32>],
     (special, pad_id): (SpecialIds, u32),
     device: &B::Device,
-    gpu_index: Option<usize>,
 ) -> anyhow::Result<(f64, f64)> {
     B::sync(device).map_err(|e| anyhow::anyhow!("{e:?}"))?;
     // GPU time marks (with `CHATGLM_GEMM_EVENTS=1`) around the decoder's whole work, its cache
     // included, as in the timed runs.
-    if let Some(index) = gpu_index {
-        chatglm_kernels::gemm_gpu_mark(index);
-    }
+    chatglm_kernels::gemm_gpu_mark();
     let t = Instant::now();
     let mut dec = CachedDecoder::new(model, None, special, pad_id, device);
     let logits = dec.prefill_tensor(prompt, 1)?;
     let queued = secs(t.elapsed());
-    if let Some(index) = gpu_index {
-        chatglm_kernels::gemm_gpu_mark(index);
-    }
+    chatglm_kernels::gemm_gpu_mark();
     B::sync(device).map_err(|e| anyhow::anyhow!("{e:?}"))?;
     let synced = secs(t.elapsed());
     drop(logits);

@@ -247,17 +247,19 @@ pub struct GemmGpuTimes {
     pub lead_ms: Option<f64>,
     /// From the last GEMM's end to the last point marked, likewise.
     pub tail_ms: Option<f64>,
+    /// Each point marked, in milliseconds since the first one: when the caller marked it, when
+    /// cubecl's device runner reached it, and when the GPU did (empty without two points).
+    pub points: Vec<[f64; 3]>,
 }
 
-/// Marks the present point of the calling thread's queue on CUDA device `index`, when the GEMMs
-/// are timed (`CHATGLM_GEMM_EVENTS=1`) on the cubecl stream this thread queues on: a mark before
-/// some work and one after it (before any wait) make [`gemm_gpu_times`] report the GPU time
-/// before the first GEMM and after the last one. Does nothing otherwise.
-pub fn gemm_gpu_mark(index: usize) {
+/// Marks the present point of the calling thread's queue on each CUDA device that has run
+/// cuBLAS GEMMs, when they are timed (`CHATGLM_GEMM_EVENTS=1`) on the cubecl stream this thread
+/// queues on; does nothing otherwise. A mark before some work and one after it (before any wait)
+/// make [`gemm_gpu_times`] report the GPU time before the first GEMM and after the last, and
+/// where each mark between them was reached by the caller, the runner and the GPU.
+pub fn gemm_gpu_mark() {
     #[cfg(feature = "cuda")]
-    crate::cube::gemm_gpu_mark(index);
-    #[cfg(not(feature = "cuda"))]
-    let _ = index;
+    crate::cube::gemm_gpu_mark();
 }
 
 /// The GPU times of the GEMMs queued on CUDA device `index` since the last call (which it

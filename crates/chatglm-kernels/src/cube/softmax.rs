@@ -1,5 +1,5 @@
 //! `softmax(scores + mask)` over the keys of attention scores in one kernel: a warp per
-//! (batch, head, query) row of up to 512 vectors (4096 keys in vectors of 8), a cube per longer
+//! (batch, head, query) row of up to 128 vectors (1024 keys in vectors of 8), a cube per longer
 //! row; the mask broadcast over heads, maximum and sum in float32 with warp reductions,
 //! probabilities written back in the scores' dtype. It replaces the mask addition, two casts and
 //! burn's softmax (about seven launches per layer and step).
@@ -7,7 +7,8 @@
 //! Each unit reads its share of the row once, as vectors of up to 8 elements, and keeps it in
 //! registers for the maximum, the sum and the output. The first version re-read the row for each
 //! of the three passes one element at a time: 252 us per 512-query chunk of a 1920-token prompt
-//! on the H200, 28 ms of the prompt's 76 ms of GPU time; now 78 us (docs/benchmarks.md).
+//! on the H200, 28 ms of the prompt's 76 ms of GPU time; then 78 us, and 47 us for a 2048-token
+//! prompt's chunk once a unit held at most 4 vectors (docs/benchmarks.md, sessions 8 and 19).
 
 use burn_cubecl::CubeRuntime;
 use burn_cubecl::ops::numeric::empty_device_dtype;
@@ -24,8 +25,14 @@ const MAX_PER_UNIT: usize = 16;
 /// Units per row while each holds at most [`MAX_PER_UNIT`] vectors with them, past a warp's
 /// reach (rows of up to 4096 vectors: every prompt of ChatGLM-6B's 2048-token context).
 const BLOCK: usize = 256;
-/// Rows per cube when a warp takes a row (rows of up to `32 * MAX_PER_UNIT` vectors).
+/// Rows per cube when a warp takes a row (rows of up to `32 * SPREAD` vectors).
 const WARP_ROWS: usize = 8;
+/// Most vectors per unit for rows of up to `BLOCK * SPREAD` vectors: more units per row (a cube
+/// of them past a warp's reach) rather than more registers per unit. A row of 2048 keys (256
+/// vectors of 8) held as 8 vectors in each of a warp's units took 54 us per 512-query chunk on
+/// the H200 at 80 registers and 33% occupancy, as 4 vectors in each of 64 units 47 us at 48
+/// registers and 56% (`docs/benchmarks.md`, session 19).
+const SPREAD: usize = 4;
 /// Environment variable for tuning runs: units per row (32 for a warp per row, or 64 to 1024 for a
 /// cube of that many units per row) for every row that fits, instead of [`RowShape::new`]'s
 /// choice.
@@ -187,7 +194,8 @@ impl RowShape {
     fn with_units(kv: usize, units: Option<usize>, fast_exp: bool) -> Option<Self> {
         let units = match units {
             Some(u) if kv <= u * MAX_PER_UNIT => u,
-            _ if kv <= 32 * MAX_PER_UNIT => 32,
+            // At most `SPREAD` vectors per unit: a row of 2048 keys over 64 units.
+            _ if kv <= BLOCK * SPREAD => kv.div_ceil(SPREAD).next_power_of_two().max(32),
             _ if kv <= BLOCK * MAX_PER_UNIT => BLOCK,
             _ => MAX_BLOCK,
         };
@@ -309,13 +317,16 @@ mod tests {
 
     #[test]
     fn rows_get_whole_warps_and_few_variants() {
-        // 2048 keys as vectors of 8: a warp per row, 8 vectors per unit.
-        assert_eq!(shape(256), Some((true, 32, 8)));
+        // Up to 128 vectors (1024 keys in vectors of 8): a warp per row, at most 4 per unit.
         assert_eq!(shape(3), Some((true, 32, 1)));
-        assert_eq!(shape(300), Some((true, 32, 16)));
-        assert_eq!(shape(512), Some((true, 32, 16)));
-        // Past a warp's reach: a cube per row.
-        assert_eq!(shape(513), Some((false, 256, 4)));
+        assert_eq!(shape(128), Some((true, 32, 4)));
+        // Longer: a cube of up to 256 units per row, at most 4 vectors each (2048 keys over 64).
+        assert_eq!(shape(129), Some((false, 64, 4)));
+        assert_eq!(shape(256), Some((false, 64, 4)));
+        assert_eq!(shape(300), Some((false, 128, 4)));
+        assert_eq!(shape(1024), Some((false, 256, 4)));
+        // Past that, more vectors per unit.
+        assert_eq!(shape(1025), Some((false, 256, 8)));
         assert_eq!(shape(4096), Some((false, 256, 16)));
         assert_eq!(shape(4097), Some((false, 1024, 8)));
         assert_eq!(shape(16 * 1024), Some((false, 1024, 16)));

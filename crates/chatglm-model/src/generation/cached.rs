@@ -282,6 +282,8 @@ fn prefill_layout<B: KernelBackend>(
         .map_or(0, |(k, _)| k.dims()[2]);
     let needed = prefix_len + layout.width + extra;
     let mut cache = model.new_cache(prompts.len(), needed, prefix, device);
+    // Stage marks for the GEMM timing of benchmarks (nothing unless `CHATGLM_GEMM_EVENTS=1`).
+    chatglm_kernels::gemm_gpu_mark();
     let keys = cache.capacity;
     let inputs = ForwardInputs::prompts(
         &layout.padded_ids(prompts, pad_id),
@@ -291,6 +293,7 @@ fn prefill_layout<B: KernelBackend>(
         model.head_dim(),
         device,
     );
+    chatglm_kernels::gemm_gpu_mark();
     let hidden = model.hidden_cached(&inputs, &mut cache);
     let last = hidden.narrow(1, layout.width - 1, 1);
     Ok((layout, cache, model.lm_head(last)))

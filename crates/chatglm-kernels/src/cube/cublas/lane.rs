@@ -86,13 +86,13 @@ impl Lanes {
 
     /// Records a timing point on the calling stream's lane, where it shares cubecl's stream and
     /// GEMMs are timed ([`timing`]). Run on the runner.
-    pub(super) fn point(&mut self) {
+    pub(super) fn point(&mut self, caller: Instant) {
         if let Some(Some(lane)) = self.lanes.get(&StreamId::current())
             && lane.shared
         {
             // SAFETY: the primary context retained in `Lane::try_new`.
             let _ = unsafe { cu::ctx::set_current(lane.context) };
-            self.marks.point(lane.stream);
+            self.marks.point(lane.stream, caller);
         }
     }
 

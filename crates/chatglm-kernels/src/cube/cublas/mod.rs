@@ -300,7 +300,14 @@ fn runner(lhs: &CubeTensor<CudaRuntime>) -> Option<Runner> {
         runners
             .borrow_mut()
             .entry((lhs.device.index, StreamId::current()))
-            .or_insert_with(|| Runner::new(&lhs.client, &lhs.device))
+            .or_insert_with(|| {
+                if let Ok(mut gpus) = GPUS.lock()
+                    && !gpus.contains(&lhs.device.index)
+                {
+                    gpus.push(lhs.device.index);
+                }
+                Runner::new(&lhs.client, &lhs.device)
+            })
             .clone()
     })?;
     runner.usable.load(Ordering::Relaxed).then_some(runner)
@@ -339,14 +346,21 @@ pub(crate) fn gpu_times(index: usize) -> Option<crate::GemmGpuTimes> {
 }
 
 /// See [`crate::gemm_gpu_mark`].
-pub(crate) fn gpu_mark(index: usize) {
-    if CALLS.load(Ordering::Relaxed) == 0 || !timing::enabled() {
+pub(crate) fn gpu_mark() {
+    if !timing::enabled() {
         return;
     }
-    let lanes = DeviceHandle::<Lanes>::new(CudaDevice::new(index).to_id());
-    lanes.submit(|lanes: &mut Lanes| lanes.point());
-    lanes.flush_queue();
+    let caller = Instant::now();
+    let gpus = GPUS.lock().map(|g| g.clone()).unwrap_or_default();
+    for index in gpus {
+        let lanes = DeviceHandle::<Lanes>::new(CudaDevice::new(index).to_id());
+        lanes.submit(move |lanes: &mut Lanes| lanes.point(caller));
+        lanes.flush_queue();
+    }
 }
+
+/// The GPUs on which a lane was made, for [`gpu_mark`].
+static GPUS: Mutex<Vec<usize>> = Mutex::new(Vec::new());
 
 /// [`matmul`], after copying into a contiguous buffer an operand whose layout one batch stride
 /// cannot describe (the gradient of a heads transpose, `[batch, heads, ..]` viewed out of

@@ -5,6 +5,7 @@
 
 use std::collections::BTreeMap;
 use std::sync::OnceLock;
+use std::time::Instant;
 
 use cudarc::driver::sys as cusys;
 
@@ -33,7 +34,15 @@ struct Mark {
 #[derive(Default)]
 pub(super) struct Marks {
     marks: Vec<Mark>,
-    points: Vec<cusys::CUevent>,
+    points: Vec<Point>,
+}
+
+/// A point marked on a stream: when the caller marked it, when the runner queued its event, and
+/// the event.
+struct Point {
+    caller: Instant,
+    runner: Instant,
+    event: cusys::CUevent,
 }
 
 /// A new event that records time.
@@ -85,14 +94,20 @@ impl Marks {
         result
     }
 
-    /// Records a point on `stream` (when timing is on and the event could be made).
-    pub(super) fn point(&mut self, stream: cusys::CUstream) {
+    /// Records a point on `stream` that the caller marked at `caller` (when timing is on and the
+    /// event could be made).
+    pub(super) fn point(&mut self, stream: cusys::CUstream, caller: Instant) {
         let Some(point) = enabled().then(event).flatten() else {
             return;
         };
+        let runner = Instant::now();
         // SAFETY: an event of the current context, recorded on a live stream of it.
         match unsafe { cusys::cuEventRecord(point, stream) }.result() {
-            Ok(()) => self.points.push(point),
+            Ok(()) => self.points.push(Point {
+                caller,
+                runner,
+                event: point,
+            }),
             // SAFETY: made above, not used again.
             Err(_) => unsafe {
                 cusys::cuEventDestroy_v2(point);
@@ -120,14 +135,18 @@ impl Marks {
             {
                 times.span_ms = elapsed(first.start, last.end);
                 // SAFETY: recorded events of the current context.
-                let done =
-                    |e: &cusys::CUevent| unsafe { cusys::cuEventSynchronize(*e) }.result().is_ok();
+                let done = |p: &Point| unsafe { cusys::cuEventSynchronize(p.event) }.result();
                 if let (Some(a), Some(b)) = (points.first(), points.last())
                     && points.len() >= 2
-                    && done(b)
+                    && done(b).is_ok()
                 {
-                    times.lead_ms = Some(elapsed(*a, first.start));
-                    times.tail_ms = Some(elapsed(last.end, *b));
+                    times.lead_ms = Some(elapsed(a.event, first.start));
+                    times.tail_ms = Some(elapsed(last.end, b.event));
+                    let since = |t: Instant| (t - a.caller).as_secs_f64() * 1e3;
+                    times.points = points
+                        .iter()
+                        .map(|p| [since(p.caller), since(p.runner), elapsed(a.event, p.event)])
+                        .collect();
                 }
                 for mark in &marks {
                     let ms = elapsed(mark.start, mark.end);
@@ -152,7 +171,7 @@ impl Marks {
         for point in points {
             // SAFETY: events made by `point`, not used again.
             unsafe {
-                cusys::cuEventDestroy_v2(point);
+                cusys::cuEventDestroy_v2(point.event);
             }
         }
         times.by_shape = by_shape
