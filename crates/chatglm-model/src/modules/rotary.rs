@@ -3,10 +3,10 @@
 //! Each head of q and k is split into two halves; the first half rotates by the position id, the
 //! second by the block position id. Within a half of size `r` the rotation is "rotate half"
 //! style with `inv_freq[i] = 1 / 10000^(2i / r)` rounded to float16 as the original stores it.
-//! The cos/sin tables are made on the host for exactly the positions in use, so the tensors
-//! given to the device always have the shape of the batch (fixed shapes in the decode loop); their
-//! rows are copied from per-id rows computed once per process, and a long prompt's travel in
-//! float32 and are cast on the device.
+//! The cos/sin tables are made for exactly the positions in use, so the tensors given to the
+//! device always have the shape of the batch (fixed shapes in the decode loop); their rows are
+//! copied from per-id rows computed once per process: on the host for a decoding step, on the
+//! device (from the rows and the ids) for a long prompt.
 
 use std::sync::{Arc, Mutex};
 
@@ -40,6 +40,17 @@ pub struct Rope<B: Backend> {
 impl<B: Backend> Rope<B> {
     /// Builds the tables for `positions` (2D ids per token).
     pub fn new(positions: &PositionIds, head_dim: usize, device: &B::Device) -> Self {
+        let n = positions.batch * positions.seq;
+        if 2 * n * head_dim >= DEVICE_CAST_MIN
+            && let Some(rope) = Self::gathered(positions, head_dim, device)
+        {
+            return rope;
+        }
+        Self::from_host(positions, head_dim, device)
+    }
+
+    /// The tables made on the host, token by token.
+    fn from_host(positions: &PositionIds, head_dim: usize, device: &B::Device) -> Self {
         let (cos, sin) = host_tables(positions, head_dim);
         let scale = 1.0 / (head_dim as f32).sqrt();
         let n = positions.batch * positions.seq;
@@ -52,8 +63,8 @@ impl<B: Backend> Rope<B> {
             sin_qk.extend(sin[row.clone()].iter().map(|v| v * scale));
             sin_qk.extend_from_slice(&sin[row]);
         }
-        // A prompt's tables travel in float32 and are cast on the device (the host would convert
-        // a 2048-token prompt's million values one by one); a decoding step's few rows are
+        // A long table travels in float32 and is cast on the device (the host would convert a
+        // 2048-token prompt's million values one by one); a decoding step's few rows are
         // converted on the host, which saves the step two launches.
         let shape = [positions.batch, 1, positions.seq, 2 * head_dim];
         let on_device = cos_qk.len() >= DEVICE_CAST_MIN;
@@ -69,6 +80,52 @@ impl<B: Backend> Rope<B> {
             cos: table(cos_qk),
             sin: table(sin_qk),
         }
+    }
+
+    /// The tables of a long prompt put together on the device, the same values as
+    /// [`Rope::from_host`]'s: the process-wide per-id rows up to the largest id go up in float32
+    /// (256 bytes per id of ChatGLM-6B), with the ids, and the device picks each token's rows,
+    /// signs, scales, concatenates and casts them. On the host a 2048-token prompt's tables (4 MB
+    /// of float32) took 2-2.5 ms while the GPU waited for its first kernel (`docs/benchmarks.md`,
+    /// session 19). `None` where an id falls outside the process-wide table.
+    fn gathered(positions: &PositionIds, head_dim: usize, device: &B::Device) -> Option<Self> {
+        let rot = head_dim / 2;
+        let ids = positions.position.iter().chain(&positions.block);
+        let (least, most) = ids.fold((0, 0), |(lo, hi), &id| (lo.min(id), hi.max(id)));
+        if least < 0 || most >= MAX_TABLE_IDS {
+            return None;
+        }
+        let table = id_table(rot, most);
+        let (rows, half) = (most as usize + 1, table.half);
+        let upload = |values: &[f32]| {
+            let data = TensorData::new(values[..rows * half].to_vec(), [rows, half]);
+            Tensor::<B, 2>::from_data(data, (device, DType::F32))
+        };
+        let (cos_rows, sin_rows) = (upload(&table.cos), upload(&table.sin));
+        let n = positions.batch * positions.seq;
+        let ids = |v: &[i64]| {
+            Tensor::<B, 1, burn::tensor::Int>::from_data(TensorData::new(v.to_vec(), [n]), device)
+        };
+        let (pos, block) = (ids(&positions.position), ids(&positions.block));
+        let pick = |rows: &Tensor<B, 2>, ids: &Tensor<B, 1, burn::tensor::Int>| {
+            rows.clone().select(0, ids.clone())
+        };
+        // Per token `[c(pos), c(pos), c(block), c(block)]` and `[-s(pos), s(pos), -s(block),
+        // s(block)]`, as `host_tables` lays them out.
+        let (cp, cb) = (pick(&cos_rows, &pos), pick(&cos_rows, &block));
+        let (sp, sb) = (pick(&sin_rows, &pos), pick(&sin_rows, &block));
+        let cos = Tensor::cat(vec![cp.clone(), cp, cb.clone(), cb], 1);
+        let sin = Tensor::cat(vec![-sp.clone(), sp, -sb.clone(), sb], 1);
+        let scale = 1.0 / (head_dim as f32).sqrt();
+        let qk = |t: Tensor<B, 2>| {
+            Tensor::cat(vec![t.clone() * scale, t], 1)
+                .reshape([positions.batch, 1, positions.seq, 2 * head_dim])
+                .cast(float_dtype::<B>())
+        };
+        Some(Self {
+            cos: qk(cos),
+            sin: qk(sin),
+        })
     }
 }
 
@@ -263,6 +320,43 @@ mod tests {
             let rows = l.narrow(2, 0, 2).into_data().to_vec::<f64>().unwrap();
             assert_eq!(rows, s.into_data().to_vec::<f64>().unwrap());
         }
+    }
+
+    /// A long prompt's tables put together on the device hold, bit for bit, the values the host
+    /// makes token by token: two rows, position and block ids mixed, an odd head width.
+    #[test]
+    fn gathered_tables_equal_the_host_ones() {
+        type B = burn::backend::NdArray<f32>;
+        let device = Default::default();
+        let (batch, seq) = (2, 37);
+        let positions = PositionIds {
+            batch,
+            seq,
+            position: (0..(batch * seq) as i64).map(|i| (i * 7) % 40).collect(),
+            block: (0..(batch * seq) as i64)
+                .map(|i| (i % 5).max(i - 60))
+                .collect(),
+        };
+        for head_dim in [16, 128] {
+            let host = Rope::<B>::from_host(&positions, head_dim, &device);
+            let gathered = Rope::<B>::gathered(&positions, head_dim, &device).unwrap();
+            for (g, h) in [(gathered.cos, host.cos), (gathered.sin, host.sin)] {
+                assert_eq!(g.dims(), [batch, 1, seq, 2 * head_dim]);
+                let bits = |t: Tensor<B, 4>| {
+                    let v = t.into_data().to_vec::<f32>().unwrap();
+                    v.into_iter().map(f32::to_bits).collect::<Vec<_>>()
+                };
+                assert_eq!(bits(g), bits(h), "head_dim {head_dim}");
+            }
+        }
+        // Past the process-wide table the host makes them.
+        let far = PositionIds {
+            batch: 1,
+            seq: 1,
+            position: vec![MAX_TABLE_IDS],
+            block: vec![0],
+        };
+        assert!(Rope::<B>::gathered(&far, 16, &device).is_none());
     }
 
     #[test]
