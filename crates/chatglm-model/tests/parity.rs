@@ -225,3 +225,49 @@ fn rotary_frequencies_equal_the_checkpoint_buffer() {
         .unwrap();
     assert_eq!(chatglm_model::modules::rotary::inv_freq(8), buf);
 }
+
+/// A long prompt's rotary tables, which the device puts together from the per-id rows and the
+/// ids, hold the host's rows bit for bit (float32): query half scaled, key half as is.
+fn long_rotary_tables<B: chatglm_model::KernelBackend>(device: &B::Device, _tol: f32) {
+    use chatglm_model::modules::rotary::{Rope, host_tables};
+    use chatglm_model::positions::PositionIds;
+    let (batch, seq, head_dim) = (2, 300, 128);
+    let n = batch * seq;
+    let positions = PositionIds {
+        batch,
+        seq,
+        position: (0..n as i64).map(|i| i % seq as i64).collect(),
+        block: (0..n as i64)
+            .map(|i| (i % seq as i64 - 250).max(0))
+            .collect(),
+    };
+    let rope = Rope::<B>::new(&positions, head_dim, device);
+    let (cos, sin) = host_tables(&positions, head_dim);
+    let scale = 1.0 / (head_dim as f32).sqrt();
+    let qk = |t: &[f32]| -> Vec<u32> {
+        t.chunks(head_dim)
+            .flat_map(|row| row.iter().map(|v| v * scale).chain(row.iter().copied()))
+            .map(f32::to_bits)
+            .collect()
+    };
+    for (what, got, want) in [("cos", rope.cos, qk(&cos)), ("sin", rope.sin, qk(&sin))] {
+        assert_eq!(got.dims(), [batch, 1, seq, 2 * head_dim]);
+        let got: Vec<u32> = got
+            .into_data()
+            .convert::<f32>()
+            .to_vec::<f32>()
+            .unwrap()
+            .into_iter()
+            .map(f32::to_bits)
+            .collect();
+        assert!(
+            got == want,
+            "{what}: the device's tables differ from the host's rows"
+        );
+    }
+}
+
+#[test]
+fn long_prompt_rotary_tables_equal_the_host_rows() {
+    on_backends!(long_rotary_tables);
+}
