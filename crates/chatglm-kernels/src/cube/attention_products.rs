@@ -30,13 +30,14 @@ pub(crate) fn attention_products<R: CubeRuntime>(
     mask: &CubeTensor<R>,
     chunk: usize,
 ) -> Option<CubeTensor<R>> {
-    use std::any::Any;
-    fn cuda<R: CubeRuntime>(t: &CubeTensor<R>) -> Option<&CubeTensor<CudaRuntime>> {
-        (t as &dyn Any).downcast_ref()
-    }
-    let out = products(cuda(q)?, cuda(keys)?, cuda(values)?, cuda(mask)?, chunk)?;
-    let out: Box<dyn Any> = Box::new(out);
-    out.downcast::<CubeTensor<R>>().ok().map(|out| *out)
+    let cuda = super::as_cuda;
+    super::from_cuda(products(
+        cuda(q)?,
+        cuda(keys)?,
+        cuda(values)?,
+        cuda(mask)?,
+        chunk,
+    )?)
 }
 
 /// [`attention_products`] on CUDA.

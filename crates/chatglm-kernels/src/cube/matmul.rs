@@ -13,14 +13,11 @@
 //! in half precision with float32 accumulation. Without cuBLAS, products of up to
 //! [`gemv::MAX_ROWS`] rows take the GEMV kernel too.
 
-use std::any::Any;
-
 use burn::tensor::DType;
 use burn::tensor::ops::FloatTensorOps;
 use burn_cubecl::kernel::matmul::init_matmul_output;
 use burn_cubecl::tensor::CubeTensor;
 use burn_cubecl::{BoolElement, CubeBackend, CubeRuntime, FloatElement, IntElement};
-use cubecl::cuda::CudaRuntime;
 use cubek::matmul::definition::{MatmulElems, MatmulGlobalElems};
 use cubek::matmul::launch::Strategy;
 use cubek::matmul::routines::{
@@ -36,11 +33,8 @@ fn cublas_matmul<R: CubeRuntime>(
     lhs: &CubeTensor<R>,
     rhs: &CubeTensor<R>,
 ) -> Option<CubeTensor<R>> {
-    let lhs = (lhs as &dyn Any).downcast_ref::<CubeTensor<CudaRuntime>>()?;
-    let rhs = (rhs as &dyn Any).downcast_ref::<CubeTensor<CudaRuntime>>()?;
-    let out = cublas::matmul(lhs, rhs).or_else(|| cublas::matmul_relaid(lhs, rhs))?;
-    let out: Box<dyn Any> = Box::new(out);
-    out.downcast::<CubeTensor<R>>().ok().map(|out| *out)
+    let (lhs, rhs) = (super::as_cuda(lhs)?, super::as_cuda(rhs)?);
+    super::from_cuda(cublas::matmul(lhs, rhs).or_else(|| cublas::matmul_relaid(lhs, rhs))?)
 }
 
 /// Rows of the left operand (`m`).

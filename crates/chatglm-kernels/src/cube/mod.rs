@@ -323,6 +323,21 @@ where
     }
 }
 
+/// `t` as a CUDA tensor, where `R` is the CUDA runtime (the cuBLAS paths); `None` elsewhere.
+pub(crate) fn as_cuda<R: CubeRuntime>(
+    t: &burn_cubecl::tensor::CubeTensor<R>,
+) -> Option<&burn_cubecl::tensor::CubeTensor<cubecl::cuda::CudaRuntime>> {
+    (t as &dyn std::any::Any).downcast_ref()
+}
+
+/// A CUDA tensor as `R`'s, where `R` is the CUDA runtime ([`as_cuda`]'s way back).
+pub(crate) fn from_cuda<R: CubeRuntime>(
+    t: burn_cubecl::tensor::CubeTensor<cubecl::cuda::CudaRuntime>,
+) -> Option<burn_cubecl::tensor::CubeTensor<R>> {
+    let t: Box<dyn std::any::Any> = Box::new(t);
+    t.downcast().ok().map(|t| *t)
+}
+
 /// Whether `t` can be read as vectors of `width` elements along `axis` (whose stride must be 1):
 /// every other dimension of more than one element moves by whole vectors, and the buffer's
 /// offset is aligned to a vector.
