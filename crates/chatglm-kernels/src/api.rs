@@ -252,7 +252,7 @@ pub struct GemmGpuTimes {
     pub points: Vec<[f64; 3]>,
 }
 
-/// Marks the present point of the calling thread's queue on each CUDA device that has run
+/// Marks the present point of the calling thread's queue on each CUDA device where it has run
 /// cuBLAS GEMMs, when they are timed (`CHATGLM_GEMM_EVENTS=1`) on the cubecl stream this thread
 /// queues on; does nothing otherwise. A mark before some work and one after it (before any wait)
 /// make [`gemm_gpu_times`] report the GPU time before the first GEMM and after the last, and

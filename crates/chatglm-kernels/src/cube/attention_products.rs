@@ -54,8 +54,12 @@ fn products(
     let [b, heads, s, d] = dims(q)?;
     let slots = dims(keys)?[2];
     let half = matches!(q.dtype, DType::F16 | DType::BF16);
+    // A last chunk of fewer rows than cuBLAS takes would be found only after the other chunks
+    // had run (and then all redone by the caller's path).
+    let tail = s % chunk.max(1);
     if !half
         || chunk == 0
+        || (tail > 0 && tail < cublas::MIN_ROWS)
         || [keys.dtype, values.dtype, mask.dtype] != [q.dtype; 3]
         || dims(keys)? != [b, heads, slots, d]
         || dims(values)? != [b, heads, slots, d]
@@ -73,7 +77,7 @@ fn products(
     // The output seen as `[batch, heads, seq, d]`, one batch row at a time: a batch row's heads
     // are one stride apart (`d`), but the rows and heads together are not.
     let out_strides = [s * heads * d, d, heads * d, 1];
-    let per_row = |t: &CubeTensor<CudaRuntime>, row: usize| t.select_first(row, b);
+    let per_row = |t: &CubeTensor<CudaRuntime>, row: usize| t.select_first(row);
     for row in 0..b {
         let (q, keys_t, values, mask) = (
             per_row(q, row),
@@ -105,8 +109,8 @@ fn products(
 trait Views: Sized {
     /// The last two dimensions swapped.
     fn transposed_last(self) -> Self;
-    /// Batch row `row` of `rows` (itself where there is one), keeping the dimension.
-    fn select_first(&self, row: usize, rows: usize) -> Self;
+    /// Batch row `row` (itself where there is one), keeping the dimension.
+    fn select_first(&self, row: usize) -> Self;
     /// `n` rows of the third dimension from `start`.
     fn rows(&self, start: usize, n: usize) -> Self;
 }
@@ -117,11 +121,11 @@ impl Views for CubeTensor<CudaRuntime> {
         self
     }
 
-    fn select_first(&self, row: usize, rows: usize) -> Self {
-        if rows == 1 {
+    fn select_first(&self, row: usize) -> Self {
+        let (shape, strides) = (self.meta.shape(), self.meta.strides());
+        if shape[0] == 1 {
             return self.clone();
         }
-        let (shape, strides) = (self.meta.shape(), self.meta.strides());
         let at = |i: usize| (shape[i], strides[i]);
         let [s1, s2, s3] = [at(1), at(2), at(3)];
         view(

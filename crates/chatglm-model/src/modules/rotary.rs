@@ -40,8 +40,7 @@ pub struct Rope<B: Backend> {
 impl<B: Backend> Rope<B> {
     /// Builds the tables for `positions` (2D ids per token).
     pub fn new(positions: &PositionIds, head_dim: usize, device: &B::Device) -> Self {
-        let n = positions.batch * positions.seq;
-        if 2 * n * head_dim >= DEVICE_CAST_MIN
+        if long_tables(positions, head_dim)
             && let Some(rope) = Self::gathered(positions, head_dim, device)
         {
             return rope;
@@ -67,7 +66,7 @@ impl<B: Backend> Rope<B> {
         // 2048-token prompt's million values one by one); a decoding step's few rows are
         // converted on the host, which saves the step two launches.
         let shape = [positions.batch, 1, positions.seq, 2 * head_dim];
-        let on_device = cos_qk.len() >= DEVICE_CAST_MIN;
+        let on_device = long_tables(positions, head_dim);
         let table = |values: Vec<f32>| {
             let data = TensorData::new(values, shape);
             if on_device {
@@ -234,6 +233,12 @@ impl IdTable {
 /// Table values from which [`Rope::new`] casts on the device rather than on the host (256 tokens
 /// of ChatGLM-6B's 128-wide heads).
 const DEVICE_CAST_MIN: usize = 1 << 16;
+
+/// Whether the tables of `positions` hold at least [`DEVICE_CAST_MIN`] values (`[q | k]` rows of
+/// `2 * head_dim` per token): put together or cast on the device rather than on the host.
+fn long_tables(positions: &PositionIds, head_dim: usize) -> bool {
+    positions.batch * positions.seq * 2 * head_dim >= DEVICE_CAST_MIN
+}
 
 /// Ids the process-wide tables cover at most (ChatGLM-6B's positions stay below 2048 plus the
 /// generated tokens); larger ones are computed per call.

@@ -300,14 +300,7 @@ fn runner(lhs: &CubeTensor<CudaRuntime>) -> Option<Runner> {
         runners
             .borrow_mut()
             .entry((lhs.device.index, StreamId::current()))
-            .or_insert_with(|| {
-                if let Ok(mut gpus) = GPUS.lock()
-                    && !gpus.contains(&lhs.device.index)
-                {
-                    gpus.push(lhs.device.index);
-                }
-                Runner::new(&lhs.client, &lhs.device)
-            })
+            .or_insert_with(|| Runner::new(&lhs.client, &lhs.device))
             .clone()
     })?;
     runner.usable.load(Ordering::Relaxed).then_some(runner)
@@ -345,22 +338,29 @@ pub(crate) fn gpu_times(index: usize) -> Option<crate::GemmGpuTimes> {
     lanes.submit_blocking(|lanes| lanes.take_times()).ok()
 }
 
-/// See [`crate::gemm_gpu_mark`].
+/// See [`crate::gemm_gpu_mark`]: a point on each lane this thread's stream has (one per GPU it
+/// has run GEMMs on).
 pub(crate) fn gpu_mark() {
     if !timing::enabled() {
         return;
     }
     let caller = Instant::now();
-    let gpus = GPUS.lock().map(|g| g.clone()).unwrap_or_default();
-    for index in gpus {
-        let lanes = DeviceHandle::<Lanes>::new(CudaDevice::new(index).to_id());
-        lanes.submit(move |lanes: &mut Lanes| lanes.point(caller));
-        lanes.flush_queue();
+    let stream = StreamId::current();
+    let runners: Vec<Runner> = RUNNERS.with(|runners| {
+        runners
+            .borrow()
+            .iter()
+            .filter(|((_, s), _)| *s == stream)
+            .filter_map(|(_, runner)| runner.clone())
+            .collect()
+    });
+    for runner in runners {
+        runner
+            .lanes
+            .submit(move |lanes: &mut Lanes| lanes.point(caller));
+        runner.lanes.flush_queue();
     }
 }
-
-/// The GPUs on which a lane was made, for [`gpu_mark`].
-static GPUS: Mutex<Vec<usize>> = Mutex::new(Vec::new());
 
 /// [`matmul`], after copying into a contiguous buffer an operand whose layout one batch stride
 /// cannot describe (the gradient of a heads transpose, `[batch, heads, ..]` viewed out of
