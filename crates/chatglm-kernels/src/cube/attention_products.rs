@@ -16,8 +16,8 @@ use cubecl::cuda::CudaRuntime;
 use super::{cublas, softmax};
 
 /// `softmax(q keys^T + mask) values` with at most `chunk` queries at a time, as `[batch, seq,
-/// heads * d]`; `None` where the runtime is not CUDA, the dtype not half precision, or cuBLAS or
-/// the softmax kernel would not take the operands (the first chunk's products find that out; what
+/// heads * d]`; `None` where the runtime is not CUDA, the dtype not half precision, the batch has
+/// several rows, or cuBLAS or the softmax kernel would not take the operands (the first chunk's products find that out; what
 /// was queued before is discarded). The caller then takes burn's ops.
 ///
 /// # Shapes
@@ -57,93 +57,50 @@ fn products(
     // A last chunk of fewer rows than cuBLAS takes would be found only after the other chunks
     // had run (and then all redone by the caller's path).
     let tail = s % chunk.max(1);
-    if !half
+    // One batch row: a loop over rows, each through views of its own, gave wrong contexts on the
+    // H200 (`docs/benchmarks.md`, session 19, call 10), cause not found; several rows take the
+    // caller's path.
+    if b != 1
+        || !half
         || chunk == 0
         || (tail > 0 && tail < cublas::MIN_ROWS)
         || [keys.dtype, values.dtype, mask.dtype] != [q.dtype; 3]
-        || dims(keys)? != [b, heads, slots, d]
-        || dims(values)? != [b, heads, slots, d]
-        || dims(mask)? != [b, 1, s, slots]
+        || dims(keys)? != [1, heads, slots, d]
+        || dims(values)? != [1, heads, slots, d]
+        || dims(mask)? != [1, 1, s, slots]
     {
         return None;
     }
     let out = empty_device_dtype(
         q.client.clone(),
         q.device.clone(),
-        [b, s, heads * d].into(),
+        [1, s, heads * d].into(),
         q.dtype,
     );
-    let keys_t = keys.clone().transposed_last();
-    // The output seen as `[batch, heads, seq, d]`, one batch row at a time: a batch row's heads
-    // are one stride apart (`d`), but the rows and heads together are not.
+    let mut keys_t = keys.clone();
+    keys_t.meta.swap(2, 3);
+    // The output seen as `[1, heads, seq, d]`: each head `d` from the next, rows `hidden` apart.
     let out_strides = [s * heads * d, d, heads * d, 1];
-    let per_row = |t: &CubeTensor<CudaRuntime>, row: usize| t.select_first(row);
-    for row in 0..b {
-        let (q, keys_t, values, mask) = (
-            per_row(q, row),
-            per_row(&keys_t, row),
-            per_row(values, row),
-            per_row(mask, row),
-        );
-        for start in (0..s).step_by(chunk) {
-            let n = chunk.min(s - start);
-            let q = q.rows(start, n);
-            let mask = mask.rows(start, n);
-            let scores = cublas::matmul(&q, &keys_t)?;
-            // Nothing else holds the scores: the probabilities take their buffer.
-            let probs = softmax::masked_softmax(&scores, &mask)?;
-            drop(scores);
-            let ctx = view(
-                &out,
-                row * out_strides[0] + start * out_strides[2],
-                [1, heads, n, d],
-                out_strides,
-            );
-            cublas::matmul_into(&probs, &values, &ctx)?;
-        }
+    for start in (0..s).step_by(chunk) {
+        let n = chunk.min(s - start);
+        let scores = cublas::matmul(&rows(q, start, n), &keys_t)?;
+        // Nothing else holds the scores: the probabilities take their buffer.
+        let probs = softmax::masked_softmax(&scores, &rows(mask, start, n))?;
+        drop(scores);
+        let ctx = view(&out, start * out_strides[2], [1, heads, n, d], out_strides);
+        cublas::matmul_into(&probs, values, &ctx)?;
     }
     Some(out)
 }
 
-/// Views of a 4-dimensional operand.
-trait Views: Sized {
-    /// The last two dimensions swapped.
-    fn transposed_last(self) -> Self;
-    /// Batch row `row` (itself where there is one), keeping the dimension.
-    fn select_first(&self, row: usize) -> Self;
-    /// `n` rows of the third dimension from `start`.
-    fn rows(&self, start: usize, n: usize) -> Self;
-}
-
-impl Views for CubeTensor<CudaRuntime> {
-    fn transposed_last(mut self) -> Self {
-        self.meta.swap(2, 3);
-        self
+/// `n` rows of `t`'s third dimension from `start` (a view).
+fn rows(t: &CubeTensor<CudaRuntime>, start: usize, n: usize) -> CubeTensor<CudaRuntime> {
+    let (shape, strides) = (t.meta.shape(), t.meta.strides());
+    if start == 0 && n == shape[2] {
+        return t.clone();
     }
-
-    fn select_first(&self, row: usize) -> Self {
-        let (shape, strides) = (self.meta.shape(), self.meta.strides());
-        if shape[0] == 1 {
-            return self.clone();
-        }
-        let at = |i: usize| (shape[i], strides[i]);
-        let [s1, s2, s3] = [at(1), at(2), at(3)];
-        view(
-            self,
-            row * strides[0],
-            [1, s1.0, s2.0, s3.0],
-            [strides[0], s1.1, s2.1, s3.1],
-        )
-    }
-
-    fn rows(&self, start: usize, n: usize) -> Self {
-        let (shape, strides) = (self.meta.shape(), self.meta.strides());
-        if start == 0 && n == shape[2] {
-            return self.clone();
-        }
-        let st: [usize; 4] = std::array::from_fn(|i| strides[i]);
-        view(self, start * st[2], [shape[0], shape[1], n, shape[3]], st)
-    }
+    let st: [usize; 4] = std::array::from_fn(|i| strides[i]);
+    view(t, start * st[2], [shape[0], shape[1], n, shape[3]], st)
 }
 
 /// A view of `t`'s buffer from `offset` elements on, with `shape` and `strides` (in elements).
