@@ -94,7 +94,8 @@ where
         bias: FloatTensor<Self>,
     ) -> FloatTensor<Self> {
         // Fused into the GEMV where `matmul` would take a GEMV kernel anyway: the tensor-core
-        // one (1 to 8 rows, half precision), else the other for one row.
+        // one (1 to 8 rows, half precision), else the other for one row. More rows on CUDA:
+        // into cuBLASLt's epilogue where it has one for the product.
         let rows = matmul::rows(&lhs);
         let n = rhs.meta.shape()[rhs.meta.shape().num_dims() - 1];
         let fused = if bias.dtype != lhs.dtype || bias.meta.shape().as_slice() != [n] {
@@ -104,7 +105,7 @@ where
         } else if rows == 1 {
             gemv::product(&lhs, &rhs, Some(&bias))
         } else {
-            None
+            cublas_bias_gelu(&lhs, &rhs, &bias)
         };
         match fused {
             Some(out) => out,
@@ -329,6 +330,28 @@ pub(crate) fn as_cuda<R: CubeRuntime>(
 ) -> Option<&burn_cubecl::tensor::CubeTensor<cubecl::cuda::CudaRuntime>> {
     (t as &dyn std::any::Any).downcast_ref()
 }
+
+/// [`cublas::matmul_bias_gelu`] where `R` is the CUDA runtime (and cuBLAS takes the product
+/// with that epilogue, unless `CHATGLM_GELU_EPILOGUE=off`).
+fn cublas_bias_gelu<R: CubeRuntime>(
+    lhs: &burn_cubecl::tensor::CubeTensor<R>,
+    rhs: &burn_cubecl::tensor::CubeTensor<R>,
+    bias: &burn_cubecl::tensor::CubeTensor<R>,
+) -> Option<burn_cubecl::tensor::CubeTensor<R>> {
+    static OFF: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    let off = *OFF.get_or_init(|| {
+        std::env::var(GELU_EPILOGUE_ENV).is_ok_and(|v| v.eq_ignore_ascii_case("off"))
+    });
+    if off {
+        return None;
+    }
+    let (lhs, rhs, bias) = (as_cuda(lhs)?, as_cuda(rhs)?, as_cuda(bias)?);
+    from_cuda(cublas::matmul_bias_gelu(lhs, rhs, bias)?)
+}
+
+/// Environment variable: `off` keeps a prompt's h->4h bias and GELU in their own kernel after
+/// cuBLAS's product instead of cuBLASLt's epilogue (for comparing the two).
+const GELU_EPILOGUE_ENV: &str = "CHATGLM_GELU_EPILOGUE";
 
 /// A CUDA tensor as `R`'s, where `R` is the CUDA runtime ([`as_cuda`]'s way back).
 pub(crate) fn from_cuda<R: CubeRuntime>(

@@ -232,6 +232,65 @@ fn check_matmul_bias_gelu<B: KernelBackend>(dev: &B::Device, tol: Tol) {
     }
 }
 
+/// `erf` by its Taylor series, to about 1e-9 for `|x| <= 4` (the range used below).
+fn erf(x: f64) -> f64 {
+    let (mut term, mut sum) = (x, x);
+    for n in 1..80 {
+        term *= -x * x / n as f64;
+        sum += term / (2 * n + 1) as f64;
+    }
+    sum * 2.0 / std::f64::consts::PI.sqrt()
+}
+
+/// `matmul_bias_gelu`'s GELU is ChatGLM-6B's tanh form, not the exact (erf) one, also where the
+/// product goes through a library's epilogue (cuBLASLt on CUDA, for more than 8 rows): products
+/// that come out exact (one weight per output column, one 1 per row) put every pre-activation on
+/// a grid from -4 to 4, and wherever the two forms differ by more than a few units in the last
+/// place the output must be the tanh form's, to a unit in the last place of half precision.
+fn check_gelu_form<B: KernelBackend>(dev: &B::Device) {
+    let (m, k, n) = (32usize, 16usize, 128usize);
+    let pre: Vec<f64> = (0..n).map(|j| -4.0 + j as f64 / 16.0).collect();
+    let bias: Vec<f32> = (0..n).map(|j| 0.25 * (j % 3) as f32 - 0.25).collect();
+    let w: Vec<f32> = (0..n * k)
+        .map(|i| pre[i / k] as f32 - bias[i / k])
+        .collect();
+    let x: Vec<f32> = (0..m * k)
+        .map(|i| f32::from(i % k == (i / k) % k))
+        .collect();
+    let got = values(chatglm_kernels::matmul_bias_gelu(
+        tensor::<B, 2>(&x, [m, k], dev),
+        tensor::<B, 2>(&w, [n, k], dev).transpose(),
+        tensor::<B, 1>(&bias, [n], dev),
+    ));
+    let tanh_form =
+        |v: f64| 0.5 * v * (1.0 + (0.797_884_560_802_865_4 * v * (1.0 + 0.044715 * v * v)).tanh());
+    let erf_form = |v: f64| 0.5 * v * (1.0 + erf(v / std::f64::consts::SQRT_2));
+    // A unit in the last place of half precision at `v` (subnormals below 2^-14).
+    let ulp = |v: f64| (v.abs().max(2f64.powi(-14))).log2().floor().exp2() * 2f64.powi(-10);
+    let mut told_apart = 0;
+    for (i, &g) in got.iter().enumerate() {
+        let v = pre[i % n];
+        let (t, e, g) = (tanh_form(v), erf_form(v), g as f64);
+        assert!(
+            (g - t).abs() <= ulp(t) + 1e-7,
+            "{}: GELU({v}) = {g}, the tanh form gives {t} (the erf form {e})",
+            name::<B>()
+        );
+        if (t - e).abs() > 4.0 * ulp(t) {
+            told_apart += 1;
+            assert!(
+                (g - t).abs() < (g - e).abs(),
+                "{}: GELU({v}) = {g} is nearer the erf form {e} than the tanh form {t}",
+                name::<B>()
+            );
+        }
+    }
+    assert!(
+        told_apart >= 16 * m,
+        "only {told_apart} points tell the forms apart"
+    );
+}
+
 fn check_matmul<B: KernelBackend>(dev: &B::Device, tol: Tol) {
     // k = 4096 makes TF32 rounding visible (about 5e-4 relative per input), well above `tol.mm`
     // in float32.
@@ -378,6 +437,7 @@ fn check_all<B: KernelBackend>(dev: &B::Device, tol: Tol) {
     check_bias_gelu::<B>(dev, tol);
     check_matmul::<B>(dev, tol);
     check_matmul_bias_gelu::<B>(dev, tol);
+    check_gelu_form::<B>(dev);
     check_gemm_chain::<B>(dev, tol);
     check_masked_softmax::<B>(dev, tol);
     check_attention_products::<B>(dev, tol);

@@ -35,6 +35,9 @@ pub(super) struct Job {
     pub plan: GemmPlan,
     /// cuBLAS's first operand (the row-major right matrix), second, output.
     pub operands: [Handle; 3],
+    /// A bias of one value per output column, added before GELU in cuBLASLt's epilogue (the
+    /// caller checked with [`Lanes::takes_gelu_bias`] that the plan has one).
+    pub gelu_bias: Option<Handle>,
     pub data: cudaType,
     pub compute: cublas::cublasComputeType_t,
     /// Cleared when this GEMM fails, so that the caller stops sending GEMMs to this lane.
@@ -77,6 +80,19 @@ impl Lanes {
             .entry(StreamId::current())
             .or_insert_with(|| Lane::new(client, self.device))
             .is_some()
+    }
+
+    /// Whether the calling stream's lane queues `plan` on `data` with the bias and GELU epilogue
+    /// (cuBLASLt has an algorithm for it). Run on the runner.
+    pub(super) fn takes_gelu_bias(&mut self, plan: GemmPlan, data: cudaType) -> bool {
+        let Some(Some(lane)) = self.lanes.get_mut(&StreamId::current()) else {
+            return false;
+        };
+        // SAFETY: the primary context retained in `Lane::try_new`.
+        let _ = unsafe { cu::ctx::set_current(lane.context) };
+        lane.lt
+            .as_mut()
+            .is_some_and(|lt| lt.takes_gelu_bias(&plan, data))
     }
 
     /// The GPU times of the GEMMs timed since the last call (see [`timing`]). Run on the runner.
@@ -311,15 +327,23 @@ impl Lane {
     }
 
     /// Queues the GEMM itself on the lane's stream (cuBLASLt where it has a plan, else cuBLAS).
-    fn queue(&mut self, job: &Job, [first, second, out]: [u64; 3]) -> Result<(), GemmError> {
+    fn queue(&mut self, job: &Job, operands: Operands) -> Result<(), GemmError> {
         let plan = &job.plan;
+        let [first, second, out] = operands.gemm;
+        let stream = self.stream.cast();
         let by_lt = self
             .lt
             .as_mut()
-            .and_then(|lt| lt.gemm(plan, job.data, [first, second, out], self.stream.cast()));
+            .and_then(|lt| lt.gemm(plan, job.data, operands.gemm, operands.gelu_bias, stream));
         if let Some(result) = by_lt {
             LT_CALLS.fetch_add(1, Ordering::Relaxed);
             return result;
+        }
+        if operands.gelu_bias.is_some() {
+            // Not expected: the caller asked first. cuBLAS has no such epilogue.
+            return Err(GemmError::Unavailable(
+                "cuBLASLt declined the bias and GELU epilogue it had taken",
+            ));
         }
         let (alpha, beta) = (1.0f32, 0.0f32);
         let op = |t: bool| {
@@ -366,14 +390,29 @@ impl Lane {
     }
 }
 
-/// The device addresses of a job's operands, in cuBLAS's order.
-fn operands(job: &Job) -> Result<[u64; 3], GemmError> {
+/// The device addresses of a job's buffers.
+struct Operands {
+    /// cuBLAS's first operand, second operand, output.
+    gemm: [u64; 3],
+    gelu_bias: Option<u64>,
+}
+
+/// The device addresses of a job's operands, in cuBLAS's order, and of its bias.
+fn operands(job: &Job) -> Result<Operands, GemmError> {
+    let missing = GemmError::Unavailable("an operand has no device address");
     let [Some(first), Some(second), Some(out)] =
         job.operands.clone().map(|h| pointer(&job.client, h))
     else {
-        return Err(GemmError::Unavailable("an operand has no device address"));
+        return Err(missing);
     };
-    Ok([first, second, out])
+    let gelu_bias = match &job.gelu_bias {
+        Some(h) => Some(pointer(&job.client, h.clone()).ok_or(missing)?),
+        None => None,
+    };
+    Ok(Operands {
+        gemm: [first, second, out],
+        gelu_bias,
+    })
 }
 
 /// The device address of a buffer (after the memory it needs is allocated). cubecl's device runner

@@ -5,6 +5,10 @@
 //! [`GemmPlan`] gets its cuBLASLt descriptors, layouts and heuristic's first algorithm once; a
 //! call is then one `cublasLtMatmul`. Where cuBLASLt has no algorithm for a plan (or is
 //! absent, or `CHATGLM_CUBLASLT=off`) the caller keeps the cuBLAS call.
+//!
+//! A plan may also add a bias and apply GELU to the float32 result before it is rounded
+//! (`CUBLASLT_EPILOGUE_GELU_BIAS`, the h->4h projection's activation). cuBLAS has no such call,
+//! so the caller asks first ([`Lt::takes`]) and keeps its own kernel where cuBLASLt declines.
 
 use std::collections::HashMap;
 use std::ffi::c_void;
@@ -39,7 +43,7 @@ struct LtPlan {
 pub(super) struct Lt {
     handle: lt::cublasLtHandle_t,
     workspace: u64,
-    plans: HashMap<(GemmPlan, bool), Option<LtPlan>>,
+    plans: HashMap<(GemmPlan, bool, bool), Option<LtPlan>>,
 }
 
 fn checked(s: lt::cublasStatus_t, call: &'static str) -> Result<(), GemmError> {
@@ -69,38 +73,67 @@ impl Lt {
         }
     }
 
+    /// The descriptors of `plan` for half (`bf16: false`) or bfloat16 data, with the bias and
+    /// GELU epilogue or without, made on first use; `None` where cuBLASLt has no algorithm.
+    fn plan(&mut self, plan: &GemmPlan, bf16: bool, gelu_bias: bool) -> Option<&LtPlan> {
+        let handle = self.handle;
+        self.plans
+            .entry((*plan, bf16, gelu_bias))
+            .or_insert_with(|| {
+                // SAFETY: descriptors created here from plain sizes; a failure leaves `None`.
+                unsafe { make_plan(handle, plan, bf16, gelu_bias) }
+                    .inspect_err(|e| {
+                        tracing::debug!(
+                            "cuBLASLt declines {plan:?} (GELU epilogue: {gelu_bias}): {e}"
+                        )
+                    })
+                    .ok()
+            })
+            .as_ref()
+    }
+
+    /// Whether [`Lt::gemm`] takes `plan` on `data` with the bias and GELU epilogue.
+    pub(super) fn takes_gelu_bias(&mut self, plan: &GemmPlan, data: CublasType) -> bool {
+        half_kind(data).is_some_and(|bf16| self.plan(plan, bf16, true).is_some())
+    }
+
     /// Queues `plan` on `stream`: `Some` with the call's result, or `None` when cuBLASLt has no
     /// algorithm for it (or `data` is not half precision) and the caller should use cuBLAS.
-    /// `ptrs`: cuBLAS's first operand, second operand, output.
+    /// `ptrs`: cuBLAS's first operand, second operand, output. `gelu_bias`: the address of a
+    /// bias of one value per output column (burn's), added to the float32 product before GELU
+    /// and the rounding.
     pub(super) fn gemm(
         &mut self,
         plan: &GemmPlan,
         data: CublasType,
         ptrs: [u64; 3],
+        gelu_bias: Option<u64>,
         stream: *mut c_void,
     ) -> Option<Result<(), GemmError>> {
-        let bf16 = match data {
-            CublasType::CUDA_R_16F => false,
-            CublasType::CUDA_R_16BF => true,
-            _ => return None,
-        };
-        let entry = self
-            .plans
-            .entry((*plan, bf16))
-            .or_insert_with(|| {
-                // SAFETY: descriptors created here from plain sizes; a failure leaves `None`.
-                unsafe { make_plan(self.handle, plan, bf16) }
-                    .inspect_err(|e| tracing::debug!("cuBLASLt declines {plan:?}: {e}"))
-                    .ok()
-            })
-            .as_ref()?;
+        let handle = self.handle;
+        let (workspace, bf16) = (self.workspace, half_kind(data)?);
+        let entry = self.plan(plan, bf16, gelu_bias.is_some())?;
+        if let Some(bias) = gelu_bias {
+            // SAFETY: the plan's own descriptor; the attribute is a device pointer.
+            let set = unsafe {
+                lt::cublasLtMatmulDescSetAttribute(
+                    entry.desc,
+                    lt::cublasLtMatmulDescAttributes_t::CUBLASLT_MATMUL_DESC_BIAS_POINTER,
+                    (&bias as *const u64).cast(),
+                    8,
+                )
+            };
+            if let Err(e) = checked(set, "bias pointer") {
+                return Some(Err(e));
+            }
+        }
         let (alpha, beta) = (1.0f32, 0.0f32);
         let [first, second, out] = ptrs;
         // SAFETY: the pointers are live buffers of the sizes the plan describes (see the caller),
         // the workspace is ours, and the descriptors match the plan.
         let status = unsafe {
             lt::cublasLtMatmul(
-                self.handle,
+                handle,
                 entry.desc,
                 (&alpha as *const f32).cast(),
                 first as *const c_void,
@@ -113,12 +146,21 @@ impl Lt {
                 out as *mut c_void,
                 entry.out,
                 &entry.algo,
-                self.workspace as *mut c_void,
+                workspace as *mut c_void,
                 WORKSPACE,
                 stream.cast(),
             )
         };
         Some(checked(status, "cublasLtMatmul"))
+    }
+}
+
+/// `Some(bf16)` for the half-precision data types cuBLASLt plans are made for.
+fn half_kind(data: CublasType) -> Option<bool> {
+    match data {
+        CublasType::CUDA_R_16F => Some(false),
+        CublasType::CUDA_R_16BF => Some(true),
+        _ => None,
     }
 }
 
@@ -156,11 +198,13 @@ unsafe fn layout(
     Ok(l)
 }
 
-/// Descriptors, layouts and the heuristic's first algorithm for `plan`.
+/// Descriptors, layouts and the heuristic's first algorithm for `plan` (with the bias and GELU
+/// epilogue where `gelu_bias`; the bias pointer is set per call).
 unsafe fn make_plan(
     handle: lt::cublasLtHandle_t,
     plan: &GemmPlan,
     bf16: bool,
+    gelu_bias: bool,
 ) -> Result<LtPlan, GemmError> {
     let ty = if bf16 {
         lt::cudaDataType::CUDA_R_16BF
@@ -193,6 +237,18 @@ unsafe fn make_plan(
             checked(
                 lt::cublasLtMatmulDescSetAttribute(desc, attr, (&value as *const i32).cast(), 4),
                 "transpose",
+            )?;
+        }
+        if gelu_bias {
+            let epilogue = lt::cublasLtEpilogue_t::CUBLASLT_EPILOGUE_GELU_BIAS as u32;
+            checked(
+                lt::cublasLtMatmulDescSetAttribute(
+                    desc,
+                    lt::cublasLtMatmulDescAttributes_t::CUBLASLT_MATMUL_DESC_EPILOGUE,
+                    (&epilogue as *const u32).cast(),
+                    4,
+                ),
+                "epilogue",
             )?;
         }
         let (m, n, k) = (plan.m, plan.n, plan.k);

@@ -233,6 +233,54 @@ pub(crate) fn matmul(
     Some(out)
 }
 
+/// `gelu_tanh(lhs x rhs + bias)` in one cuBLASLt call (`CUBLASLT_EPILOGUE_GELU_BIAS`: the bias
+/// added to the float32 product, GELU, then one rounding), or `None` (nothing queued) where
+/// [`matmul`] would not take the product, the bias is not a contiguous `[n]` of the operands'
+/// half-precision type, or cuBLASLt has no algorithm with that epilogue for it. The first product
+/// of each shape asks the runner, and waits for the answer; later ones remember it.
+pub(crate) fn matmul_bias_gelu(
+    lhs: &CubeTensor<CudaRuntime>,
+    rhs: &CubeTensor<CudaRuntime>,
+    bias: &CubeTensor<CudaRuntime>,
+) -> Option<CubeTensor<CudaRuntime>> {
+    let types = gemm_types(lhs, rhs)?;
+    let (ls, rs) = (lhs.meta.shape(), rhs.meta.shape());
+    let n = rs[rs.num_dims() - 1];
+    // cuBLASLt reads the bias as a plain vector; its address must be 16-byte aligned.
+    let plain_bias = bias.dtype == lhs.dtype
+        && bias.meta.shape().as_slice() == [n]
+        && bias.meta.strides()[..] == [1]
+        && bias.handle.offset_start.unwrap_or(0).is_multiple_of(16);
+    if !plain_bias || !matches!(lhs.dtype, DType::F16 | DType::BF16) {
+        return None;
+    }
+    let out_shape = burn::tensor::calculate_matmul_output(ls, rs).ok()?;
+    let operands = |out_strides: &[usize]| {
+        GemmPlan::new(
+            (ls, lhs.meta.strides()),
+            (rs, rhs.meta.strides()),
+            out_strides,
+        )
+    };
+    let expected = operands(&contiguous_strides(&out_shape))?;
+    let runner = runner(lhs)?;
+    if !runner.takes_gelu_bias(lhs.device.index, expected, types.0) {
+        return None;
+    }
+    let start = Instant::now();
+    let out = empty_device_dtype(
+        lhs.client.clone(),
+        lhs.device.clone(),
+        out_shape.clone(),
+        lhs.dtype,
+    );
+    // A pitched output would be another plan, one the runner was not asked about.
+    let plan = operands(out.meta.strides()).filter(|p| *p == expected)?;
+    submit_job(&runner, lhs, rhs, &out, plan, types, Some(bias));
+    timed(TOTAL, start);
+    Some(out)
+}
+
 /// [`matmul`] written into `out`, a view of the product's shape whose rows have unit stride (such
 /// as one chunk of queries of a `[batch, heads, seq, d]` view of a `[batch, seq, heads * d]`
 /// buffer), or `None` (nothing queued) where cuBLAS would not take it. The caller owns `out`'s
@@ -313,12 +361,26 @@ fn submit(
     rhs: &CubeTensor<CudaRuntime>,
     out: &CubeTensor<CudaRuntime>,
     plan: GemmPlan,
+    types: (cudaType, cublas::cublasComputeType_t),
+) {
+    submit_job(runner, lhs, rhs, out, plan, types, None);
+}
+
+/// [`submit`], with the bias and GELU epilogue where `gelu_bias` is given.
+fn submit_job(
+    runner: &Runner,
+    lhs: &CubeTensor<CudaRuntime>,
+    rhs: &CubeTensor<CudaRuntime>,
+    out: &CubeTensor<CudaRuntime>,
+    plan: GemmPlan,
     (data, compute): (cudaType, cublas::cublasComputeType_t),
+    gelu_bias: Option<&CubeTensor<CudaRuntime>>,
 ) {
     let job = Job {
         client: lhs.client.clone(),
         plan,
         operands: [rhs.handle.clone(), lhs.handle.clone(), out.handle.clone()],
+        gelu_bias: gelu_bias.map(|b| b.handle.clone()),
         data,
         compute,
         usable: runner.usable.clone(),
@@ -402,6 +464,26 @@ struct Runner {
 }
 
 impl Runner {
+    /// Whether this runner's lane takes `plan` on `data` with the bias and GELU epilogue: asked
+    /// once per plan (the caller waits for the runner), then remembered.
+    fn takes_gelu_bias(&self, device: usize, plan: GemmPlan, data: cudaType) -> bool {
+        let key = (
+            device,
+            StreamId::current(),
+            plan,
+            data == cudaType::CUDA_R_16BF,
+        );
+        if let Some(known) = GELU_PLANS.with(|plans| plans.borrow().get(&key).copied()) {
+            return known;
+        }
+        let takes = self
+            .lanes
+            .submit_blocking(move |lanes: &mut Lanes| lanes.takes_gelu_bias(plan, data))
+            .unwrap_or(false);
+        GELU_PLANS.with(|plans| plans.borrow_mut().insert(key, takes));
+        takes
+    }
+
     /// Registers [`Lanes`] on the GPU's device runner (once per process) and makes the current
     /// stream's lane there, waiting for it; `None` when cuBLAS is unusable (reported by
     /// [`status`]).
@@ -427,5 +509,10 @@ thread_local! {
     /// This thread's way to the lanes, per GPU index and cubecl stream (`None`: cuBLAS unusable
     /// there).
     static RUNNERS: RefCell<HashMap<(usize, StreamId), Option<Runner>>> =
+        RefCell::new(HashMap::new());
+
+    /// Whether cuBLASLt takes a plan with the bias and GELU epilogue, per GPU index, cubecl
+    /// stream, plan and data type (`true`: bfloat16).
+    static GELU_PLANS: RefCell<HashMap<(usize, StreamId, GemmPlan, bool), bool>> =
         RefCell::new(HashMap::new());
 }
