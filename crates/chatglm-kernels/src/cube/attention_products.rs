@@ -16,8 +16,8 @@ use cubecl::cuda::CudaRuntime;
 use super::{cublas, softmax};
 
 /// `softmax(q keys^T + mask) values` with at most `chunk` queries at a time, as `[batch, seq,
-/// heads * d]`; `None` where the runtime is not CUDA, the dtype not half precision, the batch has
-/// several rows, or cuBLAS or the softmax kernel would not take the operands (the first chunk's products find that out; what
+/// heads * d]`; `None` where the runtime is not CUDA, the dtype not half precision, or cuBLAS or
+/// the softmax kernel would not take the operands (the first chunk's products find that out; what
 /// was queued before is discarded). The caller then takes burn's ops.
 ///
 /// # Shapes
@@ -57,40 +57,54 @@ fn products(
     // A last chunk of fewer rows than cuBLAS takes would be found only after the other chunks
     // had run (and then all redone by the caller's path).
     let tail = s % chunk.max(1);
-    // One batch row: a loop over rows, each through views of its own, gave wrong contexts on the
-    // H200 (`docs/benchmarks.md`, session 19, call 10), cause not found; several rows take the
-    // caller's path.
-    if b != 1
-        || !half
+    if !half
         || chunk == 0
         || (tail > 0 && tail < cublas::MIN_ROWS)
         || [keys.dtype, values.dtype, mask.dtype] != [q.dtype; 3]
-        || dims(keys)? != [1, heads, slots, d]
-        || dims(values)? != [1, heads, slots, d]
-        || dims(mask)? != [1, 1, s, slots]
+        || dims(keys)? != [b, heads, slots, d]
+        || dims(values)? != [b, heads, slots, d]
+        || dims(mask)? != [b, 1, s, slots]
     {
         return None;
     }
     let out = empty_device_dtype(
         q.client.clone(),
         q.device.clone(),
-        [1, s, heads * d].into(),
+        [b, s, heads * d].into(),
         q.dtype,
     );
+    // The output seen as `[batch, heads, seq, d]`, a batch row at a time (its heads are `d`
+    // apart, its queries a row apart), with the strides cubecl gave it: rows whose bytes are not
+    // a multiple of its alignment are pitched (192 half-precision columns take 256).
+    let [row_stride, query_stride, _] = out.meta.strides()[..].try_into().ok()?;
+    let out_strides = [row_stride, d, query_stride, 1];
     let mut keys_t = keys.clone();
     keys_t.meta.swap(2, 3);
-    // The output seen as `[1, heads, seq, d]`: each head `d` from the next, rows `hidden` apart.
-    let out_strides = [s * heads * d, d, heads * d, 1];
-    for start in (0..s).step_by(chunk) {
-        let n = chunk.min(s - start);
-        let scores = cublas::matmul(&rows(q, start, n), &keys_t)?;
-        // Nothing else holds the scores: the probabilities take their buffer.
-        let probs = softmax::masked_softmax(&scores, &rows(mask, start, n))?;
-        drop(scores);
-        let ctx = view(&out, start * out_strides[2], [1, heads, n, d], out_strides);
-        cublas::matmul_into(&probs, values, &ctx)?;
+    for row in 0..b {
+        let (q, keys_t, values) = (first(q, row), first(&keys_t, row), first(values, row));
+        let mask = first(mask, row);
+        for start in (0..s).step_by(chunk) {
+            let n = chunk.min(s - start);
+            let scores = cublas::matmul(&rows(&q, start, n), &keys_t)?;
+            // Nothing else holds the scores: the probabilities take their buffer.
+            let probs = softmax::masked_softmax(&scores, &rows(&mask, start, n))?;
+            drop(scores);
+            let at = row * out_strides[0] + start * out_strides[2];
+            let ctx = view(&out, at, [1, heads, n, d], out_strides);
+            cublas::matmul_into(&probs, &values, &ctx)?;
+        }
     }
     Some(out)
+}
+
+/// Batch row `row` of `t` (a view keeping the dimension; `t` itself where it has one row).
+fn first(t: &CubeTensor<CudaRuntime>, row: usize) -> CubeTensor<CudaRuntime> {
+    let (shape, strides) = (t.meta.shape(), t.meta.strides());
+    if shape[0] == 1 {
+        return t.clone();
+    }
+    let st: [usize; 4] = std::array::from_fn(|i| strides[i]);
+    view(t, row * st[0], [1, shape[1], shape[2], shape[3]], st)
 }
 
 /// `n` rows of `t`'s third dimension from `start` (a view).
