@@ -93,7 +93,10 @@ impl<B: Backend> ForwardInputs<B> {
             TensorData::new(ids.to_vec(), [layout.rows.len(), layout.width]),
             device,
         );
+        // Stage marks for benchmarks, as in the prefill (nothing unless `CHATGLM_GEMM_EVENTS=1`).
+        chatglm_kernels::gemm_gpu_mark();
         let mask = crate::mask::prompt_mask(layout, prefix_len, keys, device);
+        chatglm_kernels::gemm_gpu_mark();
         Self::with_mask(ids, &layout.prompt_positions(), mask, head_dim, device)
     }
 
