@@ -324,8 +324,8 @@ pub fn matmul<B: KernelBackend, const D: usize>(
 /// `gelu_tanh(x W^T + bias)`: the h->4h projection and its activation. On burn's cube backends a
 /// product of 1 to 8 rows applies the bias and GELU inside the GEMV kernel (one launch instead of
 /// two), and on CUDA a larger half-precision one inside cuBLASLt's epilogue where it has an
-/// algorithm for it (the bias added to the float32 product before the one rounding, as PyTorch's
-/// `addmm` with a bias does); elsewhere [`matmul`] then [`bias_gelu`].
+/// algorithm for it (the bias added to the float32 product before the one rounding); elsewhere
+/// [`matmul`] then [`bias_gelu`].
 ///
 /// # Shapes
 /// - `x`: `[rows, in]`, `weight_t`: `[in, out]` (the `[out, in]` weight transposed), `bias`:
