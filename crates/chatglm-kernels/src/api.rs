@@ -200,6 +200,9 @@ pub enum GemmStatus {
         /// precision, unless `CHATGLM_CUBLASLT=off`); the others through
         /// `cublasGemmStridedBatchedEx`.
         cublaslt_calls: u64,
+        /// Those of them with the bias and GELU in cuBLASLt's epilogue (a prompt's h->4h
+        /// projection, [`matmul_bias_gelu`]).
+        gelu_epilogues: u64,
         /// Those that failed after they were queued (logged as errors): their outputs are wrong.
         failures: u64,
         /// Host time spent queueing them.

@@ -246,7 +246,8 @@ fn erf(x: f64) -> f64 {
 /// product goes through a library's epilogue (cuBLASLt on CUDA, for more than 8 rows): products
 /// that come out exact (one weight per output column, one 1 per row) put every pre-activation on
 /// a grid from -4 to 4, and wherever the two forms differ by more than a few units in the last
-/// place the output must be the tanh form's, to a unit in the last place of half precision.
+/// place the output must be nearer the tanh form's, everywhere within a unit in the last place
+/// of half precision and float32's own rounding of it.
 fn check_gelu_form<B: KernelBackend>(dev: &B::Device) {
     let (m, k, n) = (32usize, 16usize, 128usize);
     let pre: Vec<f64> = (0..n).map(|j| -4.0 + j as f64 / 16.0).collect();
@@ -271,8 +272,11 @@ fn check_gelu_form<B: KernelBackend>(dev: &B::Device) {
     for (i, &g) in got.iter().enumerate() {
         let v = pre[i % n];
         let (t, e, g) = (tanh_form(v), erf_form(v), g as f64);
+        // Past a unit in the last place, float32's own `1 + tanh` near -1 (its last place there
+        // is 2^-24, times `x / 2`): at -4 the H200's epilogue is 2.6e-7 off, 4.5 units of half
+        // precision, where the erf form is 5.6e-5 off.
         assert!(
-            (g - t).abs() <= ulp(t) + 1e-7,
+            (g - t).abs() <= ulp(t) + v.abs() * 2f64.powi(-21),
             "{}: GELU({v}) = {g}, the tanh form gives {t} (the erf form {e})",
             name::<B>()
         );
@@ -488,6 +492,9 @@ fn fused_ops_match_host_math_and_reference() {
         if std::env::var("CHATGLM_GEMM").is_ok_and(|v| v.eq_ignore_ascii_case("burn")) {
             return;
         }
+        let env_is = |name: &str, value: &str| {
+            std::env::var(name).is_ok_and(|v| v.eq_ignore_ascii_case(value))
+        };
         let status = chatglm_kernels::gemm_status();
         assert!(
             matches!(status, chatglm_kernels::GemmStatus::Cublas { calls, failures: 0, .. } if calls >= 20),
@@ -499,12 +506,18 @@ fn fused_ops_match_host_math_and_reference() {
                 matches!(status, chatglm_kernels::GemmStatus::Cublas { cublaslt_calls, .. } if cublaslt_calls >= 5),
                 "no product ran on cuBLASLt: {status:?}"
             );
+            // ... among them, in half precision, the products of more than 8 rows of
+            // `matmul_bias_gelu` with the bias and GELU in the epilogue (here a call per check
+            // and backend: the GELU form, 40 rows).
+            if !env_is("CHATGLM_GELU_EPILOGUE", "off") {
+                assert!(
+                    matches!(status, chatglm_kernels::GemmStatus::Cublas { gelu_epilogues, .. } if gelu_epilogues >= 4),
+                    "no product ran with cuBLASLt's GELU epilogue: {status:?}"
+                );
+            }
         }
         // ... on cubecl's own stream, unless our own was asked for; there, their inputs were
         // awaited on the GPU, unless the host wait was asked for.
-        let env_is = |name: &str, value: &str| {
-            std::env::var(name).is_ok_and(|v| v.eq_ignore_ascii_case(value))
-        };
         if !env_is("CHATGLM_GEMM_STREAM", "own") {
             assert!(
                 matches!(status, chatglm_kernels::GemmStatus::Cublas { shared_stream, .. } if shared_stream >= 20),

@@ -25,8 +25,8 @@ use cudarc::driver::{result as cu, sys as cusys};
 
 use super::layout::GemmPlan;
 use super::{
-    DEVICE_WAITS, GEMM, GemmError, HANDOFF, LT_CALLS, RUNNER, SHARED, WAIT, lt, stream, timed,
-    timing, wait,
+    DEVICE_WAITS, GELU_CALLS, GEMM, GemmError, HANDOFF, LT_CALLS, RUNNER, SHARED, WAIT, lt, stream,
+    timed, timing, wait,
 };
 
 /// One GEMM as the caller hands it to the runner.
@@ -337,6 +337,9 @@ impl Lane {
             .and_then(|lt| lt.gemm(plan, job.data, operands.gemm, operands.gelu_bias, stream));
         if let Some(result) = by_lt {
             LT_CALLS.fetch_add(1, Ordering::Relaxed);
+            if operands.gelu_bias.is_some() {
+                GELU_CALLS.fetch_add(1, Ordering::Relaxed);
+            }
             return result;
         }
         if operands.gelu_bias.is_some() {

@@ -90,6 +90,8 @@ static SHARED: AtomicU64 = AtomicU64::new(0);
 static DEVICE_WAITS: AtomicU64 = AtomicU64::new(0);
 /// Those of them queued through cuBLASLt.
 static LT_CALLS: AtomicU64 = AtomicU64::new(0);
+/// Those of them with the bias and GELU epilogue.
+static GELU_CALLS: AtomicU64 = AtomicU64::new(0);
 /// Those of them that failed on the runner, after the caller had its output.
 static FAILURES: AtomicU64 = AtomicU64::new(0);
 /// Host time of the cuBLAS path in nanoseconds, per part ([`GemmHostTimes`]'s fields in order):
@@ -174,6 +176,7 @@ pub(crate) fn status() -> GemmStatus {
             shared_stream: SHARED.load(Ordering::Relaxed),
             device_waits,
             cublaslt_calls: LT_CALLS.load(Ordering::Relaxed),
+            gelu_epilogues: GELU_CALLS.load(Ordering::Relaxed),
             failures: FAILURES.load(Ordering::Relaxed),
             host: GemmHostTimes {
                 total_us: us(TOTAL),
