@@ -114,16 +114,9 @@ impl Lt {
         let (workspace, bf16) = (self.workspace, half_kind(data)?);
         let entry = self.plan(plan, bf16, gelu_bias.is_some())?;
         if let Some(bias) = gelu_bias {
+            let attr = lt::cublasLtMatmulDescAttributes_t::CUBLASLT_MATMUL_DESC_BIAS_POINTER;
             // SAFETY: the plan's own descriptor; the attribute is a device pointer.
-            let set = unsafe {
-                lt::cublasLtMatmulDescSetAttribute(
-                    entry.desc,
-                    lt::cublasLtMatmulDescAttributes_t::CUBLASLT_MATMUL_DESC_BIAS_POINTER,
-                    (&bias as *const u64).cast(),
-                    8,
-                )
-            };
-            if let Err(e) = checked(set, "bias pointer") {
+            if let Err(e) = unsafe { set_desc(entry.desc, attr, &bias, "bias pointer") } {
                 return Some(Err(e));
             }
         }
@@ -162,6 +155,23 @@ fn half_kind(data: CublasType) -> Option<bool> {
         CublasType::CUDA_R_16BF => Some(true),
         _ => None,
     }
+}
+
+/// Sets a matmul descriptor's attribute to `value` (of the type the attribute documents).
+///
+/// # Safety
+/// `desc` must be a live descriptor and `T` the attribute's documented type.
+unsafe fn set_desc<T>(
+    desc: lt::cublasLtMatmulDesc_t,
+    attr: lt::cublasLtMatmulDescAttributes_t,
+    value: &T,
+    what: &'static str,
+) -> Result<(), GemmError> {
+    let size = std::mem::size_of::<T>();
+    // SAFETY: as the caller promises; cuBLASLt copies `size` bytes from `value`.
+    let status =
+        unsafe { lt::cublasLtMatmulDescSetAttribute(desc, attr, (value as *const T).cast(), size) };
+    checked(status, what)
 }
 
 /// A column-major layout of `rows x cols` with `op`'s leading dimension and batch stride.
@@ -234,22 +244,12 @@ unsafe fn make_plan(
                 op(plan.second.trans),
             ),
         ] {
-            checked(
-                lt::cublasLtMatmulDescSetAttribute(desc, attr, (&value as *const i32).cast(), 4),
-                "transpose",
-            )?;
+            set_desc(desc, attr, &value, "transpose")?;
         }
         if gelu_bias {
             let epilogue = lt::cublasLtEpilogue_t::CUBLASLT_EPILOGUE_GELU_BIAS as u32;
-            checked(
-                lt::cublasLtMatmulDescSetAttribute(
-                    desc,
-                    lt::cublasLtMatmulDescAttributes_t::CUBLASLT_MATMUL_DESC_EPILOGUE,
-                    (&epilogue as *const u32).cast(),
-                    4,
-                ),
-                "epilogue",
-            )?;
+            let attr = lt::cublasLtMatmulDescAttributes_t::CUBLASLT_MATMUL_DESC_EPILOGUE;
+            set_desc(desc, attr, &epilogue, "epilogue")?;
         }
         let (m, n, k) = (plan.m, plan.n, plan.k);
         let first = if plan.first.trans { (k, m) } else { (m, k) };

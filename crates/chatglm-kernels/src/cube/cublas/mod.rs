@@ -43,7 +43,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Mutex, OnceLock};
 use std::time::Instant;
 
-use burn::tensor::DType;
+use burn::tensor::{DType, Shape};
 use burn_cubecl::ops::numeric::empty_device_dtype;
 use burn_cubecl::tensor::CubeTensor;
 use cubecl::client::ComputeClient;
@@ -203,37 +203,56 @@ pub(crate) fn matmul(
     rhs: &CubeTensor<CudaRuntime>,
 ) -> Option<CubeTensor<CudaRuntime>> {
     let types = gemm_types(lhs, rhs)?;
-    let (ls, rs) = (lhs.meta.shape(), rhs.meta.shape());
-    let out_shape = burn::tensor::calculate_matmul_output(ls, rs).ok()?;
-    let operands = |out_strides: &[usize]| {
-        GemmPlan::new(
-            (ls, lhs.meta.strides()),
-            (rs, rhs.meta.strides()),
-            out_strides,
-        )
-    };
+    let (out_shape, operands) = planner(lhs, rhs)?;
     // Checked before allocating the output; again with the output's real (maybe pitched) strides.
-    operands(&contiguous_strides(&out_shape))?;
+    operands.plan(&contiguous_strides(&out_shape))?;
     let start = Instant::now();
     let runner = runner(lhs)?;
     let asked = Instant::now();
-    let out = empty_device_dtype(
-        lhs.client.clone(),
-        lhs.device.clone(),
-        out_shape.clone(),
-        lhs.dtype,
-    );
+    let out = output(lhs, out_shape);
     timed(ALLOC, asked);
     submit(
         &runner,
         lhs,
         rhs,
         &out,
-        operands(out.meta.strides())?,
+        operands.plan(out.meta.strides())?,
         types,
     );
     timed(TOTAL, start);
     Some(out)
+}
+
+/// The shape of `lhs x rhs`, and its plan given the output's strides.
+fn planner<'a>(
+    lhs: &'a CubeTensor<CudaRuntime>,
+    rhs: &'a CubeTensor<CudaRuntime>,
+) -> Option<(Shape, Planner<'a>)> {
+    let (ls, rs) = (lhs.meta.shape(), rhs.meta.shape());
+    let out_shape = burn::tensor::calculate_matmul_output(ls, rs).ok()?;
+    Some((out_shape, Planner { lhs, rhs }))
+}
+
+/// The operands of a product, planned for an output's strides ([`planner`]).
+struct Planner<'a> {
+    lhs: &'a CubeTensor<CudaRuntime>,
+    rhs: &'a CubeTensor<CudaRuntime>,
+}
+
+impl Planner<'_> {
+    fn plan(&self, out_strides: &[usize]) -> Option<GemmPlan> {
+        let (l, r) = (&self.lhs.meta, &self.rhs.meta);
+        GemmPlan::new(
+            (l.shape(), l.strides()),
+            (r.shape(), r.strides()),
+            out_strides,
+        )
+    }
+}
+
+/// A new output of `shape` in `lhs`'s dtype, on its device (its rows maybe pitched).
+fn output(lhs: &CubeTensor<CudaRuntime>, shape: Shape) -> CubeTensor<CudaRuntime> {
+    empty_device_dtype(lhs.client.clone(), lhs.device.clone(), shape, lhs.dtype)
 }
 
 /// `gelu_tanh(lhs x rhs + bias)` in one cuBLASLt call (`CUBLASLT_EPILOGUE_GELU_BIAS`: the bias
@@ -247,7 +266,7 @@ pub(crate) fn matmul_bias_gelu(
     bias: &CubeTensor<CudaRuntime>,
 ) -> Option<CubeTensor<CudaRuntime>> {
     let types = gemm_types(lhs, rhs)?;
-    let (ls, rs) = (lhs.meta.shape(), rhs.meta.shape());
+    let rs = rhs.meta.shape();
     let n = rs[rs.num_dims() - 1];
     // cuBLASLt reads the bias as a plain vector; its address must be 16-byte aligned.
     let plain_bias = bias.dtype == lhs.dtype
@@ -257,28 +276,18 @@ pub(crate) fn matmul_bias_gelu(
     if !plain_bias || !matches!(lhs.dtype, DType::F16 | DType::BF16) {
         return None;
     }
-    let out_shape = burn::tensor::calculate_matmul_output(ls, rs).ok()?;
-    let operands = |out_strides: &[usize]| {
-        GemmPlan::new(
-            (ls, lhs.meta.strides()),
-            (rs, rhs.meta.strides()),
-            out_strides,
-        )
-    };
-    let expected = operands(&contiguous_strides(&out_shape))?;
+    let (out_shape, operands) = planner(lhs, rhs)?;
+    let expected = operands.plan(&contiguous_strides(&out_shape))?;
     let runner = runner(lhs)?;
     if !runner.takes_gelu_bias(lhs.device.index, expected, types.0) {
         return None;
     }
     let start = Instant::now();
-    let out = empty_device_dtype(
-        lhs.client.clone(),
-        lhs.device.clone(),
-        out_shape.clone(),
-        lhs.dtype,
-    );
+    let out = output(lhs, out_shape);
     // A pitched output would be another plan, one the runner was not asked about.
-    let plan = operands(out.meta.strides()).filter(|p| *p == expected)?;
+    let plan = operands
+        .plan(out.meta.strides())
+        .filter(|p| *p == expected)?;
     submit_job(&runner, lhs, rhs, &out, plan, types, Some(bias));
     timed(TOTAL, start);
     Some(out)
