@@ -251,22 +251,55 @@ fn bench_gemv<B: KernelBackend>(c: &mut Criterion, label: &str, dev: &B::Device)
     }
 }
 
-/// Decode's h->4h projection with its bias and GELU: fused into the GEMV on CUDA, against
-/// the product followed by `bias_gelu` (10 per iteration, as [`bench_gemv`]).
-fn bench_matmul_bias_gelu<B: KernelBackend>(c: &mut Criterion, label: &str, dev: &B::Device) {
+/// The h->4h projection with its bias and GELU, for each of `rows` (1: decode, fused into the
+/// GEMV on CUDA; 512: a prompt's, in cuBLASLt's epilogue on CUDA), against the product followed
+/// by `bias_gelu` (10 per iteration, as [`bench_gemv`]).
+fn bench_matmul_bias_gelu<B: KernelBackend>(
+    c: &mut Criterion,
+    label: &str,
+    dev: &B::Device,
+    rows: &[usize],
+) {
     let w = Tensor::<B, 2>::random([INNER, HIDDEN], Distribution::Normal(0.0, 1.0), dev);
     let bias = Tensor::<B, 1>::random([INNER], Distribution::Normal(0.0, 1.0), dev);
-    let x = Tensor::<B, 2>::random([1, HIDDEN], Distribution::Normal(0.0, 1.0), dev);
-    let times10 = |f: &dyn Fn() -> Tensor<B, 2>| (0..9).fold(f(), |_, _| f());
-    let wt = || w.clone().transpose();
-    let fused = || times10(&|| chatglm_kernels::matmul_bias_gelu(x.clone(), wt(), bias.clone()));
-    let split = || {
-        times10(&|| {
-            chatglm_kernels::bias_gelu(chatglm_kernels::matmul(x.clone(), wt()), bias.clone())
-        })
+    for &m in rows {
+        let x = Tensor::<B, 2>::random([m, HIDDEN], Distribution::Normal(0.0, 1.0), dev);
+        let times10 = |f: &dyn Fn() -> Tensor<B, 2>| (0..9).fold(f(), |_, _| f());
+        let wt = || w.clone().transpose();
+        let fused =
+            || times10(&|| chatglm_kernels::matmul_bias_gelu(x.clone(), wt(), bias.clone()));
+        let split = || {
+            times10(&|| {
+                chatglm_kernels::bias_gelu(chatglm_kernels::matmul(x.clone(), wt()), bias.clone())
+            })
+        };
+        let name = format!("{label}/matmul_bias_gelu_x10/{m}x{HIDDEN}x{INNER}");
+        compare::<B, _>(c, name, dev, [("fused", &fused), ("split", &split)]);
+    }
+}
+
+/// A 2048-token prompt's attention of one layer in chunks of 512 queries: the products writing
+/// into the output (CUDA) against the reference's chunks, concatenation and transpose.
+fn bench_attention_products<B: KernelBackend>(c: &mut Criterion, label: &str, dev: &B::Device) {
+    let (heads, s, d, chunk) = (32usize, 2048usize, 128usize, 512usize);
+    let r = |shape: [usize; 4]| Tensor::<B, 4>::random(shape, Distribution::Normal(0.0, 1.0), dev);
+    let (q, k, v) = (
+        r([1, heads, s, d]),
+        r([1, heads, s, d]),
+        r([1, heads, s, d]),
+    );
+    let mask = Tensor::<B, 4>::zeros([1, 1, s, s], dev);
+    let args = || (q.clone(), k.clone(), v.clone(), mask.clone());
+    let fused = || {
+        let (q, k, v, m) = args();
+        chatglm_kernels::attention_products(q, k, v, m, chunk)
     };
-    let name = format!("{label}/matmul_bias_gelu_x10/1x{HIDDEN}x{INNER}");
-    compare::<B, _>(c, name, dev, [("fused", &fused), ("split", &split)]);
+    let plain = || {
+        let (q, k, v, m) = args();
+        reference::attention_products(q, k, v, m, chunk)
+    };
+    let name = format!("{label}/attention_products/{heads}x{s}x{s}x{d}");
+    compare::<B, _>(c, name, dev, [("fused", &fused), ("reference", &plain)]);
 }
 
 /// The float32 matmul: the exact kernel against burn's (TF32 on tensor cores).
@@ -304,7 +337,7 @@ fn benches(c: &mut Criterion) {
         bench_gemv::<burn::backend::NdArray<f32>>(c, "cpu-f32", &dev);
         bench_attention::<burn::backend::NdArray<f32>>(c, "cpu-f32", &dev);
         bench_decode_attention_qkv::<burn::backend::NdArray<f32>>(c, "cpu-f32", &dev);
-        bench_matmul_bias_gelu::<burn::backend::NdArray<f32>>(c, "cpu-f32", &dev);
+        bench_matmul_bias_gelu::<burn::backend::NdArray<f32>>(c, "cpu-f32", &dev, &[1]);
         bench_greedy_ids::<burn::backend::NdArray<f32>>(c, "cpu-f32", &dev);
         return;
     }
@@ -319,7 +352,8 @@ fn benches(c: &mut Criterion) {
         bench_gemv::<Direct>(c, "cuda-direct-f16", &dev);
         bench_attention::<Direct>(c, "cuda-direct-f16", &dev);
         bench_decode_attention_qkv::<Direct>(c, "cuda-direct-f16", &dev);
-        bench_matmul_bias_gelu::<Direct>(c, "cuda-direct-f16", &dev);
+        bench_matmul_bias_gelu::<Direct>(c, "cuda-direct-f16", &dev, &[1, 512]);
+        bench_attention_products::<Direct>(c, "cuda-direct-f16", &dev);
         bench_greedy_ids::<Direct>(c, "cuda-direct-f16", &dev);
         bench_matmul::<burn::backend::Cuda<f32, i32>>(c, "cuda-f32", &dev);
     }
