@@ -277,17 +277,16 @@ pub(crate) fn matmul_bias_gelu(
         return None;
     }
     let (out_shape, operands) = planner(lhs, rhs)?;
-    let expected = operands.plan(&contiguous_strides(&out_shape))?;
+    // Checked before allocating the output; the runner is asked about the plan with the
+    // output's real (maybe pitched) strides.
+    operands.plan(&contiguous_strides(&out_shape))?;
     let runner = runner(lhs)?;
-    if !runner.takes_gelu_bias(lhs.device.index, expected, types.0) {
-        return None;
-    }
     let start = Instant::now();
     let out = output(lhs, out_shape);
-    // A pitched output would be another plan, one the runner was not asked about.
-    let plan = operands
-        .plan(out.meta.strides())
-        .filter(|p| *p == expected)?;
+    let plan = operands.plan(out.meta.strides())?;
+    if !runner.takes_gelu_bias(lhs.device.index, plan, types.0) {
+        return None;
+    }
     submit_job(&runner, lhs, rhs, &out, plan, types, Some(bias));
     timed(TOTAL, start);
     Some(out)
