@@ -38,6 +38,7 @@ mod wait;
 
 use std::cell::RefCell;
 use std::collections::HashMap;
+use std::rc::Rc;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Mutex, OnceLock};
@@ -284,7 +285,7 @@ pub(crate) fn matmul_bias_gelu(
     let start = Instant::now();
     let out = output(lhs, out_shape);
     let plan = operands.plan(out.meta.strides())?;
-    if !runner.takes_gelu_bias(lhs.device.index, plan, types.0) {
+    if !runner.takes_gelu_bias(plan, types.0) {
         return None;
     }
     submit_job(&runner, lhs, rhs, &out, plan, types, Some(bias));
@@ -472,26 +473,24 @@ struct Runner {
     lanes: DeviceHandle<Lanes>,
     /// Cleared when a GEMM of this lane fails on the runner.
     usable: Arc<AtomicBool>,
+    /// Whether cuBLASLt takes a plan with the bias and GELU epilogue, per plan and data type
+    /// (`true`: bfloat16), as the lane answered.
+    gelu_plans: Rc<RefCell<HashMap<(GemmPlan, bool), bool>>>,
 }
 
 impl Runner {
     /// Whether this runner's lane takes `plan` on `data` with the bias and GELU epilogue: asked
     /// once per plan (the caller waits for the runner), then remembered.
-    fn takes_gelu_bias(&self, device: usize, plan: GemmPlan, data: cudaType) -> bool {
-        let key = (
-            device,
-            StreamId::current(),
-            plan,
-            data == cudaType::CUDA_R_16BF,
-        );
-        if let Some(known) = GELU_PLANS.with(|plans| plans.borrow().get(&key).copied()) {
+    fn takes_gelu_bias(&self, plan: GemmPlan, data: cudaType) -> bool {
+        let key = (plan, data == cudaType::CUDA_R_16BF);
+        if let Some(&known) = self.gelu_plans.borrow().get(&key) {
             return known;
         }
         let takes = self
             .lanes
             .submit_blocking(move |lanes: &mut Lanes| lanes.takes_gelu_bias(plan, data))
             .unwrap_or(false);
-        GELU_PLANS.with(|plans| plans.borrow_mut().insert(key, takes));
+        self.gelu_plans.borrow_mut().insert(key, takes);
         takes
     }
 
@@ -505,6 +504,7 @@ impl Runner {
             Ok(true) => Some(Self {
                 lanes,
                 usable: Arc::new(AtomicBool::new(true)),
+                gelu_plans: Rc::default(),
             }),
             // Reported where the lane failed.
             Ok(false) => None,
@@ -520,10 +520,5 @@ thread_local! {
     /// This thread's way to the lanes, per GPU index and cubecl stream (`None`: cuBLAS unusable
     /// there).
     static RUNNERS: RefCell<HashMap<(usize, StreamId), Option<Runner>>> =
-        RefCell::new(HashMap::new());
-
-    /// Whether cuBLASLt takes a plan with the bias and GELU epilogue, per GPU index, cubecl
-    /// stream, plan and data type (`true`: bfloat16).
-    static GELU_PLANS: RefCell<HashMap<(usize, StreamId, GemmPlan, bool), bool>> =
         RefCell::new(HashMap::new());
 }
