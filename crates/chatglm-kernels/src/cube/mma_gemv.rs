@@ -17,7 +17,8 @@
 //! - cubes start at different places along `k` and wrap around: started together they would all
 //!   read the same stretch of their rows (the same offsets within rows 8-32 KB apart), and on the
 //!   H200 starting cube `c` at pass `c % passes` made decoding 1-4% faster (`docs/benchmarks.md`,
-//!   session 15).
+//!   session 15); with several rows, starting it at round `c % rounds` gains another 1%
+//!   (session 21).
 //!
 //! Pipelined variants (a second register set, or asynchronous copies into shared memory, loaded
 //! while the first is multiplied) ran every product slower: they hold fewer loads in flight per
@@ -293,21 +294,36 @@ fn tuning() -> Option<(usize, usize, usize)> {
     })
 }
 
-/// Environment variable: where each cube starts along `k` (see the kernel): `off` at the first
-/// round, `pass` (the default) at pass `c % passes`, `round` at round `c % rounds`.
+/// Environment variable: where each cube starts along `k` (see the kernel), for every product:
+/// `off` at the first round, `pass` at pass `c % passes`, `round` at round `c % rounds`. Unset,
+/// [`default_rotation`] chooses by the number of rows.
 const ROTATE_ENV: &str = "CHATGLM_MMA_ROTATE";
 
-fn rotation() -> u32 {
-    static MODE: std::sync::OnceLock<u32> = std::sync::OnceLock::new();
-    *MODE.get_or_init(|| match std::env::var(ROTATE_ENV) {
-        Ok(v) if v.eq_ignore_ascii_case("off") => 0,
-        Ok(v) if v.eq_ignore_ascii_case("round") => 2,
-        Ok(v) if !v.eq_ignore_ascii_case("pass") => {
-            tracing::warn!("{ROTATE_ENV}={v} ignored: expected off, pass or round");
-            1
+/// Where each cube of a product of `rows` rows starts along `k`: [`ROTATE_ENV`] where it is set,
+/// else [`default_rotation`].
+fn rotation(rows: usize) -> u32 {
+    static FORCED: std::sync::OnceLock<Option<u32>> = std::sync::OnceLock::new();
+    let forced = *FORCED.get_or_init(|| {
+        let v = std::env::var(ROTATE_ENV).ok()?;
+        match v.to_ascii_lowercase().as_str() {
+            "off" => Some(0),
+            "pass" => Some(1),
+            "round" => Some(2),
+            _ => {
+                tracing::warn!("{ROTATE_ENV}={v} ignored: expected off, pass or round");
+                None
+            }
         }
-        _ => 1,
-    })
+    });
+    forced.unwrap_or_else(|| default_rotation(rows))
+}
+
+/// One row starts at pass `c % passes` (1), more rows at round `c % rounds` (2): on the H200
+/// with ChatGLM-6B's products, `pass` decoded 0.5-1% faster than `round` at batch 1, `round`
+/// 1.0-1.2% faster than `pass` at batch 8 (`docs/benchmarks.md`, sessions 15 and 21; batches 2
+/// to 7 were not measured apart).
+fn default_rotation(rows: usize) -> u32 {
+    if rows > 1 { 2 } else { 1 }
 }
 
 fn switched_off() -> bool {
@@ -407,7 +423,7 @@ pub(crate) fn product<R: CubeRuntime>(
         warps,
         checked,
         bias.is_some(),
-        rotation(),
+        rotation(m),
         dtype.into(),
     );
     CALLS.fetch_add(1, Ordering::Relaxed);
