@@ -17,7 +17,7 @@
 //! - cubes start at different places along `k` and wrap around: started together they would all
 //!   read the same stretch of their rows (the same offsets within rows 8-32 KB apart), and on the
 //!   H200 starting cube `c` at pass `c % passes` made decoding 1-4% faster (`docs/benchmarks.md`,
-//!   session 15); with several rows, starting it at round `c % rounds` gains up to another 1%
+//!   session 15); at 8 rows, starting it at round `c % rounds` gains up to another 1%
 //!   (sessions 15 and 21).
 //!
 //! Pipelined variants (a second register set, or asynchronous copies into shared memory, loaded
@@ -319,9 +319,9 @@ fn rotation(rows: usize) -> u32 {
 }
 
 /// One row starts at pass `c % passes` (1), more rows at round `c % rounds` (2): on the H200
-/// with ChatGLM-6B's products, `pass` decoded 0.5-1% faster than `round` at batch 1, and `round`
-/// 0-1.2% faster than `pass` at batch 8 in 5 of 6 pairs of processes (`docs/benchmarks.md`,
-/// sessions 15 and 21; batches 2 to 7 were not measured apart).
+/// with ChatGLM-6B's products, `pass` decoded 0.5-1% faster than `round` at batch 1, `round`
+/// 0-1.2% faster than `pass` at batch 8 in 11 of 12 pairs of processes, and the two were the same
+/// at batches 2 and 4 (`docs/benchmarks.md`, sessions 15 and 21).
 fn default_rotation(rows: usize) -> u32 {
     if rows > 1 { 2 } else { 1 }
 }
