@@ -81,8 +81,12 @@ fn products(
     let mut keys_t = keys.clone();
     keys_t.meta.swap(2, 3);
     for row in 0..b {
-        let (q, keys_t, values) = (first(q, row), first(&keys_t, row), first(values, row));
-        let mask = first(mask, row);
+        let (q, keys_t, values) = (
+            batch_row(q, row),
+            batch_row(&keys_t, row),
+            batch_row(values, row),
+        );
+        let mask = batch_row(mask, row);
         for start in (0..s).step_by(chunk) {
             let n = chunk.min(s - start);
             let scores = cublas::matmul(&rows(&q, start, n), &keys_t)?;
@@ -98,7 +102,7 @@ fn products(
 }
 
 /// Batch row `row` of `t` (a view keeping the dimension; `t` itself where it has one row).
-fn first(t: &CubeTensor<CudaRuntime>, row: usize) -> CubeTensor<CudaRuntime> {
+fn batch_row(t: &CubeTensor<CudaRuntime>, row: usize) -> CubeTensor<CudaRuntime> {
     let (shape, strides) = (t.meta.shape(), t.meta.strides());
     if shape[0] == 1 {
         return t.clone();

@@ -170,14 +170,14 @@ fn mma_gemv_kernel<F: Float, N: Size>(
     let mut x = Array::<Vector<F, N>>::new(unroll);
     // The cube's warps take consecutive 32-wide steps of `k` (a round), `unroll` rounds per
     // pass. Cubes running together would all read the same stretch of their rows; `rotate`
-    // starts cube `c` further along `k` and wraps around: at pass `c % passes` (1) or at round
-    // `c % rounds` (2).
+    // starts cube `c` further along `k` and wraps around: at pass `c % passes` or at round
+    // `c % rounds`.
     let rounds = (kv + warps * 4 - 1) / (warps * 4);
     let passes = (rounds + unroll - 1) / unroll;
     let mut first = 0usize;
-    if rotate == 1 {
+    if rotate == ROTATE_PASS {
         first = (CUBE_POS_X as usize % passes) * unroll;
-    } else if rotate == 2 {
+    } else if rotate == ROTATE_ROUND {
         first = CUBE_POS_X as usize % rounds;
     }
     for p in 0..passes {
@@ -294,6 +294,13 @@ fn tuning() -> Option<(usize, usize, usize)> {
     })
 }
 
+/// Where the kernel's cube `c` starts along `k` (its `rotate`): at the first round, ...
+const ROTATE_OFF: u32 = 0;
+/// ... at pass `c % passes`, ...
+const ROTATE_PASS: u32 = 1;
+/// ... or at round `c % rounds`.
+const ROTATE_ROUND: u32 = 2;
+
 /// Environment variable: where each cube starts along `k` (see the kernel), for every product:
 /// `off` at the first round, `pass` at pass `c % passes`, `round` at round `c % rounds`. Unset,
 /// [`default_rotation`] chooses by the number of rows.
@@ -306,9 +313,9 @@ fn rotation(rows: usize) -> u32 {
     let forced = *FORCED.get_or_init(|| {
         let v = std::env::var(ROTATE_ENV).ok()?;
         match v.to_ascii_lowercase().as_str() {
-            "off" => Some(0),
-            "pass" => Some(1),
-            "round" => Some(2),
+            "off" => Some(ROTATE_OFF),
+            "pass" => Some(ROTATE_PASS),
+            "round" => Some(ROTATE_ROUND),
             _ => {
                 tracing::warn!("{ROTATE_ENV}={v} ignored: expected off, pass or round");
                 None
@@ -318,12 +325,12 @@ fn rotation(rows: usize) -> u32 {
     forced.unwrap_or_else(|| default_rotation(rows))
 }
 
-/// One row starts at pass `c % passes` (1), more rows at round `c % rounds` (2): on the H200
+/// One row starts at pass `c % passes`, more rows at round `c % rounds`: on the H200
 /// with ChatGLM-6B's products, `pass` decoded 0.5-1% faster than `round` at batch 1, `round`
 /// 0-1.2% faster than `pass` at batch 8 in 11 of 12 pairs of processes, and the two were the same
 /// at batches 2 and 4 (`docs/benchmarks.md`, sessions 15 and 21).
 fn default_rotation(rows: usize) -> u32 {
-    if rows > 1 { 2 } else { 1 }
+    if rows > 1 { ROTATE_ROUND } else { ROTATE_PASS }
 }
 
 fn switched_off() -> bool {

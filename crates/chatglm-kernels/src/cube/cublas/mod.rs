@@ -204,9 +204,9 @@ pub(crate) fn matmul(
     rhs: &CubeTensor<CudaRuntime>,
 ) -> Option<CubeTensor<CudaRuntime>> {
     let types = gemm_types(lhs, rhs)?;
-    let (out_shape, operands) = planner(lhs, rhs)?;
+    let out_shape = out_shape(lhs, rhs)?;
     // Checked before allocating the output; again with the output's real (maybe pitched) strides.
-    operands.plan(&contiguous_strides(&out_shape))?;
+    plan(lhs, rhs, &contiguous_strides(&out_shape))?;
     let start = Instant::now();
     let runner = runner(lhs)?;
     let asked = Instant::now();
@@ -217,38 +217,30 @@ pub(crate) fn matmul(
         lhs,
         rhs,
         &out,
-        operands.plan(out.meta.strides())?,
+        plan(lhs, rhs, out.meta.strides())?,
         types,
     );
     timed(TOTAL, start);
     Some(out)
 }
 
-/// The shape of `lhs x rhs`, and its plan given the output's strides.
-fn planner<'a>(
-    lhs: &'a CubeTensor<CudaRuntime>,
-    rhs: &'a CubeTensor<CudaRuntime>,
-) -> Option<(Shape, Planner<'a>)> {
-    let (ls, rs) = (lhs.meta.shape(), rhs.meta.shape());
-    let out_shape = burn::tensor::calculate_matmul_output(ls, rs).ok()?;
-    Some((out_shape, Planner { lhs, rhs }))
+/// The shape of `lhs x rhs`, where burn's matmul takes the operands.
+fn out_shape(lhs: &CubeTensor<CudaRuntime>, rhs: &CubeTensor<CudaRuntime>) -> Option<Shape> {
+    burn::tensor::calculate_matmul_output(lhs.meta.shape(), rhs.meta.shape()).ok()
 }
 
-/// The operands of a product, planned for an output's strides ([`planner`]).
-struct Planner<'a> {
-    lhs: &'a CubeTensor<CudaRuntime>,
-    rhs: &'a CubeTensor<CudaRuntime>,
-}
-
-impl Planner<'_> {
-    fn plan(&self, out_strides: &[usize]) -> Option<GemmPlan> {
-        let (l, r) = (&self.lhs.meta, &self.rhs.meta);
-        GemmPlan::new(
-            (l.shape(), l.strides()),
-            (r.shape(), r.strides()),
-            out_strides,
-        )
-    }
+/// The plan of `lhs x rhs` into an output of `out_strides`, where cuBLAS takes it.
+fn plan(
+    lhs: &CubeTensor<CudaRuntime>,
+    rhs: &CubeTensor<CudaRuntime>,
+    out_strides: &[usize],
+) -> Option<GemmPlan> {
+    let (l, r) = (&lhs.meta, &rhs.meta);
+    GemmPlan::new(
+        (l.shape(), l.strides()),
+        (r.shape(), r.strides()),
+        out_strides,
+    )
 }
 
 /// A new output of `shape` in `lhs`'s dtype, on its device (its rows maybe pitched).
@@ -277,14 +269,16 @@ pub(crate) fn matmul_bias_gelu(
     if !plain_bias || !matches!(lhs.dtype, DType::F16 | DType::BF16) {
         return None;
     }
-    let (out_shape, operands) = planner(lhs, rhs)?;
+    let out_shape = out_shape(lhs, rhs)?;
     // Checked before allocating the output; the runner is asked about the plan with the
     // output's real (maybe pitched) strides.
-    operands.plan(&contiguous_strides(&out_shape))?;
-    let runner = runner(lhs)?;
+    plan(lhs, rhs, &contiguous_strides(&out_shape))?;
     let start = Instant::now();
+    let runner = runner(lhs)?;
+    let asked = Instant::now();
     let out = output(lhs, out_shape);
-    let plan = operands.plan(out.meta.strides())?;
+    timed(ALLOC, asked);
+    let plan = plan(lhs, rhs, out.meta.strides())?;
     if !runner.takes_gelu_bias(plan, types.0) {
         return None;
     }
@@ -304,16 +298,10 @@ pub(crate) fn matmul_into(
     out: &CubeTensor<CudaRuntime>,
 ) -> Option<()> {
     let types = gemm_types(lhs, rhs)?;
-    let (ls, rs) = (lhs.meta.shape(), rhs.meta.shape());
-    let out_shape = burn::tensor::calculate_matmul_output(ls, rs).ok()?;
-    if out.dtype != lhs.dtype || out.meta.shape() != &out_shape {
+    if out.dtype != lhs.dtype || out.meta.shape() != &out_shape(lhs, rhs)? {
         return None;
     }
-    let plan = GemmPlan::new(
-        (ls, lhs.meta.strides()),
-        (rs, rhs.meta.strides()),
-        out.meta.strides(),
-    )?;
+    let plan = plan(lhs, rhs, out.meta.strides())?;
     let start = Instant::now();
     let runner = runner(lhs)?;
     submit(&runner, lhs, rhs, out, plan, types);
