@@ -381,6 +381,7 @@ fn run<B: chatglm_model::KernelBackend>(opts: &Opts, device: B::Device) -> anyho
         "small_op": op_cost, "products": products, "gemm": format!("{:?}", chatglm_kernels::gemm_status()),
         "gemv_calls": chatglm_kernels::gemv_calls(),
         "mma_gemv_calls": chatglm_kernels::mma_gemv_calls(),
+        "row_gemv_calls": chatglm_kernels::row_gemv_calls(),
     }))
 }
 

@@ -235,8 +235,9 @@ fn bench_attention<B: KernelBackend>(c: &mut Criterion, label: &str, dev: &B::De
 }
 
 /// Decode's linear layers (1 and 8 rows against the `[out, in]` h->4h and 4h->h weights):
-/// `chatglm_kernels::matmul` (on CUDA in float16, the tensor-core GEMV) against burn's matmul. Each iteration runs
-/// the product 10 times before its sync, so that the time is the GPU's rather than the sync's.
+/// `chatglm_kernels::matmul` (on CUDA in float16, the one-row and tensor-core GEMVs) against
+/// burn's matmul. Each iteration runs the product 10 times before its sync, so that the time is
+/// the GPU's rather than the sync's.
 fn bench_gemv<B: KernelBackend>(c: &mut Criterion, label: &str, dev: &B::Device) {
     for (out, inp) in [(INNER, HIDDEN), (HIDDEN, INNER)] {
         let w = Tensor::<B, 2>::random([out, inp], Distribution::Normal(0.0, 1.0), dev);

@@ -296,13 +296,23 @@ pub fn gemv_calls() -> u64 {
     0
 }
 
-/// Matrix products that ran on this crate's tensor-core GEMV kernel in this process: 1 to 8 rows
-/// of float16 or bfloat16 against a matrix with contiguous columns (decoding up to 8 sequences),
-/// on a GPU with `mma.m16n8k16` (CUDA; 0 elsewhere). `CHATGLM_GEMV=simt` sends them to the
-/// CUDA-core GEMV ([`gemv_calls`]) or cuBLAS instead.
+/// Matrix products that ran on this crate's tensor-core GEMV kernel in this process: 2 to 8 rows
+/// of float16 or bfloat16 against a matrix with contiguous columns (decoding 2 to 8 sequences),
+/// on a GPU with `mma.m16n8k16` (CUDA; 0 elsewhere), and one row with `CHATGLM_GEMV=mma`.
+/// `CHATGLM_GEMV=simt` sends them to the CUDA-core GEMV ([`gemv_calls`]) or cuBLAS instead.
 pub fn mma_gemv_calls() -> u64 {
     #[cfg(feature = "cuda")]
     return crate::cube::mma_gemv_calls();
+    #[cfg(not(feature = "cuda"))]
+    0
+}
+
+/// Matrix products that ran on this crate's one-row GEMV for half precision in this process (a
+/// warp per weight row; decoding one sequence), on the GPUs that take the tensor-core GEMV
+/// ([`mma_gemv_calls`]; CUDA, 0 elsewhere).
+pub fn row_gemv_calls() -> u64 {
+    #[cfg(feature = "cuda")]
+    return crate::cube::row_gemv_calls();
     #[cfg(not(feature = "cuda"))]
     0
 }

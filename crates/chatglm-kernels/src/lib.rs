@@ -28,7 +28,7 @@ pub use api::{
     GemmGpuTimes, GemmHostTimes, GemmStatus, PROMPT_KERNEL_MAX_WORK, add_layer_norm,
     attention_products, bias_gelu, decode_attention, decode_attention_qkv, fused_enabled,
     gemm_gpu_mark, gemm_gpu_times, gemm_status, gemv_calls, masked_softmax, matmul,
-    matmul_bias_gelu, mma_gemv_calls, prompt_attention, qkv_to_cache, rotary,
+    matmul_bias_gelu, mma_gemv_calls, prompt_attention, qkv_to_cache, rotary, row_gemv_calls,
 };
 pub use api_train::qkv_attention;
 pub use backend::KernelBackend;

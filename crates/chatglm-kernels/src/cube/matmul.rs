@@ -8,7 +8,7 @@
 //!
 //! Before either, products of 1 to 8 half-precision rows against a matrix with contiguous
 //! columns (decoding up to 8 sequences: the linear layers and lm_head) go to the tensor-core GEMV
-//! ([`super::mma_gemv`]), other one-row ones to [`super::gemv`], and products of at least
+//! ([`super::mma_gemv`], which hands one row to [`super::row_gemv`]), other one-row ones to [`super::gemv`], and products of at least
 //! [`cublas::MIN_ROWS`] rows on CUDA go to cuBLAS ([`super::cublas`]): in float32 without TF32,
 //! in half precision with float32 accumulation. Without cuBLAS, products of up to
 //! [`gemv::MAX_ROWS`] rows take the GEMV kernel too.
@@ -51,7 +51,8 @@ where
     I: IntElement,
     BT: BoolElement,
 {
-    // 1 to 8 rows in half precision: the tensor-core GEMV. One row otherwise: the GEMV kernel.
+    // 1 to 8 rows in half precision: the one-row or tensor-core GEMV. One row otherwise: the GEMV
+    // kernel.
     // More: cuBLAS, or the GEMV kernel (up to 8 rows) without it.
     if let Some(out) = mma_gemv::product(&lhs, &rhs, None) {
         return out;

@@ -1,5 +1,6 @@
 //! Products of up to 8 rows against a half-precision matrix with contiguous columns (a linear
-//! layer's `[out, in]` weight seen transposed) on tensor cores: decoding 1 to 8 sequences.
+//! layer's `[out, in]` weight seen transposed) on tensor cores: decoding 2 to 8 sequences. One
+//! row goes to [`super::row_gemv`], whose reads suit it better (`CHATGLM_GEMV=mma` keeps it here).
 //!
 //! Such a product is bound by reading the weight. On CUDA cores the GEMV kernel ([`super::gemv`])
 //! converts every weight to float32 before its multiply-add, and for several rows it ran 3.2 times
@@ -36,6 +37,7 @@ use cubecl::prelude::*;
 
 use super::elementwise::gelu_tanh;
 use super::gemv::Operands;
+use super::row_gemv;
 use super::strides::scalar;
 use super::vector_aligned;
 
@@ -265,8 +267,9 @@ fn mma_gemv_kernel<F: Float, N: Size>(
     }
 }
 
-/// Environment variable: `simt` keeps products off this kernel (the CUDA-core GEMV for one row,
-/// cuBLAS or that GEMV for more), for A/B runs.
+/// Environment variable for A/B runs: `simt` keeps products off this kernel and off `row_gemv`
+/// (the CUDA-core GEMV for one row, cuBLAS or that GEMV for more); `mma` runs one-row products
+/// on this kernel instead of `row_gemv`.
 const GEMV_ENV: &str = "CHATGLM_GEMV";
 
 /// Environment variable for tuning runs: `tiles,unroll,warps` (for example `2,4,8`) replaces the
@@ -331,6 +334,12 @@ fn rotation(rows: usize) -> u32 {
 /// at batches 2 and 4 (`docs/benchmarks.md`, sessions 15 and 21).
 fn default_rotation(rows: usize) -> u32 {
     if rows > 1 { ROTATE_ROUND } else { ROTATE_PASS }
+}
+
+/// Whether one-row products run on this kernel (`CHATGLM_GEMV=mma`) instead of `row_gemv`.
+fn one_row_on_mma() -> bool {
+    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *ON.get_or_init(|| std::env::var(GEMV_ENV).is_ok_and(|v| v.eq_ignore_ascii_case("mma")))
 }
 
 fn switched_off() -> bool {
@@ -405,8 +414,12 @@ pub(crate) fn product<R: CubeRuntime>(
     let checked = !kv.is_multiple_of(per_pass(unroll));
     let client = lhs.client.clone();
     let out = empty_device_dtype(client.clone(), lhs.device.clone(), out_shape, dtype);
-    let cubes = (n as u32).div_ceil((TILE * tiles) as u32);
     let (ls, rs, os) = (lhs.meta.strides(), rhs.meta.strides(), out.meta.strides());
+    if m == 1 && !one_row_on_mma() {
+        row_gemv::launch(lhs, rhs, bias, &out, n, kv, rs[d - 1] / WIDTH, os[d - 1]);
+        return Some(out);
+    }
+    let cubes = (n as u32).div_ceil((TILE * tiles) as u32);
     mma_gemv_kernel::launch::<R>(
         &client,
         CubeCount::Static(cubes, 1, 1),

@@ -16,6 +16,7 @@ mod pick;
 mod prompt_attention;
 mod qkv;
 mod reduce;
+mod row_gemv;
 mod softmax;
 mod softmax_grad;
 mod strides;
@@ -33,6 +34,7 @@ pub(crate) use cublas::gpu_times as gemm_gpu_times;
 pub(crate) use cublas::status as gemm_status;
 pub(crate) use gemv::calls as gemv_calls;
 pub(crate) use mma_gemv::calls as mma_gemv_calls;
+pub(crate) use row_gemv::calls as row_gemv_calls;
 use strides::{Strides3, Strides3Launch};
 
 impl<R, F, I, BT> KernelBackend for CubeBackend<R, F, I, BT>

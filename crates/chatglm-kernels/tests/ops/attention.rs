@@ -382,9 +382,9 @@ pub(super) fn check_prompt_attention<B: KernelBackend>(dev: &B::Device, tol: f32
 
 /// A decoded token's cache write and attention in one op against the two ops it fuses
 /// (`qkv_to_cache`, then `decode_attention`, each checked against host math above): the same
-/// attention and cache, a cache buffer held elsewhere left as it was. The last case has more slots
-/// than the fused kernels take, so it checks the fallback. On CUDA the default picks the kernels
-/// by shape (the 1100-slot case takes the two-kernel split, the others the single kernel);
+/// attention and cache, a cache buffer held elsewhere left as it was. The 4100-slot case has more
+/// slots than the fused kernels take, so it checks the fallback. On CUDA the default picks the
+/// kernels by shape (the 1100-slot case takes the two-kernel split, the others the single kernel);
 /// `CHATGLM_DECODE_ATTENTION=split` or `single` sends every case to one of them.
 pub(super) fn check_decode_attention_qkv<B: KernelBackend>(dev: &B::Device, tol: Tol) {
     for (b, h, hd, slots, offset, mask_rows) in [

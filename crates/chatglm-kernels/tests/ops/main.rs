@@ -486,14 +486,19 @@ fn fused_ops_match_host_math_and_reference() {
         });
         // The one-row products above ran on the GEMV kernel (with `CHATGLM_GEMM=burn`, those
         // of up to 8 rows), and in half precision the linear-layer products of 1 to 8 rows on
-        // the tensor-core GEMV (unless `CHATGLM_GEMV=simt`).
-        let (gemv, mma) = (
+        // the decode GEMVs: the one-row GEMV and the tensor-core one (unless
+        // `CHATGLM_GEMV=simt`).
+        let (gemv, mma, row) = (
             chatglm_kernels::gemv_calls(),
             chatglm_kernels::mma_gemv_calls(),
+            chatglm_kernels::row_gemv_calls(),
         );
         assert!(gemv >= 12, "only {gemv} products ran on the GEMV kernel");
         if !std::env::var("CHATGLM_GEMV").is_ok_and(|v| v.eq_ignore_ascii_case("simt")) {
-            assert!(mma >= 8, "only {mma} products ran on the tensor-core GEMV");
+            assert!(
+                mma + row >= 8,
+                "only {mma} and {row} products ran on the tensor-core and one-row GEMVs"
+            );
         }
         // The products of at least 2 rows above ran on cuBLAS, unless it was switched off.
         if std::env::var("CHATGLM_GEMM").is_ok_and(|v| v.eq_ignore_ascii_case("burn")) {
@@ -559,26 +564,38 @@ fn half_precision_prompts_run_the_prompt_kernel() {
 /// to 8 sequences) run on the tensor-core GEMV, in float16 and bfloat16.
 #[cfg(feature = "cuda")]
 #[test]
-fn half_precision_decode_products_run_on_tensor_cores() {
+fn half_precision_decode_products_run_on_the_decode_gemvs() {
+    let gemv = std::env::var("CHATGLM_GEMV").unwrap_or_default();
     if !std::env::var("CHATGLM_TEST_DEVICE").is_ok_and(|v| v.eq_ignore_ascii_case("cuda"))
-        || std::env::var("CHATGLM_GEMV").is_ok_and(|v| v.eq_ignore_ascii_case("simt"))
+        || gemv.eq_ignore_ascii_case("simt")
     {
         return;
     }
-    fn check<F: burn_cubecl::FloatElement>() {
+    // One row runs on the one-row GEMV, unless `CHATGLM_GEMV=mma` keeps it on tensor cores.
+    let one_row_on_mma = gemv.eq_ignore_ascii_case("mma");
+    fn check<F: burn_cubecl::FloatElement>(one_row_on_mma: bool) {
         // One wave of cubes over whole passes; passes and rounds cut short by `k`; more than a
         // wave of cubes with 3 passes each, so cubes start at each pass (the rotation along `k`).
+        // One row: the one-row GEMV's passes whole (k = 4096) and cut short (1000, 3072).
         for (k, n) in [(4096usize, 40usize), (1000, 40), (3072, 4264)] {
-            check_shape::<F>(k, n);
+            check_shape::<F>(k, n, one_row_on_mma);
         }
     }
-    fn check_shape<F: burn_cubecl::FloatElement>(k: usize, n: usize) {
+    fn check_shape<F: burn_cubecl::FloatElement>(k: usize, n: usize, one_row_on_mma: bool) {
         type Cube<F> = burn_cubecl::CubeBackend<cubecl::cuda::CudaRuntime, F, i32, u8>;
         let dev = burn::backend::cuda::CudaDevice::new(0);
         let w = random(n * k, 41, 1.0);
         for m in [1usize, 2, 5, 8] {
             let x = random(m * k, 42, 1.0);
-            let before = chatglm_kernels::mma_gemv_calls();
+            let on_mma = m > 1 || one_row_on_mma;
+            let calls = move || {
+                if on_mma {
+                    chatglm_kernels::mma_gemv_calls()
+                } else {
+                    chatglm_kernels::row_gemv_calls()
+                }
+            };
+            let before = calls();
             let weight = tensor::<Cube<F>, 2>(&w, [n, k], &dev);
             let features = weight
                 .clone()
@@ -598,16 +615,17 @@ fn half_precision_decode_products_run_on_tensor_cores() {
                 "{}: {m} x {k} x {n}: max diff / sqrt(k) = {d}",
                 name::<Cube<F>>()
             );
+            let kernel = if on_mma { "tensor-core" } else { "one-row" };
             assert_eq!(
-                chatglm_kernels::mma_gemv_calls(),
+                calls(),
                 before + 1,
-                "{}: {m} rows did not run on the tensor-core GEMV (device MMA shapes: {features:?})",
+                "{}: {m} rows did not run on the {kernel} GEMV (device MMA shapes: {features:?})",
                 name::<Cube<F>>()
             );
         }
     }
-    check::<burn::tensor::f16>();
-    check::<burn::tensor::bf16>();
+    check::<burn::tensor::f16>(one_row_on_mma);
+    check::<burn::tensor::bf16>(one_row_on_mma);
 }
 
 /// Backends that compile kernels per shape say so (callers pad prompts to few widths for them).
