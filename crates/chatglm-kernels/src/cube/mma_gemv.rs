@@ -336,15 +336,25 @@ fn default_rotation(rows: usize) -> u32 {
     if rows > 1 { ROTATE_ROUND } else { ROTATE_PASS }
 }
 
-/// Whether one-row products run on this kernel (`CHATGLM_GEMV=mma`) instead of `row_gemv`.
-fn one_row_on_mma() -> bool {
-    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    *ON.get_or_init(|| std::env::var(GEMV_ENV).is_ok_and(|v| v.eq_ignore_ascii_case("mma")))
+/// `CHATGLM_GEMV` (read once): `simt`, `mma`, or neither (`None`).
+fn gemv_env() -> Option<&'static str> {
+    static CHOICE: std::sync::OnceLock<Option<&'static str>> = std::sync::OnceLock::new();
+    *CHOICE.get_or_init(|| {
+        let v = std::env::var(GEMV_ENV).ok()?;
+        ["simt", "mma"]
+            .into_iter()
+            .find(|c| v.eq_ignore_ascii_case(c))
+    })
 }
 
+/// Whether one-row products run on this kernel (`CHATGLM_GEMV=mma`) instead of `row_gemv`.
+fn one_row_on_mma() -> bool {
+    gemv_env() == Some("mma")
+}
+
+/// Whether products stay off this kernel and `row_gemv` (`CHATGLM_GEMV=simt`).
 fn switched_off() -> bool {
-    static OFF: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    *OFF.get_or_init(|| std::env::var(GEMV_ENV).is_ok_and(|v| v.eq_ignore_ascii_case("simt")))
+    gemv_env() == Some("simt")
 }
 
 /// Whether the device runs `mma.m16n8k16` on `dtype` operands with float32 accumulation.
