@@ -8,10 +8,10 @@
 //!
 //! Before either, products of 1 to 8 half-precision rows against a matrix with contiguous
 //! columns (decoding up to 8 sequences: the linear layers and lm_head) go to the tensor-core GEMV
-//! ([`super::mma_gemv`], which hands one row to [`super::row_gemv`]), other one-row ones to [`super::gemv`], and products of at least
-//! [`cublas::MIN_ROWS`] rows on CUDA go to cuBLAS ([`super::cublas`]): in float32 without TF32,
-//! in half precision with float32 accumulation. Without cuBLAS, products of up to
-//! [`gemv::MAX_ROWS`] rows take the GEMV kernel too.
+//! ([`super::mma_gemv`], which hands one row to [`super::row_gemv`]), other one-row ones to
+//! [`super::gemv`], and products of at least [`cublas::MIN_ROWS`] rows on CUDA go to cuBLAS
+//! ([`super::cublas`]): in float32 without TF32, in half precision with float32 accumulation.
+//! Without cuBLAS, products of up to [`gemv::MAX_ROWS`] rows take the GEMV kernel too.
 
 use burn::tensor::DType;
 use burn::tensor::ops::FloatTensorOps;

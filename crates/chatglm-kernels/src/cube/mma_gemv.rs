@@ -407,13 +407,20 @@ pub(crate) fn product<R: CubeRuntime>(
     if m > MAX_ROWS || batches != 1 || !k.is_multiple_of(WIDTH) || !aligned {
         return None;
     }
+    let kv = k / WIDTH;
+    let client = lhs.client.clone();
+    let out = empty_device_dtype(client.clone(), lhs.device.clone(), out_shape, dtype);
+    let (ls, rs, os) = (lhs.meta.strides(), rhs.meta.strides(), out.meta.strides());
+    if m == 1 && !one_row_on_mma() {
+        row_gemv::launch(lhs, rhs, bias, &out, n, kv, rs[d - 1] / WIDTH, os[d - 1]);
+        return Some(out);
+    }
     // One tile per warp and 8 steps per pass where `k` allows (16-byte loads in flight per unit:
     // `unroll * (2 * tiles + 1)`): the fastest of the shapes measured on the H200 for 1 and 8
     // rows of the 6B model (`docs/benchmarks.md`, session 7).
     let tuned = tuning();
     let tiles = tuned.map_or(1, |t| t.0);
     let warps = tuned.map_or(WARPS, |t| t.2);
-    let kv = k / WIDTH;
     let per_pass = |u: usize| u * warps * 4;
     let most = tuned.map_or(8, |t| t.1);
     let unroll = [16usize, 8, 4, 2, 1]
@@ -422,13 +429,6 @@ pub(crate) fn product<R: CubeRuntime>(
         .find(|&u| kv >= per_pass(u))
         .unwrap_or(1);
     let checked = !kv.is_multiple_of(per_pass(unroll));
-    let client = lhs.client.clone();
-    let out = empty_device_dtype(client.clone(), lhs.device.clone(), out_shape, dtype);
-    let (ls, rs, os) = (lhs.meta.strides(), rhs.meta.strides(), out.meta.strides());
-    if m == 1 && !one_row_on_mma() {
-        row_gemv::launch(lhs, rhs, bias, &out, n, kv, rs[d - 1] / WIDTH, os[d - 1]);
-        return Some(out);
-    }
     let cubes = (n as u32).div_ceil((TILE * tiles) as u32);
     mma_gemv_kernel::launch::<R>(
         &client,

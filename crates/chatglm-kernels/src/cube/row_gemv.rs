@@ -9,7 +9,7 @@
 //! The tensor-core GEMV ([`super::mma_gemv`]) reads 8 weight rows per load instruction of a warp
 //! (64 bytes of each), as the MMA's fragments ask. For one row there is nothing to gain from the
 //! MMA, and on the H200 with ChatGLM-6B this kernel decoded one sequence 3.4% faster (245-247
-//! against 237-239 tok/s, 4 of 4 pairs of processes; `docs/benchmarks.md`, session 22). For
+//! against 237-239 tok/s, 6 of 6 pairs of processes; `docs/benchmarks.md`, session 22). For
 //! several rows the MMA kernel stays: a variant that reads whole row segments and hands them to
 //! the MMAs through shared memory was no faster at 8 rows.
 
@@ -23,7 +23,7 @@ use super::elementwise::gelu_tanh;
 use super::strides::scalar;
 
 /// Most 16-byte loads in flight per unit.
-pub(crate) const MOST_UNROLL: usize = 16;
+const MOST_UNROLL: usize = 16;
 /// Warps (weight rows) per cube.
 const WARPS: usize = 8;
 /// Elements per 16-byte vector of half precision.
