@@ -18,39 +18,17 @@
 //
 // Build and run on the GPU machine: nvcc -O3 -arch=sm_90 -o /tmp/pdl benches/gpu/pdl_chain.cu
 // && /tmp/pdl
-#include <cuda_fp16.h>
-#include <cuda_runtime.h>
+#include "common.cuh"
 
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
 #include <vector>
 
-#define CK(x)                                                                   \
-  do {                                                                          \
-    cudaError_t e_ = (x);                                                       \
-    if (e_ != cudaSuccess) {                                                    \
-      printf("%s:%d: %s\n", __FILE__, __LINE__, cudaGetErrorString(e_));        \
-      exit(1);                                                                  \
-    }                                                                           \
-  } while (0)
-
 constexpr int WARPS = 8;    // weight rows per cube, a warp each
 constexpr int CHUNK = 16;   // 16-byte loads in flight per unit
 constexpr int LAYERS = 28;
 constexpr int H = 4096, H3 = 3 * 4096, H4 = 4 * 4096;
-
-__device__ __forceinline__ float dot8(uint4 a, uint4 b) {
-  const half2* p = reinterpret_cast<const half2*>(&a);
-  const half2* q = reinterpret_cast<const half2*>(&b);
-  float s = 0.f;
-#pragma unroll
-  for (int i = 0; i < 4; i++) {
-    float2 u = __half22float2(p[i]), v = __half22float2(q[i]);
-    s += u.x * v.x + u.y * v.y;
-  }
-  return s;
-}
 
 // y[n] = W[n, K] x[K]; blockDim (32, WARPS).
 template <int K>
@@ -104,17 +82,6 @@ __global__ void __launch_bounds__(512) attn(const half* __restrict__ kv,
     float t = red[threadIdx.x] + red[threadIdx.x + 128] + red[threadIdx.x + 256] +
               red[threadIdx.x + 384];
     y[o] = __float2half(__half2float(x[o]) + 1e-6f * t);
-  }
-}
-
-__global__ void fill(half* p, size_t n, unsigned seed, float scale) {
-  for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n;
-       i += (size_t)gridDim.x * blockDim.x) {
-    unsigned h = (unsigned)i * 2654435761u ^ seed;
-    h ^= h >> 13;
-    h *= 0x5bd1e995u;
-    h ^= h >> 15;
-    p[i] = __float2half(scale * ((h & 0xffff) / 32768.f - 1.f));
   }
 }
 

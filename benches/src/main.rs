@@ -382,6 +382,8 @@ fn run<B: chatglm_model::KernelBackend>(opts: &Opts, device: B::Device) -> anyho
         "gemv_calls": chatglm_kernels::gemv_calls(),
         "mma_gemv_calls": chatglm_kernels::mma_gemv_calls(),
         "row_gemv_calls": chatglm_kernels::row_gemv_calls(),
+        "nvrtc_gemv_calls": chatglm_kernels::nvrtc_gemv_calls(),
+        "nvrtc_layer_norm_calls": chatglm_kernels::nvrtc_layer_norm_calls(),
     }))
 }
 

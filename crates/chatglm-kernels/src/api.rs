@@ -286,37 +286,6 @@ pub fn gemm_status() -> GemmStatus {
     GemmStatus::NotUsed
 }
 
-/// Matrix products that ran on this crate's CubeCL GEMV kernel in this process: one row (with
-/// cuBLAS; up to 8 without) against a matrix with contiguous columns, as linear layers with
-/// `[out, in]` weights (any cube backend; 0 elsewhere).
-pub fn gemv_calls() -> u64 {
-    #[cfg(feature = "cuda")]
-    return crate::cube::gemv_calls();
-    #[cfg(not(feature = "cuda"))]
-    0
-}
-
-/// Matrix products that ran on this crate's tensor-core GEMV kernel in this process: 2 to 8 rows
-/// of float16 or bfloat16 against a matrix with contiguous columns (decoding 2 to 8 sequences),
-/// on a GPU with `mma.m16n8k16` (CUDA; 0 elsewhere), and one row with `CHATGLM_GEMV=mma`.
-/// `CHATGLM_GEMV=simt` sends them to the CUDA-core GEMV ([`gemv_calls`]) or cuBLAS instead.
-pub fn mma_gemv_calls() -> u64 {
-    #[cfg(feature = "cuda")]
-    return crate::cube::mma_gemv_calls();
-    #[cfg(not(feature = "cuda"))]
-    0
-}
-
-/// Matrix products that ran on this crate's one-row GEMV for half precision in this process (a
-/// warp per weight row; decoding one sequence), on the GPUs that take the tensor-core GEMV
-/// ([`mma_gemv_calls`]; CUDA, 0 elsewhere).
-pub fn row_gemv_calls() -> u64 {
-    #[cfg(feature = "cuda")]
-    return crate::cube::row_gemv_calls();
-    #[cfg(not(feature = "cuda"))]
-    0
-}
-
 /// Matrix product as [`Tensor::matmul`], but float32 stays float32 on every backend (burn's
 /// CUDA matmul rounds float32 inputs to TF32 on tensor cores). On CUDA, one-row products against
 /// a matrix with contiguous columns (decoding one sequence) run on a GEMV kernel

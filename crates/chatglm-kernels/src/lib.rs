@@ -16,6 +16,7 @@ mod autodiff;
 mod backend;
 #[cfg(feature = "cuda")]
 mod cube;
+mod decode_kernels;
 #[cfg(feature = "cuda")]
 mod fusion;
 pub mod memory;
@@ -27,11 +28,15 @@ pub mod runtime;
 pub use api::{
     GemmGpuTimes, GemmHostTimes, GemmStatus, PROMPT_KERNEL_MAX_WORK, add_layer_norm,
     attention_products, bias_gelu, decode_attention, decode_attention_qkv, fused_enabled,
-    gemm_gpu_mark, gemm_gpu_times, gemm_status, gemv_calls, masked_softmax, matmul,
-    matmul_bias_gelu, mma_gemv_calls, prompt_attention, qkv_to_cache, rotary, row_gemv_calls,
+    gemm_gpu_mark, gemm_gpu_times, gemm_status, masked_softmax, matmul, matmul_bias_gelu,
+    prompt_attention, qkv_to_cache, rotary,
 };
 pub use api_train::qkv_attention;
 pub use backend::KernelBackend;
+pub use decode_kernels::{
+    DecodeKernels, gemv_calls, mma_gemv_calls, nvrtc_gemv_calls, nvrtc_layer_norm_calls,
+    row_gemv_calls, set_decode_kernels,
+};
 pub use pick::greedy_ids;
 pub use read::{PendingRead, ReadError, start_read};
 

@@ -1,5 +1,7 @@
 //! `LayerNorm(a * alpha + b + bias)` in one kernel: one cube per row, the row held in registers,
-//! statistics in float32 (mean, then the centred variance) with warp reductions.
+//! statistics in float32 (mean, then the centred variance) with warp reductions. On CUDA its twin
+//! in CUDA C (`cublas/decode/decode.cu`, the same bits) runs instead where it can, launched
+//! with programmatic dependent launch.
 
 use burn::tensor::Shape;
 use burn_cubecl::CubeRuntime;
@@ -8,6 +10,7 @@ use burn_cubecl::ops::numeric::empty_device_dtype;
 use burn_cubecl::tensor::CubeTensor;
 use cubecl::prelude::*;
 
+use super::cublas::{self, LayerNormShape};
 use super::reduce::cube_sum;
 use super::strides::scalar;
 use super::widest_vector;
@@ -193,6 +196,25 @@ pub(crate) fn add_layer_norm<R: CubeRuntime>(
     let row_stride = |t: &CubeTensor<R>| scalar(t.meta.strides()[0] / width);
     let (n32, a_row, b_row, out_row) =
         (scalar(n), row_stride(&a), row_stride(&b), row_stride(&out));
+    // The CUDA C twin where it has this layout: both residual terms or neither, rows of 16-byte
+    // vectors, at most its 4 vectors per unit.
+    if width == 8 && has_b == has_bias && per_unit <= 4 {
+        let shape = LayerNormShape {
+            rows,
+            block: block as usize,
+            n,
+            a_row: a.meta.strides()[0] / width,
+            b_row: b.meta.strides()[0] / width,
+            out_row: out.meta.strides()[0] / width,
+            alpha,
+            eps,
+            residual: has_b,
+        };
+        let residual = has_b.then_some((&b, &bias));
+        if cublas::layer_norm((&a, residual, &gamma, &beta, &out), shape) {
+            return out;
+        }
+    }
     add_layer_norm_kernel::launch::<R>(
         &client,
         CubeCount::Static(rows as u32, 1, 1),

@@ -21,6 +21,9 @@
 //!   session 15); at 8 rows, starting it at round `c % rounds` gains up to another 1%
 //!   (sessions 15 and 21).
 //!
+//! On CUDA its twin in CUDA C (`cublas/decode/decode.cu`, this default shape, the same bits)
+//! runs instead where it can, launched with programmatic dependent launch.
+//!
 //! Pipelined variants (a second register set, or asynchronous copies into shared memory, loaded
 //! while the first is multiplied) ran every product slower: they hold fewer loads in flight per
 //! unit than this kernel's whole pass of 8 steps (session 15).
@@ -35,6 +38,7 @@ use cubecl::cmma::MmaDefinition;
 use cubecl::ir::{ElemType, FloatKind, MatrixIdent};
 use cubecl::prelude::*;
 
+use super::cublas::{self, GemvKernel, GemvShape};
 use super::elementwise::gelu_tanh;
 use super::gemv::Operands;
 use super::row_gemv;
@@ -411,14 +415,37 @@ pub(crate) fn product<R: CubeRuntime>(
     let client = lhs.client.clone();
     let out = empty_device_dtype(client.clone(), lhs.device.clone(), out_shape, dtype);
     let (ls, rs, os) = (lhs.meta.strides(), rhs.meta.strides(), out.meta.strides());
+    let shape = GemvShape {
+        kernel: GemvKernel::Mma {
+            rows: m,
+            lhs_row: ls[d - 2] / WIDTH,
+            out_row: os[d - 2],
+            rotate: rotation(m),
+        },
+        n,
+        kv,
+        rhs_row: rs[d - 1] / WIDTH,
+        out_col: os[d - 1],
+        bias_step: bias.map_or(0, |b| b.meta.strides()[0]),
+    };
     if m == 1 && !one_row_on_mma() {
-        row_gemv::launch(lhs, rhs, bias, &out, n, kv, rs[d - 1] / WIDTH, os[d - 1]);
+        let shape = GemvShape {
+            kernel: GemvKernel::Row,
+            ..shape
+        };
+        if !cublas::gemv_product(lhs, rhs, bias, &out, shape) {
+            row_gemv::launch(lhs, rhs, bias, &out, shape);
+        }
         return Some(out);
     }
     // One tile per warp and 8 steps per pass where `k` allows (16-byte loads in flight per unit:
     // `unroll * (2 * tiles + 1)`): the fastest of the shapes measured on the H200 for 1 and 8
     // rows of the 6B model (`docs/benchmarks.md`, session 7).
     let tuned = tuning();
+    // The CUDA C twin has this kernel's default shape.
+    if tuned.is_none() && cublas::gemv_product(lhs, rhs, bias, &out, shape) {
+        return Some(out);
+    }
     let tiles = tuned.map_or(1, |t| t.0);
     let warps = tuned.map_or(WARPS, |t| t.2);
     let per_pass = |u: usize| u * warps * 4;

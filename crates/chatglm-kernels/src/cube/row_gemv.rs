@@ -12,6 +12,9 @@
 //! against 237-239 tok/s, 6 of 6 pairs of processes; `docs/benchmarks.md`, session 22). For
 //! several rows the MMA kernel stays: a variant that reads whole row segments and hands them to
 //! the MMAs through shared memory was no faster at 8 rows.
+//!
+//! On CUDA its twin in CUDA C (`cublas/decode/decode.cu`, the same bits) runs instead where it
+//! can, for what CubeCL cannot say: programmatic dependent launch and streaming loads.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -19,6 +22,7 @@ use burn_cubecl::CubeRuntime;
 use burn_cubecl::tensor::CubeTensor;
 use cubecl::prelude::*;
 
+use super::cublas::GemvShape;
 use super::elementwise::gelu_tanh;
 use super::strides::scalar;
 
@@ -125,21 +129,26 @@ fn unroll(kv: usize) -> (usize, bool) {
 
 /// Queues `out = lhs x rhs` (with `bias`, `bias_gelu` of it) on the kernel, for operands that
 /// `mma_gemv::product` checked: one row of `kv` 16-byte vectors along `k`, `n` weight rows
-/// `rhs_row` vectors apart, outputs `out_col` elements apart, half precision.
+/// `rhs_row` vectors apart, outputs `out_col` elements apart, half precision, the bias's values
+/// `bias_step` apart.
 ///
 /// # Shapes
 /// - `lhs`: `[..., 1, k]`, `rhs`: `[..., k, n]` with unit stride along `k`, `out`: `[..., 1, n]`
-#[allow(clippy::too_many_arguments)]
 pub(crate) fn launch<R: CubeRuntime>(
     lhs: &CubeTensor<R>,
     rhs: &CubeTensor<R>,
     bias: Option<&CubeTensor<R>>,
     out: &CubeTensor<R>,
-    n: usize,
-    kv: usize,
-    rhs_row: usize,
-    out_col: usize,
+    shape: GemvShape,
 ) {
+    let GemvShape {
+        n,
+        kv,
+        rhs_row,
+        out_col,
+        bias_step,
+        ..
+    } = shape;
     let (unroll, checked) = unroll(kv);
     row_gemv_kernel::launch::<R>(
         &lhs.client,
@@ -155,7 +164,7 @@ pub(crate) fn launch<R: CubeRuntime>(
         scalar(kv),
         scalar(rhs_row),
         scalar(out_col),
-        scalar(bias.map_or(0, |b| b.meta.strides()[0])),
+        scalar(bias_step),
         unroll,
         checked,
         bias.is_some(),

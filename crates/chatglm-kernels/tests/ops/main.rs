@@ -628,6 +628,145 @@ fn half_precision_decode_products_run_on_the_decode_gemvs() {
     check::<burn::tensor::bf16>(one_row_on_mma);
 }
 
+/// On CUDA, half-precision decode products of 1 to 8 rows (with and without the bias and GELU of
+/// the h->4h projection) and LayerNorms (with and without the residual terms) run on the CUDA C
+/// twins of the one-row and tensor-core GEMVs and of the LayerNorm where cuBLAS's lane shares
+/// cubecl's stream, launched with or without programmatic dependent launch, and give the CubeCL
+/// kernels' bits exactly.
+#[cfg(feature = "cuda")]
+#[test]
+fn decode_kernels_in_cuda_c_give_the_cubecl_kernels_bits() {
+    use chatglm_kernels::{DecodeKernels, mma_gemv_calls, nvrtc_gemv_calls, row_gemv_calls};
+    let env_is =
+        |name: &str, value: &str| std::env::var(name).is_ok_and(|v| v.eq_ignore_ascii_case(value));
+    if !env_is("CHATGLM_TEST_DEVICE", "cuda")
+        || env_is("CHATGLM_GEMV", "simt")
+        || env_is("CHATGLM_GEMV", "mma")
+        || env_is("CHATGLM_GEMM_STREAM", "own")
+        || std::env::var("CHATGLM_MMA_GEMV").is_ok()
+    {
+        return;
+    }
+    fn check<F: burn_cubecl::FloatElement>() {
+        type Cube<F> = burn_cubecl::CubeBackend<cubecl::cuda::CudaRuntime, F, i32, u8>;
+        let dev = burn::backend::cuda::CudaDevice::new(0);
+        // Whole passes of the one-row GEMV (k = 4096, 16384, 3072; 512: 2 loads per unit and
+        // pass) and of the tensor-core one (4096, 16384), passes cut short (1000; 3072 and 512
+        // on tensor cores); with the bias and GELU; fewer rows than a last cube holds (n = 40,
+        // 4264, 300).
+        for (k, n, with_bias) in [
+            (4096usize, 40usize, false),
+            (512, 40, false),
+            (16384, 96, false),
+            (1000, 40, false),
+            (3072, 4264, false),
+            (4096, 300, true),
+            (1000, 300, true),
+        ] {
+            let (w, bias) = (random(n * k, 52, 0.2), random(n, 53, 1.0));
+            for m in [1usize, 2, 5, 8] {
+                let x = random(m * k, 51, 1.0);
+                let run = |kind: DecodeKernels| {
+                    chatglm_kernels::set_decode_kernels(kind);
+                    let kernel_calls = if m == 1 {
+                        row_gemv_calls
+                    } else {
+                        mma_gemv_calls
+                    };
+                    let (all, nvrtc) = (kernel_calls(), nvrtc_gemv_calls());
+                    let (tx, tw) = (
+                        tensor::<Cube<F>, 2>(&x, [m, k], &dev),
+                        tensor::<Cube<F>, 2>(&w, [n, k], &dev).transpose(),
+                    );
+                    let got = if with_bias {
+                        let tb = tensor::<Cube<F>, 1>(&bias, [n], &dev);
+                        values(chatglm_kernels::matmul_bias_gelu(tx, tw, tb))
+                    } else {
+                        values(chatglm_kernels::matmul(tx, tw))
+                    };
+                    assert_eq!(
+                        (kernel_calls() - all, nvrtc_gemv_calls() - nvrtc),
+                        (1, u64::from(kind != DecodeKernels::Cubecl)),
+                        "{}: {m} x {k} x {n} (bias: {with_bias}) did not run on the {kind:?} GEMV",
+                        name::<Cube<F>>()
+                    );
+                    got
+                };
+                let cubecl = run(DecodeKernels::Cubecl);
+                let linear = host_linear(&x, &w, m, k, n);
+                let want = if with_bias {
+                    host_bias_gelu(&linear, &bias)
+                } else {
+                    linear
+                };
+                let d = max_diff(&cubecl, &want) / (k as f32).sqrt();
+                assert!(d <= 2e-2, "{m} x {k} x {n}: max diff / sqrt(k) = {d}");
+                for kind in [DecodeKernels::Nvrtc, DecodeKernels::NvrtcPlain] {
+                    let got = run(kind);
+                    let differ = got.iter().zip(&cubecl).filter(|(a, b)| a != b).count();
+                    assert_eq!(
+                        differ,
+                        0,
+                        "{}: {m} x {k} x {n} (bias: {with_bias}): {differ} of {} outputs of \
+                         {kind:?} differ from the CubeCL kernel's",
+                        name::<Cube<F>>(),
+                        m * n
+                    );
+                }
+            }
+        }
+    }
+    fn check_layer_norm<F: burn_cubecl::FloatElement>() {
+        type Cube<F> = burn_cubecl::CubeBackend<cubecl::cuda::CudaRuntime, F, i32, u8>;
+        let dev = burn::backend::cuda::CudaDevice::new(0);
+        // 4 vectors per unit (4096: 128 units, 16384: 512), fewer than 4 for some units (1000).
+        for (rows, n) in [(1usize, 4096usize), (8, 4096), (1, 1000), (8, 16384)] {
+            let (a, b) = (random(rows * n, 61, 2.0), random(rows * n, 62, 3.0));
+            let (g, beta, bias) = (random(n, 63, 1.5), random(n, 64, 0.5), random(n, 65, 1.0));
+            for residual in [true, false] {
+                let run = |kind: DecodeKernels| {
+                    chatglm_kernels::set_decode_kernels(kind);
+                    let before = chatglm_kernels::nvrtc_layer_norm_calls();
+                    let got = values(chatglm_kernels::add_layer_norm(
+                        tensor::<Cube<F>, 2>(&a, [rows, n], &dev),
+                        residual.then(|| tensor::<Cube<F>, 2>(&b, [rows, n], &dev)),
+                        residual.then(|| tensor::<Cube<F>, 1>(&bias, [n], &dev)),
+                        7.483_315,
+                        tensor(&g, [n], &dev),
+                        tensor(&beta, [n], &dev),
+                        1e-5,
+                    ));
+                    assert_eq!(
+                        chatglm_kernels::nvrtc_layer_norm_calls() - before,
+                        u64::from(kind != DecodeKernels::Cubecl),
+                        "{}: LayerNorm of {rows} x {n} (residual: {residual}) did not run on the \
+                         {kind:?} kernel",
+                        name::<Cube<F>>()
+                    );
+                    got
+                };
+                let cubecl = run(DecodeKernels::Cubecl);
+                for kind in [DecodeKernels::Nvrtc, DecodeKernels::NvrtcPlain] {
+                    let got = run(kind);
+                    let differ = got.iter().zip(&cubecl).filter(|(a, b)| a != b).count();
+                    assert_eq!(
+                        differ,
+                        0,
+                        "{}: LayerNorm of {rows} x {n} (residual: {residual}): {differ} outputs \
+                         of {kind:?} differ from the CubeCL kernel's",
+                        name::<Cube<F>>()
+                    );
+                }
+            }
+        }
+    }
+    check::<burn::tensor::f16>();
+    check::<burn::tensor::bf16>();
+    check_layer_norm::<burn::tensor::f16>();
+    check_layer_norm::<burn::tensor::bf16>();
+    chatglm_kernels::set_decode_kernels(DecodeKernels::Nvrtc);
+}
+
 /// Backends that compile kernels per shape say so (callers pad prompts to few widths for them).
 /// Checked at compile time.
 #[test]

@@ -23,6 +23,7 @@ use cudarc::cublas::sys as cublas;
 use cudarc::cublas::sys::cudaDataType as cudaType;
 use cudarc::driver::{result as cu, sys as cusys};
 
+use super::decode::{DecodeOp, Kernels};
 use super::layout::GemmPlan;
 use super::{
     DEVICE_WAITS, GELU_CALLS, GEMM, GemmError, HANDOFF, LT_CALLS, RUNNER, SHARED, WAIT, lt, stream,
@@ -41,6 +42,17 @@ pub(super) struct Job {
     pub data: cudaType,
     pub compute: cublas::cublasComputeType_t,
     /// Cleared when this GEMM fails, so that the caller stops sending GEMMs to this lane.
+    pub usable: Arc<AtomicBool>,
+}
+
+/// One kernel of the decode step as the caller hands it to the runner (see [`super::decode`]).
+pub(super) struct DecodeJob {
+    pub client: ComputeClient<CudaRuntime>,
+    pub op: DecodeOp,
+    /// The kernel's buffers in its order (`None`: an absent operand, passed as a null address).
+    pub operands: Vec<Option<Handle>>,
+    pub bf16: bool,
+    /// Cleared when this kernel fails, so that the caller stops sending kernels to this lane.
     pub usable: Arc<AtomicBool>,
 }
 
@@ -93,6 +105,45 @@ impl Lanes {
         lane.lt
             .as_mut()
             .is_some_and(|lt| lt.takes_gelu_bias(&plan, data))
+    }
+
+    /// Whether the calling stream's lane queues the decode step's kernels of [`super::decode`]: it
+    /// shares cubecl's stream, and the kernels compiled and loaded (the first call does that; a
+    /// failure is logged once). Run on the runner.
+    pub(super) fn decode_ready(&mut self) -> bool {
+        let Some(Some(lane)) = self.lanes.get_mut(&StreamId::current()) else {
+            return false;
+        };
+        if !lane.shared || lane.broken {
+            return false;
+        }
+        // SAFETY: the primary context retained in `Lane::try_new`.
+        let _ = unsafe { cu::ctx::set_current(lane.context) };
+        let device = lane.device;
+        lane.decode
+            .get_or_insert_with(|| {
+                Kernels::load(device)
+                    .inspect_err(|err| {
+                        tracing::warn!("the decode step stays on the CubeCL kernels: {err}");
+                    })
+                    .ok()
+            })
+            .is_some()
+    }
+
+    /// Queues `job` on the calling stream's lane (checked by [`Self::decode_ready`]). Run on the
+    /// runner.
+    pub(super) fn run_decode(&mut self, job: DecodeJob) {
+        let outcome = match self.lanes.get_mut(&StreamId::current()) {
+            Some(Some(lane)) => lane.run_decode(&job),
+            _ => Err(GemmError::Unavailable("no lane for this stream")),
+        };
+        if let Err(err) = outcome {
+            job.usable.store(false, Ordering::Relaxed);
+            super::failed(format!(
+                "a decode kernel failed on cubecl's device runner ({err}); its output is wrong"
+            ));
+        }
     }
 
     /// The GPU times of the GEMMs timed since the last call (see [`timing`]). Run on the runner.
@@ -156,6 +207,7 @@ pub(super) fn handoff_on_cubecl(client: &ComputeClient<CudaRuntime>, flag: Handl
 /// that stream. Never freed: a lane lasts until the process ends.
 struct Lane {
     context: cusys::CUcontext,
+    device: cusys::CUdevice,
     /// Where cuBLAS queues: cubecl's stream when `shared`, else ours.
     stream: cusys::CUstream,
     /// cuBLAS queues on cubecl's own stream ([`stream::find`]): no handoff at all.
@@ -171,6 +223,8 @@ struct Lane {
     seq: u32,
     /// Set after a failure that could leave a stream waiting: the lane is not used again.
     broken: bool,
+    /// The decode step's kernels, once asked for (`None` inside: they did not load).
+    decode: Option<Option<Kernels>>,
 }
 
 impl Lane {
@@ -243,6 +297,7 @@ impl Lane {
             };
             Ok(Self {
                 context,
+                device: dev,
                 stream,
                 shared,
                 handle,
@@ -252,6 +307,7 @@ impl Lane {
                 flag_ptr,
                 seq: 0,
                 broken: false,
+                decode: None,
             })
         }
     }
@@ -324,6 +380,25 @@ impl Lane {
         handoff_on_cubecl(client, (*self.flag).clone(), seq);
         timed(HANDOFF, queued);
         gemm
+    }
+
+    /// Queues a decode kernel on cubecl's stream (the lane shares it: [`Lanes::decode_ready`]).
+    fn run_decode(&mut self, job: &DecodeJob) -> Result<(), GemmError> {
+        let Some(Some(kernels)) = &self.decode else {
+            return Err(GemmError::Unavailable("the decode kernels are not loaded"));
+        };
+        // SAFETY: the primary context retained in `try_new`.
+        let _ = unsafe { cu::ctx::set_current(self.context) };
+        let pointers = job
+            .operands
+            .iter()
+            .map(|h| match h {
+                Some(h) => pointer(&job.client, h.clone()),
+                None => Some(0),
+            })
+            .collect::<Option<Vec<u64>>>()
+            .ok_or(GemmError::Unavailable("an operand has no device address"))?;
+        kernels.queue(self.stream, job.op, job.bf16, &pointers)
     }
 
     /// Queues the GEMM itself on the lane's stream (cuBLASLt where it has a plan, else cuBLAS).

@@ -29,6 +29,7 @@
 //! fall back: its output is wrong. That is logged as an error, counted in
 //! [`GemmStatus::Cublas`]'s `failures`, and that stream's later products take burn's matmul.
 
+mod decode;
 mod lane;
 mod layout;
 mod lt;
@@ -59,6 +60,10 @@ use lane::{Job, Lanes};
 
 use crate::{GemmHostTimes, GemmStatus};
 
+pub(crate) use decode::{
+    GemvKernel, GemvShape, LayerNormShape, calls as nvrtc_gemv_calls, layer_norm_on as layer_norm,
+    product_on as gemv_product, set_choice as set_decode_kernels,
+};
 pub(crate) use layout::{GemmPlan, MIN_ROWS, contiguous_strides};
 
 /// Environment variable choosing the GEMM of half- and single-precision products with at least
@@ -464,6 +469,9 @@ struct Runner {
     /// Whether cuBLASLt takes a plan with the bias and GELU epilogue, per plan and data type
     /// (`true`: bfloat16), as the lane answered.
     gelu_plans: Rc<RefCell<HashMap<(GemmPlan, bool), bool>>>,
+    /// Whether the lane takes the decode step's kernels ([`decode`]), as it answered (asked
+    /// once).
+    decode: Rc<std::cell::Cell<Option<bool>>>,
 }
 
 impl Runner {
@@ -493,6 +501,7 @@ impl Runner {
                 lanes,
                 usable: Arc::new(AtomicBool::new(true)),
                 gelu_plans: Rc::default(),
+                decode: Rc::default(),
             }),
             // Reported where the lane failed.
             Ok(false) => None,
