@@ -58,8 +58,8 @@ pub fn nvrtc_layer_norm_calls() -> u64 {
 
 /// Which kernels run the decode step's products (1 to 8 half-precision rows against a linear
 /// layer's weight: [`row_gemv_calls`], [`mma_gemv_calls`]) and half-precision LayerNorms on CUDA.
-/// Both forms compute the same bits; the CUDA C one reads weights with streaming loads and, on
-/// compute capability 9.0 and up, starts before the previous kernel has ended. It needs cuBLAS's
+/// Both forms compute the same bits; the CUDA C one streams the one-row GEMV's weight and, on
+/// compute capability 9.0 and up, starts each kernel before the previous one has ended. It needs cuBLAS's
 /// lane on cubecl's own stream (see [`crate::gemm_status`]); where that is missing, the CubeCL
 /// kernels run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -36,10 +36,10 @@ use cubecl::server::Handle;
 
 pub(super) use kernels::Kernels;
 
-/// Environment variable choosing the decode products' kernels: unset or `nvrtc` for these with
+/// Environment variable choosing the decode step's kernels: unset or `nvrtc` for these with
 /// programmatic dependent launch where the GPU has it, `plain` for these without, `cubecl` for
 /// the CubeCL ones.
-pub const GEMV_ENV: &str = "CHATGLM_DECODE_KERNELS";
+pub const KERNELS_ENV: &str = "CHATGLM_DECODE_KERNELS";
 
 /// The current choice: 0 unread, then 1 + the variant's index in [`KINDS`].
 static CHOICE: AtomicU8 = AtomicU8::new(0);
@@ -49,13 +49,13 @@ const KINDS: [DecodeKernels; 3] = [
     DecodeKernels::Cubecl,
 ];
 
-/// The kernels decode products take: as last set by [`set_choice`], else as [`GEMV_ENV`] says.
+/// The kernels decode products take: as last set by [`set_choice`], else as [`KERNELS_ENV`] says.
 pub(crate) fn choice() -> DecodeKernels {
     let stored = CHOICE.load(Ordering::Relaxed);
     if stored > 0 {
         return KINDS[usize::from(stored - 1)];
     }
-    let kind = match std::env::var(GEMV_ENV) {
+    let kind = match std::env::var(KERNELS_ENV) {
         Ok(v) if v.eq_ignore_ascii_case("cubecl") => DecodeKernels::Cubecl,
         Ok(v) if v.eq_ignore_ascii_case("plain") => DecodeKernels::NvrtcPlain,
         _ => DecodeKernels::Nvrtc,
@@ -195,29 +195,25 @@ pub(crate) fn layer_norm_on<R: CubeRuntime>(
     (a, residual, gamma, beta, out): LayerNormOperands<'_, R>,
     shape: LayerNormShape,
 ) -> bool {
-    let cuda = |t: &CubeTensor<R>| as_cuda(t).map(|t| t.handle.clone());
-    let (Some(a_h), Some(gamma_h), Some(beta_h), Some(out_h)) =
-        (cuda(a), cuda(gamma), cuda(beta), cuda(out))
+    let (Some(a), Some(gamma), Some(beta), Some(out)) =
+        (as_cuda(a), as_cuda(gamma), as_cuda(beta), as_cuda(out))
     else {
         return false;
     };
-    let (b_h, bias_h) = match residual {
-        Some((b, bias)) => match (cuda(b), cuda(bias)) {
-            (Some(b), Some(bias)) => (Some(b), Some(bias)),
+    let (b, bias) = match residual {
+        Some((b, bias)) => match (as_cuda(b), as_cuda(bias)) {
+            (Some(b), Some(bias)) => (Some(b.handle.clone()), Some(bias.handle.clone())),
             _ => return false,
         },
         None => (None, None),
     };
-    let Some(a) = as_cuda(a) else {
-        return false;
-    };
     let operands = vec![
-        Some(a_h),
-        b_h,
-        bias_h,
-        Some(gamma_h),
-        Some(beta_h),
-        Some(out_h),
+        Some(a.handle.clone()),
+        b,
+        bias,
+        Some(gamma.handle.clone()),
+        Some(beta.handle.clone()),
+        Some(out.handle.clone()),
     ];
     submit(a, DecodeOp::LayerNorm(shape), operands, 2)
 }
