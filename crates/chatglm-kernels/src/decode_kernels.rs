@@ -18,7 +18,7 @@ pub fn gemv_calls() -> u64 {
 /// the CUDA-core GEMV ([`gemv_calls`]) or cuBLAS instead.
 pub fn mma_gemv_calls() -> u64 {
     #[cfg(feature = "cuda")]
-    return crate::cube::mma_gemv_calls() + crate::cube::nvrtc_gemv_calls().1;
+    return crate::cube::mma_gemv_calls() + crate::cube::nvrtc_calls().1;
     #[cfg(not(feature = "cuda"))]
     0
 }
@@ -29,7 +29,7 @@ pub fn mma_gemv_calls() -> u64 {
 /// ([`nvrtc_gemv_calls`]).
 pub fn row_gemv_calls() -> u64 {
     #[cfg(feature = "cuda")]
-    return crate::cube::row_gemv_calls() + crate::cube::nvrtc_gemv_calls().0;
+    return crate::cube::row_gemv_calls() + crate::cube::nvrtc_calls().0;
     #[cfg(not(feature = "cuda"))]
     0
 }
@@ -40,7 +40,7 @@ pub fn row_gemv_calls() -> u64 {
 pub fn nvrtc_gemv_calls() -> u64 {
     #[cfg(feature = "cuda")]
     {
-        let (row, mma, _) = crate::cube::nvrtc_gemv_calls();
+        let (row, mma, _) = crate::cube::nvrtc_calls();
         row + mma
     }
     #[cfg(not(feature = "cuda"))]
@@ -51,7 +51,7 @@ pub fn nvrtc_gemv_calls() -> u64 {
 /// crate's LayerNorm kernel in this process (see [`DecodeKernels`]; CUDA, 0 elsewhere).
 pub fn nvrtc_layer_norm_calls() -> u64 {
     #[cfg(feature = "cuda")]
-    return crate::cube::nvrtc_gemv_calls().2;
+    return crate::cube::nvrtc_calls().2;
     #[cfg(not(feature = "cuda"))]
     0
 }

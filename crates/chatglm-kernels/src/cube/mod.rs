@@ -32,7 +32,7 @@ use crate::read::{PendingRead, ReadError};
 pub(crate) use cublas::gpu_mark as gemm_gpu_mark;
 pub(crate) use cublas::gpu_times as gemm_gpu_times;
 pub(crate) use cublas::status as gemm_status;
-pub(crate) use cublas::{nvrtc_gemv_calls, set_decode_kernels};
+pub(crate) use cublas::{nvrtc_calls, set_decode_kernels};
 pub(crate) use gemv::calls as gemv_calls;
 pub(crate) use mma_gemv::calls as mma_gemv_calls;
 pub(crate) use row_gemv::calls as row_gemv_calls;

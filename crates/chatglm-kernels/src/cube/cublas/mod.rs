@@ -61,7 +61,7 @@ use lane::{Job, Lanes};
 use crate::{GemmHostTimes, GemmStatus};
 
 pub(crate) use decode::{
-    GemvKernel, GemvShape, LayerNormShape, calls as nvrtc_gemv_calls, layer_norm_on as layer_norm,
+    GemvKernel, GemvShape, LayerNormShape, calls as nvrtc_calls, layer_norm_on as layer_norm,
     product_on as gemv_product, set_choice as set_decode_kernels,
 };
 pub(crate) use layout::{GemmPlan, MIN_ROWS, contiguous_strides};

@@ -1,8 +1,9 @@
-// The decode products (1 to 8 rows against a half-precision matrix with contiguous columns) of
-// `cube/row_gemv.rs` and `cube/mma_gemv.rs` in CUDA C for NVRTC: the same arithmetic in the same
-// order (so the same bits), plus what CubeCL cannot express (see `gemv.rs`): streaming loads for
-// the weight and programmatic dependent launch. No headers: conversions, loads and the MMA are
-// PTX, so NVRTC needs no CUDA include path.
+// The decode step's products (1 to 8 rows against a half-precision matrix with contiguous
+// columns) of `cube/row_gemv.rs` and `cube/mma_gemv.rs`, and its LayerNorm of
+// `cube/layer_norm.rs`, in CUDA C for NVRTC: the same arithmetic in the same order (so the same
+// bits), plus what CubeCL cannot express (see `mod.rs`): streaming loads for the one-row GEMV's
+// weight and programmatic dependent launch. No headers: conversions, loads and the MMA are PTX,
+// so NVRTC needs no CUDA include path.
 
 typedef unsigned short u16;
 typedef unsigned int u32;

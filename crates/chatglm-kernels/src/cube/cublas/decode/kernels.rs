@@ -52,8 +52,8 @@ const ROW_UNROLL_ENV: &str = "CHATGLM_ROW_UNROLL";
 
 /// Loads in flight per unit and pass of the one-row GEMV by default. Fewer loads per pass leave
 /// each unit fewer registers, so more warps fit on a multiprocessor: on the H200, ChatGLM-6B
-/// decoded one sequence at 264.5-264.9 tok/s with 16, 278.9-279.2 with 8 and 283.1-283.2 with
-/// 4 (`docs/benchmarks.md`, session 23).
+/// decoded one sequence at 264.4-264.9 tok/s with 16, 278.9-279.2 with 8, 283.1-286.7 with 4
+/// and 270.9 with 2 (`docs/benchmarks.md`, session 23, calls 5-7).
 const ROW_UNROLL: usize = 4;
 
 /// Loads in flight per unit and pass of the one-row GEMV for rows of `kv` vectors (a multiple of

@@ -74,7 +74,8 @@ pub(crate) fn set_choice(kind: DecodeKernels) {
 /// process.
 static CALLS: [AtomicU64; 3] = [const { AtomicU64::new(0) }; 3];
 
-/// See [`crate::nvrtc_gemv_calls`]: (one-row products, tensor-core products, LayerNorms).
+/// See [`crate::nvrtc_gemv_calls`] and [`crate::nvrtc_layer_norm_calls`]: (one-row products,
+/// tensor-core products, LayerNorms).
 pub(crate) fn calls() -> (u64, u64, u64) {
     let at = |i: usize| CALLS[i].load(Ordering::Relaxed);
     (at(0), at(1), at(2))
