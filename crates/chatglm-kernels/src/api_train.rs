@@ -73,3 +73,23 @@ pub fn qkv_attention<B: KernelBackend>(
     );
     Tensor::from_primitive(TensorPrimitive::Float(out))
 }
+
+/// A `[1]` root for a backward pass that starts from a known gradient: `.backward()` on it (or on
+/// a sum of such roots) gives `x`'s inputs the gradients that `sum(x * grad)` would, without
+/// computing that product, its sum or the product's backward. Its value is zero. `grad` should
+/// not need a gradient itself (it is treated as a constant).
+///
+/// # Shapes
+/// - `x`, `grad`: one shape -> `[1]`
+pub fn gradient_root<B: KernelBackend, const D: usize>(
+    x: Tensor<B, D>,
+    grad: Tensor<B, D>,
+) -> Tensor<B, 1> {
+    assert_eq!(
+        x.dims(),
+        grad.dims(),
+        "gradient_root: the gradient must have x's shape"
+    );
+    let out = B::glm_gradient_root(x.into_primitive().tensor(), grad.into_primitive().tensor());
+    Tensor::from_primitive(TensorPrimitive::Float(out))
+}

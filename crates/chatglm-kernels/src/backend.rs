@@ -4,7 +4,7 @@
 use burn::backend::NdArray;
 use burn::tensor::backend::Backend;
 use burn::tensor::ops::{FloatTensor, IntTensor};
-use burn::tensor::{Int, Tensor, TensorPrimitive};
+use burn::tensor::{Int, Tensor, TensorMetadata, TensorPrimitive};
 
 use crate::read::{PendingRead, ReadError};
 use crate::reference;
@@ -255,6 +255,18 @@ pub trait KernelBackend: Backend {
             .try_into_data()
             .map_err(|e| ReadError(format!("{e:?}")));
         PendingRead::new(move || data)
+    }
+
+    /// The root of a backward pass that starts from a known gradient: under autodiff, its
+    /// backward gives `x` the gradient `grad` (the vector-Jacobian product, through whatever `x`
+    /// was computed from, that `sum(x * grad)` would give) without that product or its sum. Its
+    /// value is zero; a backend without autodiff has nothing to seed and returns the zero.
+    ///
+    /// `x` and `grad` have one shape; the result is `[1]`.
+    fn glm_gradient_root(x: FloatTensor<Self>, grad: FloatTensor<Self>) -> FloatTensor<Self> {
+        drop(grad);
+        let dtype = x.dtype();
+        Self::float_zeros([1].into(), &Self::float_device(&x), dtype.into())
     }
 
     /// `gelu_tanh(x + bias)` for `x: [rows, n]` and `bias: [n]`.

@@ -31,7 +31,7 @@ pub use api::{
     gemm_gpu_mark, gemm_gpu_times, gemm_status, masked_softmax, matmul, matmul_bias_gelu,
     prompt_attention, qkv_to_cache, rotary,
 };
-pub use api_train::qkv_attention;
+pub use api_train::{gradient_root, qkv_attention};
 pub use backend::KernelBackend;
 pub use decode_kernels::{
     DecodeKernels, gemv_calls, mma_gemv_calls, nvrtc_gemv_calls, nvrtc_layer_norm_calls,

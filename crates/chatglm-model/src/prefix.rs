@@ -169,10 +169,11 @@ impl<B: chatglm_kernels::KernelBackend> PrefixEncoder<B> {
         let expand = |i: usize| -> Tensor<B, 4> {
             let slot = slot(i);
             let [p, _, heads, hd] = slot.dims();
+            // Repeated last: its backward then sums the batch's contiguous gradients.
             slot.reshape([1, p, heads, hd])
                 .cast(dtype)
-                .repeat_dim(0, batch)
                 .swap_dims(1, 2)
+                .repeat_dim(0, batch)
         };
         (0..self.num_layers)
             .map(|l| (expand(2 * l), expand(2 * l + 1)))
@@ -215,7 +216,7 @@ pub struct PrefixLeaves<B: AutodiffBackend> {
     leaves: Vec<Tensor<B, 4>>,
 }
 
-impl<B: AutodiffBackend> PrefixLeaves<B> {
+impl<B: chatglm_kernels::KernelBackend + AutodiffBackend> PrefixLeaves<B> {
     /// The parameters' gradients, given `grads` of a backward pass that reached the leaves (a
     /// leaf it did not reach counts as a zero gradient).
     pub fn backward(self, grads: &B::Gradients) -> B::Gradients {
@@ -228,7 +229,7 @@ impl<B: AutodiffBackend> PrefixLeaves<B> {
             })
             .collect();
         let g = Tensor::cat(parts, 1);
-        (self.table * Tensor::from_inner(g)).sum().backward()
+        chatglm_kernels::gradient_root(self.table, Tensor::from_inner(g)).backward()
     }
 }
 

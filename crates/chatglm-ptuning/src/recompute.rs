@@ -5,7 +5,9 @@
 //! backward pass then goes from the last block to the first: it re-runs one block with a graph,
 //! pushes the incoming gradient through it (the gradient of `sum(out * g)` with respect to the
 //! block's inputs is the vector-Jacobian product with `g`), and keeps the gradient of the block's
-//! input and of its prefix keys/values. A last backward pass carries the prefix gradients into
+//! input and of its prefix keys/values. The re-run stops at the MLP's activation: the block's
+//! last product is linear, so its input's gradient (`g W2`, a product the backward needs anyway)
+//! stands in for re-running it. A last backward pass carries the prefix gradients into
 //! the prefix encoder (and its dropout). At most one block's activations are alive at a time, at
 //! the cost of a second forward pass; the gradients are those of [`batch_loss`] up to rounding.
 //! The loss head runs over chunks of the labelled positions ([`HEAD_CHUNK`]), so the float32
@@ -13,11 +15,13 @@
 //!
 //! [`batch_loss`]: crate::loss::batch_loss
 
+use std::sync::OnceLock;
+
 use burn::tensor::Tensor;
 use burn::tensor::backend::AutodiffBackend;
 use chatglm_model::KernelBackend;
 use chatglm_model::glm::GlmModel;
-use chatglm_model::modules::KvInput;
+use chatglm_model::modules::{KvInput, Residual};
 use chatglm_model::positions::SpecialIds;
 use chatglm_model::prefix::PrefixKv;
 
@@ -113,15 +117,46 @@ fn backward_with_head_chunk<B: AutodiffBackend + KernelBackend>(
     let value = value.ok_or(LossError::NoLabels)?;
     let mut g = g.ok_or(LossError::NoLabels)?;
 
-    // The blocks, last to first, each re-run with a graph.
+    // The blocks, last to first, each re-run with a graph up to its MLP's activation: the
+    // output `m * alpha + act W2^T + b2` is linear in `m` and `act`, so with the output's
+    // gradient `g` known, `m` gets `g * alpha` and `act` gets `g W2` (the product the backward
+    // needs anyway), seeded as they are (`gradient_root`). The forward product by W2 (a third
+    // of a block's multiplications) is not recomputed.
     let mut kv_grads = Vec::with_capacity(layers.len());
     for (i, x) in saved.into_iter().enumerate().rev() {
+        let layer = &layers[i];
         let x = if i > 0 { x.require_grad() } else { x };
         let (k, v) = &prefix[i];
         let k = k.clone().detach().require_grad();
         let v = v.clone().detach().require_grad();
-        let out = block(i, x.clone(), k.clone(), v.clone());
-        let grads = (out * Tensor::from_inner(g.clone())).sum().backward();
+        if whole_blocks() {
+            let out = block(i, x.clone(), k.clone(), v.clone());
+            let grads = (out * Tensor::from_inner(g.clone())).sum().backward();
+            kv_grads.push((
+                k.grad(&grads).ok_or_else(missing)?,
+                v.grad(&grads).ok_or_else(missing)?,
+            ));
+            if i > 0 {
+                g = x.grad(&grads).ok_or_else(missing)?;
+            }
+            continue;
+        }
+        let g_out = Tensor::<B, 3>::from_inner(g.clone());
+        let [rows, seq, hidden] = g_out.dims();
+        let w2 = layer.mlp.dense_4h_to_h.weight.val();
+        let inner = w2.dims()[1];
+        let g_act = chatglm_kernels::matmul(g_out.clone().reshape([rows * seq, hidden]), w2)
+            .reshape([rows, seq, inner]);
+        let g_m = g_out.mul_scalar(layer.alpha as f32);
+        let (m, act) = layer.forward_activation(
+            Residual::new(x.clone()),
+            &inputs.rope,
+            inputs.mask.clone(),
+            KvInput::Fresh(Some((k.clone(), v.clone()))),
+        );
+        let root =
+            chatglm_kernels::gradient_root(m, g_m) + chatglm_kernels::gradient_root(act, g_act);
+        let grads = root.backward();
         kv_grads.push((
             k.grad(&grads).ok_or_else(missing)?,
             v.grad(&grads).ok_or_else(missing)?,
@@ -131,17 +166,28 @@ fn backward_with_head_chunk<B: AutodiffBackend + KernelBackend>(
         }
     }
 
-    // The prefix encoder: its outputs' gradients are now known.
+    // The prefix encoder (and its dropout): its outputs' gradients are now known.
     kv_grads.reverse();
-    let surrogate = prefix
+    let root = prefix
         .iter()
         .zip(kv_grads)
         .map(|((k, v), (gk, gv))| {
-            (k.clone() * Tensor::from_inner(gk)).sum() + (v.clone() * Tensor::from_inner(gv)).sum()
+            chatglm_kernels::gradient_root(k.clone(), Tensor::from_inner(gk))
+                + chatglm_kernels::gradient_root(v.clone(), Tensor::from_inner(gv))
         })
         .reduce(|a, b| a + b)
         .ok_or_else(|| LossError::Shape("the model has no layer".into()))?;
-    Ok((value, surrogate.backward()))
+    Ok((value, root.backward()))
+}
+
+/// Environment variable: `block` re-runs each whole block in the backward pass and pushes
+/// `sum(out * g)` through it (the recompute before the stop at the MLP's activation), for A/B runs
+/// of the benchmarks.
+pub const RECOMPUTE_ENV: &str = "CHATGLM_RECOMPUTE";
+
+fn whole_blocks() -> bool {
+    static WHOLE: OnceLock<bool> = OnceLock::new();
+    *WHOLE.get_or_init(|| std::env::var(RECOMPUTE_ENV).is_ok_and(|v| v == "block"))
 }
 
 fn missing() -> LossError {

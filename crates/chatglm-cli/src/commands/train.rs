@@ -139,9 +139,9 @@ pub struct Args {
     #[arg(long = "prefix_dropout", visible_alias = "prefix-dropout")]
     pub prefix_dropout: Option<f64>,
     /// Recompute each block's activations in the backward pass instead of keeping them: far
-    /// less memory (a 6B step's activations shrink about 12x), one more forward pass. `false`
-    /// turns off a `gradient_checkpointing = true` of the TOML config; `True`/`False` as in
-    /// train.sh are accepted.
+    /// less memory (a 6B step's activations shrink about 12x), one more forward pass (without
+    /// each block's last product). `false` turns off a `gradient_checkpointing = true` of the
+    /// TOML config; `True`/`False` as in train.sh are accepted.
     #[arg(
         long = "gradient_checkpointing",
         visible_alias = "gradient-checkpointing",

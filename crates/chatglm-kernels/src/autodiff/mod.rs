@@ -6,7 +6,8 @@
 //! - the masked softmax keeps its output, GELU its input, the rotary its tables
 //!   ([`softmax`], [`elementwise`]);
 //! - a prompt's attention over a prefix, from the QKV output on, is one node that keeps q, the
-//!   keys, the values and the probabilities ([`attention`]).
+//!   keys, the values and the probabilities ([`attention`]);
+//! - a backward pass can start from a known gradient instead of a scalar loss ([`root`]).
 //!
 //! The reference ops' own backward needs several launches per forward op and keeps their
 //! intermediate tensors alive until the backward pass; the tests compare both gradients.
@@ -15,6 +16,7 @@ mod attention;
 mod elementwise;
 mod layer_norm;
 mod matmul;
+mod root;
 mod softmax;
 #[cfg(test)]
 mod tests;
@@ -72,6 +74,10 @@ impl<B: KernelBackend, C: CheckpointStrategy> KernelBackend for Autodiff<B, C> {
         mask: FloatTensor<Self>,
     ) -> FloatTensor<Self> {
         attention::qkv_attention::<B, C>(qkv, bias, tables, past, mask)
+    }
+
+    fn glm_gradient_root(x: FloatTensor<Self>, grad: FloatTensor<Self>) -> FloatTensor<Self> {
+        root::gradient_root::<B, C>(x, grad)
     }
 }
 

@@ -228,3 +228,20 @@ fn qkv_attention_gradients_match_the_reference_backward() {
         }
     }
 }
+
+/// A backward from a gradient root gives the inputs what `sum(out * g)` gives them, and the root
+/// is zero.
+#[test]
+fn gradient_root_seeds_the_given_gradient() {
+    let x = data([3, 5], 1, 2.0).require_grad();
+    let y = data([3, 5], 2, 1.0).require_grad();
+    let out = || (x.clone() * y.clone()).exp() + x.clone();
+    let g = data([3, 5], 3, 1.0);
+    let theirs = (out() * g.clone()).sum().backward();
+    let root = Ad::glm_gradient_root(prim(out()), prim(g));
+    let root: Tensor<Ad, 1> = Tensor::from_primitive(burn::tensor::TensorPrimitive::Float(root));
+    assert_eq!(root.clone().into_scalar(), 0.0, "the root's value");
+    let ours = root.backward();
+    same_grad("x", &x, &ours, &theirs);
+    same_grad("y", &y, &ours, &theirs);
+}

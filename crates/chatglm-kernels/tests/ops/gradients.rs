@@ -110,8 +110,9 @@ fn grad<B: AutodiffBackend, const D: usize>(
     g.into_data().convert::<f32>().to_vec().unwrap()
 }
 
-/// Every gradient of LayerNorm (with the residual sum), the masked softmax, bias + GELU and the
-/// rotary for fixed inputs, by name.
+/// Every gradient of LayerNorm (with the residual sum), the masked softmax, bias + GELU, the
+/// rotary and the prompt's attention over a prefix for fixed inputs, and a backward from a
+/// gradient root, by name.
 fn op_gradients<B: AutodiffBackend + KernelBackend>(
     dev: &B::Device,
     path: Path,
@@ -236,6 +237,18 @@ fn op_gradients<B: AutodiffBackend + KernelBackend>(
         "qkv attention: prefix values",
         grad(&pv, &g, "prefix values"),
     ));
+
+    // The backward started from a gradient root in place of `sum(y * w)`.
+    let x = tensor::<B, 4>(&random(16 * 3 * 8 * 16, 81, 1.0), [16, 3, 8, 16], dev).require_grad();
+    let y = x.clone().exp();
+    let dims = y.dims();
+    let w = tensor::<B, 4>(&random(dims.iter().product(), 82, 1.0), dims, dev);
+    let g = if ours {
+        float::<B, 1>(B::glm_gradient_root(prim(y), prim(w))).backward()
+    } else {
+        (y * w).sum().backward()
+    };
+    out.push(("gradient root: x", grad(&x, &g, "x")));
     out
 }
 

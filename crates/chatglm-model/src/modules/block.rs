@@ -55,14 +55,7 @@ impl<B: KernelBackend> Block<B> {
         mask: Tensor<B, 4>,
         kv: KvInput<'_, B>,
     ) -> Residual<B> {
-        let a = self.input_layernorm.forward_residual(x);
-        let attn = self.attention.forward_no_bias(a.clone(), rope, mask, kv);
-        let m = self.post_attention_layernorm.forward_residual(Residual {
-            a,
-            b: Some(attn),
-            bias: self.attention.dense.bias.as_ref().map(|b| b.val()),
-            alpha: self.alpha,
-        });
+        let m = self.forward_mlp_input(x, rope, mask, kv);
         let mlp = self.mlp.forward_no_bias(m.clone());
         Residual {
             a: m,
@@ -70,5 +63,43 @@ impl<B: KernelBackend> Block<B> {
             bias: self.mlp.dense_4h_to_h.bias.as_ref().map(|b| b.val()),
             alpha: self.alpha,
         }
+    }
+
+    /// The block up to the MLP's activation: `(m, gelu(m W1^T + b1))` with `m = LN2(h)`, so that
+    /// the output is `m * alpha + act W2^T + b2`. A backward pass that already holds the
+    /// output's gradient `g` needs nothing after the activation: the activation's gradient is
+    /// `g W2` and `m`'s direct share is `g * alpha`, so the last product need not run forward.
+    ///
+    /// # Shapes
+    /// - `x`: parts of `[batch, seq, hidden]`
+    /// - output: `[batch, seq, hidden]` and `[batch, seq, inner]`
+    pub fn forward_activation(
+        &self,
+        x: Residual<B>,
+        rope: &Rope<B>,
+        mask: Tensor<B, 4>,
+        kv: KvInput<'_, B>,
+    ) -> (Tensor<B, 3>, Tensor<B, 3>) {
+        let m = self.forward_mlp_input(x, rope, mask, kv);
+        let act = self.mlp.activation(m.clone());
+        (m, act)
+    }
+
+    /// `LN2(LN1(x) * alpha + Attn(LN1(x)))`: the MLP's input.
+    fn forward_mlp_input(
+        &self,
+        x: Residual<B>,
+        rope: &Rope<B>,
+        mask: Tensor<B, 4>,
+        kv: KvInput<'_, B>,
+    ) -> Tensor<B, 3> {
+        let a = self.input_layernorm.forward_residual(x);
+        let attn = self.attention.forward_no_bias(a.clone(), rope, mask, kv);
+        self.post_attention_layernorm.forward_residual(Residual {
+            a,
+            b: Some(attn),
+            bias: self.attention.dense.bias.as_ref().map(|b| b.val()),
+            alpha: self.alpha,
+        })
     }
 }

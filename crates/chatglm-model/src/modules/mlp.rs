@@ -44,7 +44,10 @@ impl<B: KernelBackend> Mlp<B> {
 
     /// `gelu(dense_h_to_4h(x))`, the bias fused into the activation (and at decode sizes the
     /// activation into the product).
-    fn activation(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
+    ///
+    /// # Shapes
+    /// - `x`: `[batch, seq, hidden]` -> `[batch, seq, inner]`
+    pub fn activation(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
         self.dense_h_to_4h.forward_gelu(x)
     }
 }

@@ -88,8 +88,9 @@ pub struct TrainOptions {
     /// Dropout on the prefix during training (0.1 in the original model code).
     pub prefix_dropout: f64,
     /// Recompute each block's activations in the backward pass instead of keeping them (the
-    /// original's `gradient_checkpointing_enable()`): far less memory, one more forward pass.
-    /// The results are the same up to rounding, so a run may be resumed with it on or off.
+    /// original's `gradient_checkpointing_enable()`): far less memory, one more forward pass
+    /// (without each block's last product). The results are the same up to rounding, so a run
+    /// may be resumed with it on or off.
     #[serde(default)]
     pub gradient_checkpointing: bool,
 }
