@@ -129,34 +129,27 @@ fn backward_with_head_chunk<B: AutodiffBackend + KernelBackend>(
         let (k, v) = &prefix[i];
         let k = k.clone().detach().require_grad();
         let v = v.clone().detach().require_grad();
-        if whole_blocks() {
+        let grads = if whole_blocks() {
             let out = block(i, x.clone(), k.clone(), v.clone());
-            let grads = (out * Tensor::from_inner(g.clone())).sum().backward();
-            kv_grads.push((
-                k.grad(&grads).ok_or_else(missing)?,
-                v.grad(&grads).ok_or_else(missing)?,
-            ));
-            if i > 0 {
-                g = x.grad(&grads).ok_or_else(missing)?;
-            }
-            continue;
-        }
-        let g_out = Tensor::<B, 3>::from_inner(g.clone());
-        let [rows, seq, hidden] = g_out.dims();
-        let w2 = layer.mlp.dense_4h_to_h.weight.val();
-        let inner = w2.dims()[1];
-        let g_act = chatglm_kernels::matmul(g_out.clone().reshape([rows * seq, hidden]), w2)
-            .reshape([rows, seq, inner]);
-        let g_m = g_out.mul_scalar(layer.alpha as f32);
-        let (m, act) = layer.forward_activation(
-            Residual::new(x.clone()),
-            &inputs.rope,
-            inputs.mask.clone(),
-            KvInput::Fresh(Some((k.clone(), v.clone()))),
-        );
-        let root =
-            chatglm_kernels::gradient_root(m, g_m) + chatglm_kernels::gradient_root(act, g_act);
-        let grads = root.backward();
+            (out * Tensor::from_inner(g.clone())).sum().backward()
+        } else {
+            let g_out = Tensor::<B, 3>::from_inner(g.clone());
+            let [rows, seq, hidden] = g_out.dims();
+            let w2 = layer.mlp.dense_4h_to_h.weight.val();
+            let inner = w2.dims()[1];
+            let g_act = chatglm_kernels::matmul(g_out.clone().reshape([rows * seq, hidden]), w2)
+                .reshape([rows, seq, inner]);
+            let g_m = g_out.mul_scalar(layer.alpha as f32);
+            let (m, act) = layer.forward_activation(
+                Residual::new(x.clone()),
+                &inputs.rope,
+                inputs.mask.clone(),
+                KvInput::Fresh(Some((k.clone(), v.clone()))),
+            );
+            let root =
+                chatglm_kernels::gradient_root(m, g_m) + chatglm_kernels::gradient_root(act, g_act);
+            root.backward()
+        };
         kv_grads.push((
             k.grad(&grads).ok_or_else(missing)?,
             v.grad(&grads).ok_or_else(missing)?,
